@@ -1,0 +1,1 @@
+//! placeholder: the search service (see issue 4)
