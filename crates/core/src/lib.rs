@@ -1,1 +1,17 @@
-//! Larder pure core
+//! Larder's pure core — no processes, no sockets, no clock reads.
+//!
+//! - [`config`]: `larder.toml`, strict parsing and cross-field validation
+//! - [`secrets`]: the shared secrets file and the masked [`secrets::Secret`] type
+//! - [`paths`]: every file location, derived from one root
+//! - [`model`]: WAL positions, roles, what nodes post to etcd
+//! - [`decide`]: the HA decision engine (observation in, actions out)
+//! - [`pgconf`]: `pg_hba.conf` / `postgresql.conf` rendering
+//! - [`status`]: the `status` / `cluster-status` tables
+
+pub mod config;
+pub mod decide;
+pub mod model;
+pub mod paths;
+pub mod pgconf;
+pub mod secrets;
+pub mod status;

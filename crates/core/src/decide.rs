@@ -1,0 +1,447 @@
+//! The HA decision: a pure function from what this node observes to what it should do.
+//!
+//! No I/O and no clock reads happen here: the agent passes `now_ms` (a monotonic clock) and
+//! everything it saw, and executes the returned actions. That keeps every safety rule unit- and
+//! property-testable without processes. The rules, in order of precedence:
+//!
+//! 1. **Fence first.** A leader whose fencing deadline (last *observed* successful lease
+//!    renewal + TTL − margin) has passed, or who sees another node's leader key, stops
+//!    PostgreSQL before anything else. The deadline is measured from when the renewal request
+//!    was *sent*, so the lease on the etcd side can only expire later than we think.
+//! 2. **Never two writers.** A node that is not the leader never runs PostgreSQL as a primary.
+//! 3. **Never lose an acknowledged commit.** A candidate acquires leadership only when it holds
+//!    the most advanced WAL position among positions posted — after the posters saw the leader
+//!    gone — by a majority of voters. In quorum mode every acknowledged commit sits on a
+//!    majority, and any two majorities intersect, so the winner holds every acknowledged commit.
+//! 4. **Planned switchovers lose nothing:** only the named target (holding the old leader's
+//!    shutdown checkpoint) may acquire while a switchover record is live.
+
+use crate::config::SyncMode;
+use crate::model::{LeaderRecord, MemberStatus, NodeRole, PgState, Switchover, WalPosition};
+
+/// Everything the agent observed in one loop iteration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub now_ms: u64,
+    pub me: String,
+    pub local: LocalState,
+    /// `None` when etcd could not be read this iteration.
+    pub dcs: Option<DcsView>,
+    /// Lease bookkeeping for leadership held by this node.
+    pub lease: Option<HeldLease>,
+    pub sync_mode: SyncMode,
+    pub max_pgsql_failures: u32,
+    /// How long a follower may fail to stream before the agent rewinds it.
+    pub rejoin_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalState {
+    pub pg: PgState,
+    pub position: WalPosition,
+    /// Consecutive failed PostgreSQL health checks.
+    pub pg_failures: u32,
+    /// The leader our recovery configuration currently points at.
+    pub following: Option<String>,
+    /// Since when (monotonic ms) we have been trying to follow `following` without streaming.
+    pub not_streaming_since_ms: Option<u64>,
+    /// This data directory ran as a primary that is no longer the leader: it may hold WAL the
+    /// new leader never saw and must be rewound before following.
+    pub diverged: bool,
+    /// A rewind was tried against the current leader and failed: re-clone instead.
+    pub rewind_failed: bool,
+    /// Healthy enough to lead (disk, etcd, not mid-copy).
+    pub healthy: bool,
+    /// Set while a base backup or rewind is running.
+    pub syncing: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DcsView {
+    pub leader: Option<LeaderRecord>,
+    pub term: u64,
+    /// Statuses of every registered member whose liveness key exists (self included).
+    pub members: Vec<MemberStatus>,
+    /// Registered members that vote (see [`MemberStatus::voter`]), alive or not.
+    pub voters: Vec<String>,
+    pub cluster_failover: bool,
+    pub node_failover: bool,
+    pub switchover: Option<Switchover>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldLease {
+    /// Term of our leadership.
+    pub term: u64,
+    /// Monotonic ms after which we must no longer accept writes.
+    pub fence_deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Stop PostgreSQL immediately and mark the data directory as possibly diverged.
+    Fence { reason: String },
+    /// Drop leadership in etcd (delete the key, revoke the lease).
+    ReleaseLeadership,
+    /// Compare-and-swap the leader key: absent and term unchanged → ours with `term`.
+    AcquireLeadership { term: u64 },
+    /// Turn the local standby into the primary.
+    Promote,
+    /// Start PostgreSQL as the primary (we hold the lease and it is down).
+    StartPrimary,
+    /// Point recovery at the leader and (re)start as a standby.
+    Follow { leader: LeaderRecord },
+    /// Run as a standby with no upstream while no leader exists, so the position is known.
+    StartStandby,
+    /// `pg_rewind` from the leader, then follow it.
+    Rewind { leader: LeaderRecord },
+    /// Re-clone from the leader with `pg_basebackup`.
+    Basebackup { leader: LeaderRecord },
+    /// Leader: set `synchronous_standby_names` to `ANY k (names)`; `k == 0` = asynchronous.
+    SetSyncStandbys { k: usize, names: Vec<String> },
+    /// Leader: clear a switchover record that has completed or expired.
+    ClearSwitchover,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub role: NodeRole,
+    pub actions: Vec<Action>,
+    /// Human-readable explanation for status and logs.
+    pub reason: String,
+}
+
+impl Decision {
+    fn new(role: NodeRole, actions: Vec<Action>, reason: impl Into<String>) -> Decision {
+        Decision {
+            role,
+            actions,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Number of voters needed for a majority.
+pub fn majority(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
+/// `k` of `ANY k (...)` for a cluster of `voters` voting members (leader included).
+pub fn sync_quorum(mode: SyncMode, voters: usize) -> usize {
+    match mode {
+        SyncMode::Off => 0,
+        // leader + k followers = majority of voters
+        SyncMode::Quorum => voters / 2,
+        SyncMode::Strict => voters.saturating_sub(1),
+    }
+}
+
+pub fn decide(obs: &Observation) -> Decision {
+    match obs.lease {
+        Some(lease) => decide_as_leader(obs, lease),
+        None => decide_as_non_leader(obs),
+    }
+}
+
+fn decide_as_leader(obs: &Observation, lease: HeldLease) -> Decision {
+    // Rule 1: our own clock decides, whatever etcd says or fails to say.
+    if obs.now_ms >= lease.fence_deadline_ms {
+        return Decision::new(
+            NodeRole::DeposedLeader,
+            vec![
+                Action::Fence {
+                    reason: "leadership lease could not be renewed in time".into(),
+                },
+                Action::ReleaseLeadership,
+            ],
+            "lease renewal deadline passed: fenced",
+        );
+    }
+    let Some(dcs) = &obs.dcs else {
+        // Still within the deadline: keep serving, the deadline will fence us if etcd stays away.
+        return leader_steady(obs, lease, None);
+    };
+    match &dcs.leader {
+        Some(l) if l.guid == obs.me && l.term == lease.term => {}
+        other => {
+            let who = other
+                .as_ref()
+                .map(|l| format!("{} holds it (term {})", l.name, l.term))
+                .unwrap_or_else(|| "the leader key is gone".into());
+            return Decision::new(
+                NodeRole::DeposedLeader,
+                vec![
+                    Action::Fence {
+                        reason: format!("lost leadership: {who}"),
+                    },
+                    Action::ReleaseLeadership,
+                ],
+                format!("lost leadership: {who}"),
+            );
+        }
+    }
+    // PostgreSQL down on the leader for longer than its failure budget: hand over.
+    if obs.local.pg_failures >= obs.max_pgsql_failures
+        && !matches!(obs.local.pg, PgState::Primary)
+        && has_eligible_follower(obs, dcs)
+    {
+        return Decision::new(
+            NodeRole::DeposedLeader,
+            vec![
+                Action::Fence {
+                    reason: "PostgreSQL failed its health checks on the leader".into(),
+                },
+                Action::ReleaseLeadership,
+            ],
+            "PostgreSQL on the leader is down: handing over leadership",
+        );
+    }
+    leader_steady(obs, lease, Some(dcs))
+}
+
+fn has_eligible_follower(obs: &Observation, dcs: &DcsView) -> bool {
+    dcs.members
+        .iter()
+        .any(|m| m.guid != obs.me && m.eligible && m.pg == PgState::Streaming)
+}
+
+fn leader_steady(obs: &Observation, _lease: HeldLease, dcs: Option<&DcsView>) -> Decision {
+    let mut actions = Vec::new();
+    match obs.local.pg {
+        PgState::Primary => {}
+        PgState::Streaming | PgState::Standby => actions.push(Action::Promote),
+        PgState::Stopped => actions.push(Action::StartPrimary),
+        PgState::Empty => {
+            // A leader without data cannot serve; nothing safe to do but hand over.
+            return Decision::new(
+                NodeRole::DeposedLeader,
+                vec![
+                    Action::Fence {
+                        reason: "leader has no data directory".into(),
+                    },
+                    Action::ReleaseLeadership,
+                ],
+                "no data directory on the leader",
+            );
+        }
+    }
+    if let Some(dcs) = dcs {
+        let mut names: Vec<String> = dcs
+            .voters
+            .iter()
+            .filter(|g| **g != obs.me)
+            .map(|g| crate::model::standby_name(g))
+            .collect();
+        names.sort();
+        let k = sync_quorum(obs.sync_mode, dcs.voters.len().max(1)).min(names.len());
+        actions.push(Action::SetSyncStandbys { k, names });
+        if dcs.switchover.is_some() {
+            actions.push(Action::ClearSwitchover);
+        }
+    }
+    Decision::new(NodeRole::Leader, actions, "holding the leader lease")
+}
+
+fn decide_as_non_leader(obs: &Observation) -> Decision {
+    // Rule 2: a non-leader never runs a writable primary.
+    if obs.local.pg == PgState::Primary {
+        return Decision::new(
+            NodeRole::DeposedLeader,
+            vec![Action::Fence {
+                reason: "PostgreSQL is a primary but this node does not hold the leader lease"
+                    .into(),
+            }],
+            "writable PostgreSQL without leadership: fenced",
+        );
+    }
+    let Some(dcs) = &obs.dcs else {
+        return Decision::new(
+            NodeRole::WaitingForLeader,
+            vec![],
+            "etcd unreachable: waiting",
+        );
+    };
+    if obs.local.syncing {
+        return Decision::new(NodeRole::Syncing, vec![], "copying data from the leader");
+    }
+    match &dcs.leader {
+        Some(leader) if leader.guid == obs.me => {
+            // Our key exists but we do not hold its lease (e.g. the agent restarted): we cannot
+            // renew it, so wait for it to expire rather than act as leader.
+            Decision::new(
+                NodeRole::WaitingForLeader,
+                vec![],
+                "a leader key of a previous run of this agent exists: waiting for it to expire",
+            )
+        }
+        Some(leader) => follow(obs, leader.clone()),
+        None => elect(obs, dcs),
+    }
+}
+
+fn follow(obs: &Observation, leader: LeaderRecord) -> Decision {
+    let l = &obs.local;
+    if l.pg == PgState::Empty || l.rewind_failed {
+        return Decision::new(
+            NodeRole::Syncing,
+            vec![Action::Basebackup { leader }],
+            "cloning data from the leader",
+        );
+    }
+    if l.diverged {
+        return Decision::new(
+            NodeRole::Syncing,
+            vec![Action::Rewind { leader }],
+            "former primary: rewinding onto the new leader's history",
+        );
+    }
+    let pointed = l.following.as_deref() == Some(leader.guid.as_str());
+    if !pointed || l.pg == PgState::Stopped {
+        return Decision::new(
+            NodeRole::Follower,
+            vec![Action::Follow { leader }],
+            "following the leader",
+        );
+    }
+    if l.pg == PgState::Standby {
+        if let Some(since) = l.not_streaming_since_ms {
+            if obs.now_ms.saturating_sub(since) >= obs.rejoin_timeout_ms {
+                return Decision::new(
+                    NodeRole::Syncing,
+                    vec![Action::Rewind { leader }],
+                    "not streaming from the leader: rewinding",
+                );
+            }
+        }
+    }
+    let role = if l.pg == PgState::Streaming && l.healthy {
+        NodeRole::Follower
+    } else {
+        NodeRole::Ineligible
+    };
+    Decision::new(role, vec![], "following the leader")
+}
+
+/// Why this node may not run for leader, if it may not.
+fn ineligibility(obs: &Observation, dcs: &DcsView) -> Option<String> {
+    if !dcs.cluster_failover && dcs.term > 0 {
+        return Some("cluster failover is disabled".into());
+    }
+    if !dcs.node_failover {
+        return Some("failover is disabled on this node".into());
+    }
+    let l = &obs.local;
+    if l.pg == PgState::Empty {
+        return Some("no data".into());
+    }
+    if l.diverged {
+        return Some("data diverged from the last leader; must rewind".into());
+    }
+    if !l.healthy || l.pg_failures >= obs.max_pgsql_failures {
+        return Some("unhealthy".into());
+    }
+    if !dcs.voters.iter().any(|v| *v == obs.me) {
+        return Some("not a voting member yet".into());
+    }
+    None
+}
+
+fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
+    let mut actions = Vec::new();
+    if obs.local.pg == PgState::Stopped {
+        // Run as a standby without upstream so our position is current and ready to promote.
+        actions.push(Action::StartStandby);
+    }
+    if let Some(why) = ineligibility(obs, dcs) {
+        return Decision::new(
+            NodeRole::WaitingForLeader,
+            actions,
+            format!("no leader; not eligible: {why}"),
+        );
+    }
+    if let Some(sw) = &dcs.switchover {
+        if sw.term == dcs.term {
+            match &sw.target {
+                Some(t) if t != &obs.me => {
+                    return Decision::new(
+                        NodeRole::WaitingForLeader,
+                        actions,
+                        "switchover to another node in progress",
+                    )
+                }
+                _ => {
+                    if obs.local.position < sw.min_position {
+                        return Decision::new(
+                            NodeRole::WaitingForLeader,
+                            actions,
+                            format!(
+                                "switchover: waiting to receive {} from the old leader",
+                                sw.min_position.lsn
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // Rule 3: positions are trusted only from voters that are alive, posted in this term and
+    // saw no leader when posting (so nothing acknowledged can arrive after their post).
+    let me = &obs.me;
+    let fresh: Vec<&MemberStatus> = dcs
+        .members
+        .iter()
+        .filter(|m| {
+            m.guid != *me
+                && m.voter
+                && dcs.voters.contains(&m.guid)
+                && m.term == dcs.term
+                && m.leader_seen.is_none()
+                && m.pg != PgState::Empty
+        })
+        .collect();
+    let need = majority(dcs.voters.len());
+    if fresh.len() + 1 < need {
+        return Decision::new(
+            NodeRole::WaitingForLeader,
+            actions,
+            format!(
+                "no leader; waiting for positions from a majority ({} of {} voters reported)",
+                fresh.len() + 1,
+                dcs.voters.len()
+            ),
+        );
+    }
+    let mine = obs.local.position;
+    if let Some(ahead) = fresh.iter().find(|m| m.position > mine) {
+        return Decision::new(
+            NodeRole::WaitingForLeader,
+            actions,
+            format!(
+                "no leader; {} is more advanced ({} > {})",
+                ahead.name, ahead.position.lsn, mine.lsn
+            ),
+        );
+    }
+    // (Lag beyond max_bytes_behind_leader makes a node unhealthy, hence ineligible, above.)
+    // Tie-break among equally advanced eligible candidates: lowest GUID goes first, so two
+    // nodes do not race for the key on every election.
+    if let Some(rival) = fresh
+        .iter()
+        .find(|m| m.eligible && m.position == mine && m.guid < *me)
+    {
+        return Decision::new(
+            NodeRole::WaitingForLeader,
+            actions,
+            format!("no leader; {} is equally advanced and goes first", rival.name),
+        );
+    }
+    actions.push(Action::AcquireLeadership { term: dcs.term + 1 });
+    Decision::new(
+        NodeRole::WaitingForLeader,
+        actions,
+        "no leader; this node is the most advanced eligible member: acquiring",
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+//! The cluster model shared by the decision engine, the agent and the CLI: what a node posts
+//! about itself to etcd, what the leader key holds, and WAL positions.
+
+use serde::{Deserialize, Serialize};
+
+/// A PostgreSQL WAL position (`pg_lsn`), comparable as a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// Parses PostgreSQL's `XXXXXXXX/XXXXXXXX` text form.
+    pub fn parse(s: &str) -> Option<Lsn> {
+        let (hi, lo) = s.trim().split_once('/')?;
+        let hi = u64::from_str_radix(hi, 16).ok()?;
+        let lo = u64::from_str_radix(lo, 16).ok()?;
+        if hi > u32::MAX as u64 || lo > u32::MAX as u64 {
+            return None;
+        }
+        Some(Lsn((hi << 32) | lo))
+    }
+}
+
+impl std::fmt::Display for Lsn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+/// A position in WAL history: only meaningful together with its timeline. Ordered by
+/// timeline first, because a higher timeline has seen a promotion the lower one has not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+pub struct WalPosition {
+    pub timeline: u32,
+    pub lsn: Lsn,
+}
+
+/// The role a node reports, with Chef Backend's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    Leader,
+    Follower,
+    WaitingForLeader,
+    DeposedLeader,
+    /// Streaming but not eligible to lead (failover disabled, lagging, unhealthy).
+    Ineligible,
+    /// Copying data from the leader (base backup or rewind).
+    Syncing,
+    Down,
+}
+
+impl NodeRole {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeRole::Leader => "leader",
+            NodeRole::Follower => "follower",
+            NodeRole::WaitingForLeader => "waiting_for_leader",
+            NodeRole::DeposedLeader => "deposed_leader",
+            NodeRole::Ineligible => "leader_ineligible",
+            NodeRole::Syncing => "syncing",
+            NodeRole::Down => "down",
+        }
+    }
+}
+
+/// PostgreSQL as the local agent sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PgState {
+    /// Accepting writes.
+    Primary,
+    /// In recovery and streaming from the leader.
+    Streaming,
+    /// In recovery but not (yet) streaming.
+    Standby,
+    Stopped,
+    /// No data directory yet.
+    Empty,
+}
+
+/// What each agent posts to `/larder/status/<guid>` every loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub guid: String,
+    pub name: String,
+    pub address: String,
+    pub role: NodeRole,
+    pub pg: PgState,
+    pub position: WalPosition,
+    /// Whether this node would take leadership if offered.
+    pub eligible: bool,
+    pub failover_enabled: bool,
+    /// The leadership term this node has observed.
+    pub term: u64,
+    /// The leader this node saw when it posted; `None` = it saw no leader. A candidate only
+    /// trusts positions posted after the poster saw the leader gone (see `decide`).
+    pub leader_seen: Option<String>,
+    /// Set once the node has streamed from a leader at least once: only such nodes vote in
+    /// the majority rule and count in the synchronous quorum.
+    pub voter: bool,
+    pub lag_bytes: Option<u64>,
+    pub search_ok: bool,
+    pub etcd_ok: bool,
+    /// Agent's own monotonic-free counter, so readers can tell a fresh post from a stale one.
+    pub seq: u64,
+    pub updated_unix_ms: u64,
+}
+
+/// Value of the leader key (bound to the leader's lease).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    pub guid: String,
+    pub name: String,
+    pub address: String,
+    pub term: u64,
+}
+
+/// A planned switchover in progress, written by the old leader before it steps down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switchover {
+    /// Node that must take over; `None` = any eligible follower (`demote`).
+    pub target: Option<String>,
+    /// Term in which the old leader stepped down.
+    pub term: u64,
+    /// Position of the old leader's shutdown checkpoint: the target must hold it.
+    pub min_position: WalPosition,
+    pub from: String,
+}
+
+/// Static registration of a node, written by create-cluster / join-cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub guid: String,
+    pub name: String,
+    pub address: String,
+}
+
+/// Name a follower uses as `application_name`, so the leader can list it in
+/// `synchronous_standby_names` and name its replication slot.
+pub fn standby_name(guid: &str) -> String {
+    format!("larder_{}", &guid[..guid.len().min(16)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn lsn_parse_display() {
+        let l = Lsn::parse("16/B374D848").unwrap();
+        assert_eq!(l.0, 0x16_B374_D848);
+        assert_eq!(l.to_string(), "16/B374D848");
+        assert_eq!(Lsn::parse("0/0"), Some(Lsn(0)));
+        assert!(Lsn::parse("zz").is_none());
+        assert!(Lsn::parse("1FFFFFFFF/0").is_none());
+    }
+    #[test]
+    fn positions_order_by_timeline_first() {
+        let a = WalPosition {
+            timeline: 2,
+            lsn: Lsn(10),
+        };
+        let b = WalPosition {
+            timeline: 1,
+            lsn: Lsn(1000),
+        };
+        assert!(a > b);
+    }
+}
