@@ -1,0 +1,381 @@
+//! The checker: what must hold of a history once the cluster is healed.
+//!
+//! 1. Every acknowledged id (client write or direct probe) is present on the final leader and
+//!    on every follower. Unknown ids may be present or absent. Failed ids must be absent.
+//! 2. No two writers in overlapping terms: PostgreSQL bumps the timeline on every promotion,
+//!    so an acknowledged write carries (node, timeline). Two different nodes acknowledging
+//!    on the same timeline, or a node on an older timeline acknowledging a write that
+//!    started after another node had acknowledged on a newer one, is split brain.
+//! 3. The health endpoint: two nodes answering 2xx in `dual_leader_rounds` consecutive
+//!    sampling rounds would make haproxy route writes to both.
+//! A violation carries the part of the history that shows it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::history::{format_entries, Entry, Op, OpKind, Outcome};
+
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub kind: &'static str,
+    pub message: String,
+    /// Formatted history lines around the violation.
+    pub excerpt: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    pub ok: u64,
+    pub failed: u64,
+    pub unknown: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub writes: Counts,
+    pub probes: Counts,
+    /// Acknowledged ids missing from at least one node.
+    pub lost: u64,
+    /// Longest gap between two consecutive acknowledged client writes (µs) and where.
+    pub longest_gap_us: u64,
+    pub longest_gap_at_us: u64,
+    pub violations: Vec<Violation>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Ids present on each node at the end; `None` when the node could not be read (a checker
+/// that cannot read a node cannot vouch for it, so that is a violation too).
+pub type FinalState = Vec<(String, Option<HashSet<i64>>)>;
+
+pub fn ops(entries: &[Entry]) -> impl Iterator<Item = &Op> {
+    entries.iter().filter_map(|e| match e {
+        Entry::Op(o) => Some(o),
+        _ => None,
+    })
+}
+
+/// Lines of the history within `[from, to]` µs, plus the ops with the given ids.
+pub fn excerpt(entries: &[Entry], from_us: u64, to_us: u64, ids: &[i64], limit: usize) -> String {
+    let idset: HashSet<i64> = ids.iter().copied().collect();
+    let picked: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| match e {
+            Entry::Op(o) => {
+                idset.contains(&o.id)
+                    || (o.kind != OpKind::Health && o.end_us >= from_us && o.start_us <= to_us)
+            }
+            Entry::Event(ev) => ev.at_us >= from_us.saturating_sub(5_000_000) && ev.at_us <= to_us,
+        })
+        .take(limit)
+        .collect();
+    format_entries(&picked)
+}
+
+/// Longest gap between consecutive acknowledged client writes whose later end lies in
+/// `[from_us, to_us]`. Returns (gap, end of the write before the gap).
+pub fn longest_gap(entries: &[Entry], from_us: u64, to_us: u64) -> (u64, u64) {
+    let mut ends: Vec<u64> = ops(entries)
+        .filter(|o| o.kind == OpKind::Write && o.outcome == Outcome::Ok)
+        .map(|o| o.end_us)
+        .collect();
+    ends.sort_unstable();
+    let mut best = (0, 0);
+    for w in ends.windows(2) {
+        if w[1] >= from_us && w[0] <= to_us && w[1] - w[0] > best.0 {
+            best = (w[1] - w[0], w[0]);
+        }
+    }
+    best
+}
+
+pub fn check(entries: &[Entry], finals: &FinalState, dual_leader_rounds: usize) -> Report {
+    let mut r = Report::default();
+    for o in ops(entries) {
+        let c = match o.kind {
+            OpKind::Write => &mut r.writes,
+            OpKind::Probe => &mut r.probes,
+            OpKind::Health => continue,
+        };
+        match o.outcome {
+            Outcome::Ok => c.ok += 1,
+            Outcome::Failed => c.failed += 1,
+            Outcome::Unknown => c.unknown += 1,
+        }
+    }
+    let (gap, at) = longest_gap(entries, 0, u64::MAX);
+    r.longest_gap_us = gap;
+    r.longest_gap_at_us = at;
+    check_durability(entries, finals, &mut r);
+    check_terms(entries, &mut r);
+    check_health(entries, dual_leader_rounds, &mut r);
+    r
+}
+
+fn check_durability(entries: &[Entry], finals: &FinalState, r: &mut Report) {
+    let acked: Vec<&Op> = ops(entries)
+        .filter(|o| o.kind != OpKind::Health && o.outcome == Outcome::Ok)
+        .collect();
+    let failed: Vec<&Op> = ops(entries)
+        .filter(|o| o.kind != OpKind::Health && o.outcome == Outcome::Failed)
+        .collect();
+    let mut lost: HashSet<i64> = HashSet::new();
+    for (node, ids) in finals {
+        let Some(ids) = ids else {
+            r.violations.push(Violation {
+                kind: "unreadable-node",
+                message: format!("could not read the final state of {node}"),
+                excerpt: String::new(),
+            });
+            continue;
+        };
+        let missing: Vec<&Op> = acked.iter().copied().filter(|o| !ids.contains(&o.id)).collect();
+        if !missing.is_empty() {
+            lost.extend(missing.iter().map(|o| o.id));
+            let first = missing[0];
+            let sample: Vec<i64> = missing.iter().take(20).map(|o| o.id).collect();
+            r.violations.push(Violation {
+                kind: "lost-acknowledged-write",
+                message: format!(
+                    "{} acknowledged id(s) missing on {node} (first: {} acked at {:.3}s)",
+                    missing.len(),
+                    first.id,
+                    first.end_us as f64 / 1e6
+                ),
+                excerpt: excerpt(
+                    entries,
+                    first.start_us.saturating_sub(2_000_000),
+                    first.end_us + 2_000_000,
+                    &sample,
+                    80,
+                ),
+            });
+        }
+        let present: Vec<&Op> = failed.iter().copied().filter(|o| ids.contains(&o.id)).collect();
+        if let Some(first) = present.first() {
+            r.violations.push(Violation {
+                kind: "failed-write-present",
+                message: format!(
+                    "{} write(s) reported as failed are present on {node} (first: {})",
+                    present.len(),
+                    first.id
+                ),
+                excerpt: excerpt(entries, first.start_us, first.end_us, &[first.id], 40),
+            });
+        }
+    }
+    r.lost = lost.len() as u64;
+}
+
+fn check_terms(entries: &[Entry], r: &mut Report) {
+    // timeline -> node that acknowledged on it (first seen op)
+    let mut owner: BTreeMap<u32, &Op> = BTreeMap::new();
+    let mut acked: Vec<&Op> = ops(entries)
+        .filter(|o| o.kind != OpKind::Health && o.outcome == Outcome::Ok)
+        .filter(|o| o.node.is_some() && o.timeline.is_some())
+        .collect();
+    acked.sort_by_key(|o| o.end_us);
+    for o in &acked {
+        let tl = o.timeline.unwrap_or(0);
+        match owner.get(&tl) {
+            Some(first) if first.node != o.node => {
+                r.violations.push(Violation {
+                    kind: "two-writers-same-term",
+                    message: format!(
+                        "timeline {tl}: writes acknowledged by {} and by {}",
+                        first.node.as_deref().unwrap_or("?"),
+                        o.node.as_deref().unwrap_or("?")
+                    ),
+                    excerpt: excerpt(entries, o.start_us.saturating_sub(1_000_000), o.end_us, &[first.id, o.id], 60),
+                });
+                return;
+            }
+            Some(_) => {}
+            None => {
+                owner.insert(tl, o);
+            }
+        }
+    }
+    // Older term acknowledging after a newer term's acknowledgement ended.
+    let mut newest_end: HashMap<u32, u64> = HashMap::new();
+    for o in &acked {
+        let tl = o.timeline.unwrap_or(0);
+        let e = newest_end.entry(tl).or_insert(o.end_us);
+        *e = (*e).min(o.end_us);
+    }
+    for o in &acked {
+        let tl = o.timeline.unwrap_or(0);
+        if let Some((newer_tl, first_end)) = newest_end
+            .iter()
+            .filter(|(t, _)| **t > tl)
+            .map(|(t, e)| (*t, *e))
+            .min_by_key(|(_, e)| *e)
+        {
+            if o.start_us > first_end {
+                r.violations.push(Violation {
+                    kind: "stale-term-write",
+                    message: format!(
+                        "{} acknowledged id {} on timeline {tl} at {:.3}s, after timeline {newer_tl} had acknowledged writes at {:.3}s",
+                        o.node.as_deref().unwrap_or("?"),
+                        o.id,
+                        o.end_us as f64 / 1e6,
+                        first_end as f64 / 1e6
+                    ),
+                    excerpt: excerpt(entries, first_end.saturating_sub(1_000_000), o.end_us, &[o.id], 60),
+                });
+                return;
+            }
+        }
+    }
+}
+
+fn check_health(entries: &[Entry], rounds_needed: usize, r: &mut Report) {
+    if rounds_needed == 0 {
+        return;
+    }
+    // Per node, the sequence of samples; a "round" is the i-th sample of every node.
+    let mut per_node: BTreeMap<u32, Vec<&Op>> = BTreeMap::new();
+    for o in ops(entries).filter(|o| o.kind == OpKind::Health) {
+        per_node.entry(o.process).or_default().push(o);
+    }
+    let rounds = per_node.values().map(Vec::len).min().unwrap_or(0);
+    let mut streak = 0;
+    for i in 0..rounds {
+        let leaders: Vec<&&Op> = per_node
+            .values()
+            .map(|v| &v[i])
+            .filter(|o| o.status.is_some_and(|s| (200..400).contains(&s)))
+            .collect();
+        if leaders.len() >= 2 {
+            streak += 1;
+            if streak >= rounds_needed {
+                let o = leaders[0];
+                r.violations.push(Violation {
+                    kind: "two-healthy-leaders",
+                    message: format!(
+                        "{} nodes answered the leader check with 2xx/3xx in {streak} consecutive rounds (until {:.3}s): {}",
+                        leaders.len(),
+                        o.end_us as f64 / 1e6,
+                        leaders.iter().filter_map(|o| o.node.clone()).collect::<Vec<_>>().join(", ")
+                    ),
+                    excerpt: excerpt(entries, o.start_us.saturating_sub(2_000_000), o.end_us, &[], 60),
+                });
+                return;
+            }
+        } else {
+            streak = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(kind: OpKind, id: i64, s: u64, e: u64, out: Outcome, node: &str, tl: Option<u32>) -> Entry {
+        Entry::Op(Op {
+            kind,
+            id,
+            process: 0,
+            start_us: s,
+            end_us: e,
+            outcome: out,
+            node: Some(node.into()),
+            timeline: tl,
+            status: None,
+            error: None,
+        })
+    }
+
+    fn all(ids: &[i64]) -> Option<HashSet<i64>> {
+        Some(ids.iter().copied().collect())
+    }
+
+    #[test]
+    fn acknowledged_write_missing_is_lost_unknown_is_not() {
+        let h = vec![
+            op(OpKind::Write, 1, 0, 10, Outcome::Ok, "a", Some(1)),
+            op(OpKind::Write, 2, 10, 20, Outcome::Unknown, "a", None),
+            op(OpKind::Write, 3, 20, 30, Outcome::Ok, "a", Some(1)),
+        ];
+        let ok = check(&h, &vec![("a".into(), all(&[1, 3])), ("b".into(), all(&[1, 2, 3]))], 2);
+        assert!(ok.ok(), "{:?}", ok.violations);
+        let bad = check(&h, &vec![("a".into(), all(&[1])), ("b".into(), all(&[1, 3]))], 2);
+        assert_eq!(bad.lost, 1);
+        assert_eq!(bad.violations[0].kind, "lost-acknowledged-write");
+        assert!(bad.violations[0].excerpt.contains("id=3"));
+    }
+
+    #[test]
+    fn failed_write_present_and_unreadable_node_are_violations() {
+        let h = vec![op(OpKind::Write, 7, 0, 10, Outcome::Failed, "a", None)];
+        let r = check(&h, &vec![("a".into(), all(&[7])), ("b".into(), None)], 2);
+        let kinds: Vec<_> = r.violations.iter().map(|v| v.kind).collect();
+        assert!(kinds.contains(&"failed-write-present"));
+        assert!(kinds.contains(&"unreadable-node"));
+    }
+
+    #[test]
+    fn two_nodes_on_one_timeline_is_split_brain() {
+        let h = vec![
+            op(OpKind::Probe, 1, 0, 10, Outcome::Ok, "a", Some(2)),
+            op(OpKind::Probe, 2, 0, 10, Outcome::Ok, "b", Some(2)),
+        ];
+        let r = check(&h, &vec![("a".into(), all(&[1, 2]))], 0);
+        assert_eq!(r.violations[0].kind, "two-writers-same-term");
+    }
+
+    #[test]
+    fn old_term_writing_after_new_term_is_split_brain_but_handover_is_not() {
+        let handover = vec![
+            op(OpKind::Write, 1, 0, 10, Outcome::Ok, "a", Some(1)),
+            op(OpKind::Write, 2, 5, 20, Outcome::Ok, "b", Some(2)),
+            // in flight on the old leader while the new one took over: overlapping, allowed
+            op(OpKind::Write, 3, 15, 25, Outcome::Ok, "a", Some(1)),
+        ];
+        let r = check(&handover, &vec![("b".into(), all(&[1, 2, 3]))], 0);
+        assert!(r.ok(), "{:?}", r.violations);
+        let mut split = handover.clone();
+        split.push(op(OpKind::Probe, 4, 30, 35, Outcome::Ok, "a", Some(1)));
+        let r = check(&split, &vec![("b".into(), all(&[1, 2, 3, 4]))], 0);
+        assert_eq!(r.violations[0].kind, "stale-term-write");
+    }
+
+    #[test]
+    fn gap_is_measured_between_acknowledged_writes() {
+        let h = vec![
+            op(OpKind::Write, 1, 0, 10, Outcome::Ok, "a", Some(1)),
+            op(OpKind::Write, 2, 10, 500, Outcome::Failed, "a", None),
+            op(OpKind::Write, 3, 500, 900, Outcome::Ok, "b", Some(2)),
+            op(OpKind::Write, 4, 900, 910, Outcome::Ok, "b", Some(2)),
+        ];
+        assert_eq!(longest_gap(&h, 0, u64::MAX), (890, 10));
+        assert_eq!(longest_gap(&h, 905, u64::MAX), (10, 900));
+    }
+
+    #[test]
+    fn health_dual_leader_needs_consecutive_rounds() {
+        let mk = |p: u32, t: u64, s: u16| {
+            Entry::Op(Op {
+                kind: OpKind::Health,
+                id: 0,
+                process: p,
+                start_us: t,
+                end_us: t + 1,
+                outcome: Outcome::Ok,
+                node: Some(format!("n{p}")),
+                timeline: None,
+                status: Some(s),
+                error: None,
+            })
+        };
+        // one round of overlap during a hand-over: tolerated with threshold 2
+        let h = vec![mk(0, 0, 200), mk(1, 0, 200), mk(0, 100, 503), mk(1, 100, 200)];
+        assert!(check(&h, &vec![], 2).ok());
+        let h2 = vec![mk(0, 0, 200), mk(1, 0, 200), mk(0, 100, 200), mk(1, 100, 200)];
+        assert_eq!(check(&h2, &vec![], 2).violations[0].kind, "two-healthy-leaders");
+    }
+}

@@ -1,0 +1,200 @@
+//! The client host of a run: haproxy as a Chef frontend, the paced writers behind it and the
+//! sampler watching every node directly — all recording into one history.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::cluster::Cluster;
+use crate::error::{Error, Result};
+use crate::haproxy::{self, Haproxy};
+use crate::history::{Entry, OpKind, Outcome, Recorder};
+use crate::pg;
+use crate::sampler::{self, SamplerConfig};
+use crate::workload::{self, WorkloadConfig};
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub writers: u32,
+    pub interval: Duration,
+    pub op_timeout: Duration,
+    pub sample_period: Duration,
+    /// Whether to proxy 9200 too (Larder's search); Patroni has no search service.
+    pub proxy_search: bool,
+}
+
+pub struct Clients {
+    pub rec: Recorder,
+    pub haproxy: Haproxy,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Result<()>>>,
+    client_ns: String,
+}
+
+impl Clients {
+    /// Starts haproxy, creates the history table through it, then the writers and sampler.
+    pub fn start(cluster: &dyn Cluster, opts: &ClientOptions, history: &std::path::Path) -> Result<Self> {
+        let net = cluster.net();
+        let nodes: Vec<(String, String)> = net
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("n{}", i + 1), n.ip.clone()))
+            .collect();
+        let mut services = haproxy::chef_services();
+        if !opts.proxy_search {
+            services.truncate(1);
+        }
+        let cfg = haproxy::render_config(&nodes, &cluster.check(), &services);
+        let hap = Haproxy::start(&net.client, &net.dir, &cfg, 5432)?;
+        let target = cluster.pg_target();
+        let t2 = target.clone();
+        // Through haproxy, retried until the deadline: haproxy needs one check interval
+        // before it routes to the leader.
+        crate::inns::block_on(&net.client.name, move || async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let r = async {
+                    let c = pg::connect(&t2, Duration::from_secs(2)).await?;
+                    pg::create_schema(&c).await.map_err(|source| Error::Postgres {
+                        target: t2.describe(),
+                        source,
+                    })
+                }
+                .await;
+                match r {
+                    Ok(()) => return Ok(()),
+                    Err(e) if Instant::now() > deadline => return Err(e),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        })?;
+        let rec = Recorder::create(history)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let wcfg = WorkloadConfig {
+            target: target.clone(),
+            clients: opts.writers,
+            interval: opts.interval,
+            op_timeout: opts.op_timeout,
+        };
+        {
+            let (rec, stop) = (rec.clone(), stop.clone());
+            threads.push(crate::inns::spawn(&net.client.name, "writers", move || async move {
+                workload::run(wcfg, rec, stop).await;
+                Ok(())
+            })?);
+        }
+        if !opts.sample_period.is_zero() {
+            let scfg = SamplerConfig {
+                nodes: nodes.clone(),
+                check: cluster.check(),
+                target: target.clone(),
+                period: opts.sample_period,
+                timeout: Duration::from_secs(1),
+            };
+            let (rec, stop) = (rec.clone(), stop.clone());
+            threads.push(crate::inns::spawn(&net.client.name, "sampler", move || async move {
+                sampler::run(scfg, rec, stop).await;
+                Ok(())
+            })?);
+        }
+        Ok(Clients {
+            rec,
+            haproxy: hap,
+            stop,
+            threads,
+            client_ns: net.client.name.clone(),
+        })
+    }
+
+    /// Stops writers and sampler and waits for their last ops to be recorded.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Waits until an acknowledged client write *started* after `after_us`; returns its end.
+    pub fn wait_write_after(&self, after_us: u64, deadline: Duration) -> Result<u64> {
+        let start = Instant::now();
+        loop {
+            let found = self.rec.entries().iter().rev().find_map(|e| match e {
+                Entry::Op(o)
+                    if o.kind == OpKind::Write && o.outcome == Outcome::Ok && o.start_us > after_us =>
+                {
+                    Some(o.end_us)
+                }
+                _ => None,
+            });
+            if let Some(end) = found {
+                return Ok(end);
+            }
+            if start.elapsed() > deadline {
+                return Err(Error::Timeout {
+                    what: "an acknowledged write through haproxy".into(),
+                    secs: deadline.as_secs_f64(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn client_ns(&self) -> &str {
+        &self.client_ns
+    }
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Reads every node's ids for the checker, polling until each node has every acknowledged
+/// id or `deadline` passes (followers may still be replaying the last WAL).
+pub fn final_state(cluster: &dyn Cluster, rec: &Recorder, deadline: Duration) -> crate::checker::FinalState {
+    let acked: std::collections::HashSet<i64> = crate::checker::ops(&rec.entries())
+        .filter(|o| o.kind != OpKind::Health && o.outcome == Outcome::Ok)
+        .map(|o| o.id)
+        .collect();
+    let target = cluster.pg_target();
+    let nodes: Vec<(String, String)> = cluster
+        .net()
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("n{}", i + 1), n.ip.clone()))
+        .collect();
+    let ns = cluster.net().client.name.clone();
+    crate::inns::block_on(&ns, move || async move {
+        let start = Instant::now();
+        let mut out = Vec::new();
+        for (name, ip) in nodes {
+            let t = target.with_host(&ip);
+            let mut last = None;
+            loop {
+                match pg::read_ids(&t, Duration::from_secs(3)).await {
+                    Ok(ids) => {
+                        let set: std::collections::HashSet<i64> = ids.into_iter().collect();
+                        let complete = acked.is_subset(&set);
+                        last = Some(set);
+                        if complete {
+                            break;
+                        }
+                    }
+                    Err(_) => {}
+                }
+                if start.elapsed() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            out.push((name, last));
+        }
+        Ok(out)
+    })
+    .unwrap_or_default()
+}

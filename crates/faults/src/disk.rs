@@ -1,0 +1,89 @@
+//! A small loop-mounted ext4 filesystem under a host's data directory, so "the leader's disk
+//! is full" can be produced for real (ENOSPC from the kernel) without touching the machine's
+//! own disks.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::command::{run, run_quiet};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct LoopDisk {
+    pub image: PathBuf,
+    pub mountpoint: PathBuf,
+}
+
+/// Name of the file the fault writes; removing it heals the fault.
+const FILLER: &str = "larder-faults-filler";
+
+impl LoopDisk {
+    /// Creates an `size_mb` image, formats it ext4 and mounts it (loop) at `mountpoint`.
+    pub fn create(image: &Path, mountpoint: &Path, size_mb: u64) -> Result<Self> {
+        std::fs::create_dir_all(mountpoint).map_err(|e| Error::io(mountpoint, e))?;
+        let f = std::fs::File::create(image).map_err(|e| Error::io(image, e))?;
+        f.set_len(size_mb * 1024 * 1024)
+            .map_err(|e| Error::io(image, e))?;
+        drop(f);
+        let img = image.to_string_lossy().to_string();
+        let mnt = mountpoint.to_string_lossy().to_string();
+        // -m 0: no root-reserved blocks, otherwise a root-run process could still write
+        // after "disk full" and the fault would not be what it claims.
+        run("mkfs.ext4", &["-q", "-F", "-m", "0", &img])?;
+        run("mount", &["-o", "loop", &img, &mnt])?;
+        Ok(LoopDisk {
+            image: image.to_path_buf(),
+            mountpoint: mountpoint.to_path_buf(),
+        })
+    }
+
+    /// Writes a filler file until the filesystem returns ENOSPC. Returns bytes written.
+    pub fn fill(&self) -> Result<u64> {
+        let path = self.mountpoint.join(FILLER);
+        let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let chunk = vec![0xA5u8; 1 << 20];
+        let mut written = 0u64;
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        // Make sure the blocks are really allocated, not just dirty pages.
+        let _ = f.sync_all();
+        Ok(written)
+    }
+
+    /// Removes the filler (the fault's heal).
+    pub fn free(&self) -> Result<()> {
+        let path = self.mountpoint.join(FILLER);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
+    /// Unmounts (lazily, so a process that still has files open cannot block teardown) and
+    /// deletes the image; `mount -o loop` set the loop device to auto-clear on unmount.
+    pub fn destroy(&self) {
+        let mnt = self.mountpoint.to_string_lossy().to_string();
+        run_quiet("umount", &["-l", &mnt]);
+        detach_loops_backed_by(&self.image);
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// Detaches every loop device whose backing file is `image` (leftovers of a killed run).
+pub fn detach_loops_backed_by(image: &Path) {
+    let img = image.to_string_lossy().to_string();
+    if let Ok(out) = run("losetup", &["-j", &img]) {
+        for line in out.lines() {
+            if let Some(dev) = line.split(':').next() {
+                run_quiet("losetup", &["-d", dev]);
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The set of test hosts of one run: a bridge, one namespace per cluster node, one client
+//! namespace, a working directory — and the guarantee that all of it disappears again.
+//!
+//! Teardown happens on `Drop` (normal end and panics, which unwind) and, for SIGINT/SIGTERM,
+//! from the signal thread of [`crate::teardown`], which finds the run through a global
+//! registry. Everything is named with the prefix `lf<run>` so `larder-faults cleanup` can
+//! also remove what a `kill -9` of the suite left behind.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::bridge::Bridge;
+use crate::disk::LoopDisk;
+use crate::error::{Error, Result};
+use crate::netns::Netns;
+use crate::teardown;
+
+/// Root of every run's working directory; cleanup removes mounts below it.
+pub const WORK_ROOT: &str = "/tmp/larder-faults";
+/// Name prefix of every kernel object the suite creates.
+pub const PREFIX: &str = "lf";
+/// First two octets of the suite's private subnets; the third is the run number.
+pub const SUBNET_BASE: &str = "10.213";
+/// Host number of the client namespace inside the /24 (nodes are 1..=n).
+pub const CLIENT_HOST: u8 = 200;
+
+#[derive(Debug)]
+pub struct TestNet {
+    pub run: u16,
+    pub dir: PathBuf,
+    pub bridge: Bridge,
+    pub nodes: Vec<Netns>,
+    pub client: Netns,
+    pub disks: Vec<LoopDisk>,
+    torn_down: bool,
+}
+
+/// Names of everything belonging to run `run`, shared by setup, teardown and cleanup so the
+/// three can never disagree.
+pub fn bridge_name(run: u16) -> String {
+    format!("{PREFIX}b{run}")
+}
+pub fn ns_name(run: u16, host: &str) -> String {
+    format!("{PREFIX}{run}-{host}")
+}
+pub fn veth_name(run: u16, host: &str) -> String {
+    format!("{PREFIX}v{run}{host}")
+}
+pub fn run_dir(run: u16) -> PathBuf {
+    Path::new(WORK_ROOT).join(format!("r{run}"))
+}
+
+impl TestNet {
+    /// Creates `n` node hosts (`n1`..`nN`, addresses 10.213.<run>.1..N) and the client host
+    /// `c` (10.213.<run>.200). The run number is derived from the pid and moved forward past
+    /// any run whose bridge still exists, so concurrent runs never share a subnet.
+    pub fn create(n: usize) -> Result<Self> {
+        if n == 0 || n > 9 {
+            return Err(Error::Invalid(format!("node count {n} (1..=9)")));
+        }
+        let mut run = (std::process::id() % 200) as u16 + 20;
+        while Bridge::exists(&bridge_name(run)) || run_dir(run).exists() {
+            run = if run >= 250 { 20 } else { run + 1 };
+        }
+        teardown::register(run);
+        // From here on a failure still tears down whatever was created: `net` is dropped.
+        let dir = run_dir(run);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let bridge = Bridge::create(&bridge_name(run))?;
+        let mut net = TestNet {
+            run,
+            dir,
+            bridge,
+            nodes: Vec::new(),
+            client: Netns {
+                name: String::new(),
+                ip: String::new(),
+                veth_host: String::new(),
+                ifname: String::new(),
+            },
+            disks: Vec::new(),
+            torn_down: false,
+        };
+        for k in 1..=n {
+            let host = format!("n{k}");
+            let ip = format!("{SUBNET_BASE}.{run}.{k}");
+            let ns = Netns::create(
+                &ns_name(run, &host),
+                &veth_name(run, &host),
+                &net.bridge.name,
+                &ip,
+                24,
+            )?;
+            net.nodes.push(ns);
+        }
+        net.client = Netns::create(
+            &ns_name(run, "c"),
+            &veth_name(run, "c"),
+            &net.bridge.name,
+            &format!("{SUBNET_BASE}.{run}.{CLIENT_HOST}"),
+            24,
+        )?;
+        net.wait_reachable(Duration::from_secs(10))?;
+        Ok(net)
+    }
+
+    /// Polls until the client can ping every node (bridge ports up, ARP works).
+    fn wait_reachable(&self, deadline: Duration) -> Result<()> {
+        let start = std::time::Instant::now();
+        for node in &self.nodes {
+            loop {
+                let ok = self
+                    .client
+                    .run("ping", &["-c", "1", "-W", "1", &node.ip])
+                    .is_ok();
+                if ok {
+                    break;
+                }
+                if start.elapsed() > deadline {
+                    return Err(Error::Timeout {
+                        what: format!("client namespace to reach {}", node.ip),
+                        secs: deadline.as_secs_f64(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, idx: usize) -> &Netns {
+        &self.nodes[idx]
+    }
+
+    /// Mounts a fresh `size_mb` loop filesystem at `mountpoint` (e.g. a node's data dir).
+    pub fn add_disk(&mut self, name: &str, mountpoint: &Path, size_mb: u64) -> Result<LoopDisk> {
+        let image = self.dir.join(format!("{name}.img"));
+        let disk = LoopDisk::create(&image, mountpoint, size_mb)?;
+        self.disks.push(disk.clone());
+        Ok(disk)
+    }
+
+    /// Idempotent teardown: processes, mounts, namespaces, links, directory.
+    pub fn teardown(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        self.torn_down = true;
+        teardown::teardown_run(self.run);
+        teardown::unregister(self.run);
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}

@@ -1,0 +1,192 @@
+//! Larder under test: the `larder` binary started on each test host the way an operator
+//! would (create-cluster on the first node, join-cluster on the others, one at a time).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::cluster::Cluster;
+use crate::error::{Error, Result};
+use crate::haproxy::HealthCheck;
+use crate::hosts::TestNet;
+use crate::pg::Target;
+
+#[derive(Debug, Clone)]
+pub struct LarderConfig {
+    /// Path of the `larder` binary.
+    pub bin: PathBuf,
+    pub label: String,
+    /// Leader lease the cluster is configured with (Larder's default unless overridden).
+    pub lease: Duration,
+    /// Size of a loop filesystem mounted at each node's root (0 = none).
+    pub disk_mb: u64,
+}
+
+pub struct LarderCluster {
+    pub net: TestNet,
+    pub cfg: LarderConfig,
+    superuser_password: String,
+}
+
+impl LarderCluster {
+    pub fn root(&self, i: usize) -> PathBuf {
+        self.net.dir.join(format!("n{}", i + 1))
+    }
+
+    fn secrets(&self) -> PathBuf {
+        self.root(0).join("etc/larder/chef-backend-secrets.json")
+    }
+
+    /// Runs `larder --root <root of node i> ARGS` inside node i's namespace.
+    pub fn larder(&self, i: usize, args: &[&str]) -> Result<String> {
+        let root = self.root(i).to_string_lossy().to_string();
+        let mut full = vec!["--root", root.as_str()];
+        full.extend_from_slice(args);
+        self.net.nodes[i].run(&self.cfg.bin.to_string_lossy(), &full)
+    }
+
+    pub fn start(mut net: TestNet, cfg: LarderConfig) -> Result<Self> {
+        if !cfg.bin.exists() {
+            return Err(Error::Invalid(format!("larder binary {} not found", cfg.bin.display())));
+        }
+        for i in 0..net.nodes.len() {
+            let root = net.dir.join(format!("n{}", i + 1));
+            if cfg.disk_mb > 0 {
+                net.add_disk(&format!("root-n{}", i + 1), &root, cfg.disk_mb)?;
+            } else {
+                std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+            }
+        }
+        let mut c = LarderCluster {
+            net,
+            cfg,
+            superuser_password: String::new(),
+        };
+        let ip1 = c.net.nodes[0].ip.clone();
+        c.larder(0, &["create-cluster", "--publish-address", &ip1, "--fqdn", "n1", "-y"])?;
+        c.superuser_password = read_superuser_password(&c.secrets())?;
+        c.wait_leader(0, Duration::from_secs(120))?;
+        let secrets = c.secrets().to_string_lossy().to_string();
+        for i in 1..c.net.nodes.len() {
+            let ip = c.net.nodes[i].ip.clone();
+            let fqdn = format!("n{}", i + 1);
+            c.larder(
+                i,
+                &[
+                    "join-cluster", &ip1, "-s", &secrets, "--publish-address", &ip, "--fqdn", &fqdn, "-y",
+                ],
+            )?;
+        }
+        c.wait_healthy(Duration::from_secs(300))?;
+        Ok(c)
+    }
+
+    fn wait_leader(&self, i: usize, deadline: Duration) -> Result<()> {
+        let start = Instant::now();
+        while self.leader() != Some(i) {
+            if start.elapsed() > deadline {
+                return Err(Error::Timeout {
+                    what: format!("n{} to answer /leader with 200", i + 1),
+                    secs: deadline.as_secs_f64(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Ok(())
+    }
+
+    /// Streaming replicas as the leader's PostgreSQL sees them.
+    fn streaming_replicas(&self, leader: usize) -> Option<i64> {
+        let t = self.pg_target().with_host(&self.net.nodes[leader].ip);
+        crate::inns::block_on(&self.net.client.name.clone(), move || async move {
+            let c = crate::pg::connect(&t, Duration::from_secs(2)).await?;
+            let row = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                    &[],
+                )
+                .await
+                .map_err(|source| Error::Postgres {
+                    target: t.describe(),
+                    source,
+                })?;
+            Ok(row.get::<_, i64>(0))
+        })
+        .ok()
+    }
+}
+
+/// postgresql.db_superuser_password from the shared secrets file.
+pub fn read_superuser_password(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    v["postgresql"]["db_superuser_password"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::Invalid(format!("{}: no postgresql.db_superuser_password", path.display())))
+}
+
+impl Cluster for LarderCluster {
+    fn label(&self) -> String {
+        self.cfg.label.clone()
+    }
+    fn net(&self) -> &TestNet {
+        &self.net
+    }
+    fn net_mut(&mut self) -> &mut TestNet {
+        &mut self.net
+    }
+    fn check(&self) -> HealthCheck {
+        HealthCheck::larder()
+    }
+    fn pg_target(&self) -> Target {
+        Target {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            user: "chef_pgsql".into(),
+            password: self.superuser_password.clone(),
+            dbname: "postgres".into(),
+        }
+    }
+    fn start_node(&mut self, i: usize) -> Result<()> {
+        self.larder(i, &["start"]).map(|_| ())
+    }
+    fn start_agent(&mut self, i: usize) -> Result<()> {
+        self.larder(i, &["start"]).map(|_| ())
+    }
+    fn lease(&self) -> Duration {
+        self.cfg.lease
+    }
+    fn data_disk(&self, i: usize) -> Option<crate::disk::LoopDisk> {
+        let mp = self.root(i);
+        self.net.disks.iter().find(|d| d.mountpoint == mp).cloned()
+    }
+    fn switchover(&mut self, _from: usize, to: Option<usize>) -> Result<()> {
+        let to = to.unwrap_or((_from + 1) % self.net.nodes.len());
+        let name = format!("n{}", to + 1);
+        self.larder(to, &["promote", &name]).map(|_| ())
+    }
+    fn agent_pid(&self, i: usize) -> Option<i32> {
+        let p = self.root(i).join("run/larder/agent.pid");
+        std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    }
+    fn etcd_pid(&self, i: usize) -> Option<i32> {
+        crate::nemesis::find(&self.net.nodes[i], "etcd")
+            .into_iter()
+            .find(|p| crate::nemesis::comm(*p) == "etcd")
+    }
+    fn fully_healthy(&self) -> bool {
+        match self.leader() {
+            Some(l) => self.streaming_replicas(l) == Some(self.net.nodes.len() as i64 - 1),
+            None => false,
+        }
+    }
+}
+
+impl Drop for LarderCluster {
+    fn drop(&mut self) {
+        for n in &self.net.nodes {
+            let _ = crate::nemesis::kill_host(n);
+        }
+    }
+}

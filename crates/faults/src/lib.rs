@@ -1,0 +1,44 @@
+//! Larder's fault-injection suite and failover benchmark.
+//!
+//! Module map:
+//! - [`hosts`]: one run's test hosts (bridge + a network namespace per node + a client
+//!   namespace) built on [`bridge`] and [`netns`]; [`teardown`] removes them on drop, on
+//!   SIGINT/SIGTERM and for `larder-faults cleanup`.
+//! - Faults: [`nemesis`] (kill -9, SIGSTOP/SIGCONT of processes and whole hosts),
+//!   [`partition`] (nftables drops, also one-way), [`netem`] (latency/jitter/loss),
+//!   [`disk`] (a small loop-mounted filesystem to fill).
+//! - Client side: [`haproxy`] configured as a Chef frontend, [`workload`] (paced inserts),
+//!   [`sampler`] (health endpoints + direct writes on every node), [`history`] (JSON lines),
+//!   [`checker`] (durability, split brain, availability gaps), [`stats`].
+//! - Clusters under test: [`patroni`] (the baseline: etcd 3.4 + Patroni + PostgreSQL 15) and
+//!   [`larder`] (the `larder` binary), both behind [`cluster::Cluster`].
+//! - [`scenario`] runs the failover benchmark trials, [`schedule`] the randomized fault
+//!   schedule.
+
+pub mod bridge;
+pub mod checker;
+pub mod cluster;
+pub mod clients;
+pub mod command;
+pub mod disk;
+pub mod error;
+pub mod haproxy;
+pub mod history;
+pub mod hosts;
+pub mod http;
+pub mod inns;
+pub mod larder;
+pub mod nemesis;
+pub mod netem;
+pub mod netns;
+pub mod partition;
+pub mod patroni;
+pub mod pg;
+pub mod sampler;
+pub mod scenario;
+pub mod schedule;
+pub mod stats;
+pub mod teardown;
+pub mod workload;
+
+pub use error::{Error, Result};

@@ -1,0 +1,139 @@
+//! The failover benchmark: repeated trials of one failure at a time under a client writing
+//! every few milliseconds through haproxy, measuring the write-unavailability window.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::checker;
+use crate::clients::Clients;
+use crate::cluster::Cluster;
+use crate::error::{Error, Result};
+use crate::nemesis;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// (a) kill -9 every process of the leader's host, restart it after writes resume.
+    KillLeaderNode,
+    /// (b) kill -9 the leader's postmaster.
+    KillLeaderPostgres,
+    /// (c) planned switchover to another node.
+    Switchover,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 3] = [
+        Scenario::KillLeaderNode,
+        Scenario::KillLeaderPostgres,
+        Scenario::Switchover,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::KillLeaderNode => "leader node killed",
+            Scenario::KillLeaderPostgres => "leader PostgreSQL killed",
+            Scenario::Switchover => "planned switchover",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scenario> {
+        match s {
+            "kill-node" | "a" => Some(Scenario::KillLeaderNode),
+            "kill-postgres" | "b" => Some(Scenario::KillLeaderPostgres),
+            "switchover" | "c" => Some(Scenario::Switchover),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Trial {
+    pub scenario: Scenario,
+    pub trial: u32,
+    pub leader_before: String,
+    pub leader_after: Option<String>,
+    /// When the fault was injected (seconds since the history start).
+    pub fault_at_s: f64,
+    /// End of the first acknowledged write that started after the fault.
+    pub resumed_at_s: f64,
+    /// Longest gap between acknowledged writes around the fault: what the client saw.
+    pub window_s: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub trials: u32,
+    /// How long a trial may wait for writes to come back before it is recorded as a failure.
+    pub resume_deadline: Duration,
+    /// How long the cluster may take to be fully healthy again between trials.
+    pub heal_deadline: Duration,
+}
+
+/// Runs `trials` of `scenario`. A trial whose writes never resume ends the run with an error
+/// (and the history shows why) rather than being dropped from the statistics.
+pub fn run(cluster: &mut dyn Cluster, clients: &Clients, scenario: Scenario, opts: &BenchOptions) -> Result<Vec<Trial>> {
+    let rec = &clients.rec;
+    let mut out = Vec::new();
+    for trial in 1..=opts.trials {
+        let leader = cluster.wait_healthy(opts.heal_deadline)?;
+        // Writes must be flowing through haproxy before the fault, or the window would also
+        // measure haproxy catching up with the previous trial.
+        let now = rec.now_us();
+        clients.wait_write_after(now, opts.heal_deadline)?;
+        let leader_name = format!("n{}", leader + 1);
+        rec.event(
+            "fault",
+            format!("{} trial {trial}: {} on {leader_name}", cluster.label(), scenario.name()),
+        );
+        let fault_at = rec.now_us();
+        match scenario {
+            Scenario::KillLeaderNode => {
+                nemesis::kill_host(&cluster.net().nodes[leader])?;
+            }
+            Scenario::KillLeaderPostgres => {
+                let pms = nemesis::postmasters(&cluster.net().nodes[leader]);
+                if pms.is_empty() {
+                    return Err(Error::Invalid(format!("no postmaster found on {leader_name}")));
+                }
+                for p in pms {
+                    nemesis::kill9(p)?;
+                }
+            }
+            Scenario::Switchover => {
+                let to = (leader + 1) % cluster.node_count();
+                cluster.switchover(leader, Some(to))?;
+            }
+        }
+        let resumed = clients.wait_write_after(fault_at, opts.resume_deadline)?;
+        let (gap, _) = checker::longest_gap(&rec.entries(), fault_at, resumed);
+        let leader_after = cluster.leader().map(|l| format!("n{}", l + 1));
+        rec.event(
+            "heal",
+            format!(
+                "trial {trial}: writes resumed after {:.3}s window; leader now {}",
+                gap as f64 / 1e6,
+                leader_after.as_deref().unwrap_or("?")
+            ),
+        );
+        if scenario == Scenario::KillLeaderNode {
+            cluster.start_node(leader)?;
+        }
+        out.push(Trial {
+            scenario,
+            trial,
+            leader_before: leader_name,
+            leader_after,
+            fault_at_s: fault_at as f64 / 1e6,
+            resumed_at_s: resumed as f64 / 1e6,
+            window_s: gap as f64 / 1e6,
+        });
+        eprintln!(
+            "  {} trial {trial}/{}: window {:.3}s",
+            scenario.name(),
+            opts.trials,
+            gap as f64 / 1e6
+        );
+    }
+    Ok(out)
+}
