@@ -1,1 +1,45 @@
-//! placeholder: the search service (see issue 4)
+//! Larder's search tier: the Elasticsearch API subset Chef Infra Server uses, durable in
+//! PostgreSQL, served from a local tantivy index on every node.
+//!
+//! Data flow: `_bulk` → [`log`] (one multi-row upsert in PostgreSQL, acknowledged after commit)
+//! → streaming replication → [`tailer`] on each node (reads the change log in position order)
+//! → [`indexer`] thread (tantivy, grouped commits) → searches via [`api`].
+//!
+//! Modules:
+//! - [`config`]: `SearchConfig`, `PgTarget`.
+//! - [`api`]: HTTP routes and ES-shaped responses for majors 5, 6, 7; routing decision for writes.
+//! - [`bulk`]: NDJSON `_bulk` parsing.
+//! - [`query`]: Lucene query-string parser ([`query::parser`]), ES JSON DSL ([`query::dsl`]),
+//!   compilation to tantivy ([`query::build`]).
+//! - [`index`]: schema, open/rebuild of the local index, search, stats.
+//! - [`indexer`]: the writer thread.
+//! - [`log`]: the change log schema and statements in PostgreSQL.
+//! - [`tailer`]: follows the local log, tracks the node's role.
+//! - [`pg`]: connections, database creation, role detection, pool.
+//! - [`flatten`]: Chef's object → `content` flattening (tests, benchmark).
+//! - [`service`]: `serve` and `rebuild_index`.
+//! - [`errors`]: `SearchError`.
+
+pub mod api;
+pub mod bulk;
+pub mod config;
+pub mod errors;
+pub mod flatten;
+pub mod index;
+pub mod indexer;
+pub mod log;
+pub mod pg;
+pub mod query;
+pub mod service;
+pub mod tailer;
+
+pub use config::{PgTarget, SearchConfig};
+pub use errors::SearchError;
+pub use flatten::{flatten, flatten_chef};
+pub use index::IndexStats;
+pub use service::{rebuild_index, serve};
+
+/// Cheap stats for `larder status` (document count, index size bytes, last applied position).
+pub fn index_stats(index_dir: &std::path::Path) -> Result<IndexStats, SearchError> {
+    index::index_stats(index_dir)
+}

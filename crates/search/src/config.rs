@@ -1,0 +1,71 @@
+//! Connection and service settings handed in by the agent (or a test).
+
+use std::path::PathBuf;
+
+/// Where the node-local PostgreSQL listens. The search service only ever talks to the PostgreSQL
+/// of its own node: on the leader that is the writable primary, on a follower the hot standby
+/// whose replicated change log the index follows.
+#[derive(Debug, Clone)]
+pub struct PgTarget {
+    /// An IP address, or a unix-socket directory when it starts with '/'.
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    /// Database holding the search change log; `larder_search` by default.
+    pub dbname: String,
+}
+
+impl PgTarget {
+    /// Default database name of the search tier.
+    pub const DEFAULT_DBNAME: &'static str = "larder_search";
+
+    pub(crate) fn config(&self, dbname: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        if self.host.starts_with('/') {
+            c.host_path(&self.host);
+        } else {
+            c.host(&self.host);
+        }
+        c.port(self.port)
+            .user(&self.user)
+            .dbname(dbname)
+            .application_name("larder-search")
+            .connect_timeout(std::time::Duration::from_secs(5));
+        if !self.password.is_empty() {
+            c.password(&self.password);
+        }
+        c
+    }
+}
+
+/// Everything `serve` and `rebuild_index` need.
+#[derive(Debug, Clone)]
+pub struct SearchConfig {
+    pub pg: PgTarget,
+    /// Directory of the local tantivy index (a rebuildable cache of the PostgreSQL log).
+    pub index_dir: PathBuf,
+    /// Elasticsearch major version to impersonate: 5, 6 or 7 (7 is what current Chef Infra
+    /// Server, which ships OpenSearch 1.x reporting 7.10.2, handles best).
+    pub es_major: u8,
+    pub cluster_name: String,
+    pub node_name: String,
+}
+
+impl SearchConfig {
+    /// Checks the settings that would otherwise fail late (at the first request).
+    pub fn validate(&self) -> Result<(), crate::SearchError> {
+        if !matches!(self.es_major, 5..=7) {
+            return Err(crate::SearchError::Config(format!(
+                "search.es_major = {}: only 5, 6 and 7 are supported",
+                self.es_major
+            )));
+        }
+        if self.pg.dbname.is_empty() {
+            return Err(crate::SearchError::Config(
+                "search.pg.dbname must not be empty".into(),
+            ));
+        }
+        Ok(())
+    }
+}

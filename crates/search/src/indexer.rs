@@ -1,0 +1,167 @@
+//! The index writer thread: applies change-log batches to tantivy and commits them in groups.
+//!
+//! Committing per batch would make a segment per `_bulk` and spend the box's two cores merging;
+//! instead a commit happens when the queue runs dry and the previous commit is ≥ 100 ms old, or
+//! at least once a second under sustained load. After each commit the reader is reloaded and the
+//! applied position published: `_refresh` and `?refresh=` wait on that.
+
+use crate::index::{CommitMeta, LocalIndex, SCHEMA_VERSION};
+use crate::log::LogRow;
+use crate::SearchError;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tantivy::{IndexWriter, TantivyDocument, Term};
+use tokio::sync::watch;
+
+const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_COMMIT_DELAY: Duration = Duration::from_secs(1);
+const WRITER_MEMORY: usize = 200_000_000;
+
+/// Work for the writer thread.
+pub enum IndexerMsg {
+    /// Changes in log order; `last_pos` is the position of the last one.
+    Batch { rows: Vec<LogRow>, last_pos: i64 },
+    /// The log has another identity than the index: empty the index and start over.
+    Reset { epoch: String },
+}
+
+/// Handle to the writer thread.
+pub struct Indexer {
+    pub tx: SyncSender<IndexerMsg>,
+    pub thread: std::thread::JoinHandle<Result<(), SearchError>>,
+}
+
+impl Indexer {
+    /// Takes the index writer (fails if another process holds it) and starts the thread.
+    pub fn spawn(
+        ix: Arc<LocalIndex>,
+        meta: CommitMeta,
+        applied: watch::Sender<i64>,
+    ) -> Result<Indexer, SearchError> {
+        let writer: IndexWriter = ix.index.writer_with_num_threads(1, WRITER_MEMORY)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let thread = std::thread::Builder::new()
+            .name("larder-indexer".into())
+            .spawn(move || run(ix, writer, meta, applied, rx))
+            .map_err(|e| SearchError::Other(format!("cannot start indexer thread: {e}")))?;
+        Ok(Indexer { tx, thread })
+    }
+}
+
+/// Adds a batch of changes to the writer (delete-then-add makes a re-index replace the old doc).
+pub fn apply(ix: &LocalIndex, writer: &IndexWriter, rows: &[LogRow]) -> Result<(), SearchError> {
+    let f = &ix.fields;
+    for r in rows {
+        writer.delete_term(Term::from_field_text(f.id, &r.id));
+        if r.deleted {
+            continue;
+        }
+        let mut doc = TantivyDocument::default();
+        doc.add_text(f.id, &r.id);
+        doc.add_text(f.content, &r.content);
+        // Chef's id keyword equals the ES id; generic documents get it too so sorting agrees.
+        doc.add_text(f.chef_id, &r.id);
+        if let Some(v) = &r.database {
+            doc.add_text(f.chef_db, v);
+        }
+        if let Some(v) = &r.object_type {
+            doc.add_text(f.chef_type, v);
+        }
+        if let Some(v) = &r.data_bag {
+            doc.add_text(f.data_bag, v);
+        }
+        writer.add_document(doc)?;
+    }
+    Ok(())
+}
+
+/// Commits with the log position in the payload, reloads the reader, publishes the position.
+pub fn commit(
+    ix: &LocalIndex,
+    writer: &mut IndexWriter,
+    meta: &CommitMeta,
+    applied: &watch::Sender<i64>,
+) -> Result<(), SearchError> {
+    let mut prepared = writer.prepare_commit()?;
+    prepared.set_payload(&serde_json::to_string(meta).expect("meta serializes"));
+    prepared.commit()?;
+    ix.reader.reload()?;
+    applied.send_replace(meta.applied_position);
+    Ok(())
+}
+
+fn run(
+    ix: Arc<LocalIndex>,
+    mut writer: IndexWriter,
+    mut meta: CommitMeta,
+    applied: watch::Sender<i64>,
+    rx: Receiver<IndexerMsg>,
+) -> Result<(), SearchError> {
+    meta.schema_version = SCHEMA_VERSION;
+    let mut dirty_since: Option<Instant> = None;
+    let mut last_commit = Instant::now() - MIN_COMMIT_INTERVAL;
+    let mut peeked: Option<IndexerMsg> = None;
+    let result = loop {
+        let msg = match peeked.take() {
+            Some(m) => Ok(m),
+            None => match dirty_since {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(_) => {
+                    let due = (last_commit + MIN_COMMIT_INTERVAL).saturating_duration_since(Instant::now());
+                    rx.recv_timeout(due)
+                }
+            },
+        };
+        match msg {
+            Ok(IndexerMsg::Batch { rows, last_pos }) => {
+                if let Err(e) = apply(&ix, &writer, &rows) {
+                    break Err(e);
+                }
+                meta.applied_position = last_pos;
+                dirty_since.get_or_insert_with(Instant::now);
+            }
+            Ok(IndexerMsg::Reset { epoch }) => {
+                tracing::info!(%epoch, "search log identity changed; emptying the index to rebuild it");
+                if let Err(e) = writer.delete_all_documents() {
+                    break Err(e.into());
+                }
+                meta.applied_position = 0;
+                meta.log_epoch = epoch;
+                dirty_since.get_or_insert_with(Instant::now);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if dirty_since.is_some() {
+                    if let Err(e) = commit(&ix, &mut writer, &meta, &applied) {
+                        break Err(e);
+                    }
+                }
+                break Ok(());
+            }
+        }
+        let Some(since) = dirty_since else { continue };
+        // Keep absorbing queued batches unless a commit is overdue.
+        let idle = match rx.try_recv() {
+            Ok(m) => {
+                peeked = Some(m);
+                false
+            }
+            Err(TryRecvError::Empty) => true,
+            Err(TryRecvError::Disconnected) => true,
+        };
+        let now = Instant::now();
+        if (idle && now >= last_commit + MIN_COMMIT_INTERVAL) || now >= since + MAX_COMMIT_DELAY {
+            if let Err(e) = commit(&ix, &mut writer, &meta, &applied) {
+                break Err(e);
+            }
+            dirty_since = None;
+            last_commit = Instant::now();
+        }
+    };
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "search indexer stopped");
+    }
+    let _ = writer.wait_merging_threads();
+    result
+}

@@ -1,0 +1,306 @@
+//! The durable change log in PostgreSQL (database `larder_search`).
+//!
+//! `search_log` holds one row per document id: its latest state (live or a tombstone) and the
+//! log position `pos` of its latest change. A follower's tailer reads rows with
+//! `pos > applied` in `pos` order. Keeping only the latest state per id bounds the table to the
+//! number of ids ever written, yet loses nothing the tailer needs: a superseded change is
+//! replaced by one with a higher position that the tailer will still read.
+//!
+//! Ordering: positions come from a sequence, which is assigned before commit, so two concurrent
+//! writers could commit out of position order and a tailer could skip the earlier-numbered,
+//! later-committed row. Every writer therefore takes one transaction-scoped advisory lock before
+//! it draws positions, and keeps it until commit: commit order equals position order, on the
+//! primary and, since standbys replay commits in WAL order, on every standby.
+
+use crate::SearchError;
+use tokio_postgres::{Client, GenericClient};
+
+/// Advisory lock key serializing log writers ("lard" in ASCII).
+const WRITER_LOCK: i64 = 0x6c61_7264;
+
+/// One change as the tailer reads it.
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    pub pos: i64,
+    pub id: String,
+    pub deleted: bool,
+    pub database: Option<String>,
+    pub object_type: Option<String>,
+    pub data_bag: Option<String>,
+    pub content: String,
+}
+
+/// A document write requested by `_bulk` (or the single-document endpoints).
+#[derive(Debug, Clone)]
+pub enum Change {
+    Index {
+        id: String,
+        database: Option<String>,
+        object_type: Option<String>,
+        data_bag: Option<String>,
+        content: String,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+impl Change {
+    pub fn id(&self) -> &str {
+        match self {
+            Change::Index { id, .. } | Change::Delete { id } => id,
+        }
+    }
+}
+
+/// Per-change outcome (ES `result`): whether the id held a live document before.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub existed: bool,
+    pub pos: i64,
+}
+
+/// Creates the log schema if missing. Run on the primary only.
+pub async fn ensure_schema(client: &Client) -> Result<(), SearchError> {
+    // Serialize concurrent creators (two services starting at once) on the same lock.
+    client
+        .batch_execute(&format!(
+            "BEGIN;
+             SELECT pg_advisory_xact_lock({WRITER_LOCK});
+             CREATE TABLE IF NOT EXISTS search_meta (key text PRIMARY KEY, value text NOT NULL);
+             INSERT INTO search_meta VALUES ('log_epoch', md5(random()::text || clock_timestamp()::text))
+                 ON CONFLICT (key) DO NOTHING;
+             CREATE SEQUENCE IF NOT EXISTS search_pos;
+             CREATE TABLE IF NOT EXISTS search_index_def (name text PRIMARY KEY, definition jsonb NOT NULL);
+             COMMIT;"
+        ))
+        .await?;
+    let table = |compression: &str| {
+        format!(
+            "CREATE TABLE IF NOT EXISTS search_log (
+                id text PRIMARY KEY,
+                pos bigint NOT NULL,
+                deleted boolean NOT NULL DEFAULT false,
+                db text, type text, data_bag text,
+                content text {compression} NOT NULL DEFAULT '');
+             CREATE UNIQUE INDEX IF NOT EXISTS search_log_pos ON search_log (pos);"
+        )
+    };
+    // lz4 TOAST compression is several times cheaper on CPU than the default pglz; fall back
+    // when the server was built without it.
+    if client.batch_execute(&table("COMPRESSION lz4")).await.is_err() {
+        client.batch_execute(&table("")).await?;
+    }
+    Ok(())
+}
+
+/// True once the schema exists (on a standby: once it has been replicated).
+pub async fn schema_ready(client: &Client) -> Result<bool, SearchError> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass('search_log') IS NOT NULL AND to_regclass('search_meta') IS NOT NULL",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Identity of this log; the index records it so a log recreated from scratch forces a rebuild.
+pub async fn epoch(client: &Client) -> Result<String, SearchError> {
+    let row = client
+        .query_one("SELECT value FROM search_meta WHERE key = 'log_epoch'", &[])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Highest committed position (0 for an empty log).
+pub async fn latest_position(client: &impl GenericClient) -> Result<i64, SearchError> {
+    let row = client
+        .query_one("SELECT coalesce(max(pos), 0) FROM search_log", &[])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Reads up to `limit` changes after `after`, in position order.
+pub async fn fetch_after(client: &Client, after: i64, limit: i64) -> Result<Vec<LogRow>, SearchError> {
+    let rows = client
+        .query(
+            "SELECT pos, id, deleted, db, type, data_bag, content FROM search_log
+             WHERE pos > $1 ORDER BY pos LIMIT $2",
+            &[&after, &limit],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| LogRow {
+            pos: r.get(0),
+            id: r.get(1),
+            deleted: r.get(2),
+            database: r.get(3),
+            object_type: r.get(4),
+            data_bag: r.get(5),
+            content: r.get(6),
+        })
+        .collect())
+}
+
+/// Commits a batch of changes in one transaction with one multi-row statement; when it returns
+/// Ok the changes are durable (and, with synchronous replication, on the standby quorum).
+/// Later changes to the same id win. Returns one outcome per input change.
+pub async fn write(client: &mut Client, changes: &[Change]) -> Result<Vec<Applied>, SearchError> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One row per id in the statement (ON CONFLICT cannot touch a row twice): keep the last.
+    let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, c) in changes.iter().enumerate() {
+        last.insert(c.id(), i);
+    }
+    let mut ids: Vec<&str> = Vec::with_capacity(last.len());
+    let mut deleted = Vec::with_capacity(last.len());
+    let mut dbs = Vec::with_capacity(last.len());
+    let mut types = Vec::with_capacity(last.len());
+    let mut bags = Vec::with_capacity(last.len());
+    let mut contents: Vec<&str> = Vec::with_capacity(last.len());
+    for (i, c) in changes.iter().enumerate() {
+        if last[c.id()] != i {
+            continue;
+        }
+        match c {
+            Change::Index {
+                id,
+                database,
+                object_type,
+                data_bag,
+                content,
+            } => {
+                ids.push(id);
+                deleted.push(false);
+                dbs.push(database.as_deref());
+                types.push(object_type.as_deref());
+                bags.push(data_bag.as_deref());
+                contents.push(content);
+            }
+            Change::Delete { id } => {
+                ids.push(id);
+                deleted.push(true);
+                dbs.push(None);
+                types.push(None);
+                bags.push(None);
+                contents.push("");
+            }
+        }
+    }
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])
+        .await?;
+    let live: std::collections::HashSet<String> = tx
+        .query(
+            "SELECT id FROM search_log WHERE id = ANY($1) AND NOT deleted",
+            &[&ids],
+        )
+        .await?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    let rows = tx
+        .query(
+            "INSERT INTO search_log (id, pos, deleted, db, type, data_bag, content)
+             SELECT u.id, nextval('search_pos'), u.del, u.db, u.typ, u.bag, u.content
+             FROM unnest($1::text[], $2::bool[], $3::text[], $4::text[], $5::text[], $6::text[])
+                  AS u(id, del, db, typ, bag, content)
+             ON CONFLICT (id) DO UPDATE SET pos = EXCLUDED.pos, deleted = EXCLUDED.deleted,
+                 db = EXCLUDED.db, type = EXCLUDED.type, data_bag = EXCLUDED.data_bag,
+                 content = EXCLUDED.content
+             RETURNING id, pos",
+            &[&ids, &deleted, &dbs, &types, &bags, &contents],
+        )
+        .await?;
+    tx.commit().await?;
+    let pos: std::collections::HashMap<String, i64> =
+        rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+    // Within the batch, an id's earlier changes see the state its previous changes left.
+    let mut state: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
+    Ok(changes
+        .iter()
+        .map(|c| {
+            let before = *state
+                .get(c.id())
+                .unwrap_or(&live.contains(c.id()));
+            state.insert(c.id(), matches!(c, Change::Index { .. }));
+            Applied {
+                existed: before,
+                pos: pos.get(c.id()).copied().unwrap_or(0),
+            }
+        })
+        .collect())
+}
+
+/// Tombstones every live document (DELETE of the whole index).
+pub async fn delete_all(client: &mut Client) -> Result<u64, SearchError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])
+        .await?;
+    let n = tx
+        .execute(
+            "UPDATE search_log SET deleted = true, content = '', db = NULL, type = NULL,
+                 data_bag = NULL, pos = nextval('search_pos')
+             WHERE NOT deleted",
+            &[],
+        )
+        .await?;
+    tx.execute("DELETE FROM search_index_def", &[]).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// A stored document (for `GET /chef/_doc/<id>`), read from PostgreSQL, the source of truth.
+pub async fn get_doc(client: &Client, id: &str) -> Result<Option<LogRow>, SearchError> {
+    let row = client
+        .query_opt(
+            "SELECT pos, id, deleted, db, type, data_bag, content FROM search_log
+             WHERE id = $1 AND NOT deleted",
+            &[&id],
+        )
+        .await?;
+    Ok(row.map(|r| LogRow {
+        pos: r.get(0),
+        id: r.get(1),
+        deleted: r.get(2),
+        database: r.get(3),
+        object_type: r.get(4),
+        data_bag: r.get(5),
+        content: r.get(6),
+    }))
+}
+
+/// The definition sent with `PUT /<index>`, when the index exists.
+pub async fn index_definition(
+    client: &Client,
+    name: &str,
+) -> Result<Option<serde_json::Value>, SearchError> {
+    let row = client
+        .query_opt(
+            "SELECT definition::text FROM search_index_def WHERE name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(row.map(|r| {
+        serde_json::from_str(r.get::<_, &str>(0)).unwrap_or(serde_json::Value::Null)
+    }))
+}
+
+/// Records an index definition; false when the index already existed.
+pub async fn create_index(
+    client: &Client,
+    name: &str,
+    definition: &serde_json::Value,
+) -> Result<bool, SearchError> {
+    let n = client
+        .execute(
+            "INSERT INTO search_index_def VALUES ($1, $2::text::jsonb) ON CONFLICT (name) DO NOTHING",
+            &[&name, &definition.to_string()],
+        )
+        .await?;
+    Ok(n == 1)
+}
