@@ -106,6 +106,11 @@ impl From<SearchError> for EsError {
         match e {
             SearchError::Follower => EsError::follower(),
             SearchError::Pg(pe) if pg::is_read_only_error(&pe) => EsError::follower(),
+            SearchError::Pg(pe) if pg::is_not_ready_error(&pe) => EsError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable_shards_exception",
+                "the search database is not ready on this node yet (being created or replicated)",
+            ),
             SearchError::Pg(pe) if pe.is_closed() || pe.code().is_none() => EsError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable_shards_exception",

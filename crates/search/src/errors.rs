@@ -5,7 +5,7 @@
 pub enum SearchError {
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("postgresql: {0}")]
+    #[error("postgresql: {}", pg_message(.0))]
     Pg(#[from] tokio_postgres::Error),
     #[error("search index: {0}")]
     Index(#[from] tantivy::TantivyError),
@@ -20,4 +20,12 @@ pub enum SearchError {
     Follower,
     #[error("{0}")]
     Other(String),
+}
+
+/// tokio-postgres prints only "db error"; the server's message is in the source.
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
 }

@@ -54,6 +54,13 @@ pub fn is_read_only_error(e: &tokio_postgres::Error) -> bool {
         || e.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
 }
 
+/// True when the database or its schema does not exist (yet): creation or replication pending.
+pub fn is_not_ready_error(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNDEFINED_TABLE)
+        || e.code() == Some(&SqlState::INVALID_CATALOG_NAME)
+        || e.code() == Some(&SqlState::UNDEFINED_OBJECT)
+}
+
 /// A handful of reusable connections to the search database. Each slot reconnects lazily
 /// after its connection broke (PostgreSQL restart, failover of the local server's role).
 pub struct Pool {

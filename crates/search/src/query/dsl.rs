@@ -185,12 +185,10 @@ pub fn query(v: &Value) -> Result<Ast, QueryError> {
                     }
                 }
             }
-            let has_required = items.iter().any(|(o, _)| *o == Occur::Must);
             if items.is_empty() {
                 return Ok(Ast::All);
             }
-            // ES: with no must/filter, at least one should clause must match (tantivy agrees).
-            let _ = has_required;
+            // With no must/filter, at least one should clause must match: ES and tantivy agree.
             Ok(Ast::Bool(items))
         }
         "constant_score" => query(body.get("filter").ok_or_else(|| bad("[constant_score] requires [filter]"))?),

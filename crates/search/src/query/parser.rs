@@ -348,6 +348,7 @@ impl Parser {
                     let distance = match self.number() {
                         None => 2,
                         Some(n) if n >= 1.0 => (n as u32).min(2) as u8,
+                        Some(n) if n == 0.0 => 0,
                         // Old-style similarity (Lucene's floatToEdits).
                         Some(sim) => (((1.0 - sim) * text.chars().count() as f32) as u32).min(2) as u8,
                     };

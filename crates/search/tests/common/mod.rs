@@ -27,7 +27,24 @@ pub fn config(target: PgTarget, index_dir: &Path, es_major: u8) -> SearchConfig 
 }
 
 impl Service {
+    /// Starts the service and waits until it has PostgreSQL and its schema (health not red).
     pub async fn start(cfg: SearchConfig) -> Service {
+        let s = Service::start_unready(cfg).await;
+        let url = s.url.clone();
+        eventually(30, "search service health not red", || {
+            let url = url.clone();
+            async move {
+                let (_, v) = call("GET", &format!("{url}/_cluster/health"), None).await;
+                (v["status"] != "red").then_some(())
+            }
+        })
+        .await;
+        s
+    }
+
+    /// Starts the service without waiting for its database (e.g. a follower whose database is
+    /// not replicated yet).
+    pub async fn start_unready(cfg: SearchConfig) -> Service {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
