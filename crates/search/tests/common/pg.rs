@@ -157,6 +157,14 @@ impl PgServer {
         }
     }
 
+    /// Immediate shutdown (no checkpoint): what a crash leaves behind.
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGQUIT);
+            let _ = c.wait();
+        }
+    }
+
     /// Promotes a standby.
     pub fn promote(&self) {
         run_as(self.uid, self.gid, Command::new(format!("{BIN}/pg_ctl")).args(["promote", "-w", "-D", self.data_dir().to_str().unwrap()]));
