@@ -32,6 +32,8 @@ pub struct TestNet {
     pub nodes: Vec<Netns>,
     pub client: Netns,
     pub disks: Vec<LoopDisk>,
+    /// Where the daemons' `*.log` files are copied before teardown deletes the run dir.
+    pub keep_logs: Option<PathBuf>,
     torn_down: bool,
 }
 
@@ -79,6 +81,7 @@ impl TestNet {
                 ifname: String::new(),
             },
             disks: Vec::new(),
+            keep_logs: None,
             torn_down: false,
         };
         for k in 1..=n {
@@ -104,27 +107,40 @@ impl TestNet {
         Ok(net)
     }
 
-    /// Polls until the client can ping every node (bridge ports up, ARP works).
+    /// Polls until the client reaches every node (bridge ports forwarding, ARP answered).
+    /// A TCP connect to a closed port is the probe: "connection refused" is a reply from
+    /// the node's kernel, so it proves the path without needing ping or a listener.
     fn wait_reachable(&self, deadline: Duration) -> Result<()> {
-        let start = std::time::Instant::now();
-        for node in &self.nodes {
-            loop {
-                let ok = self
-                    .client
-                    .run("ping", &["-c", "1", "-W", "1", &node.ip])
-                    .is_ok();
-                if ok {
-                    break;
-                }
-                if start.elapsed() > deadline {
-                    return Err(Error::Timeout {
-                        what: format!("client namespace to reach {}", node.ip),
-                        secs: deadline.as_secs_f64(),
-                    });
+        let ips: Vec<String> = self.nodes.iter().map(|n| n.ip.clone()).collect();
+        crate::inns::block_on(&self.client.name, move || async move {
+            let start = std::time::Instant::now();
+            for ip in ips {
+                loop {
+                    let addr = format!("{ip}:9");
+                    let r = tokio::time::timeout(
+                        Duration::from_millis(500),
+                        tokio::net::TcpStream::connect(&addr),
+                    )
+                    .await;
+                    let reached = match r {
+                        Ok(Ok(_)) => true,
+                        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+                        Err(_) => false,
+                    };
+                    if reached {
+                        break;
+                    }
+                    if start.elapsed() > deadline {
+                        return Err(Error::Timeout {
+                            what: format!("client namespace to reach {ip}"),
+                            secs: deadline.as_secs_f64(),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     pub fn node(&self, idx: usize) -> &Netns {
@@ -145,6 +161,9 @@ impl TestNet {
             return;
         }
         self.torn_down = true;
+        if let Some(keep) = &self.keep_logs {
+            copy_logs(&self.dir, keep);
+        }
         teardown::teardown_run(self.run);
         teardown::unregister(self.run);
     }
@@ -153,5 +172,20 @@ impl TestNet {
 impl Drop for TestNet {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+/// Copies `*.log` files (one level deep) so a failed run can be diagnosed after teardown.
+fn copy_logs(from: &Path, to: &Path) {
+    let _ = std::fs::create_dir_all(to);
+    if let Ok(rd) = std::fs::read_dir(from) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "log") {
+                if let Some(name) = p.file_name() {
+                    let _ = std::fs::copy(&p, to.join(name));
+                }
+            }
+        }
     }
 }

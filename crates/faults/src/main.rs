@@ -142,7 +142,8 @@ fn label(c: &Common) -> String {
 }
 
 fn start_cluster(c: &Common, disk_mb: u64) -> Result<Box<dyn Cluster>> {
-    let net = TestNet::create(c.nodes).context("creating test hosts")?;
+    let mut net = TestNet::create(c.nodes).context("creating test hosts")?;
+    net.keep_logs = Some(c.out.join(label(c)).join("logs"));
     eprintln!(
         "test hosts: bridge {} subnet 10.213.{}.0/24, dir {}",
         net.bridge.name,

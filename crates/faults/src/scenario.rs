@@ -105,7 +105,11 @@ pub fn run(cluster: &mut dyn Cluster, clients: &Clients, scenario: Scenario, opt
                 cluster.switchover(leader, Some(to))?;
             }
         }
-        let resumed = clients.wait_write_after(fault_at, opts.resume_deadline)?;
+        // "Resumed" is judged only from writes that began after the fault action returned:
+        // a switchover command returns once the new leader is up, and writes that the old
+        // leader still accepted while the command ran say nothing about the hand-over.
+        let action_done = rec.now_us();
+        let resumed = clients.wait_write_after(action_done, opts.resume_deadline)?;
         let (gap, _) = checker::longest_gap(&rec.entries(), fault_at, resumed);
         let leader_after = cluster.leader().map(|l| format!("n{}", l + 1));
         rec.event(
