@@ -16,7 +16,10 @@ impl Bridge {
         run("ip", &["link", "add", name, "type", "bridge"])?;
         // Forwarding delay 0: a fresh port would otherwise sit in "learning" for 15 s and the
         // first health checks would fail for reasons that have nothing to do with the test.
-        run("ip", &["link", "set", name, "type", "bridge", "forward_delay", "0"])?;
+        run(
+            "ip",
+            &["link", "set", name, "type", "bridge", "forward_delay", "0"],
+        )?;
         run("ip", &["link", "set", name, "up"])?;
         Ok(Bridge {
             name: name.to_string(),

@@ -8,6 +8,7 @@
 //!    started after another node had acknowledged on a newer one, is split brain.
 //! 3. The health endpoint: two nodes answering 2xx in `dual_leader_rounds` consecutive
 //!    sampling rounds would make haproxy route writes to both.
+//!
 //! A violation carries the part of the history that shows it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -132,7 +133,11 @@ fn check_durability(entries: &[Entry], finals: &FinalState, r: &mut Report) {
             });
             continue;
         };
-        let missing: Vec<&Op> = acked.iter().copied().filter(|o| !ids.contains(&o.id)).collect();
+        let missing: Vec<&Op> = acked
+            .iter()
+            .copied()
+            .filter(|o| !ids.contains(&o.id))
+            .collect();
         if !missing.is_empty() {
             lost.extend(missing.iter().map(|o| o.id));
             let first = missing[0];
@@ -154,7 +159,11 @@ fn check_durability(entries: &[Entry], finals: &FinalState, r: &mut Report) {
                 ),
             });
         }
-        let present: Vec<&Op> = failed.iter().copied().filter(|o| ids.contains(&o.id)).collect();
+        let present: Vec<&Op> = failed
+            .iter()
+            .copied()
+            .filter(|o| ids.contains(&o.id))
+            .collect();
         if let Some(first) = present.first() {
             r.violations.push(Violation {
                 kind: "failed-write-present",
@@ -189,7 +198,13 @@ fn check_terms(entries: &[Entry], r: &mut Report) {
                         first.node.as_deref().unwrap_or("?"),
                         o.node.as_deref().unwrap_or("?")
                     ),
-                    excerpt: excerpt(entries, o.start_us.saturating_sub(1_000_000), o.end_us, &[first.id, o.id], 60),
+                    excerpt: excerpt(
+                        entries,
+                        o.start_us.saturating_sub(1_000_000),
+                        o.end_us,
+                        &[first.id, o.id],
+                        60,
+                    ),
                 });
                 return;
             }
@@ -275,7 +290,15 @@ fn check_health(entries: &[Entry], rounds_needed: usize, r: &mut Report) {
 mod tests {
     use super::*;
 
-    fn op(kind: OpKind, id: i64, s: u64, e: u64, out: Outcome, node: &str, tl: Option<u32>) -> Entry {
+    fn op(
+        kind: OpKind,
+        id: i64,
+        s: u64,
+        e: u64,
+        out: Outcome,
+        node: &str,
+        tl: Option<u32>,
+    ) -> Entry {
         Entry::Op(Op {
             kind,
             id,
@@ -301,9 +324,17 @@ mod tests {
             op(OpKind::Write, 2, 10, 20, Outcome::Unknown, "a", None),
             op(OpKind::Write, 3, 20, 30, Outcome::Ok, "a", Some(1)),
         ];
-        let ok = check(&h, &vec![("a".into(), all(&[1, 3])), ("b".into(), all(&[1, 2, 3]))], 2);
+        let ok = check(
+            &h,
+            &vec![("a".into(), all(&[1, 3])), ("b".into(), all(&[1, 2, 3]))],
+            2,
+        );
         assert!(ok.ok(), "{:?}", ok.violations);
-        let bad = check(&h, &vec![("a".into(), all(&[1])), ("b".into(), all(&[1, 3]))], 2);
+        let bad = check(
+            &h,
+            &vec![("a".into(), all(&[1])), ("b".into(), all(&[1, 3]))],
+            2,
+        );
         assert_eq!(bad.lost, 1);
         assert_eq!(bad.violations[0].kind, "lost-acknowledged-write");
         assert!(bad.violations[0].excerpt.contains("id=3"));
@@ -373,9 +404,22 @@ mod tests {
             })
         };
         // one round of overlap during a hand-over: tolerated with threshold 2
-        let h = vec![mk(0, 0, 200), mk(1, 0, 200), mk(0, 100, 503), mk(1, 100, 200)];
+        let h = vec![
+            mk(0, 0, 200),
+            mk(1, 0, 200),
+            mk(0, 100, 503),
+            mk(1, 100, 200),
+        ];
         assert!(check(&h, &vec![], 2).ok());
-        let h2 = vec![mk(0, 0, 200), mk(1, 0, 200), mk(0, 100, 200), mk(1, 100, 200)];
-        assert_eq!(check(&h2, &vec![], 2).violations[0].kind, "two-healthy-leaders");
+        let h2 = vec![
+            mk(0, 0, 200),
+            mk(1, 0, 200),
+            mk(0, 100, 200),
+            mk(1, 100, 200),
+        ];
+        assert_eq!(
+            check(&h2, &vec![], 2).violations[0].kind,
+            "two-healthy-leaders"
+        );
     }
 }

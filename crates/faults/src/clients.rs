@@ -34,7 +34,11 @@ pub struct Clients {
 
 impl Clients {
     /// Starts haproxy, creates the history table through it, then the writers and sampler.
-    pub fn start(cluster: &dyn Cluster, opts: &ClientOptions, history: &std::path::Path) -> Result<Self> {
+    pub fn start(
+        cluster: &dyn Cluster,
+        opts: &ClientOptions,
+        history: &std::path::Path,
+    ) -> Result<Self> {
         let net = cluster.net();
         let nodes: Vec<(String, String)> = net
             .nodes
@@ -57,10 +61,12 @@ impl Clients {
             loop {
                 let r = async {
                     let c = pg::connect(&t2, Duration::from_secs(2)).await?;
-                    pg::create_schema(&c).await.map_err(|source| Error::Postgres {
-                        target: t2.describe(),
-                        source,
-                    })
+                    pg::create_schema(&c)
+                        .await
+                        .map_err(|source| Error::Postgres {
+                            target: t2.describe(),
+                            source,
+                        })
                 }
                 .await;
                 match r {
@@ -81,10 +87,14 @@ impl Clients {
         };
         {
             let (rec, stop) = (rec.clone(), stop.clone());
-            threads.push(crate::inns::spawn(&net.client.name, "writers", move || async move {
-                workload::run(wcfg, rec, stop).await;
-                Ok(())
-            })?);
+            threads.push(crate::inns::spawn(
+                &net.client.name,
+                "writers",
+                move || async move {
+                    workload::run(wcfg, rec, stop).await;
+                    Ok(())
+                },
+            )?);
         }
         if !opts.sample_period.is_zero() {
             let scfg = SamplerConfig {
@@ -95,10 +105,14 @@ impl Clients {
                 timeout: Duration::from_secs(1),
             };
             let (rec, stop) = (rec.clone(), stop.clone());
-            threads.push(crate::inns::spawn(&net.client.name, "sampler", move || async move {
-                sampler::run(scfg, rec, stop).await;
-                Ok(())
-            })?);
+            threads.push(crate::inns::spawn(
+                &net.client.name,
+                "sampler",
+                move || async move {
+                    sampler::run(scfg, rec, stop).await;
+                    Ok(())
+                },
+            )?);
         }
         Ok(Clients {
             rec,
@@ -123,7 +137,9 @@ impl Clients {
         loop {
             let found = self.rec.entries().iter().rev().find_map(|e| match e {
                 Entry::Op(o)
-                    if o.kind == OpKind::Write && o.outcome == Outcome::Ok && o.start_us > after_us =>
+                    if o.kind == OpKind::Write
+                        && o.outcome == Outcome::Ok
+                        && o.start_us > after_us =>
                 {
                     Some(o.end_us)
                 }
@@ -155,7 +171,11 @@ impl Drop for Clients {
 
 /// Reads every node's ids for the checker, polling until each node has every acknowledged
 /// id or `deadline` passes (followers may still be replaying the last WAL).
-pub fn final_state(cluster: &dyn Cluster, rec: &Recorder, deadline: Duration) -> crate::checker::FinalState {
+pub fn final_state(
+    cluster: &dyn Cluster,
+    rec: &Recorder,
+    deadline: Duration,
+) -> crate::checker::FinalState {
     let acked: std::collections::HashSet<i64> = crate::checker::ops(&rec.entries())
         .filter(|o| o.kind != OpKind::Health && o.outcome == Outcome::Ok)
         .map(|o| o.id)
@@ -176,16 +196,13 @@ pub fn final_state(cluster: &dyn Cluster, rec: &Recorder, deadline: Duration) ->
             let t = target.with_host(&ip);
             let mut last = None;
             loop {
-                match pg::read_ids(&t, Duration::from_secs(3)).await {
-                    Ok(ids) => {
-                        let set: std::collections::HashSet<i64> = ids.into_iter().collect();
-                        let complete = acked.is_subset(&set);
-                        last = Some(set);
-                        if complete {
-                            break;
-                        }
+                if let Ok(ids) = pg::read_ids(&t, Duration::from_secs(3)).await {
+                    let set: std::collections::HashSet<i64> = ids.into_iter().collect();
+                    let complete = acked.is_subset(&set);
+                    last = Some(set);
+                    if complete {
+                        break;
                     }
-                    Err(_) => {}
                 }
                 if start.elapsed() > deadline {
                     break;

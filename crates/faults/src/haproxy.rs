@@ -55,7 +55,11 @@ pub fn chef_services() -> Vec<Service> {
 }
 
 /// Renders the configuration. `nodes` are (server name, ip).
-pub fn render_config(nodes: &[(String, String)], check: &HealthCheck, services: &[Service]) -> String {
+pub fn render_config(
+    nodes: &[(String, String)],
+    check: &HealthCheck,
+    services: &[Service],
+) -> String {
     let mut c = String::new();
     c.push_str("global\n  maxconn 4096\n\n");
     // Timeouts as chef-server writes them.
@@ -68,7 +72,10 @@ pub fn render_config(nodes: &[(String, String)], check: &HealthCheck, services: 
             b = s.backend,
             p = s.port
         ));
-        c.push_str(&format!("backend {}\n  mode tcp\n  option httpchk\n", s.backend));
+        c.push_str(&format!(
+            "backend {}\n  mode tcp\n  option httpchk\n",
+            s.backend
+        ));
         c.push_str(&format!(
             "  http-check send meth GET uri {} ver HTTP/1.1 hdr Host localhost:{}\n",
             check.path, check.port
@@ -112,7 +119,10 @@ impl Haproxy {
             }
             if Instant::now() > deadline {
                 return Err(Error::Timeout {
-                    what: format!("haproxy to listen on 127.0.0.1:{first_port} (log {})", log.display()),
+                    what: format!(
+                        "haproxy to listen on 127.0.0.1:{first_port} (log {})",
+                        log.display()
+                    ),
                     secs: 10.0,
                 });
             }
@@ -138,13 +148,20 @@ mod tests {
         let nodes = vec![("n1".to_string(), "10.0.0.1".to_string())];
         let c = render_config(&nodes, &HealthCheck::larder(), &chef_services());
         assert!(c.contains("option httpchk"));
-        assert!(c.contains("http-check send meth GET uri /leader ver HTTP/1.1 hdr Host localhost:7331"));
-        assert!(c.contains("default-server inter 2s rise 1 fall 1 on-marked-down shutdown-sessions"));
+        assert!(
+            c.contains("http-check send meth GET uri /leader ver HTTP/1.1 hdr Host localhost:7331")
+        );
+        assert!(
+            c.contains("default-server inter 2s rise 1 fall 1 on-marked-down shutdown-sessions")
+        );
         assert!(c.contains("server n1 10.0.0.1:5432 check port 7331"));
         assert!(c.contains("server n1 10.0.0.1:9200 check port 7331"));
         assert!(c.contains("bind 127.0.0.1:5432"));
         assert!(c.contains("bind 127.0.0.1:9200"));
-        assert!(!c.contains("http-check expect"), "Chef relies on the 2xx/3xx default");
+        assert!(
+            !c.contains("http-check expect"),
+            "Chef relies on the 2xx/3xx default"
+        );
     }
 
     #[test]

@@ -182,10 +182,16 @@ pub fn format_entries(entries: &[&Entry]) -> String {
                 o.process,
                 o.id,
                 o.outcome,
-                o.node.as_deref().map(|n| format!(" node={n}")).unwrap_or_default(),
+                o.node
+                    .as_deref()
+                    .map(|n| format!(" node={n}"))
+                    .unwrap_or_default(),
                 o.timeline.map(|t| format!(" tl={t}")).unwrap_or_default(),
                 o.status.map(|s| format!(" http={s}")).unwrap_or_default(),
-                o.error.as_deref().map(|e| format!(" err={e}")).unwrap_or_default(),
+                o.error
+                    .as_deref()
+                    .map(|e| format!(" err={e}"))
+                    .unwrap_or_default(),
             ),
             Entry::Event(ev) => format!(
                 "  {:>10.3}s {:<6} {}",

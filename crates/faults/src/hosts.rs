@@ -60,19 +60,36 @@ impl TestNet {
         if n == 0 || n > 9 {
             return Err(Error::Invalid(format!("node count {n} (1..=9)")));
         }
+        std::fs::create_dir_all(WORK_ROOT).map_err(|e| Error::io(WORK_ROOT, e))?;
+        // Creating the run directory is the reservation: `create_dir` is atomic, so two runs
+        // (or two tests of one process) can never pick the same number.
         let mut run = (std::process::id() % 200) as u16 + 20;
-        while Bridge::exists(&bridge_name(run)) || run_dir(run).exists() {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            if tries > 240 {
+                return Err(Error::Invalid(
+                    "no free run number (run `larder-faults cleanup`)".into(),
+                ));
+            }
+            if !Bridge::exists(&bridge_name(run)) {
+                match std::fs::create_dir(run_dir(run)) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::io(run_dir(run), e)),
+                }
+            }
             run = if run >= 250 { 20 } else { run + 1 };
         }
         teardown::register(run);
-        // From here on a failure still tears down whatever was created: `net` is dropped.
-        let dir = run_dir(run);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let bridge = Bridge::create(&bridge_name(run))?;
+        // `net` exists before the first kernel object does, so an error anywhere below drops
+        // it and tears down whatever was already created.
         let mut net = TestNet {
             run,
-            dir,
-            bridge,
+            dir: run_dir(run),
+            bridge: Bridge {
+                name: bridge_name(run),
+            },
             nodes: Vec::new(),
             client: Netns {
                 name: String::new(),
@@ -84,6 +101,7 @@ impl TestNet {
             keep_logs: None,
             torn_down: false,
         };
+        net.bridge = Bridge::create(&bridge_name(run))?;
         for k in 1..=n {
             let host = format!("n{k}");
             let ip = format!("{SUBNET_BASE}.{run}.{k}");

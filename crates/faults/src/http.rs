@@ -13,9 +13,8 @@ pub async fn get_status(addr: &str, path: &str, timeout: Duration) -> Option<u16
     tokio::time::timeout(timeout, async {
         let mut s = TcpStream::connect(addr).await.ok()?;
         let port = addr.rsplit(':').next().unwrap_or("80");
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
-        );
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = Vec::with_capacity(256);
         let mut chunk = [0u8; 256];
@@ -40,9 +39,8 @@ pub async fn get(addr: &str, path: &str, timeout: Duration) -> Option<(u16, Stri
     tokio::time::timeout(timeout, async {
         let mut s = TcpStream::connect(addr).await.ok()?;
         let port = addr.rsplit(':').next().unwrap_or("80");
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
-        );
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
@@ -55,7 +53,10 @@ pub async fn get(addr: &str, path: &str, timeout: Duration) -> Option<(u16, Stri
         }
         let text = String::from_utf8_lossy(&buf).into_owned();
         let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default();
         Some((status, body))
     })
     .await

@@ -46,7 +46,10 @@ impl LarderCluster {
 
     pub fn start(mut net: TestNet, cfg: LarderConfig) -> Result<Self> {
         if !cfg.bin.exists() {
-            return Err(Error::Invalid(format!("larder binary {} not found", cfg.bin.display())));
+            return Err(Error::Invalid(format!(
+                "larder binary {} not found",
+                cfg.bin.display()
+            )));
         }
         for i in 0..net.nodes.len() {
             let root = net.dir.join(format!("n{}", i + 1));
@@ -62,7 +65,17 @@ impl LarderCluster {
             superuser_password: String::new(),
         };
         let ip1 = c.net.nodes[0].ip.clone();
-        c.larder(0, &["create-cluster", "--publish-address", &ip1, "--fqdn", "n1", "-y"])?;
+        c.larder(
+            0,
+            &[
+                "create-cluster",
+                "--publish-address",
+                &ip1,
+                "--fqdn",
+                "n1",
+                "-y",
+            ],
+        )?;
         c.superuser_password = read_superuser_password(&c.secrets())?;
         c.wait_leader(0, Duration::from_secs(120))?;
         let secrets = c.secrets().to_string_lossy().to_string();
@@ -72,7 +85,15 @@ impl LarderCluster {
             c.larder(
                 i,
                 &[
-                    "join-cluster", &ip1, "-s", &secrets, "--publish-address", &ip, "--fqdn", &fqdn, "-y",
+                    "join-cluster",
+                    &ip1,
+                    "-s",
+                    &secrets,
+                    "--publish-address",
+                    &ip,
+                    "--fqdn",
+                    &fqdn,
+                    "-y",
                 ],
             )?;
         }
@@ -123,7 +144,12 @@ pub fn read_superuser_password(path: &Path) -> Result<String> {
     v["postgresql"]["db_superuser_password"]
         .as_str()
         .map(str::to_string)
-        .ok_or_else(|| Error::Invalid(format!("{}: no postgresql.db_superuser_password", path.display())))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: no postgresql.db_superuser_password",
+                path.display()
+            ))
+        })
 }
 
 impl Cluster for LarderCluster {

@@ -17,8 +17,8 @@
 
 pub mod bridge;
 pub mod checker;
-pub mod cluster;
 pub mod clients;
+pub mod cluster;
 pub mod command;
 pub mod disk;
 pub mod error;

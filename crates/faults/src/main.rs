@@ -17,7 +17,10 @@ use larder_faults::schedule;
 use larder_faults::stats;
 
 #[derive(Parser)]
-#[command(name = "larder-faults", about = "Fault injection and failover benchmark for Larder")]
+#[command(
+    name = "larder-faults",
+    about = "Fault injection and failover benchmark for Larder"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -47,7 +50,11 @@ struct Common {
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// The `larder` binary.
-    #[arg(long, env = "LARDER_BIN", default_value = "/work/target-faults/debug/larder")]
+    #[arg(
+        long,
+        env = "LARDER_BIN",
+        default_value = "/work/target-faults/debug/larder"
+    )]
     larder_bin: PathBuf,
     /// Leader lease Larder runs with (sizes the "longer than the lease" freezes).
     #[arg(long, default_value_t = 10)]
@@ -74,6 +81,12 @@ struct Common {
 enum Cmd {
     /// Remove leftovers of killed runs (namespaces, links, mounts named lf*).
     Cleanup,
+    /// Create test hosts and keep them until SIGINT/SIGTERM (for exploring by hand:
+    /// `ip netns exec lf<run>-n1 bash`).
+    Hosts {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
     /// Failover benchmark: repeated trials per scenario, one writer every --interval-ms.
     Bench {
         #[command(flatten)]
@@ -81,7 +94,11 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         trials: u32,
         /// Scenarios: kill-node (a), kill-postgres (b), switchover (c).
-        #[arg(long, value_delimiter = ',', default_value = "kill-node,kill-postgres,switchover")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "kill-node,kill-postgres,switchover"
+        )]
         scenarios: Vec<String>,
         /// Seconds to sample the idle agent's CPU and RSS before the workload starts.
         #[arg(long, default_value_t = 20)]
@@ -95,11 +112,20 @@ enum Cmd {
         minutes: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Size of the loop filesystem under each node's data (for the disk-full fault).
+        #[arg(long, default_value_t = 768)]
+        disk_mb: u64,
+        #[arg(long, default_value_t = 3)]
+        writers: u32,
     },
     /// Short fixed-seed pass over every fault (CI).
     Ci {
         #[command(flatten)]
         common: Common,
+        #[arg(long, default_value_t = 768)]
+        disk_mb: u64,
+        #[arg(long, default_value_t = 3)]
+        writers: u32,
     },
 }
 
@@ -118,6 +144,19 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Hosts { nodes } => {
+            let net = TestNet::create(nodes).context("creating test hosts")?;
+            for n in net.nodes.iter().chain([&net.client]) {
+                println!("{} {}", n.name, n.ip);
+            }
+            println!("ready; SIGINT/SIGTERM tears down");
+            use std::io::Write;
+            std::io::stdout().flush()?;
+            // The signal thread tears down and exits; this thread only waits for it.
+            loop {
+                std::thread::park();
+            }
+        }
         Cmd::Bench {
             common,
             trials,
@@ -128,8 +167,24 @@ fn main() -> Result<()> {
             common,
             minutes,
             seed,
-        } => fault_run(&common, schedule::Plan::random(seed, Duration::from_secs(minutes * 60))),
-        Cmd::Ci { common } => fault_run(&common, schedule::Plan::every_fault_once()),
+            disk_mb,
+            writers,
+        } => fault_run(
+            &common,
+            schedule::Plan::random(seed, Duration::from_secs(minutes * 60)),
+            disk_mb,
+            writers,
+        ),
+        Cmd::Ci {
+            common,
+            disk_mb,
+            writers,
+        } => fault_run(
+            &common,
+            schedule::Plan::every_fault_once(),
+            disk_mb,
+            writers,
+        ),
     }
 }
 
@@ -229,7 +284,11 @@ fn bench(c: &Common, trials: u32, scenarios: &[String], idle_secs: u64) -> Resul
     let report = checker::check(&cl.rec.entries(), &finals, 8);
     let mut per = Vec::new();
     for s in &scenarios {
-        let w: Vec<f64> = all.iter().filter(|t| t.scenario == *s).map(|t| t.window_s).collect();
+        let w: Vec<f64> = all
+            .iter()
+            .filter(|t| t.scenario == *s)
+            .map(|t| t.window_s)
+            .collect();
         per.push(serde_json::json!({
             "scenario": s.name(),
             "trials": w.len(),
@@ -259,7 +318,11 @@ fn bench(c: &Common, trials: u32, scenarios: &[String], idle_secs: u64) -> Resul
         eprintln!("VIOLATION {}: {}\n{}", v.kind, v.message, v.excerpt);
     }
     println!("{}", serde_json::to_string_pretty(&result["scenarios"])?);
-    println!("lost acknowledged writes: {}; results in {}", report.lost, path.display());
+    println!(
+        "lost acknowledged writes: {}; results in {}",
+        report.lost,
+        path.display()
+    );
     drop(cl);
     drop(cluster);
     if let Some(e) = error {
@@ -271,7 +334,98 @@ fn bench(c: &Common, trials: u32, scenarios: &[String], idle_secs: u64) -> Resul
     Ok(())
 }
 
-fn fault_run(c: &Common, plan: schedule::Plan) -> Result<()> {
-    let _ = (c, plan);
-    bail!("not yet")
+fn fault_run(c: &Common, plan: schedule::Plan, disk_mb: u64, writers: u32) -> Result<()> {
+    let out = c.out.join(format!("{}-faults", label(c)));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut cluster = start_cluster(c, disk_mb)?;
+    let opts = ClientOptions {
+        writers,
+        interval: Duration::from_millis(c.interval_ms),
+        op_timeout: Duration::from_millis(c.op_timeout_ms),
+        sample_period: Duration::from_millis(200),
+        proxy_search: c.system == System::Larder,
+    };
+    let history = out.join("history.jsonl");
+    let mut cl = Clients::start(cluster.as_ref(), &opts, &history)?;
+    let ropts = schedule::RunOptions {
+        heal_deadline: Duration::from_secs(180),
+        leader_bound: Duration::from_secs(90),
+        beyond_lease: Duration::from_secs(5),
+    };
+    let (steps, error) = schedule::run(cluster.as_mut(), &cl, &plan, &ropts);
+    let healthy = cluster.wait_healthy(ropts.heal_deadline);
+    cl.stop();
+    let finals = clients::final_state(cluster.as_ref(), &cl.rec, Duration::from_secs(60));
+    let report = checker::check(&cl.rec.entries(), &finals, 8);
+
+    let mut t = comfy_table::Table::new();
+    t.set_header(vec![
+        "#",
+        "fault",
+        "target",
+        "status",
+        "held s",
+        "write gap s",
+        "writes back after heal s",
+        "leader after",
+    ]);
+    for (i, s) in steps.iter().enumerate() {
+        t.add_row(vec![
+            (i + 1).to_string(),
+            s.fault.name().to_string(),
+            s.target.clone(),
+            s.status.clone(),
+            format!("{:.1}", s.hold_s),
+            format!("{:.3}", s.gap_s),
+            format!("{:.3}", s.recovered_after_heal_s),
+            s.leader_after.clone().unwrap_or_else(|| "?".into()),
+        ]);
+    }
+    println!("{t}");
+    let injected = steps.iter().filter(|s| s.status == "done").count();
+    let mut sum = comfy_table::Table::new();
+    sum.set_header(vec![
+        "system",
+        "faults injected",
+        "ops ok",
+        "ops failed",
+        "ops unknown",
+        "lost",
+        "longest write gap s",
+        "violations",
+    ]);
+    sum.add_row(vec![
+        label(c),
+        format!("{injected} (+{} skipped)", steps.len() - injected),
+        report.writes.ok.to_string(),
+        report.writes.failed.to_string(),
+        report.writes.unknown.to_string(),
+        report.lost.to_string(),
+        format!(
+            "{:.3} (at {:.1}s)",
+            report.longest_gap_us as f64 / 1e6,
+            report.longest_gap_at_us as f64 / 1e6
+        ),
+        report.violations.len().to_string(),
+    ]);
+    println!("{sum}");
+    println!("history: {}", history.display());
+    for v in &report.violations {
+        eprintln!("VIOLATION {}: {}\n{}", v.kind, v.message, v.excerpt);
+    }
+    drop(cl);
+    drop(cluster);
+    if let Some(e) = error {
+        bail!("fault run stopped: {e}");
+    }
+    if let Err(e) = healthy {
+        bail!("cluster did not heal after the last fault: {e}");
+    }
+    if !report.ok() {
+        bail!(
+            "{} checker violation(s), see above",
+            report.violations.len()
+        );
+    }
+    Ok(())
 }

@@ -77,11 +77,39 @@ pub fn kill9(pid: i32) -> Result<()> {
 
 /// Freezes a process (SIGSTOP): it keeps its sockets and leases but does nothing.
 pub fn freeze(pid: i32) -> Result<()> {
-    signal(pid, Signal::SIGSTOP)
+    signal(pid, Signal::SIGSTOP)?;
+    wait_stopped(&[pid], Duration::from_secs(5))
 }
 
 pub fn thaw(pid: i32) -> Result<()> {
     signal(pid, Signal::SIGCONT)
+}
+
+/// Scheduler state letter of a process (`R`, `S`, `T` stopped, `Z` zombie...).
+pub fn state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+/// Waits until every pid is stopped (or gone). SIGSTOP takes effect when the process is next
+/// scheduled, so "signal sent" is not yet "frozen"; a fault's hold time starts from here.
+pub fn wait_stopped(pids: &[i32], deadline: Duration) -> Result<()> {
+    let start = Instant::now();
+    for p in pids {
+        while let Some(st) = state(*p) {
+            if st == 'T' || st == 't' || st == 'Z' || st == 'X' {
+                break;
+            }
+            if start.elapsed() > deadline {
+                return Err(Error::Timeout {
+                    what: format!("pid {p} to stop (state {st})"),
+                    secs: deadline.as_secs_f64(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Ok(())
 }
 
 /// Freezes every process of a host. Returns the pids frozen so exactly those are thawed —
@@ -91,6 +119,7 @@ pub fn freeze_host(ns: &Netns) -> Result<Vec<i32>> {
     for p in &pids {
         freeze(*p)?;
     }
+    wait_stopped(&pids, Duration::from_secs(5))?;
     Ok(pids)
 }
 

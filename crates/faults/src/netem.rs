@@ -75,7 +75,15 @@ pub fn supported(probe_ns_name: &str) -> bool {
 pub fn apply(host: &Netns, netem: Netem) -> Result<()> {
     let args = netem.args();
     let mut inside: Vec<&str> = vec![
-        "netns", "exec", &host.name, "tc", "qdisc", "replace", "dev", &host.ifname, "root",
+        "netns",
+        "exec",
+        &host.name,
+        "tc",
+        "qdisc",
+        "replace",
+        "dev",
+        &host.ifname,
+        "root",
     ];
     inside.extend(args.iter().map(String::as_str));
     run("ip", &inside).map_err(|e| match e {
@@ -95,7 +103,15 @@ pub fn clear(host: &Netns) {
     run_quiet(
         "ip",
         &[
-            "netns", "exec", &host.name, "tc", "qdisc", "del", "dev", &host.ifname, "root",
+            "netns",
+            "exec",
+            &host.name,
+            "tc",
+            "qdisc",
+            "del",
+            "dev",
+            &host.ifname,
+            "root",
         ],
     );
     run_quiet("tc", &["qdisc", "del", "dev", &host.veth_host, "root"]);

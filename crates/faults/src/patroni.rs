@@ -69,7 +69,11 @@ fn random_secret() -> String {
 impl PatroniCluster {
     /// Starts etcd on every node, then Patroni on every node, and waits for a healthy cluster.
     pub fn start(net: TestNet, cfg: PatroniConfig) -> Result<Self> {
-        for p in [cfg.venv.join("bin/patroni"), cfg.pg_bin.join("postgres"), cfg.etcd_bin.clone()] {
+        for p in [
+            cfg.venv.join("bin/patroni"),
+            cfg.pg_bin.join("postgres"),
+            cfg.etcd_bin.clone(),
+        ] {
             if !p.exists() {
                 return Err(Error::Invalid(format!("{} not found", p.display())));
             }
@@ -93,7 +97,10 @@ impl PatroniCluster {
             let yml = c.render_config(i, &replication_password);
             let path = dir.join("patroni.yml");
             std::fs::write(&path, yml).map_err(|e| Error::io(&path, e))?;
-            run("chown", &["-R", "postgres:postgres", &dir.to_string_lossy()])?;
+            run(
+                "chown",
+                &["-R", "postgres:postgres", &dir.to_string_lossy()],
+            )?;
             run("chmod", &["700", &dir.to_string_lossy()])?;
         }
         for i in 0..c.net.nodes.len() {
@@ -133,15 +140,24 @@ impl PatroniCluster {
         let initial = initial.join(",");
         let token = format!("lf{}", self.net.run);
         let args = [
-            "--name", &name,
-            "--data-dir", &dir,
-            "--listen-client-urls", &client_urls,
-            "--advertise-client-urls", &adv_client,
-            "--listen-peer-urls", &peer,
-            "--initial-advertise-peer-urls", &peer,
-            "--initial-cluster", &initial,
-            "--initial-cluster-state", "new",
-            "--initial-cluster-token", &token,
+            "--name",
+            &name,
+            "--data-dir",
+            &dir,
+            "--listen-client-urls",
+            &client_urls,
+            "--advertise-client-urls",
+            &adv_client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &initial,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            &token,
         ];
         let child = ns.spawn_daemon(&self.cfg.etcd_bin.to_string_lossy(), &args, &log)?;
         self.children.push(child);
@@ -152,7 +168,12 @@ impl PatroniCluster {
         let ns = self.net.nodes[i].clone();
         let yml = self.node_dir(i).join("patroni.yml");
         let log = self.net.dir.join(format!("patroni-n{}.log", i + 1));
-        let bin = self.cfg.venv.join("bin/patroni").to_string_lossy().to_string();
+        let bin = self
+            .cfg
+            .venv
+            .join("bin/patroni")
+            .to_string_lossy()
+            .to_string();
         let yml = yml.to_string_lossy().to_string();
         let args = ["-u", "postgres", "--", bin.as_str(), yml.as_str()];
         let child = ns.spawn_daemon("runuser", &args, &log)?;
@@ -163,7 +184,12 @@ impl PatroniCluster {
     fn render_config(&self, i: usize, replication_password: &str) -> String {
         let n = &self.net.nodes[i];
         let dir = self.node_dir(i);
-        let hosts: Vec<String> = self.net.nodes.iter().map(|n| format!("{}:2379", n.ip)).collect();
+        let hosts: Vec<String> = self
+            .net
+            .nodes
+            .iter()
+            .map(|n| format!("{}:2379", n.ip))
+            .collect();
         let subnet = format!("{}.{}.0/24", crate::hosts::SUBNET_BASE, self.net.run);
         let t = self.cfg.timing;
         // Timing keys are written only when they differ from Patroni's defaults, so the
@@ -264,12 +290,14 @@ impl Cluster for PatroniCluster {
     }
     fn start_node(&mut self, i: usize) -> Result<()> {
         // Reap the children that died with the node so they do not linger as zombies.
-        self.children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+        self.children
+            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
         self.start_etcd(i)?;
         self.start_patroni(i)
     }
     fn start_agent(&mut self, i: usize) -> Result<()> {
-        self.children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+        self.children
+            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
         self.start_patroni(i)
     }
     fn lease(&self) -> Duration {
@@ -307,7 +335,9 @@ impl Cluster for PatroniCluster {
             .find(|p| crate::nemesis::comm(*p) != "runuser")
     }
     fn etcd_pid(&self, i: usize) -> Option<i32> {
-        crate::nemesis::find(&self.net.nodes[i], "--initial-cluster").into_iter().next()
+        crate::nemesis::find(&self.net.nodes[i], "--initial-cluster")
+            .into_iter()
+            .next()
     }
     fn fully_healthy(&self) -> bool {
         let Some(l) = self.leader() else { return false };

@@ -123,16 +123,19 @@ pub async fn create_schema(client: &Client) -> std::result::Result<(), tokio_pos
 /// Every id present on one node (read directly, bypassing haproxy).
 pub async fn read_ids(t: &Target, timeout: Duration) -> Result<Vec<i64>> {
     let c = connect(t, timeout).await?;
-    let rows = tokio::time::timeout(timeout * 4, c.query("SELECT id FROM larder_faults_history", &[]))
-        .await
-        .map_err(|_| Error::Timeout {
-            what: format!("reading ids on {}", t.describe()),
-            secs: (timeout * 4).as_secs_f64(),
-        })?
-        .map_err(|source| Error::Postgres {
-            target: t.describe(),
-            source,
-        })?;
+    let rows = tokio::time::timeout(
+        timeout * 4,
+        c.query("SELECT id FROM larder_faults_history", &[]),
+    )
+    .await
+    .map_err(|_| Error::Timeout {
+        what: format!("reading ids on {}", t.describe()),
+        secs: (timeout * 4).as_secs_f64(),
+    })?
+    .map_err(|source| Error::Postgres {
+        target: t.describe(),
+        source,
+    })?;
     Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
 }
 

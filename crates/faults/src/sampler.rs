@@ -58,7 +58,11 @@ async fn node_loop(idx: u32, ip: String, cfg: SamplerConfig, rec: Recorder, stop
             process: idx,
             start_us,
             end_us: rec.now_us(),
-            outcome: if status.is_some() { Outcome::Ok } else { Outcome::Failed },
+            outcome: if status.is_some() {
+                Outcome::Ok
+            } else {
+                Outcome::Failed
+            },
             node: Some(ip.clone()),
             timeline: None,
             status,
@@ -92,13 +96,16 @@ async fn node_loop(idx: u32, ip: String, cfg: SamplerConfig, rec: Recorder, stop
             }
         }
         let Some(c) = conn.as_ref() else { continue };
-        let res = tokio::time::timeout(cfg.timeout, c.query_one(pg::INSERT, &[&id, &(idx as i32)])).await;
+        let res =
+            tokio::time::timeout(cfg.timeout, c.query_one(pg::INSERT, &[&id, &(idx as i32)])).await;
         op.end_us = rec.now_us();
         match res {
             Ok(Ok(row)) => {
                 op.outcome = Outcome::Ok;
                 op.node = row.get::<_, Option<String>>(0).or(op.node);
-                op.timeline = row.get::<_, Option<String>>(1).and_then(|s| pg::parse_timeline(&s));
+                op.timeline = row
+                    .get::<_, Option<String>>(1)
+                    .and_then(|s| pg::parse_timeline(&s));
             }
             Ok(Err(e)) => {
                 op.outcome = pg::classify(&e);

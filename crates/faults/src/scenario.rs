@@ -72,7 +72,12 @@ pub struct BenchOptions {
 
 /// Runs `trials` of `scenario`. A trial whose writes never resume ends the run with an error
 /// (and the history shows why) rather than being dropped from the statistics.
-pub fn run(cluster: &mut dyn Cluster, clients: &Clients, scenario: Scenario, opts: &BenchOptions) -> Result<Vec<Trial>> {
+pub fn run(
+    cluster: &mut dyn Cluster,
+    clients: &Clients,
+    scenario: Scenario,
+    opts: &BenchOptions,
+) -> Result<Vec<Trial>> {
     let rec = &clients.rec;
     let mut out = Vec::new();
     for trial in 1..=opts.trials {
@@ -84,7 +89,11 @@ pub fn run(cluster: &mut dyn Cluster, clients: &Clients, scenario: Scenario, opt
         let leader_name = format!("n{}", leader + 1);
         rec.event(
             "fault",
-            format!("{} trial {trial}: {} on {leader_name}", cluster.label(), scenario.name()),
+            format!(
+                "{} trial {trial}: {} on {leader_name}",
+                cluster.label(),
+                scenario.name()
+            ),
         );
         let fault_at = rec.now_us();
         match scenario {
@@ -94,7 +103,9 @@ pub fn run(cluster: &mut dyn Cluster, clients: &Clients, scenario: Scenario, opt
             Scenario::KillLeaderPostgres => {
                 let pms = nemesis::postmasters(&cluster.net().nodes[leader]);
                 if pms.is_empty() {
-                    return Err(Error::Invalid(format!("no postmaster found on {leader_name}")));
+                    return Err(Error::Invalid(format!(
+                        "no postmaster found on {leader_name}"
+                    )));
                 }
                 for p in pms {
                     nemesis::kill9(p)?;

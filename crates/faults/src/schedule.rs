@@ -1,5 +1,412 @@
-pub struct Plan;
+//! Fault schedules: every fault of issue 5 §2 as an inject/heal pair, a seeded random plan
+//! for long runs and a fixed plan that visits each fault once (CI).
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+
+use crate::checker;
+use crate::clients::Clients;
+use crate::cluster::Cluster;
+use crate::error::{Error, Result};
+use crate::{nemesis, netem, partition};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    KillAgent,
+    KillPostgres,
+    KillNode,
+    FreezeAgent,
+    FreezeNode,
+    FreezeEtcdOne,
+    FreezeEtcdTwo,
+    PartitionLeader,
+    OneWayPartition,
+    IsolateFollower,
+    DiskFull,
+    RestartAll,
+    BackToBackFailovers,
+    Netem,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 14] = [
+        Fault::KillAgent,
+        Fault::KillPostgres,
+        Fault::KillNode,
+        Fault::FreezeAgent,
+        Fault::FreezeNode,
+        Fault::FreezeEtcdOne,
+        Fault::FreezeEtcdTwo,
+        Fault::PartitionLeader,
+        Fault::OneWayPartition,
+        Fault::IsolateFollower,
+        Fault::DiskFull,
+        Fault::RestartAll,
+        Fault::BackToBackFailovers,
+        Fault::Netem,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillAgent => "kill -9 leader agent",
+            Fault::KillPostgres => "kill -9 leader PostgreSQL",
+            Fault::KillNode => "kill -9 leader node",
+            Fault::FreezeAgent => "SIGSTOP leader agent > lease",
+            Fault::FreezeNode => "SIGSTOP whole leader node",
+            Fault::FreezeEtcdOne => "SIGSTOP etcd on leader",
+            Fault::FreezeEtcdTwo => "SIGSTOP etcd on two nodes",
+            Fault::PartitionLeader => "partition leader | majority",
+            Fault::OneWayPartition => "one-way: leader -/-> others",
+            Fault::IsolateFollower => "isolate a follower",
+            Fault::DiskFull => "fill leader data disk",
+            Fault::RestartAll => "kill and restart all nodes",
+            Fault::BackToBackFailovers => "3 back-to-back switchovers",
+            Fault::Netem => "netem 50ms±50ms all links",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Fixed list of faults (CI) ...
+    pub fixed: Option<Vec<Fault>>,
+    /// ... or random picks until this much time has passed.
+    pub duration: Duration,
+    pub seed: u64,
+}
+
 impl Plan {
-    pub fn random(_seed: u64, _d: std::time::Duration) -> Plan { Plan }
-    pub fn every_fault_once() -> Plan { Plan }
+    pub fn random(seed: u64, duration: Duration) -> Plan {
+        Plan {
+            fixed: None,
+            duration,
+            seed,
+        }
+    }
+
+    pub fn every_fault_once() -> Plan {
+        Plan {
+            fixed: Some(Fault::ALL.to_vec()),
+            duration: Duration::ZERO,
+            seed: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StepResult {
+    pub fault: Fault,
+    pub target: String,
+    /// "done", or why it was skipped.
+    pub status: String,
+    pub hold_s: f64,
+    /// Longest gap between acknowledged writes from injection to recovery.
+    pub gap_s: f64,
+    /// Seconds from heal until writes were acknowledged again.
+    pub recovered_after_heal_s: f64,
+    pub leader_after: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Maximum time for the cluster to become fully healthy before the next fault.
+    pub heal_deadline: Duration,
+    /// A leader must accept writes again within this bound after healing (issue 5 §3).
+    pub leader_bound: Duration,
+    /// Extra time a "longer than the lease" fault is held beyond the lease.
+    pub beyond_lease: Duration,
+}
+
+/// What must be undone when a fault is healed.
+enum Active {
+    Nothing,
+    Thaw(Vec<i32>),
+    StartAgent(usize),
+    StartNodes(Vec<usize>),
+    Heal,
+    FreeDisk(crate::disk::LoopDisk),
+    ClearNetem,
+}
+
+fn other_nodes(n: usize, leader: usize) -> Vec<usize> {
+    (0..n).filter(|i| *i != leader).collect()
+}
+
+fn inject(
+    cluster: &mut dyn Cluster,
+    clients: &Clients,
+    fault: Fault,
+    leader: usize,
+    rng: &mut Xoshiro256PlusPlus,
+    opts: &RunOptions,
+) -> Result<(Active, String, Duration)> {
+    let n = cluster.node_count();
+    let lname = format!("n{}", leader + 1);
+    let long = cluster.lease() + opts.beyond_lease;
+    let nodes = cluster.net().nodes.clone();
+    Ok(match fault {
+        Fault::KillAgent => {
+            let pid = cluster
+                .agent_pid(leader)
+                .ok_or_else(|| Error::Invalid(format!("no agent pid on {lname}")))?;
+            nemesis::kill9(pid)?;
+            (Active::StartAgent(leader), lname, long)
+        }
+        Fault::KillPostgres => {
+            for p in nemesis::postmasters(&nodes[leader]) {
+                nemesis::kill9(p)?;
+            }
+            (Active::Nothing, lname, Duration::ZERO)
+        }
+        Fault::KillNode => {
+            nemesis::kill_host(&nodes[leader])?;
+            (Active::StartNodes(vec![leader]), lname, long)
+        }
+        Fault::FreezeAgent => {
+            let pid = cluster
+                .agent_pid(leader)
+                .ok_or_else(|| Error::Invalid(format!("no agent pid on {lname}")))?;
+            nemesis::freeze(pid)?;
+            (Active::Thaw(vec![pid]), lname, long)
+        }
+        Fault::FreezeNode => {
+            let pids = nemesis::freeze_host(&nodes[leader])?;
+            (Active::Thaw(pids), lname, long)
+        }
+        Fault::FreezeEtcdOne => {
+            let pid = cluster
+                .etcd_pid(leader)
+                .ok_or_else(|| Error::Invalid(format!("no etcd pid on {lname}")))?;
+            nemesis::freeze(pid)?;
+            (Active::Thaw(vec![pid]), lname, long)
+        }
+        Fault::FreezeEtcdTwo => {
+            let others = other_nodes(n, leader);
+            let follower = others[rng.random_range(0..others.len())];
+            let mut pids = Vec::new();
+            for i in [leader, follower] {
+                let pid = cluster
+                    .etcd_pid(i)
+                    .ok_or_else(|| Error::Invalid(format!("no etcd pid on n{}", i + 1)))?;
+                nemesis::freeze(pid)?;
+                pids.push(pid);
+            }
+            (
+                Active::Thaw(pids),
+                format!("{lname}+n{}", follower + 1),
+                long,
+            )
+        }
+        Fault::PartitionLeader => {
+            let rest: Vec<&crate::netns::Netns> = other_nodes(n, leader)
+                .into_iter()
+                .map(|i| &nodes[i])
+                .collect();
+            let p = partition::Partition::new().between(&[&nodes[leader]], &rest);
+            p.apply(&nodes)?;
+            (Active::Heal, p.describe(), long)
+        }
+        Fault::OneWayPartition => {
+            let mut p = partition::Partition::new();
+            for i in other_nodes(n, leader) {
+                p = p.one_way(&nodes[leader], &nodes[i]);
+            }
+            p.apply(&nodes)?;
+            (Active::Heal, p.describe(), long)
+        }
+        Fault::IsolateFollower => {
+            let others = other_nodes(n, leader);
+            let f = others[rng.random_range(0..others.len())];
+            let rest: Vec<&crate::netns::Netns> =
+                other_nodes(n, f).into_iter().map(|i| &nodes[i]).collect();
+            let p = partition::Partition::new().between(&[&nodes[f]], &rest);
+            p.apply(&nodes)?;
+            (Active::Heal, p.describe(), long)
+        }
+        Fault::DiskFull => {
+            let disk = cluster.data_disk(leader).ok_or_else(|| {
+                Error::Unsupported("the cluster was started without loop-mounted data disks".into())
+            })?;
+            let bytes = disk.fill()?;
+            clients.rec.event(
+                "note",
+                format!("filled {} with {bytes} bytes", disk.mountpoint.display()),
+            );
+            (Active::FreeDisk(disk), lname, long)
+        }
+        Fault::RestartAll => {
+            for node in &nodes {
+                nemesis::kill_host(node)?;
+            }
+            (
+                Active::StartNodes((0..n).collect()),
+                "all".into(),
+                Duration::from_secs(2),
+            )
+        }
+        Fault::BackToBackFailovers => {
+            let mut from = leader;
+            for k in 0..3 {
+                let to = (from + 1) % n;
+                cluster.switchover(from, Some(to))?;
+                let now = clients.rec.now_us();
+                clients.wait_write_after(now, opts.leader_bound)?;
+                clients.rec.event(
+                    "note",
+                    format!("switchover {k}: n{} -> n{}", from + 1, to + 1),
+                );
+                from = to;
+            }
+            (Active::Nothing, lname, Duration::ZERO)
+        }
+        Fault::Netem => {
+            let probe = format!("{}{}-netemprobe", crate::hosts::PREFIX, cluster.net().run);
+            if !netem::supported(&probe) {
+                return Err(Error::Unsupported(
+                    "tc netem: this kernel has no sch_netem qdisc".into(),
+                ));
+            }
+            let spec = netem::Netem {
+                delay_ms: 50,
+                jitter_ms: 50,
+                loss_percent: 0.0,
+            };
+            for node in &nodes {
+                netem::apply(node, spec)?;
+            }
+            (Active::ClearNetem, spec.describe(), Duration::from_secs(30))
+        }
+    })
+}
+
+fn heal(cluster: &mut dyn Cluster, active: Active) -> Result<()> {
+    match active {
+        Active::Nothing => Ok(()),
+        Active::Thaw(pids) => nemesis::thaw_pids(&pids),
+        Active::StartAgent(i) => cluster.start_agent(i),
+        Active::StartNodes(v) => {
+            for i in v {
+                cluster.start_node(i)?;
+            }
+            Ok(())
+        }
+        Active::Heal => partition::heal(&cluster.net().nodes),
+        Active::FreeDisk(d) => d.free(),
+        Active::ClearNetem => {
+            for n in &cluster.net().nodes {
+                netem::clear(n);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs the plan against a started cluster with clients running. Returns the step results;
+/// an `Err` means the cluster could not be brought back (itself a finding: the history
+/// tells why).
+pub fn run(
+    cluster: &mut dyn Cluster,
+    clients: &Clients,
+    plan: &Plan,
+    opts: &RunOptions,
+) -> (Vec<StepResult>, Option<String>) {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(plan.seed);
+    let rec = &clients.rec;
+    let started = Instant::now();
+    let mut results = Vec::new();
+    let mut k = 0;
+    loop {
+        let fault = match &plan.fixed {
+            Some(list) => match list.get(k) {
+                Some(f) => *f,
+                None => break,
+            },
+            None => {
+                if started.elapsed() >= plan.duration {
+                    break;
+                }
+                Fault::ALL[rng.random_range(0..Fault::ALL.len())]
+            }
+        };
+        k += 1;
+        let leader = match cluster.wait_healthy(opts.heal_deadline) {
+            Ok(l) => l,
+            Err(e) => {
+                return (
+                    results,
+                    Some(format!("before fault {k} ({}): {e}", fault.name())),
+                )
+            }
+        };
+        let before = rec.now_us();
+        if let Err(e) = clients.wait_write_after(before, opts.heal_deadline) {
+            return (results, Some(format!("before fault {k}: {e}")));
+        }
+        rec.event(
+            "fault",
+            format!("#{k} {} (leader n{})", fault.name(), leader + 1),
+        );
+        let at = rec.now_us();
+        eprintln!("fault #{k}: {} (leader n{})", fault.name(), leader + 1);
+        let (active, target, hold) = match inject(cluster, clients, fault, leader, &mut rng, opts) {
+            Ok(x) => x,
+            Err(Error::Unsupported(why)) => {
+                rec.event("note", format!("#{k} skipped: {why}"));
+                results.push(StepResult {
+                    fault,
+                    target: "-".into(),
+                    status: format!("skipped: {why}"),
+                    hold_s: 0.0,
+                    gap_s: 0.0,
+                    recovered_after_heal_s: 0.0,
+                    leader_after: None,
+                });
+                continue;
+            }
+            Err(e) => return (results, Some(format!("injecting {}: {e}", fault.name()))),
+        };
+        // Holding the fault is the experiment itself, not a wait for a condition.
+        std::thread::sleep(hold);
+        let heal_at = rec.now_us();
+        if let Err(e) = heal(cluster, active) {
+            return (results, Some(format!("healing {}: {e}", fault.name())));
+        }
+        rec.event("heal", format!("#{k} {}", fault.name()));
+        let recovered = match clients.wait_write_after(heal_at, opts.leader_bound) {
+            Ok(t) => t,
+            Err(_) => {
+                let msg = format!(
+                    "#{k} {}: no acknowledged write within {:?} after healing",
+                    fault.name(),
+                    opts.leader_bound
+                );
+                rec.event("check", msg.clone());
+                eprintln!(
+                    "{msg}\n{}",
+                    checker::excerpt(
+                        &rec.entries(),
+                        heal_at.saturating_sub(2_000_000),
+                        rec.now_us(),
+                        &[],
+                        60
+                    )
+                );
+                return (results, Some(msg));
+            }
+        };
+        let (gap, _) = checker::longest_gap(&rec.entries(), at, recovered);
+        let leader_after = cluster.leader().map(|l| format!("n{}", l + 1));
+        results.push(StepResult {
+            fault,
+            target,
+            status: "done".into(),
+            hold_s: hold.as_secs_f64(),
+            gap_s: gap as f64 / 1e6,
+            recovered_after_heal_s: recovered.saturating_sub(heal_at) as f64 / 1e6,
+            leader_after,
+        });
+    }
+    (results, None)
 }

@@ -28,7 +28,12 @@ pub const ID_STRIDE: i64 = 1_000_000_000;
 pub async fn run(cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool>) {
     let mut tasks = Vec::new();
     for c in 0..cfg.clients {
-        tasks.push(tokio::spawn(client(c, cfg.clone(), rec.clone(), stop.clone())));
+        tasks.push(tokio::spawn(client(
+            c,
+            cfg.clone(),
+            rec.clone(),
+            stop.clone(),
+        )));
     }
     for t in tasks {
         let _ = t.await;
@@ -81,7 +86,9 @@ async fn client(c: u32, cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool
             Ok(Ok(row)) => {
                 op.outcome = Outcome::Ok;
                 op.node = row.get::<_, Option<String>>(0);
-                op.timeline = row.get::<_, Option<String>>(1).and_then(|s| pg::parse_timeline(&s));
+                op.timeline = row
+                    .get::<_, Option<String>>(1)
+                    .and_then(|s| pg::parse_timeline(&s));
             }
             Ok(Err(e)) => {
                 op.outcome = pg::classify(&e);

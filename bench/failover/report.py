@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Failover benchmark report: markdown table + PNG plots from larder-faults results.
+
+Reads <results>/<label>/result.json (+ history.jsonl for the timeline) written by
+`larder-faults bench`, prints a markdown table, draws the plots and, with --doc, replaces the
+`## Failover` section of docs/benchmarks.md (other sections are left untouched).
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+ORDER = ["larder", "patroni-defaults", "patroni-aggressive"]
+
+
+def load(results):
+    out = []
+    for label in sorted(os.listdir(results), key=lambda l: (ORDER.index(l) if l in ORDER else 99, l)):
+        p = os.path.join(results, label, "result.json")
+        if os.path.isfile(p):
+            with open(p) as f:
+                out.append(json.load(f))
+    return out
+
+
+def fmt(x, unit="s"):
+    return "–" if x is None else f"{x:.2f} {unit}"
+
+
+def table(results):
+    lines = [
+        "| system | scenario | trials | p50 | p90 | max | acked writes lost | agent idle CPU | agent idle RSS |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        idle = r.get("idle") or {}
+        cpu = f"{idle['cpu_percent']:.2f} %" if idle else "–"
+        rss = f"{idle['rss_bytes'] / 1048576:.1f} MB" if idle else "–"
+        for s in r["scenarios"]:
+            lines.append(
+                f"| {r['label']} | {s['scenario']} | {s['trials']} | {fmt(s['p50_s'])} | {fmt(s['p90_s'])} "
+                f"| {fmt(s['max_s'])} | {r['lost']} | {cpu} | {rss} |"
+            )
+    notes = []
+    for r in results:
+        w = r["writes"]
+        notes.append(
+            f"- {r['label']}: {w['ok']} writes acknowledged, {w['failed']} failed, {w['unknown']} unknown "
+            f"over {r['elapsed_s'] / 60:.1f} min; checker violations: {len(r['violations'])}"
+            + (f"; stopped early: {r['error']}" if r.get("error") else "")
+        )
+        for v in r["violations"]:
+            notes.append(f"  - {v['kind']}: {v['message']}")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def plots(results_dir, results, png_prefix):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # 1. windows per trial, per scenario and system
+    scen = []
+    for r in results:
+        for s in r["scenarios"]:
+            if s["scenario"] not in scen:
+                scen.append(s["scenario"])
+    fig, axes = plt.subplots(1, len(scen), figsize=(5 * len(scen), 4), squeeze=False)
+    for ax, sc in zip(axes[0], scen):
+        data, labels = [], []
+        for r in results:
+            w = [t["window_s"] for t in r["trials"] if scenario_name(t["scenario"]) == sc]
+            if w:
+                data.append(w)
+                labels.append(r["label"])
+        if data:
+            ax.boxplot(data, showfliers=True)
+            ax.set_xticks(range(1, len(labels) + 1), labels, rotation=15)
+            for i, w in enumerate(data, start=1):
+                ax.scatter([i] * len(w), w, s=10, alpha=0.6)
+        ax.set_title(sc)
+        ax.set_ylabel("write unavailability window (s)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_prefix + "-windows.png", dpi=110)
+    plt.close(fig)
+
+    # 2. timeline: which node acknowledged each write, failures, faults
+    fig, axes = plt.subplots(len(results), 1, figsize=(14, 2.6 * len(results)), squeeze=False)
+    for ax, r in zip(axes[:, 0], results):
+        hist = os.path.join(results_dir, r["label"], "history.jsonl")
+        ok_t, ok_node, bad_t, bad_c, faults = [], [], [], [], []
+        if os.path.isfile(hist):
+            with open(hist) as f:
+                for line in f:
+                    e = json.loads(line)
+                    if e["type"] == "event":
+                        if e["what"] == "fault":
+                            faults.append(e["at_us"] / 1e6)
+                    elif e["kind"] == "write":
+                        t = e["end_us"] / 1e6
+                        if e["outcome"] == "ok":
+                            ok_t.append(t)
+                            ok_node.append(int(e.get("node", "0.0.0.0").split(".")[-1]))
+                        else:
+                            bad_t.append(t)
+                            bad_c.append("tab:red" if e["outcome"] == "failed" else "tab:orange")
+        ax.scatter(ok_t, ok_node, s=2, c="tab:green", label="acknowledged (y = node)")
+        ax.scatter(bad_t, [0] * len(bad_t), s=2, c=bad_c, label="failed (red) / unknown (orange)")
+        for x in faults:
+            ax.axvline(x, color="k", lw=0.6, alpha=0.5)
+        ax.set_yticks([0] + sorted(set(ok_node)), ["err"] + [f"n{n}" for n in sorted(set(ok_node))])
+        ax.set_title(f"{r['label']}: writes every {r['interval_ms']} ms through haproxy (vertical lines: faults)")
+        ax.set_xlabel("seconds since start")
+    fig.tight_layout()
+    fig.savefig(png_prefix + "-timeline.png", dpi=100)
+    plt.close(fig)
+
+
+def scenario_name(s):
+    return {"kill-leader-node": "leader node killed", "kill-leader-postgres": "leader PostgreSQL killed", "switchover": "planned switchover"}.get(s, s)
+
+
+def update_doc(doc, section):
+    if os.path.isfile(doc):
+        with open(doc) as f:
+            text = f.read()
+    else:
+        text = "# Benchmarks\n"
+    m = re.search(r"^## Failover\n.*?(?=^## |\Z)", text, flags=re.S | re.M)
+    if m:
+        text = text[: m.start()] + section + text[m.end():]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with open(doc, "w") as f:
+        f.write(text)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("--png-prefix", default=None)
+    ap.add_argument("--doc", default=None)
+    ap.add_argument("--command", default="bench/failover/run.sh")
+    ap.add_argument("--notes", default=None, help="markdown file appended to the section")
+    a = ap.parse_args()
+    results = load(a.results)
+    if not results:
+        sys.exit(f"no result.json under {a.results}")
+    md = table(results)
+    print(md)
+    if a.png_prefix:
+        plots(a.results, results, a.png_prefix)
+    if a.doc:
+        rel = os.path.relpath(a.png_prefix, os.path.dirname(a.doc)) if a.png_prefix else None
+        section = "## Failover\n\n"
+        section += f"Command: `{a.command}` (raw results: `bench/failover/results/*/result.json`).\n\n"
+        section += md + "\n"
+        if rel:
+            section += f"![write-unavailability windows]({rel}-windows.png)\n\n![timeline]({rel}-timeline.png)\n\n"
+        if a.notes and os.path.isfile(a.notes):
+            with open(a.notes) as f:
+                section += f.read().rstrip("\n") + "\n\n"
+        update_doc(a.doc, section)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Failover benchmark, Larder and Patroni side by side from one run (issue 5 §5).
+#
+#   bench/failover/run.sh                 # 10 trials per scenario, all three systems
+#   TRIALS=3 SYSTEMS="patroni-aggressive" bench/failover/run.sh
+#
+# Each system runs in its own set of network namespaces (3 nodes + a client behind haproxy
+# configured as a Chef frontend), one client writes every 10 ms; results go to
+# bench/failover/results/<label>/ and the `## Failover` section of docs/benchmarks.md.
+# Needs root (namespaces, nftables, loop mounts).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+TRIALS="${TRIALS:-10}"
+SYSTEMS="${SYSTEMS:-larder patroni-defaults patroni-aggressive}"
+PROFILE="${PROFILE:-release}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+RESULTS=bench/failover/results
+VENV="${PATRONI_VENV:-/opt/larder-bench-venv}"
+
+bench/failover/setup.sh
+flag=()
+[ "$PROFILE" = release ] && flag=(--release)
+# The agent's idle CPU/RSS is part of the comparison, so both binaries are built optimised.
+cargo build "${flag[@]}" -p larder-faults -p larder-cli || exit 1
+BIN="$CARGO_TARGET_DIR/$PROFILE"
+"$BIN/larder-faults" cleanup
+
+status=0
+for s in $SYSTEMS; do
+  case "$s" in
+    larder) args=(--system larder --larder-bin "$BIN/larder") ;;
+    patroni-defaults) args=(--system patroni --settings defaults) ;;
+    patroni-aggressive) args=(--system patroni --settings aggressive) ;;
+    *) echo "unknown system $s" >&2; exit 2 ;;
+  esac
+  rm -rf "$RESULTS/$s"
+  echo "== $s"
+  if ! "$BIN/larder-faults" bench "${args[@]}" --trials "$TRIALS" --out "$RESULTS" 2>&1 | tee "/tmp/larder-failover-$s.log"; then
+    echo "$s: benchmark failed (see /tmp/larder-failover-$s.log)" >&2
+    status=1
+  fi
+done
+
+"$VENV/bin/python" bench/failover/report.py "$RESULTS" \
+  --png-prefix bench/failover/failover \
+  --doc docs/benchmarks.md \
+  --notes bench/failover/notes.md \
+  --command "TRIALS=$TRIALS bench/failover/run.sh"
+exit $status
