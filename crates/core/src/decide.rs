@@ -23,6 +23,8 @@ use crate::model::{LeaderRecord, MemberStatus, NodeRole, PgState, Switchover, Wa
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
     pub now_ms: u64,
+    /// Wall clock, only for comparing with deadlines other nodes wrote (switchover expiry).
+    pub now_unix_ms: u64,
     pub me: String,
     pub local: LocalState,
     /// `None` when etcd could not be read this iteration.
@@ -334,9 +336,6 @@ fn ineligibility(obs: &Observation, dcs: &DcsView) -> Option<String> {
     if l.pg == PgState::Empty {
         return Some("no data".into());
     }
-    if l.diverged {
-        return Some("data diverged from the last leader; must rewind".into());
-    }
     if !l.healthy || l.pg_failures >= obs.max_pgsql_failures {
         return Some("unhealthy".into());
     }
@@ -360,7 +359,7 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
         );
     }
     if let Some(sw) = &dcs.switchover {
-        if sw.term == dcs.term {
+        if sw.term == dcs.term && obs.now_unix_ms < sw.deadline_unix_ms {
             match &sw.target {
                 Some(t) if t != &obs.me => {
                     return Decision::new(
@@ -425,9 +424,14 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
     // (Lag beyond max_bytes_behind_leader makes a node unhealthy, hence ineligible, above.)
     // Tie-break among equally advanced eligible candidates: lowest GUID goes first, so two
     // nodes do not race for the key on every election.
+    let named_target = dcs.switchover.as_ref().is_some_and(|sw| {
+        sw.term == dcs.term
+            && obs.now_unix_ms < sw.deadline_unix_ms
+            && sw.target.as_deref() == Some(me.as_str())
+    });
     if let Some(rival) = fresh
         .iter()
-        .find(|m| m.eligible && m.position == mine && m.guid < *me)
+        .find(|m| !named_target && m.eligible && m.position == mine && m.guid < *me)
     {
         return Decision::new(
             NodeRole::WaitingForLeader,

@@ -126,6 +126,9 @@ pub struct Switchover {
     /// Position of the old leader's shutdown checkpoint: the target must hold it.
     pub min_position: WalPosition,
     pub from: String,
+    /// After this wall-clock time the record no longer restricts who may lead, so a target
+    /// that died mid-switchover cannot leave the cluster leaderless.
+    pub deadline_unix_ms: u64,
 }
 
 /// Static registration of a node, written by create-cluster / join-cluster.

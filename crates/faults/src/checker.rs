@@ -6,8 +6,8 @@
 //!    so an acknowledged write carries (node, timeline). Two different nodes acknowledging
 //!    on the same timeline, or a node on an older timeline acknowledging a write that
 //!    started after another node had acknowledged on a newer one, is split brain.
-//! 3. The health endpoint: two nodes answering 2xx in `dual_leader_rounds` consecutive
-//!    sampling rounds would make haproxy route writes to both.
+//! 3. The health endpoint: two nodes claiming leadership (runs of 2xx answers) over
+//!    overlapping time spans longer than a tolerance would make haproxy route writes to both.
 //!
 //! A violation carries the part of the history that shows it.
 
@@ -93,7 +93,7 @@ pub fn longest_gap(entries: &[Entry], from_us: u64, to_us: u64) -> (u64, u64) {
     best
 }
 
-pub fn check(entries: &[Entry], finals: &FinalState, dual_leader_rounds: usize) -> Report {
+pub fn check(entries: &[Entry], finals: &FinalState, dual_leader_tolerance_us: u64) -> Report {
     let mut r = Report::default();
     for o in ops(entries) {
         let c = match o.kind {
@@ -112,7 +112,7 @@ pub fn check(entries: &[Entry], finals: &FinalState, dual_leader_rounds: usize) 
     r.longest_gap_at_us = at;
     check_durability(entries, finals, &mut r);
     check_terms(entries, &mut r);
-    check_health(entries, dual_leader_rounds, &mut r);
+    check_health(entries, dual_leader_tolerance_us, &mut r);
     r
 }
 
@@ -247,43 +247,72 @@ fn check_terms(entries: &[Entry], r: &mut Report) {
     }
 }
 
-fn check_health(entries: &[Entry], rounds_needed: usize, r: &mut Report) {
-    if rounds_needed == 0 {
-        return;
-    }
-    // Per node, the sequence of samples; a "round" is the i-th sample of every node.
+fn check_health(entries: &[Entry], tolerance_us: u64, r: &mut Report) {
+    // Per node, maximal runs of consecutive 2xx/3xx samples become "claimed leader"
+    // intervals [first start, last end]; any other answer (or none) ends a run. Nodes are
+    // sampled independently, so intervals are compared in time, never by sample index.
     let mut per_node: BTreeMap<u32, Vec<&Op>> = BTreeMap::new();
     for o in ops(entries).filter(|o| o.kind == OpKind::Health) {
         per_node.entry(o.process).or_default().push(o);
     }
-    let rounds = per_node.values().map(Vec::len).min().unwrap_or(0);
-    let mut streak = 0;
-    for i in 0..rounds {
-        let leaders: Vec<&&Op> = per_node
-            .values()
-            .map(|v| &v[i])
-            .filter(|o| o.status.is_some_and(|s| (200..400).contains(&s)))
-            .collect();
-        if leaders.len() >= 2 {
-            streak += 1;
-            if streak >= rounds_needed {
-                let o = leaders[0];
+    let mut claims: Vec<(u32, u64, u64)> = Vec::new();
+    for (node, samples) in per_node.iter_mut() {
+        samples.sort_by_key(|o| o.start_us);
+        let mut run: Option<(u64, u64)> = None;
+        for o in samples.iter() {
+            let leader = o.status.is_some_and(|s| (200..400).contains(&s));
+            run = match (run, leader) {
+                (None, true) => Some((o.start_us, o.end_us)),
+                (Some((a, _)), true) => Some((a, o.end_us)),
+                (Some((a, b)), false) => {
+                    claims.push((*node, a, b));
+                    None
+                }
+                (None, false) => None,
+            };
+        }
+        if let Some((a, b)) = run {
+            claims.push((*node, a, b));
+        }
+    }
+    for (i, x) in claims.iter().enumerate() {
+        for y in &claims[i + 1..] {
+            if x.0 == y.0 {
+                continue;
+            }
+            let from = x.1.max(y.1);
+            let to = x.2.min(y.2);
+            if to > from && to - from > tolerance_us {
                 r.violations.push(Violation {
                     kind: "two-healthy-leaders",
                     message: format!(
-                        "{} nodes answered the leader check with 2xx/3xx in {streak} consecutive rounds (until {:.3}s): {}",
-                        leaders.len(),
-                        o.end_us as f64 / 1e6,
-                        leaders.iter().filter_map(|o| o.node.clone()).collect::<Vec<_>>().join(", ")
+                        "nodes #{} and #{} both answered the leader check with 2xx/3xx from {:.3}s to {:.3}s ({:.3}s, tolerance {:.3}s)",
+                        x.0 + 1,
+                        y.0 + 1,
+                        from as f64 / 1e6,
+                        to as f64 / 1e6,
+                        (to - from) as f64 / 1e6,
+                        tolerance_us as f64 / 1e6
                     ),
-                    excerpt: excerpt(entries, o.start_us.saturating_sub(2_000_000), o.end_us, &[], 60),
+                    excerpt: excerpt_with_health(entries, from.saturating_sub(1_000_000), to, 80),
                 });
                 return;
             }
-        } else {
-            streak = 0;
         }
     }
+}
+
+/// Like [`excerpt`] but with the health samples (for leader-check violations).
+pub fn excerpt_with_health(entries: &[Entry], from_us: u64, to_us: u64, limit: usize) -> String {
+    let picked: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| match e {
+            Entry::Op(o) => o.kind == OpKind::Health && o.end_us >= from_us && o.start_us <= to_us,
+            Entry::Event(ev) => ev.at_us >= from_us.saturating_sub(5_000_000) && ev.at_us <= to_us,
+        })
+        .take(limit)
+        .collect();
+    format_entries(&picked)
 }
 
 #[cfg(test)]
@@ -343,7 +372,7 @@ mod tests {
     #[test]
     fn failed_write_present_and_unreadable_node_are_violations() {
         let h = vec![op(OpKind::Write, 7, 0, 10, Outcome::Failed, "a", None)];
-        let r = check(&h, &vec![("a".into(), all(&[7])), ("b".into(), None)], 2);
+        let r = check(&h, &vec![("a".into(), all(&[7])), ("b".into(), None)], 0);
         let kinds: Vec<_> = r.violations.iter().map(|v| v.kind).collect();
         assert!(kinds.contains(&"failed-write-present"));
         assert!(kinds.contains(&"unreadable-node"));
@@ -388,38 +417,38 @@ mod tests {
     }
 
     #[test]
-    fn health_dual_leader_needs_consecutive_rounds() {
-        let mk = |p: u32, t: u64, s: u16| {
+    fn health_overlap_is_judged_in_time_not_by_sample_index() {
+        let mk = |p: u32, t: u64, s: Option<u16>| {
             Entry::Op(Op {
                 kind: OpKind::Health,
                 id: 0,
                 process: p,
                 start_us: t,
-                end_us: t + 1,
+                end_us: t + 10,
                 outcome: Outcome::Ok,
                 node: Some(format!("n{p}")),
                 timeline: None,
-                status: Some(s),
+                status: s,
                 error: None,
             })
         };
-        // one round of overlap during a hand-over: tolerated with threshold 2
-        let h = vec![
-            mk(0, 0, 200),
-            mk(1, 0, 200),
-            mk(0, 100, 503),
-            mk(1, 100, 200),
-        ];
-        assert!(check(&h, &vec![], 2).ok());
-        let h2 = vec![
-            mk(0, 0, 200),
-            mk(1, 0, 200),
-            mk(0, 100, 200),
-            mk(1, 100, 200),
-        ];
-        assert_eq!(
-            check(&h2, &vec![], 2).violations[0].kind,
-            "two-healthy-leaders"
-        );
+        // node 0 answers 200 until 1 s, then times out; node 1 answers 200 from 3 s on.
+        // Node 0 has fewer samples (timeouts take longer), so indices would misalign.
+        let mut h = Vec::new();
+        for k in 0..10 {
+            h.push(mk(0, k * 100_000, Some(200)));
+        }
+        h.push(mk(0, 2_000_000, None));
+        for k in 0..30 {
+            h.push(mk(1, k * 100_000, Some(503)));
+            h.push(mk(1, 3_000_000 + k * 100_000, Some(200)));
+        }
+        assert!(check(&h, &vec![], 200_000).ok());
+        // a real overlap of 0.5 s
+        h.push(mk(0, 3_000_000, Some(200)));
+        h.push(mk(0, 3_500_000, Some(200)));
+        let r = check(&h, &vec![], 200_000);
+        assert_eq!(r.violations[0].kind, "two-healthy-leaders");
+        assert!(check(&h, &vec![], 1_000_000).ok());
     }
 }

@@ -27,7 +27,7 @@ pub enum Error {
     Unsupported(String),
     #[error("timed out after {secs:.1}s waiting for {what}")]
     Timeout { what: String, secs: f64 },
-    #[error("postgres ({target}): {source}")]
+    #[error("postgres ({target}): {}", crate::pg::describe(.source))]
     Postgres {
         target: String,
         source: tokio_postgres::Error,

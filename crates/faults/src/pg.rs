@@ -101,7 +101,19 @@ pub fn classify(e: &tokio_postgres::Error) -> Outcome {
 /// Short error text for the history (first line, no secrets: the password never appears in
 /// tokio-postgres error messages).
 pub fn short(e: &dyn std::fmt::Display) -> String {
-    let s = e.to_string();
+    shorten(e.to_string())
+}
+
+/// The server's SQLSTATE and message when there is one (tokio-postgres' Display says only
+/// "db error"), otherwise the client-side error.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => shorten(format!("{} {}", db.code().code(), db.message())),
+        None => short(e),
+    }
+}
+
+fn shorten(s: String) -> String {
     let s = s.lines().next().unwrap_or("").to_string();
     if s.chars().count() > 160 {
         format!("{}…", s.chars().take(160).collect::<String>())

@@ -109,7 +109,7 @@ async fn node_loop(idx: u32, ip: String, cfg: SamplerConfig, rec: Recorder, stop
             }
             Ok(Err(e)) => {
                 op.outcome = pg::classify(&e);
-                op.error = Some(pg::short(&e));
+                op.error = Some(pg::describe(&e));
                 if op.outcome == Outcome::Unknown {
                     conn = None;
                 }

@@ -92,7 +92,7 @@ async fn client(c: u32, cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool
             }
             Ok(Err(e)) => {
                 op.outcome = pg::classify(&e);
-                op.error = Some(pg::short(&e));
+                op.error = Some(pg::describe(&e));
                 if cl.is_closed() || op.outcome == Outcome::Unknown {
                     conn = None;
                 }

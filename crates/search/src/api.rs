@@ -33,6 +33,7 @@ use tokio::sync::{watch, Notify};
 /// The one index Larder serves.
 pub const INDEX: &str = "chef";
 const REFRESH_DEADLINE: Duration = Duration::from_secs(60);
+const MAX_BODY: usize = 100 * 1024 * 1024;
 
 /// Everything a handler needs.
 pub struct AppState {
@@ -42,6 +43,8 @@ pub struct AppState {
     pub pool: Pool,
     pub shared: Arc<Shared>,
     pub wake: Arc<Notify>,
+    /// Set once the `chef` index definition is known to exist (saves a round trip per bulk).
+    pub index_known: std::sync::atomic::AtomicBool,
 }
 
 type St = State<Arc<AppState>>;
@@ -154,6 +157,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/{index}/_delete_by_query", post(delete_by_query))
         .route("/{index}/{doc_type}/{id}", any(doc))
         .fallback(fallback)
+        // ES's http.max_content_length default; erchef flushes bulks at ~5 MB.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(es_headers))
         .with_state(state)
 }
@@ -349,6 +354,7 @@ async fn index_delete(State(st): St, Path(name): Path<String>) -> R {
         let mut c = st.pool.get().await?;
         log::delete_all(&mut c).await?;
     }
+    st.index_known.store(false, Ordering::Relaxed);
     st.wake.notify_one();
     Ok(Json(json!({"acknowledged": true})).into_response())
 }
@@ -374,8 +380,12 @@ async fn write_changes(st: &AppState, changes: &[Change], refresh: bool) -> Resu
 
 async fn ensure_index_exists(st: &AppState) -> Result<(), EsError> {
     // ES creates a missing index on first write; so do we (definition empty).
+    if st.index_known.load(Ordering::Relaxed) {
+        return Ok(());
+    }
     let c = st.pool.get().await?;
     log::create_index(&c, INDEX, &json!({})).await?;
+    st.index_known.store(true, Ordering::Relaxed);
     Ok(())
 }
 

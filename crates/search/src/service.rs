@@ -51,6 +51,7 @@ pub async fn serve(
         applied: applied_rx,
         shared,
         wake,
+        index_known: Default::default(),
     });
     let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -1,1 +1,420 @@
+//! Exact-action tests for each rule, then property tests of the safety invariants over random
+//! situations.
+
 use super::*;
+use crate::model::Lsn;
+use proptest::prelude::*;
+
+fn pos(lsn: u64) -> WalPosition {
+    WalPosition {
+        timeline: 1,
+        lsn: Lsn(lsn),
+    }
+}
+
+fn member(guid: &str, p: u64, term: u64, leader_seen: Option<&str>) -> MemberStatus {
+    MemberStatus {
+        guid: guid.into(),
+        name: format!("node-{guid}"),
+        address: "10.0.0.1".into(),
+        role: NodeRole::WaitingForLeader,
+        pg: PgState::Standby,
+        position: pos(p),
+        eligible: true,
+        failover_enabled: true,
+        term,
+        leader_seen: leader_seen.map(str::to_string),
+        voter: true,
+        lag_bytes: None,
+        search_ok: true,
+        etcd_ok: true,
+        seq: 1,
+        updated_unix_ms: 0,
+    }
+}
+
+fn leader(guid: &str, term: u64) -> LeaderRecord {
+    LeaderRecord {
+        guid: guid.into(),
+        name: format!("node-{guid}"),
+        address: "10.0.0.9".into(),
+        term,
+    }
+}
+
+fn local(pg: PgState, p: u64) -> LocalState {
+    LocalState {
+        pg,
+        position: pos(p),
+        pg_failures: 0,
+        following: None,
+        not_streaming_since_ms: None,
+        diverged: false,
+        rewind_failed: false,
+        healthy: true,
+        syncing: false,
+    }
+}
+
+fn view(leader: Option<LeaderRecord>, term: u64, members: Vec<MemberStatus>, voters: &[&str]) -> DcsView {
+    DcsView {
+        leader,
+        term,
+        members,
+        voters: voters.iter().map(|s| s.to_string()).collect(),
+        cluster_failover: true,
+        node_failover: true,
+        switchover: None,
+    }
+}
+
+fn obs(me: &str, local: LocalState, dcs: Option<DcsView>, lease: Option<HeldLease>) -> Observation {
+    Observation {
+        now_ms: 10_000,
+        now_unix_ms: 1_000_000,
+        me: me.into(),
+        local,
+        dcs,
+        lease,
+        sync_mode: SyncMode::Quorum,
+        max_pgsql_failures: 3,
+        rejoin_timeout_ms: 5000,
+    }
+}
+
+fn lease(term: u64, deadline: u64) -> Option<HeldLease> {
+    Some(HeldLease {
+        term,
+        fence_deadline_ms: deadline,
+    })
+}
+
+fn starts_with_fence(d: &Decision) -> bool {
+    matches!(d.actions.first(), Some(Action::Fence { .. }))
+}
+
+fn acquires(d: &Decision) -> bool {
+    d.actions
+        .iter()
+        .any(|a| matches!(a, Action::AcquireLeadership { .. }))
+}
+
+#[test]
+fn single_node_bootstrap_acquires_term_one() {
+    let o = obs("a", local(PgState::Standby, 100), Some(view(None, 0, vec![], &["a"])), None);
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![Action::AcquireLeadership { term: 1 }]);
+}
+
+#[test]
+fn stopped_pg_without_leader_is_started_as_standby_first() {
+    let o = obs("a", local(PgState::Stopped, 0), Some(view(None, 0, vec![], &["a"])), None);
+    let d = decide(&o);
+    assert_eq!(d.actions[0], Action::StartStandby);
+}
+
+#[test]
+fn leader_past_deadline_fences_before_anything_else() {
+    let v = view(Some(leader("a", 3)), 3, vec![], &["a", "b", "c"]);
+    let o = obs("a", local(PgState::Primary, 100), Some(v), lease(3, 10_000));
+    let d = decide(&o);
+    assert_eq!(d.role, NodeRole::DeposedLeader);
+    assert!(matches!(d.actions[0], Action::Fence { .. }));
+    assert_eq!(d.actions[1], Action::ReleaseLeadership);
+}
+
+#[test]
+fn leader_without_etcd_keeps_serving_until_deadline() {
+    let o = obs("a", local(PgState::Primary, 100), None, lease(3, 10_500));
+    let d = decide(&o);
+    assert_eq!(d.role, NodeRole::Leader);
+    assert!(d.actions.is_empty());
+}
+
+#[test]
+fn leader_seeing_another_key_fences() {
+    let v = view(Some(leader("b", 4)), 4, vec![], &["a", "b", "c"]);
+    let d = decide(&obs("a", local(PgState::Primary, 100), Some(v), lease(3, 20_000)));
+    assert_eq!(d.role, NodeRole::DeposedLeader);
+    assert!(matches!(d.actions[0], Action::Fence { .. }));
+}
+
+#[test]
+fn new_leader_promotes_and_sets_quorum_sync() {
+    let v = view(Some(leader("a", 5)), 5, vec![], &["a", "b", "c"]);
+    let d = decide(&obs("a", local(PgState::Streaming, 100), Some(v), lease(5, 20_000)));
+    assert_eq!(d.role, NodeRole::Leader);
+    assert_eq!(d.actions[0], Action::Promote);
+    assert_eq!(
+        d.actions[1],
+        Action::SetSyncStandbys {
+            k: 1,
+            names: vec![crate::model::standby_name("b"), crate::model::standby_name("c")]
+        }
+    );
+}
+
+#[test]
+fn sync_quorum_sizes() {
+    assert_eq!(sync_quorum(SyncMode::Quorum, 1), 0);
+    assert_eq!(sync_quorum(SyncMode::Quorum, 3), 1);
+    assert_eq!(sync_quorum(SyncMode::Quorum, 5), 2);
+    assert_eq!(sync_quorum(SyncMode::Strict, 3), 2);
+    assert_eq!(sync_quorum(SyncMode::Off, 5), 0);
+    for n in 1..10 {
+        // leader + k followers is a majority in quorum mode
+        assert!(1 + sync_quorum(SyncMode::Quorum, n) >= majority(n));
+    }
+}
+
+#[test]
+fn leader_with_stopped_pg_restarts_it_as_primary() {
+    let v = view(Some(leader("a", 2)), 2, vec![], &["a"]);
+    let d = decide(&obs("a", local(PgState::Stopped, 100), Some(v), lease(2, 20_000)));
+    assert_eq!(d.actions[0], Action::StartPrimary);
+}
+
+#[test]
+fn leader_with_failed_pg_hands_over_when_a_follower_can_take_it() {
+    let mut f = member("b", 100, 2, Some("a"));
+    f.pg = PgState::Streaming;
+    let v = view(Some(leader("a", 2)), 2, vec![f], &["a", "b", "c"]);
+    let mut l = local(PgState::Stopped, 0);
+    l.pg_failures = 3;
+    let d = decide(&obs("a", l.clone(), Some(v.clone()), lease(2, 20_000)));
+    assert_eq!(d.role, NodeRole::DeposedLeader);
+    assert!(d.actions.contains(&Action::ReleaseLeadership));
+    // Without a follower able to take over, keep trying to restart locally.
+    let v2 = view(Some(leader("a", 2)), 2, vec![], &["a"]);
+    let d2 = decide(&obs("a", l, Some(v2), lease(2, 20_000)));
+    assert_eq!(d2.actions[0], Action::StartPrimary);
+}
+
+#[test]
+fn non_leader_primary_is_fenced() {
+    let v = view(Some(leader("b", 2)), 2, vec![], &["a", "b", "c"]);
+    let d = decide(&obs("a", local(PgState::Primary, 100), Some(v), None));
+    assert!(matches!(d.actions[0], Action::Fence { .. }));
+}
+
+#[test]
+fn follower_points_at_leader_then_stays() {
+    let v = view(Some(leader("b", 2)), 2, vec![], &["a", "b", "c"]);
+    let d = decide(&obs("a", local(PgState::Standby, 100), Some(v.clone()), None));
+    assert_eq!(d.actions, vec![Action::Follow { leader: leader("b", 2) }]);
+    let mut l = local(PgState::Streaming, 100);
+    l.following = Some("b".into());
+    let d = decide(&obs("a", l, Some(v), None));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.role, NodeRole::Follower);
+}
+
+#[test]
+fn empty_node_clones_diverged_node_rewinds_failed_rewind_clones() {
+    let v = view(Some(leader("b", 2)), 2, vec![], &["a", "b", "c"]);
+    let d = decide(&obs("a", local(PgState::Empty, 0), Some(v.clone()), None));
+    assert_eq!(d.actions, vec![Action::Basebackup { leader: leader("b", 2) }]);
+    let mut l = local(PgState::Stopped, 100);
+    l.diverged = true;
+    let d = decide(&obs("a", l.clone(), Some(v.clone()), None));
+    assert_eq!(d.actions, vec![Action::Rewind { leader: leader("b", 2) }]);
+    l.rewind_failed = true;
+    let d = decide(&obs("a", l, Some(v), None));
+    assert_eq!(d.actions, vec![Action::Basebackup { leader: leader("b", 2) }]);
+}
+
+#[test]
+fn follower_not_streaming_past_timeout_rewinds() {
+    let v = view(Some(leader("b", 2)), 2, vec![], &["a", "b", "c"]);
+    let mut l = local(PgState::Standby, 100);
+    l.following = Some("b".into());
+    l.not_streaming_since_ms = Some(4_000);
+    let d = decide(&obs("a", l.clone(), Some(v.clone()), None));
+    assert_eq!(d.actions, vec![Action::Rewind { leader: leader("b", 2) }]);
+    l.not_streaming_since_ms = Some(9_000);
+    assert!(decide(&obs("a", l, Some(v), None)).actions.is_empty());
+}
+
+#[test]
+fn candidate_waits_for_majority_of_fresh_positions() {
+    // b still reports seeing the old leader: its position is not final yet.
+    let v = view(None, 4, vec![member("b", 100, 4, Some("c"))], &["a", "b", "c"]);
+    let d = decide(&obs("a", local(PgState::Standby, 100), Some(v), None));
+    assert!(!acquires(&d), "{d:?}");
+    let v = view(None, 4, vec![member("b", 100, 4, None)], &["a", "b", "c"]);
+    let d = decide(&obs("a", local(PgState::Standby, 100), Some(v), None));
+    assert!(acquires(&d), "{d:?}");
+}
+
+#[test]
+fn stale_term_posts_do_not_count() {
+    let v = view(None, 4, vec![member("b", 100, 3, None)], &["a", "b", "c"]);
+    assert!(!acquires(&decide(&obs("a", local(PgState::Standby, 100), Some(v), None))));
+}
+
+#[test]
+fn less_advanced_candidate_waits() {
+    let v = view(None, 4, vec![member("b", 200, 4, None)], &["a", "b", "c"]);
+    let d = decide(&obs("a", local(PgState::Standby, 100), Some(v), None));
+    assert!(!acquires(&d));
+    assert!(d.reason.contains("more advanced"));
+}
+
+#[test]
+fn equal_positions_lowest_guid_goes_first() {
+    let v = view(None, 4, vec![member("a", 100, 4, None)], &["a", "b", "c"]);
+    assert!(!acquires(&decide(&obs("b", local(PgState::Standby, 100), Some(v.clone()), None))));
+    let v = view(None, 4, vec![member("b", 100, 4, None)], &["a", "b", "c"]);
+    assert!(acquires(&decide(&obs("a", local(PgState::Standby, 100), Some(v), None))));
+}
+
+#[test]
+fn failover_flags_block_election_but_not_bootstrap() {
+    let mut v = view(None, 4, vec![member("b", 100, 4, None)], &["a", "b", "c"]);
+    v.cluster_failover = false;
+    let d = decide(&obs("a", local(PgState::Standby, 100), Some(v.clone()), None));
+    assert!(!acquires(&d));
+    assert!(d.reason.contains("cluster failover is disabled"));
+    v.cluster_failover = true;
+    v.node_failover = false;
+    assert!(!acquires(&decide(&obs("a", local(PgState::Standby, 100), Some(v), None))));
+    let mut boot = view(None, 0, vec![], &["a"]);
+    boot.cluster_failover = false;
+    assert!(acquires(&decide(&obs("a", local(PgState::Standby, 1), Some(boot), None))));
+}
+
+#[test]
+fn non_voter_and_unhealthy_nodes_do_not_run() {
+    let v = view(None, 4, vec![member("b", 100, 4, None)], &["b", "c"]);
+    assert!(!acquires(&decide(&obs("a", local(PgState::Standby, 100), Some(v), None))));
+    let v = view(None, 4, vec![member("b", 100, 4, None)], &["a", "b", "c"]);
+    let mut l = local(PgState::Standby, 100);
+    l.healthy = false;
+    assert!(!acquires(&decide(&obs("a", l, Some(v), None))));
+}
+
+#[test]
+fn switchover_only_target_with_checkpoint_may_acquire() {
+    let mut v = view(None, 4, vec![member("b", 100, 4, None), member("c", 100, 4, None)], &["a", "b", "c"]);
+    v.switchover = Some(Switchover {
+        target: Some("c".into()),
+        term: 4,
+        min_position: pos(100),
+        from: "a".into(),
+        deadline_unix_ms: 2_000_000,
+    });
+    // b is not the target
+    assert!(!acquires(&decide(&obs("b", local(PgState::Standby, 100), Some(v.clone()), None))));
+    // c lacks the checkpoint
+    assert!(!acquires(&decide(&obs("c", local(PgState::Standby, 99), Some(v.clone()), None))));
+    // c has it; b's post (same position, lower guid) does not stop the named target
+    let mut v2 = v.clone();
+    v2.members = vec![member("a", 100, 4, None), member("d", 100, 4, None)];
+    v2.voters = vec!["a".into(), "c".into(), "d".into()];
+    assert!(acquires(&decide(&obs("c", local(PgState::Standby, 100), Some(v2), None))));
+    // expired switchover no longer restricts
+    let mut o = obs("b", local(PgState::Standby, 100), Some(v), None);
+    o.now_unix_ms = 3_000_000;
+    assert!(acquires(&decide(&o)));
+}
+
+#[test]
+fn own_stale_key_is_not_treated_as_leadership() {
+    let v = view(Some(leader("a", 4)), 4, vec![], &["a", "b", "c"]);
+    let d = decide(&obs("a", local(PgState::Standby, 100), Some(v), None));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.role, NodeRole::WaitingForLeader);
+}
+
+#[test]
+fn etcd_unreachable_non_leader_waits() {
+    let d = decide(&obs("a", local(PgState::Streaming, 100), None, None));
+    assert!(d.actions.is_empty());
+}
+
+// ---- property tests -------------------------------------------------------------------------
+
+/// A random cluster just after its leader (node 0) died: every voter's final position, which
+/// voters are alive and have posted fresh statuses, and the highest acknowledged position —
+/// by the quorum rule, present on at least k followers besides the leader.
+#[derive(Debug, Clone)]
+struct Scenario {
+    n: usize,
+    positions: Vec<u64>,
+    fresh: Vec<bool>,
+    acked: u64,
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    (1usize..=3)
+        .prop_flat_map(|half| {
+            let n = half * 2 + 1;
+            (
+                Just(n),
+                prop::collection::vec(0u64..1000, n),
+                prop::collection::vec(any::<bool>(), n),
+            )
+        })
+        .prop_map(|(n, positions, fresh)| {
+            let k = sync_quorum(SyncMode::Quorum, n);
+            // The leader acknowledged everything up to the k-th highest follower position.
+            let mut followers: Vec<u64> = positions[1..].to_vec();
+            followers.sort_unstable_by(|a, b| b.cmp(a));
+            let acked = followers[k - 1].min(positions[0]);
+            Scenario {
+                n,
+                positions,
+                fresh,
+                acked,
+            }
+        })
+}
+
+fn guid(i: usize) -> String {
+    format!("g{i}")
+}
+
+proptest! {
+    /// Never promote a node missing an acknowledged commit.
+    #[test]
+    fn winner_holds_every_acknowledged_commit(s in scenario(), me in 1usize..7) {
+        let me = 1 + (me - 1) % (s.n - 1);
+        let voters: Vec<String> = (0..s.n).map(guid).collect();
+        let members: Vec<MemberStatus> = (1..s.n)
+            .filter(|i| *i != me && s.fresh[*i])
+            .map(|i| member(&guid(i), s.positions[i], 7, None))
+            .collect();
+        let v = DcsView { leader: None, term: 7, members, voters, cluster_failover: true, node_failover: true, switchover: None };
+        let d = decide(&obs(&guid(me), local(PgState::Standby, s.positions[me]), Some(v), None));
+        if acquires(&d) {
+            prop_assert!(s.positions[me] >= s.acked, "node {} at {} acquired but {} was acknowledged: {:?}", me, s.positions[me], s.acked, s);
+        }
+    }
+
+    /// A leader whose renewal deadline passed always fences, whatever else it sees.
+    #[test]
+    fn expired_leader_always_fences(now in 0u64..100_000, deadline in 0u64..100_000, pg in prop_oneof![Just(PgState::Primary), Just(PgState::Stopped), Just(PgState::Streaming)], etcd in any::<bool>()) {
+        let v = view(Some(leader("a", 3)), 3, vec![], &["a", "b", "c"]);
+        let mut o = obs("a", local(pg, 1), if etcd { Some(v) } else { None }, lease(3, deadline));
+        o.now_ms = now;
+        let d = decide(&o);
+        if now >= deadline {
+            prop_assert!(starts_with_fence(&d));
+            prop_assert!(!d.actions.contains(&Action::Promote));
+            prop_assert!(!d.actions.contains(&Action::StartPrimary));
+        }
+    }
+
+    /// Only a lease holder ever promotes or starts a primary; a primary without lease is fenced.
+    #[test]
+    fn writes_only_under_a_lease(p in 0u64..1000, pg in prop_oneof![Just(PgState::Primary), Just(PgState::Stopped), Just(PgState::Streaming), Just(PgState::Standby), Just(PgState::Empty)], has_leader in any::<bool>(), other in any::<bool>()) {
+        let l = if has_leader { Some(leader(if other { "b" } else { "a" }, 2)) } else { None };
+        let v = view(l, 2, vec![member("b", p, 2, None)], &["a", "b", "c"]);
+        let d = decide(&obs("a", local(pg, p), Some(v), None));
+        prop_assert!(!d.actions.contains(&Action::Promote));
+        prop_assert!(!d.actions.contains(&Action::StartPrimary));
+        if pg == PgState::Primary {
+            prop_assert!(starts_with_fence(&d));
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! `larder agent`: wires the supervisor, the HA loop, the health API and the control socket,
+//! and shuts them down in the right order (health API first, so haproxy stops routing here
+//! before PostgreSQL goes away).
+
+use crate::control::{self, Request, Response};
+use crate::dcs::{self, Dcs};
+use crate::ha::{self, HaLoop, LeaseInfo, Shared};
+use crate::node::Node;
+use crate::supervisor::{ServiceSpec, Supervisor};
+use crate::{api, etcd, postgres};
+use larder_core::model::{LeaderRecord, MemberStatus};
+use larder_core::paths::Paths;
+use serde_json::json;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub const SEARCH_SERVICE: &str = "elasticsearch";
+
+/// etcd client URLs of the members known at bootstrap, own member first.
+fn initial_endpoints(node: &Node) -> Vec<String> {
+    let mut urls = vec![node.etcd_client_url()];
+    for part in node.state.etcd_initial_cluster.split(',') {
+        if let Some((_, peer)) = part.split_once('=') {
+            let client = peer.replace(
+                &format!(":{}", node.cfg.etcd.peer_port),
+                &format!(":{}", node.cfg.etcd.client_port),
+            );
+            if !urls.contains(&client) {
+                urls.push(client);
+            }
+        }
+    }
+    urls
+}
+
+fn search_spec(node: &Node) -> anyhow::Result<ServiceSpec> {
+    Ok(ServiceSpec {
+        name: SEARCH_SERVICE.into(),
+        program: std::env::current_exe()?,
+        args: vec![
+            "--root".into(),
+            node.paths.root().display().to_string(),
+            "search-service".into(),
+        ],
+        env: vec![],
+        user: None,
+        cwd: Some(node.paths.data_dir()),
+        stop_signal: nix::sys::signal::Signal::SIGTERM,
+        pre_start: None,
+        log_dir: node.paths.service_log_dir(SEARCH_SERVICE),
+        log_max_bytes: node.cfg.log_rotation.file_maxbytes,
+        log_keep: node.cfg.log_rotation.num_to_keep,
+    })
+}
+
+pub async fn run(paths: Paths) -> anyhow::Result<()> {
+    let node = Node::load(&paths)?;
+    std::fs::create_dir_all(paths.run_dir())?;
+    std::fs::write(paths.agent_pid(), std::process::id().to_string())?;
+    let started = Instant::now();
+    let shutdown = CancellationToken::new();
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let syncing = Arc::new(AtomicBool::new(false));
+    let sup = Supervisor::new();
+
+    if postgres::has_data(&node) {
+        postgres::prepare_dirs(&node)?;
+        postgres::write_config(&node)?;
+        // A data directory that last ran as a primary may hold WAL the current leader lacks.
+        let state = postgres::control_state(&node).await.unwrap_or_default();
+        if state == "in production" || state == "shut down" || state == "in crash recovery" {
+            ha::mark_diverged(&node, true);
+        }
+    }
+    sup.add(etcd::service_spec(&node), true);
+    {
+        // Decides primary vs standby on *every* start, including crash restarts: only a node
+        // holding a live lease may start writable.
+        let sh = shared.clone();
+        let n = node.clone();
+        let sy = syncing.clone();
+        let pre: crate::supervisor::PreStart = Arc::new(move || {
+            if sy.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("a rewind or base backup is in progress".into());
+            }
+            let leader = sh
+                .lock()
+                .unwrap()
+                .lease
+                .map(|l| Instant::now() < l.fence_deadline)
+                .unwrap_or(false);
+            postgres::set_standby(&n, !leader).map_err(|e| e.to_string())
+        });
+        sup.add(postgres::service_spec(&node, pre), false);
+    }
+    if node.cfg.elasticsearch.enable {
+        sup.add(search_spec(&node)?, true);
+    }
+
+    let dcs = Dcs::new(
+        initial_endpoints(&node),
+        node.tls()?,
+        Duration::from_millis(node.cfg.leaderl.db_timeout),
+    );
+
+    // Health API first: frontends must see 503 (not a refused port) as soon as we exist.
+    let http_addr = format!(
+        "{}:{}",
+        crate::node::url_host(node.cfg.http_address()),
+        node.cfg.leaderl.http_port
+    );
+    let listener = tokio::net::TcpListener::bind(&http_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind the health API on {http_addr}: {e}"))?;
+    let api_state = api::ApiState {
+        shared: shared.clone(),
+        required_followers: node.cfg.leaderl.required_active_followers,
+        name: node.cfg.fqdn.clone(),
+        guid: node.state.guid.clone(),
+    };
+    let api_shutdown = CancellationToken::new();
+    let api_task = tokio::spawn(api::serve(listener, api_state, api_shutdown.clone()));
+
+    tokio::spawn(member_refresh(dcs.clone(), shared.clone(), paths.clone(), shutdown.clone()));
+    tokio::spawn(search_health(node.clone(), shared.clone(), shutdown.clone()));
+
+    let ha_loop = HaLoop::new(node.clone(), dcs.clone(), sup.clone(), shared.clone(), syncing.clone());
+    let ha_shutdown = CancellationToken::new();
+    let ha_task = tokio::spawn(ha_loop.run(ha_shutdown.clone()));
+
+    let ctl = control::bind(&paths.agent_socket())?;
+    let ctx = Ctx {
+        node: node.clone(),
+        sup: sup.clone(),
+        shared: shared.clone(),
+        dcs: dcs.clone(),
+        shutdown: shutdown.clone(),
+        started,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            conn = ctl.accept() => {
+                if let Ok((stream, _)) = conn {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        control::serve_one(stream, |req| async move { ctx.handle(req).await }).await;
+                    });
+                }
+            }
+        }
+    }
+    tracing::info!("agent shutting down");
+    api_shutdown.cancel();
+    let _ = api_task.await;
+    ha_shutdown.cancel();
+    let _ = ha_task.await;
+    shutdown.cancel();
+    sup.stop_all(Duration::from_secs(30)).await;
+    let _ = std::fs::remove_file(paths.agent_socket());
+    let _ = std::fs::remove_file(paths.agent_pid());
+    Ok(())
+}
+
+/// Keeps the etcd endpoint list (and `/v2/members`) in step with membership changes.
+async fn member_refresh(dcs: Dcs, shared: Arc<Mutex<Shared>>, paths: Paths, shutdown: CancellationToken) {
+    loop {
+        if let Ok(members) = dcs.members().await {
+            let mut urls: Vec<String> = Vec::new();
+            let own = dcs.urls().first().cloned();
+            if let Some(o) = own {
+                urls.push(o);
+            }
+            for m in &members {
+                for u in &m.client_urls {
+                    if !urls.contains(u) {
+                        urls.push(u.clone());
+                    }
+                }
+            }
+            dcs.set_urls(&urls);
+            let _ = std::fs::write(paths.run_dir().join("etcd-endpoints"), urls.join("\n"));
+            shared.lock().unwrap().etcd_members = members;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+        }
+    }
+}
+
+/// The search service's own health (`GET /` answers), for status; never fails over PostgreSQL.
+async fn search_health(node: Node, shared: Arc<Mutex<Shared>>, shutdown: CancellationToken) {
+    let addr = format!(
+        "{}:{}",
+        crate::node::url_host(&node.cfg.publish_address),
+        node.cfg.elasticsearch.port
+    );
+    loop {
+        let ok = http_get_ok(&addr, "/").await;
+        shared.lock().unwrap().search_ok = ok;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(node.cfg.leaderl.health_check.interval_seconds)) => {}
+        }
+    }
+}
+
+/// Minimal HTTP/1.0 GET that reports whether the answer was 2xx.
+pub async fn http_get_ok(addr: &str, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).await.ok()?;
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        Some(head.split_whitespace().nth(1).map(|c| c.starts_with('2')).unwrap_or(false))
+    };
+    tokio::time::timeout(Duration::from_secs(1), fut)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+#[derive(Clone)]
+struct Ctx {
+    node: Node,
+    sup: Supervisor,
+    shared: Arc<Mutex<Shared>>,
+    dcs: Dcs,
+    shutdown: CancellationToken,
+    started: Instant,
+}
+
+fn service_name(s: &str) -> &str {
+    match s {
+        "search" | "elasticsearch" => SEARCH_SERVICE,
+        "postgres" | "pgsql" => postgres::SERVICE,
+        other => other,
+    }
+}
+
+impl Ctx {
+    async fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Status => self.status(),
+            Request::Service { verb, service } => self.service(&verb, service.as_deref()).await,
+            Request::Reconfigure => self.reconfigure().await,
+            Request::Shutdown => {
+                self.shutdown.cancel();
+                Response::ok("agent shutting down", serde_json::Value::Null)
+            }
+            Request::ForceLeader => match self.force_leader().await {
+                Ok(m) => Response::ok(m, serde_json::Value::Null),
+                Err(e) => Response::err(format!("{e:#}")),
+            },
+            Request::Resync { force_basebackup } => {
+                let leader = self.shared.lock().unwrap().leader.clone();
+                let Some(leader) = leader else {
+                    return Response::err("no leader to follow: wait for one or run `larder force-leader` on the most advanced node");
+                };
+                if leader.guid == self.node.state.guid {
+                    return Response::err("this node is the leader; run pgsql-follow on a follower (or `larder demote` first)");
+                }
+                if force_basebackup {
+                    let _ = std::fs::write(self.node.paths.data_dir().join("rewind-failed"), &leader.guid);
+                } else {
+                    ha::mark_diverged(&self.node, true);
+                }
+                Response::ok(format!("re-syncing from {}", leader.name), serde_json::Value::Null)
+            }
+        }
+    }
+
+    fn status(&self) -> Response {
+        let s = self.shared.lock().unwrap();
+        let services = self.sup.list();
+        let leaderl = json!({
+            "name": "leaderl", "want_up": true, "running": true, "pid": std::process::id(),
+            "since_unix": ha::unix_ms() / 1000 - self.started.elapsed().as_secs(),
+            "restarts": 0, "last_exit": null,
+        });
+        let mut list = vec![leaderl];
+        list.extend(services.iter().map(|x| serde_json::to_value(x).unwrap_or_default()));
+        let data = json!({
+            "services": list,
+            "ha": api::status_json(&s, &self.node.cfg.fqdn, &self.node.state.guid, self.node.cfg.leaderl.required_active_followers),
+            "members": s.members,
+            "nodes": s.nodes,
+            "voters": s.voters,
+            "etcd_members": s.etcd_members.iter().map(|m| json!({"name": m.name, "id": format!("{:x}", m.id), "learner": m.learner, "client_urls": m.client_urls})).collect::<Vec<_>>(),
+        });
+        Response::ok("ok", data)
+    }
+
+    async fn service(&self, verb: &str, service: Option<&str>) -> Response {
+        let names: Vec<String> = match service {
+            Some(s) => vec![service_name(s).to_string()],
+            None => self.sup.names(),
+        };
+        use nix::sys::signal::Signal;
+        for n in &names {
+            if n == "leaderl" {
+                return Response::err("leaderl is the agent itself: restart it with `systemctl restart larder` (or stop it with `larder uninstall`)");
+            }
+            let grace = Duration::from_secs(30);
+            let r = match verb {
+                "start" | "once" => self.sup.start(n),
+                "stop" => self.sup.stop(n, grace).await,
+                "restart" => self.sup.restart(n, grace).await,
+                "kill" => self.sup.signal(n, Signal::SIGKILL),
+                "term" => self.sup.signal(n, Signal::SIGTERM),
+                "hup" => self.sup.signal(n, Signal::SIGHUP),
+                "int" => self.sup.signal(n, Signal::SIGINT),
+                other => return Response::err(format!("unknown service verb {other:?}")),
+            };
+            if let Err(e) = r {
+                return Response::err(e.to_string());
+            }
+        }
+        Response::ok(format!("{verb}: {}", names.join(", ")), serde_json::Value::Null)
+    }
+
+    async fn reconfigure(&self) -> Response {
+        let new = match larder_core::config::Config::load(&self.node.paths.config_file()) {
+            Ok(c) => c,
+            Err(e) => return Response::err(format!("{e}; nothing was changed")),
+        };
+        let old = &self.node.cfg;
+        if new.fqdn != old.fqdn || new.publish_address != old.publish_address {
+            return Response::err("fqdn and publish_address cannot change on a configured node; remove the node and join it again; nothing was changed");
+        }
+        let mut done = Vec::new();
+        let mut n = self.node.clone();
+        n.cfg = new.clone();
+        if new.postgresql != old.postgresql {
+            if let Err(e) = postgres::write_config(&n) {
+                return Response::err(format!("cannot write PostgreSQL config: {e}"));
+            }
+            let restart_needed = new.postgresql.port != old.postgresql.port
+                || new.postgresql.max_connections != old.postgresql.max_connections
+                || new.postgresql.shared_buffers != old.postgresql.shared_buffers
+                || new.postgresql.max_wal_senders != old.postgresql.max_wal_senders
+                || new.postgresql.max_replication_slots != old.postgresql.max_replication_slots;
+            if restart_needed {
+                done.push("postgresql: settings written; they need a restart: run `larder restart postgresql` (on the leader, `larder demote` first)".to_string());
+            } else {
+                let _ = self.sup.signal(postgres::SERVICE, nix::sys::signal::Signal::SIGHUP);
+                done.push("postgresql: reloaded".into());
+            }
+        }
+        if new.etcd != old.etcd || new.log_rotation != old.log_rotation || new.elasticsearch != old.elasticsearch || new.leaderl != old.leaderl {
+            done.push("etcd, search and leaderl settings take effect when the agent restarts (`systemctl restart larder`)".into());
+        }
+        if done.is_empty() {
+            done.push("no changes".into());
+        }
+        Response::ok(done.join("\n"), serde_json::Value::Null)
+    }
+
+    async fn force_leader(&self) -> anyhow::Result<String> {
+        let kvs = self.dcs.get_prefix(dcs::PREFIX).await?;
+        let mut members: Vec<MemberStatus> = Vec::new();
+        let mut term = 0u64;
+        for kv in &kvs {
+            if kv.key == dcs::K_LEADER {
+                let l: LeaderRecord = serde_json::from_slice(&kv.value)?;
+                anyhow::bail!("refused: {} is the leader (term {}); force-leader only acts when there is none", l.name, l.term);
+            }
+            if kv.key == dcs::K_TERM {
+                term = String::from_utf8_lossy(&kv.value).parse().unwrap_or(0);
+            }
+            if kv.key.starts_with("/larder/status/") {
+                if let Ok(m) = serde_json::from_slice(&kv.value) {
+                    members.push(m);
+                }
+            }
+        }
+        let mine = self
+            .shared
+            .lock()
+            .unwrap()
+            .pg
+            .as_ref()
+            .map(|p| p.position)
+            .ok_or_else(|| anyhow::anyhow!("refused: PostgreSQL is not running on this node"))?;
+        if let Some(m) = members
+            .iter()
+            .find(|m| m.guid != self.node.state.guid && m.position > mine)
+        {
+            anyhow::bail!(
+                "refused: {} is more advanced ({} on timeline {} > {} on timeline {}); run force-leader there",
+                m.name, m.position.lsn, m.position.timeline, mine.lsn, mine.timeline
+            );
+        }
+        let ttl = self.node.cfg.leaderl.leader_ttl_seconds as i64;
+        let id = self.dcs.lease_grant(ttl).await?;
+        let sent = Instant::now();
+        let record = LeaderRecord {
+            guid: self.node.state.guid.clone(),
+            name: self.node.cfg.fqdn.clone(),
+            address: self.node.cfg.publish_address.clone(),
+            term: term + 1,
+        };
+        if !self.dcs.acquire_leader(term, &serde_json::to_vec(&record)?, id).await? {
+            let _ = self.dcs.lease_revoke(id).await;
+            anyhow::bail!("refused: another node took leadership meanwhile");
+        }
+        let margin = Duration::from_millis(self.node.cfg.leaderl.fence_margin_ms);
+        self.shared.lock().unwrap().lease = Some(LeaseInfo {
+            id,
+            term: term + 1,
+            fence_deadline: sent + Duration::from_secs(ttl as u64) - margin,
+        });
+        Ok(format!("{} is now the leader (term {})", self.node.cfg.fqdn, term + 1))
+    }
+}

@@ -1,0 +1,139 @@
+//! The unauthenticated health API on port 7331. It never changes state and answers from the
+//! loop's cached state (never waiting on etcd or PostgreSQL), because haproxy checks it every
+//! two seconds and one slow answer flips a backend. Status codes:
+//!
+//! | path | 200 when | otherwise |
+//! |---|---|---|
+//! | `GET /leader` | writable leader, lease valid, `required_active_followers` streaming | 503 |
+//! | `GET /replica[?lag=N]` | streaming follower (lag ≤ N bytes) | 503 |
+//! | `GET /health` | PostgreSQL is running (any role) | 503 |
+//! | `GET /status`, `/cluster` | always (JSON) | — |
+//! | `GET /v2/members` | always: etcd v2 member list for Chef frontends | — |
+//! | anything else | never | 503 |
+
+use crate::ha::Shared;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use larder_core::model::PgState;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub shared: Arc<Mutex<Shared>>,
+    pub required_followers: u32,
+    pub name: String,
+    pub guid: String,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/leader", get(leader))
+        .route("/replica", get(replica))
+        .route("/health", get(health))
+        .route("/status", get(status))
+        .route("/cluster", get(cluster))
+        .route("/v2/members", get(v2_members))
+        .fallback(|| async { (StatusCode::SERVICE_UNAVAILABLE, "unknown endpoint\n") })
+        .with_state(state)
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, shutdown: CancellationToken) {
+    let _ = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+}
+
+fn code(ok: bool) -> StatusCode {
+    if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+async fn leader(State(st): State<ApiState>) -> Response {
+    let s = st.shared.lock().unwrap();
+    let ok = s.is_writable_leader(st.required_followers);
+    (
+        code(ok),
+        Json(json!({"leader": ok, "node": st.name, "term": s.term})),
+    )
+        .into_response()
+}
+
+async fn replica(State(st): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let s = st.shared.lock().unwrap();
+    let streaming = s.pg.as_ref().map(|p| p.state == PgState::Streaming).unwrap_or(false);
+    let lag = s
+        .members
+        .iter()
+        .find(|m| m.guid == st.guid)
+        .and_then(|m| m.lag_bytes);
+    let lag_ok = match q.get("lag").and_then(|v| v.parse::<u64>().ok()) {
+        Some(max) => lag.map(|l| l <= max).unwrap_or(false),
+        None => true,
+    };
+    (code(streaming && lag_ok), Json(json!({"replica": streaming, "lag_bytes": lag}))).into_response()
+}
+
+async fn health(State(st): State<ApiState>) -> Response {
+    let s = st.shared.lock().unwrap();
+    let ok = s.pg.is_some();
+    (code(ok), Json(json!({"postgresql_running": ok}))).into_response()
+}
+
+pub fn status_json(s: &Shared, name: &str, guid: &str, required: u32) -> serde_json::Value {
+    json!({
+        "name": name,
+        "guid": guid,
+        "role": s.role.map(|r| r.as_str()),
+        "reason": s.reason,
+        "writable_leader": s.is_writable_leader(required),
+        "term": s.term,
+        "leader": s.leader,
+        "postgresql": s.pg.as_ref().map(|p| json!({
+            "state": p.state,
+            "timeline": p.position.timeline,
+            "lsn": p.position.lsn.to_string(),
+            "streaming_followers": p.streaming_followers,
+            "synchronous_standby_names": p.sync_standby_names,
+        })),
+        "etcd_ok": s.etcd_ok,
+        "search_ok": s.search_ok,
+        "cluster_failover": s.cluster_failover,
+        "node_failover": s.node_failover,
+        "copy_progress": s.copy,
+        "last_error": s.last_error,
+        "loop_age_ms": s.last_loop.map(|t| t.elapsed().as_millis() as u64),
+    })
+}
+
+async fn status(State(st): State<ApiState>) -> Response {
+    let s = st.shared.lock().unwrap();
+    Json(status_json(&s, &st.name, &st.guid, st.required_followers)).into_response()
+}
+
+async fn cluster(State(st): State<ApiState>) -> Response {
+    let s = st.shared.lock().unwrap();
+    Json(json!({"leader": s.leader, "term": s.term, "members": s.members, "nodes": s.nodes})).into_response()
+}
+
+/// etcd's v2 `/v2/members` shape, served here in plain HTTP because etcd itself only accepts
+/// TLS clients with a cluster certificate.
+async fn v2_members(State(st): State<ApiState>) -> Response {
+    let s = st.shared.lock().unwrap();
+    let members: Vec<_> = s
+        .etcd_members
+        .iter()
+        .map(|m| {
+            json!({"id": format!("{:x}", m.id), "name": m.name, "peerURLs": m.peer_urls, "clientURLs": m.client_urls})
+        })
+        .collect();
+    Json(json!({ "members": members })).into_response()
+}

@@ -1,0 +1,117 @@
+//! The agent's control socket: a root-only (0600) unix socket speaking one JSON request and
+//! one JSON response per connection. The CLI's service verbs and `status` use it.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// Local status: services, HA state.
+    Status,
+    /// runit-style verb on one service or all (`service: None`).
+    Service { verb: String, service: Option<String> },
+    /// Re-read larder.toml and apply what changed.
+    Reconfigure,
+    /// Stop every service and exit.
+    Shutdown,
+    /// Take leadership if no leader exists and this node is the most advanced reachable one.
+    ForceLeader,
+    /// Re-sync PostgreSQL from the leader (`pgsql-follow`).
+    Resync { force_basebackup: bool },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Response {
+    pub ok: bool,
+    pub message: String,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>, data: serde_json::Value) -> Response {
+        Response {
+            ok: true,
+            message: message.into(),
+            data,
+        }
+    }
+    pub fn err(message: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            message: message.into(),
+            data: serde_json::Value::Null,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("the Larder agent is not running (no socket at {0}); start it with `larder start` or check `larder tail agent`")]
+    NotRunning(String),
+    #[error("permission denied on {0}: run as root")]
+    Permission(String),
+    #[error("agent socket error: {0}")]
+    Io(String),
+}
+
+/// Send one request to the local agent.
+pub async fn call(socket: &Path, req: &Request) -> Result<Response, ControlError> {
+    let s = socket.display().to_string();
+    let stream = match tokio::net::UnixStream::connect(socket).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(ControlError::Permission(s))
+        }
+        Err(_) => return Err(ControlError::NotRunning(s)),
+    };
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_string(req).map_err(|e| ControlError::Io(e.to_string()))?;
+    line.push('\n');
+    w.write_all(line.as_bytes())
+        .await
+        .map_err(|e| ControlError::Io(e.to_string()))?;
+    let mut reader = BufReader::new(r);
+    let mut resp = String::new();
+    reader
+        .read_line(&mut resp)
+        .await
+        .map_err(|e| ControlError::Io(e.to_string()))?;
+    serde_json::from_str(&resp).map_err(|e| ControlError::Io(format!("bad response: {e}")))
+}
+
+/// Bind the socket with mode 0600 (only root, the agent's user, may talk to it).
+pub fn bind(socket: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(d) = socket.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let l = tokio::net::UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Read one request from an accepted connection and answer it with `handle`.
+pub async fn serve_one<F, Fut>(stream: tokio::net::UnixStream, handle: F)
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    let (r, mut w) = stream.into_split();
+    let mut reader = BufReader::new(r);
+    let mut line = String::new();
+    if reader.read_line(&mut line).await.is_err() {
+        return;
+    }
+    let resp = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => handle(req).await,
+        Err(e) => Response::err(format!("bad request: {e}")),
+    };
+    if let Ok(mut s) = serde_json::to_string(&resp) {
+        s.push('\n');
+        let _ = w.write_all(s.as_bytes()).await;
+    }
+}

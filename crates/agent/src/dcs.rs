@@ -1,0 +1,412 @@
+//! The etcd client Larder uses (the "distributed configuration store"), with the key layout
+//! and the retry rule: every call gets a deadline, and a failed call moves on to the next
+//! member, so one dead member never fails a share of requests.
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
+    MemberAddOptions, PutOptions, TlsOptions, Txn, TxnOp,
+};
+use tonic::Code as tonic_code;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+pub const PREFIX: &str = "/larder/";
+pub const K_CLUSTER: &str = "/larder/cluster";
+pub const K_LEADER: &str = "/larder/leader";
+pub const K_TERM: &str = "/larder/term";
+pub const K_FAILOVER: &str = "/larder/failover";
+pub const K_SWITCHOVER: &str = "/larder/switchover";
+pub const K_JOIN_LOCK: &str = "/larder/join-lock";
+
+pub fn k_node(guid: &str) -> String {
+    format!("/larder/nodes/{guid}")
+}
+pub fn k_status(guid: &str) -> String {
+    format!("/larder/status/{guid}")
+}
+pub fn k_voter(guid: &str) -> String {
+    format!("/larder/voters/{guid}")
+}
+pub fn k_node_failover(guid: &str) -> String {
+    format!("/larder/node-failover/{guid}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DcsError {
+    #[error("etcd call timed out after {0:?} on every member")]
+    Timeout(Duration),
+    #[error("etcd: {0}")]
+    Etcd(String),
+    #[error("no etcd member reachable ({0})")]
+    Unreachable(String),
+}
+
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+struct Endpoint {
+    url: String,
+    client: Mutex<Option<Client>>,
+}
+
+#[derive(Clone)]
+pub struct Dcs {
+    endpoints: Arc<std::sync::RwLock<Vec<Arc<Endpoint>>>>,
+    current: Arc<AtomicUsize>,
+    timeout: Duration,
+    tls: TlsFiles,
+}
+
+/// A key's value with its etcd metadata.
+#[derive(Debug, Clone)]
+pub struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub lease: i64,
+    pub mod_revision: i64,
+}
+
+impl Dcs {
+    /// Connections are made lazily, per member, on first use.
+    pub fn new(urls: Vec<String>, tls: TlsFiles, timeout: Duration) -> Dcs {
+        Dcs {
+            endpoints: Arc::new(std::sync::RwLock::new(
+                urls.into_iter()
+                    .map(|url| {
+                        Arc::new(Endpoint {
+                            url,
+                            client: Mutex::new(None),
+                        })
+                    })
+                    .collect(),
+            )),
+            current: Arc::new(AtomicUsize::new(0)),
+            timeout,
+            tls,
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.endpoints.read().unwrap().iter().map(|e| e.url.clone()).collect()
+    }
+
+    /// Replace the member list (as membership changes), keeping live connections.
+    pub fn set_urls(&self, urls: &[String]) {
+        let mut g = self.endpoints.write().unwrap();
+        let mut next: Vec<Arc<Endpoint>> = Vec::new();
+        for u in urls {
+            match g.iter().find(|e| &e.url == u) {
+                Some(e) => next.push(e.clone()),
+                None => next.push(Arc::new(Endpoint {
+                    url: u.clone(),
+                    client: Mutex::new(None),
+                })),
+            }
+        }
+        if !next.is_empty() {
+            *g = next;
+        }
+    }
+
+    fn endpoint(&self, i: usize) -> Option<Arc<Endpoint>> {
+        self.endpoints.read().unwrap().get(i).cloned()
+    }
+
+    async fn client(&self, i: usize) -> Result<Client, DcsError> {
+        let ep = self
+            .endpoint(i)
+            .ok_or_else(|| DcsError::Unreachable("member list changed".into()))?;
+        let mut g = ep.client.lock().await;
+        if let Some(c) = g.as_ref() {
+            return Ok(c.clone());
+        }
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(&self.tls.ca_pem))
+            .identity(Identity::from_pem(&self.tls.cert_pem, &self.tls.key_pem));
+        let opts = ConnectOptions::new()
+            .with_tls(tls)
+            .with_connect_timeout(self.timeout)
+            .with_timeout(self.timeout)
+            .with_keep_alive(Duration::from_secs(2), self.timeout);
+        let c = tokio::time::timeout(self.timeout, Client::connect([ep.url.clone()], Some(opts)))
+            .await
+            .map_err(|_| DcsError::Timeout(self.timeout))?
+            .map_err(|e| DcsError::Etcd(e.to_string()))?;
+        *g = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn forget(&self, i: usize) {
+        if let Some(ep) = self.endpoint(i) {
+            *ep.client.lock().await = None;
+        }
+    }
+
+    /// Run `f` against members in turn, starting with the last one that worked.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, DcsError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let urls = self.urls();
+        let n = urls.len();
+        let start = self.current.load(Ordering::Relaxed) % n.max(1);
+        let mut last = String::from("no endpoints");
+        for k in 0..n {
+            let i = (start + k) % n;
+            let c = match self.client(i).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = format!("{}: {e}", urls[i]);
+                    continue;
+                }
+            };
+            match tokio::time::timeout(self.timeout, f(c)).await {
+                Ok(Ok(v)) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Ok(Err(e)) => {
+                    last = format!("{}: {e}", urls[i]);
+                    if !retryable(&e) {
+                        return Err(DcsError::Etcd(e.to_string()));
+                    }
+                    self.forget(i).await;
+                }
+                Err(_) => {
+                    last = format!("{}: timed out after {:?}", urls[i], self.timeout);
+                    self.forget(i).await;
+                }
+            }
+        }
+        Err(DcsError::Unreachable(last))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Kv>, DcsError> {
+        let key = key.to_string();
+        let resp = self
+            .call(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        Ok(resp.kvs().first().map(to_kv))
+    }
+
+    pub async fn get_prefix(&self, prefix: &str) -> Result<Vec<Kv>, DcsError> {
+        let prefix = prefix.to_string();
+        let resp = self
+            .call(|mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        Ok(resp.kvs().iter().map(to_kv).collect())
+    }
+
+    pub async fn put(&self, key: &str, value: &[u8], lease: Option<i64>) -> Result<(), DcsError> {
+        let (key, value) = (key.to_string(), value.to_vec());
+        self.call(|mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                let opts = lease.map(|l| PutOptions::new().with_lease(l));
+                c.put(key, value, opts).await
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), DcsError> {
+        let key = key.to_string();
+        self.call(|mut c| {
+            let key = key.clone();
+            async move { c.delete(key, None).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Put `key` only if it does not exist. Returns whether it was written.
+    pub async fn create(&self, key: &str, value: &[u8], lease: Option<i64>) -> Result<bool, DcsError> {
+        let (key, value) = (key.to_string(), value.to_vec());
+        let resp = self
+            .call(|mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move {
+                    let opts = lease.map(|l| PutOptions::new().with_lease(l));
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(key, value, opts)]);
+                    c.txn(txn).await
+                }
+            })
+            .await?;
+        Ok(resp.succeeded())
+    }
+
+    /// Leadership acquisition: the leader key must be absent and the term unchanged; then the
+    /// key (bound to `lease`) and the new term are written atomically.
+    pub async fn acquire_leader(
+        &self,
+        expected_term: u64,
+        record: &[u8],
+        lease: i64,
+    ) -> Result<bool, DcsError> {
+        let record = record.to_vec();
+        let term_cmp = if expected_term == 0 {
+            Compare::create_revision(K_TERM, CompareOp::Equal, 0)
+        } else {
+            Compare::value(K_TERM, CompareOp::Equal, expected_term.to_string())
+        };
+        let resp = self
+            .call(|mut c| {
+                let record = record.clone();
+                let term_cmp = term_cmp.clone();
+                async move {
+                    let txn = Txn::new()
+                        .when([
+                            Compare::create_revision(K_LEADER, CompareOp::Equal, 0),
+                            term_cmp,
+                        ])
+                        .and_then([
+                            TxnOp::put(K_LEADER, record, Some(PutOptions::new().with_lease(lease))),
+                            TxnOp::put(K_TERM, (expected_term + 1).to_string(), None),
+                        ]);
+                    c.txn(txn).await
+                }
+            })
+            .await?;
+        Ok(resp.succeeded())
+    }
+
+    /// Delete `key` only while it is still bound to `lease` (never someone else's key).
+    pub async fn delete_if_lease(&self, key: &str, lease: i64) -> Result<bool, DcsError> {
+        let key = key.to_string();
+        let resp = self
+            .call(|mut c| {
+                let key = key.clone();
+                async move {
+                    let txn = Txn::new()
+                        .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+                        .and_then([TxnOp::delete(key, None)]);
+                    c.txn(txn).await
+                }
+            })
+            .await?;
+        Ok(resp.succeeded())
+    }
+
+    pub async fn lease_grant(&self, ttl: i64) -> Result<i64, DcsError> {
+        let r = self
+            .call(|mut c| async move { c.lease_grant(ttl, None).await })
+            .await?;
+        Ok(r.id())
+    }
+
+    /// One keep-alive round trip. Returns the TTL etcd granted; 0 means the lease is gone.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, DcsError> {
+        self.call(|mut c| async move {
+            let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
+            keeper.keep_alive().await?;
+            match stream.message().await? {
+                Some(r) => Ok(r.ttl()),
+                None => Ok(0),
+            }
+        })
+        .await
+    }
+
+    pub async fn lease_revoke(&self, id: i64) -> Result<(), DcsError> {
+        self.call(|mut c| async move { c.lease_revoke(id).await })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn members(&self) -> Result<Vec<Member>, DcsError> {
+        let r = self
+            .call(|mut c| async move { c.member_list().await })
+            .await?;
+        Ok(r.members()
+            .iter()
+            .map(|m| Member {
+                id: m.id(),
+                name: m.name().to_string(),
+                peer_urls: m.peer_urls().to_vec(),
+                client_urls: m.client_urls().to_vec(),
+                learner: m.is_learner(),
+            })
+            .collect())
+    }
+
+    /// Add a non-voting learner (quorum unchanged until it is promoted).
+    pub async fn member_add_learner(&self, peer_url: &str) -> Result<u64, DcsError> {
+        let url = peer_url.to_string();
+        let r = self
+            .call(|mut c| {
+                let url = url.clone();
+                async move {
+                    c.member_add([url], Some(MemberAddOptions::new().with_is_learner()))
+                        .await
+                }
+            })
+            .await?;
+        r.member()
+            .map(|m| m.id())
+            .ok_or_else(|| DcsError::Etcd("member add returned no member".into()))
+    }
+
+    pub async fn member_promote(&self, id: u64) -> Result<(), DcsError> {
+        self.call(|mut c| async move { c.member_promote(id).await })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn member_remove(&self, id: u64) -> Result<(), DcsError> {
+        self.call(|mut c| async move { c.member_remove(id).await })
+            .await
+            .map(|_| ())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub learner: bool,
+}
+
+fn to_kv(kv: &etcd_client::KeyValue) -> Kv {
+    Kv {
+        key: String::from_utf8_lossy(kv.key()).to_string(),
+        value: kv.value().to_vec(),
+        lease: kv.lease(),
+        mod_revision: kv.mod_revision(),
+    }
+}
+
+/// Transport failures move on to the next member; a refused request (bad compare, auth) would
+/// be refused by every member, so it is returned at once.
+fn retryable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic_code::Unavailable
+                | tonic_code::DeadlineExceeded
+                | tonic_code::Unknown
+                | tonic_code::Internal
+                | tonic_code::Aborted
+                | tonic_code::Cancelled
+        ),
+        _ => true,
+    }
+}
+

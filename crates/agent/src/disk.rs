@@ -1,0 +1,13 @@
+//! Free-space checks for `status` and the optional fatal system check.
+
+use std::path::Path;
+
+/// Free megabytes on the filesystem holding `path` (the nearest existing ancestor).
+pub fn free_mb(path: &Path) -> Option<u64> {
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent()?;
+    }
+    let st = nix::sys::statvfs::statvfs(p).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64 / (1024 * 1024))
+}

@@ -1,0 +1,751 @@
+//! The HA loop: observe (local PostgreSQL, etcd) → decide (pure core) → act → publish.
+//!
+//! The loop owns leadership bookkeeping: the leader lease and the *fencing deadline* computed
+//! from the moment the last successful renewal was sent. The health API reads that deadline
+//! on every request, so `/leader` turns 503 at the deadline even if this loop is stuck.
+
+use crate::dcs::{self, Dcs};
+use crate::node::Node;
+use crate::postgres::{self, CopyProgress, PgObservation};
+use crate::supervisor::Supervisor;
+use larder_core::decide::{self, Action, DcsView, HeldLease, LocalState, Observation};
+use larder_core::model::{
+    LeaderRecord, MemberStatus, NodeRecord, NodeRole, PgState, Switchover, WalPosition,
+};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// What the health API, the control socket and `status` read. Updated by the loop only.
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    pub role: Option<NodeRole>,
+    pub reason: String,
+    pub leader: Option<LeaderRecord>,
+    pub term: u64,
+    pub pg: Option<PgObservation>,
+    pub lease: Option<LeaseInfo>,
+    pub members: Vec<MemberStatus>,
+    pub nodes: Vec<NodeRecord>,
+    pub voters: Vec<String>,
+    pub cluster_failover: bool,
+    pub node_failover: bool,
+    pub etcd_ok: bool,
+    pub search_ok: bool,
+    pub copy: Option<CopyProgress>,
+    pub last_loop: Option<Instant>,
+    pub last_error: Option<String>,
+    pub etcd_members: Vec<dcs::Member>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseInfo {
+    pub id: i64,
+    pub term: u64,
+    pub fence_deadline: Instant,
+}
+
+impl Shared {
+    /// The writable-leader test behind `GET /leader`, evaluated at request time.
+    pub fn is_writable_leader(&self, required_followers: u32) -> bool {
+        let lease_ok = self
+            .lease
+            .map(|l| Instant::now() < l.fence_deadline)
+            .unwrap_or(false);
+        let primary = self
+            .pg
+            .as_ref()
+            .map(|p| p.state == PgState::Primary)
+            .unwrap_or(false);
+        let followers = self
+            .pg
+            .as_ref()
+            .map(|p| p.streaming_followers.len())
+            .unwrap_or(0);
+        self.role == Some(NodeRole::Leader)
+            && lease_ok
+            && primary
+            && followers >= required_followers as usize
+    }
+}
+
+/// A request written to etcd by `promote` / `demote`, executed by the leader.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SwitchoverRequest {
+    pub target: Option<String>,
+    pub requested_unix_ms: u64,
+}
+
+pub const K_SWITCHOVER_REQUEST: &str = "/larder/switchover-request";
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Local facts the loop keeps between iterations (intent, not observation).
+#[derive(Debug, Default)]
+struct Intent {
+    following: Option<String>,
+    not_streaming_since: Option<Instant>,
+    rewind_failed_for: Option<String>,
+    status_lease: Option<i64>,
+    seq: u64,
+    pg_failures: u32,
+    voter: bool,
+    roles_ready: bool,
+}
+
+pub struct HaLoop {
+    pub node: Node,
+    pub dcs: Dcs,
+    pub sup: Supervisor,
+    pub shared: Arc<Mutex<Shared>>,
+    pub syncing: Arc<std::sync::atomic::AtomicBool>,
+    epoch: Instant,
+    pg: Option<tokio_postgres::Client>,
+    intent: Intent,
+}
+
+fn diverged_marker(node: &Node) -> std::path::PathBuf {
+    node.paths.data_dir().join("pg-diverged")
+}
+
+pub fn mark_diverged(node: &Node, on: bool) {
+    let p = diverged_marker(node);
+    if on {
+        let _ = std::fs::write(&p, "this data directory ran as a primary and must be rewound before following\n");
+    } else {
+        let _ = std::fs::remove_file(&p);
+    }
+}
+
+impl HaLoop {
+    pub fn new(
+        node: Node,
+        dcs: Dcs,
+        sup: Supervisor,
+        shared: Arc<Mutex<Shared>>,
+        syncing: Arc<std::sync::atomic::AtomicBool>,
+    ) -> HaLoop {
+        HaLoop {
+            node,
+            dcs,
+            sup,
+            shared,
+            syncing,
+            epoch: Instant::now(),
+            pg: None,
+            intent: Intent::default(),
+        }
+    }
+
+    fn ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.node.cfg.leaderl.db_timeout)
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let interval = Duration::from_millis(self.node.cfg.leaderl.loop_interval_ms);
+        loop {
+            let started = Instant::now();
+            if let Err(e) = self.iterate().await {
+                tracing::warn!("HA loop: {e:#}");
+                self.shared.lock().unwrap().last_error = Some(format!("{e:#}"));
+            }
+            self.shared.lock().unwrap().last_loop = Some(Instant::now());
+            let wait = interval.saturating_sub(started.elapsed());
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        // Leaving: hand leadership over at once instead of making the cluster wait for the TTL.
+        let lease = self.shared.lock().unwrap().lease.take();
+        if let Some(l) = lease {
+            let _ = self
+                .sup
+                .stop(postgres::SERVICE, Duration::from_secs(10))
+                .await;
+            mark_diverged(&self.node, true);
+            let _ = self.dcs.delete_if_lease(dcs::K_LEADER, l.id).await;
+            let _ = self.dcs.lease_revoke(l.id).await;
+        }
+        if let Some(id) = self.intent.status_lease {
+            let _ = self.dcs.lease_revoke(id).await;
+        }
+    }
+
+    async fn observe_pg(&mut self) -> Option<PgObservation> {
+        let running = self
+            .sup
+            .state(postgres::SERVICE)
+            .map(|s| s.running)
+            .unwrap_or(false);
+        if !running {
+            self.pg = None;
+            return None;
+        }
+        if self.pg.as_ref().map(|c| c.is_closed()).unwrap_or(true) {
+            self.pg = postgres::connect(&self.node, self.timeout()).await.ok();
+        }
+        let client = self.pg.as_ref()?;
+        match tokio::time::timeout(self.timeout(), postgres::observe(client)).await {
+            Ok(Ok(o)) => Some(o),
+            _ => {
+                self.pg = None;
+                None
+            }
+        }
+    }
+
+    async fn renew_lease(&mut self) {
+        let Some(l) = self.shared.lock().unwrap().lease else {
+            return;
+        };
+        let sent = Instant::now();
+        match self.dcs.lease_keep_alive(l.id).await {
+            Ok(ttl) if ttl > 0 => {
+                let margin = Duration::from_millis(self.node.cfg.leaderl.fence_margin_ms);
+                let deadline = sent + Duration::from_secs(ttl as u64) - margin;
+                if let Some(cur) = self.shared.lock().unwrap().lease.as_mut() {
+                    if cur.id == l.id {
+                        cur.fence_deadline = deadline;
+                    }
+                }
+            }
+            Ok(_) => {
+                // etcd says the lease is gone: we are no longer leader, whatever our clock says.
+                if let Some(cur) = self.shared.lock().unwrap().lease.as_mut() {
+                    cur.fence_deadline = sent;
+                }
+            }
+            Err(e) => tracing::warn!("lease renewal failed: {e}"),
+        }
+    }
+
+    async fn read_dcs(&mut self) -> Result<(DcsView, Vec<NodeRecord>, Option<SwitchoverRequest>), dcs::DcsError> {
+        let kvs = self.dcs.get_prefix(dcs::PREFIX).await?;
+        let me = self.node.state.guid.clone();
+        let mut view = DcsView {
+            leader: None,
+            term: 0,
+            members: vec![],
+            voters: vec![],
+            cluster_failover: true,
+            node_failover: true,
+            switchover: None,
+        };
+        let mut nodes = Vec::new();
+        let mut request = None;
+        for kv in kvs {
+            let v = &kv.value;
+            let k = kv.key.as_str();
+            if k == dcs::K_LEADER {
+                view.leader = serde_json::from_slice(v).ok();
+            } else if k == dcs::K_TERM {
+                view.term = String::from_utf8_lossy(v).parse().unwrap_or(0);
+            } else if k == dcs::K_FAILOVER {
+                view.cluster_failover = v.as_slice() != b"off";
+            } else if k == dcs::K_SWITCHOVER {
+                view.switchover = serde_json::from_slice(v).ok();
+            } else if k == K_SWITCHOVER_REQUEST {
+                request = serde_json::from_slice(v).ok();
+            } else if let Some(g) = k.strip_prefix("/larder/status/") {
+                if let Ok(m) = serde_json::from_slice::<MemberStatus>(v) {
+                    if m.guid == g {
+                        view.members.push(m);
+                    }
+                }
+            } else if let Some(g) = k.strip_prefix("/larder/voters/") {
+                view.voters.push(g.to_string());
+            } else if let Some(g) = k.strip_prefix("/larder/node-failover/") {
+                if g == me {
+                    view.node_failover = v.as_slice() != b"off";
+                }
+            } else if k.starts_with("/larder/nodes/") {
+                if let Ok(n) = serde_json::from_slice::<NodeRecord>(v) {
+                    nodes.push(n);
+                }
+            }
+        }
+        // Voters that were removed from the cluster no longer count.
+        view.voters.retain(|g| nodes.iter().any(|n| &n.guid == g));
+        Ok((view, nodes, request))
+    }
+
+    async fn iterate(&mut self) -> anyhow::Result<()> {
+        let node = self.node.clone();
+        // Founding node without data: create it. (Joiners clone from the leader instead.)
+        if !postgres::has_data(&node) && node.state.etcd_initial_state == "new" && !self.syncing_now() {
+            tracing::info!("initialising PostgreSQL data directory");
+            postgres::initdb(&node).await?;
+        }
+        self.renew_lease().await;
+        let pg = self.observe_pg().await;
+        let dcs_read = self.read_dcs().await;
+        let etcd_ok = dcs_read.is_ok();
+        let (view, nodes, request) = match dcs_read {
+            Ok((v, n, r)) => (Some(v), n, r),
+            Err(e) => {
+                tracing::warn!("etcd read failed: {e}");
+                (None, vec![], None)
+            }
+        };
+        let now = Instant::now();
+        self.track_pg(&pg, view.as_ref(), now);
+
+        let lease = self.shared.lock().unwrap().lease;
+        // Planned switchover requested through etcd: only the leader acts on it.
+        if let (Some(req), Some(l), Some(v)) = (&request, lease, view.as_ref()) {
+            if now < l.fence_deadline {
+                self.switchover(req.clone(), l, v, &pg).await?;
+                return Ok(());
+            }
+        }
+
+        let local = self.local_state(&pg, view.as_ref(), now);
+        let obs = Observation {
+            now_ms: self.ms(now),
+            now_unix_ms: unix_ms(),
+            me: node.state.guid.clone(),
+            local,
+            dcs: view.clone(),
+            lease: lease.map(|l| HeldLease {
+                term: l.term,
+                fence_deadline_ms: self.ms(l.fence_deadline),
+            }),
+            sync_mode: node.cfg.postgresql.synchronous_mode,
+            max_pgsql_failures: node.cfg.leaderl.health_check.max_pgsql_failures,
+            rejoin_timeout_ms: 5000,
+        };
+        let decision = decide::decide(&obs);
+        if !decision.actions.is_empty() {
+            tracing::debug!(?decision, "decision");
+        }
+        {
+            let mut s = self.shared.lock().unwrap();
+            s.role = Some(decision.role);
+            s.reason = decision.reason.clone();
+            s.pg = pg.clone();
+            s.etcd_ok = etcd_ok;
+            if let Some(v) = &view {
+                s.leader = v.leader.clone();
+                s.term = v.term;
+                s.members = v.members.clone();
+                s.voters = v.voters.clone();
+                s.cluster_failover = v.cluster_failover;
+                s.node_failover = v.node_failover;
+                s.nodes = nodes.clone();
+            }
+        }
+        for action in decision.actions.clone() {
+            if let Err(e) = self.execute(action.clone(), view.as_ref(), &nodes).await {
+                tracing::warn!(?action, "action failed: {e:#}");
+                self.shared.lock().unwrap().last_error = Some(format!("{e:#}"));
+                break;
+            }
+        }
+        if view.is_some() {
+            self.publish(decision.role, &pg, view.as_ref()).await;
+        }
+        Ok(())
+    }
+
+    fn syncing_now(&self) -> bool {
+        self.syncing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn track_pg(&mut self, pg: &Option<PgObservation>, view: Option<&DcsView>, now: Instant) {
+        let running = self
+            .sup
+            .state(postgres::SERVICE)
+            .map(|s| s.want_up)
+            .unwrap_or(false);
+        if pg.is_none() && running {
+            self.intent.pg_failures += 1;
+        } else if pg.is_some() {
+            self.intent.pg_failures = 0;
+        }
+        let leader = view.and_then(|v| v.leader.as_ref()).map(|l| l.guid.clone());
+        match pg.as_ref().map(|p| p.state) {
+            Some(PgState::Streaming) => {
+                self.intent.not_streaming_since = None;
+                if !self.intent.voter && leader.is_some() {
+                    self.intent.voter = true;
+                }
+            }
+            _ => {
+                if self.intent.following.is_some() && self.intent.not_streaming_since.is_none() {
+                    self.intent.not_streaming_since = Some(now);
+                }
+            }
+        }
+        if leader != self.intent.following && self.intent.following.is_some() && leader.is_some() {
+            // Leader changed: a fresh follow starts; the old failure timer is meaningless.
+            self.intent.not_streaming_since = None;
+            self.intent.rewind_failed_for = None;
+        }
+    }
+
+    fn local_state(&self, pg: &Option<PgObservation>, view: Option<&DcsView>, _now: Instant) -> LocalState {
+        let node = &self.node;
+        let pg_state = match pg {
+            Some(p) => p.state,
+            None if !postgres::has_data(node) => PgState::Empty,
+            None => PgState::Stopped,
+        };
+        let position = pg.as_ref().map(|p| p.position).unwrap_or_default();
+        let leader = view.and_then(|v| v.leader.as_ref());
+        let lag_ok = match (leader, view) {
+            (Some(l), Some(v)) => v
+                .members
+                .iter()
+                .find(|m| m.guid == l.guid)
+                .map(|lm| {
+                    lm.position.lsn.0.saturating_sub(position.lsn.0)
+                        <= node.cfg.leaderl.health_check.max_bytes_behind_leader
+                })
+                .unwrap_or(true),
+            _ => true,
+        };
+        LocalState {
+            pg: pg_state,
+            position,
+            pg_failures: self.intent.pg_failures,
+            following: self.intent.following.clone(),
+            not_streaming_since_ms: self.intent.not_streaming_since.map(|t| self.ms(t)),
+            diverged: diverged_marker(node).exists(),
+            rewind_failed: leader.is_some()
+                && self.intent.rewind_failed_for.as_deref() == leader.map(|l| l.guid.as_str()),
+            healthy: lag_ok && self.disk_ok(),
+            syncing: self.syncing_now(),
+        }
+    }
+
+    fn disk_ok(&self) -> bool {
+        let hc = &self.node.cfg.leaderl.health_check;
+        if !hc.fatal_system_checks {
+            return true;
+        }
+        crate::disk::free_mb(&self.node.paths.data_dir())
+            .map(|mb| mb >= hc.disk_min_space_mb)
+            .unwrap_or(true)
+    }
+
+    async fn execute(&mut self, action: Action, view: Option<&DcsView>, nodes: &[NodeRecord]) -> anyhow::Result<()> {
+        let node = self.node.clone();
+        match action {
+            Action::Fence { reason } => {
+                tracing::warn!("fencing: {reason}");
+                self.shared.lock().unwrap().role = Some(NodeRole::DeposedLeader);
+                // SIGQUIT = immediate shutdown: no new commit can be acknowledged after this.
+                self.sup
+                    .stop_with(
+                        postgres::SERVICE,
+                        Some(nix::sys::signal::Signal::SIGQUIT),
+                        Duration::from_millis(500),
+                    )
+                    .await?;
+                mark_diverged(&node, true);
+                self.intent.following = None;
+            }
+            Action::ReleaseLeadership => {
+                let lease = self.shared.lock().unwrap().lease.take();
+                if let Some(l) = lease {
+                    let _ = self.dcs.delete_if_lease(dcs::K_LEADER, l.id).await;
+                    let _ = self.dcs.lease_revoke(l.id).await;
+                }
+            }
+            Action::AcquireLeadership { term } => {
+                let ttl = node.cfg.leaderl.leader_ttl_seconds as i64;
+                let id = self.dcs.lease_grant(ttl).await?;
+                let sent = Instant::now();
+                let record = LeaderRecord {
+                    guid: node.state.guid.clone(),
+                    name: node.cfg.fqdn.clone(),
+                    address: node.cfg.publish_address.clone(),
+                    term,
+                };
+                let won = self
+                    .dcs
+                    .acquire_leader(term - 1, &serde_json::to_vec(&record)?, id)
+                    .await?;
+                if won {
+                    let margin = Duration::from_millis(node.cfg.leaderl.fence_margin_ms);
+                    tracing::info!(term, "acquired leadership");
+                    self.shared.lock().unwrap().lease = Some(LeaseInfo {
+                        id,
+                        term,
+                        fence_deadline: sent + Duration::from_secs(ttl as u64) - margin,
+                    });
+                    self.intent.roles_ready = false;
+                } else {
+                    let _ = self.dcs.lease_revoke(id).await;
+                }
+            }
+            Action::Promote => {
+                postgres::write_follow_conf(&node, None)?;
+                let client = self
+                    .pg
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("no PostgreSQL connection to promote"))?;
+                postgres::promote(client).await?;
+                mark_diverged(&node, false);
+                self.intent.following = None;
+                tracing::info!("promoted PostgreSQL to primary");
+            }
+            Action::StartPrimary => {
+                postgres::write_follow_conf(&node, None)?;
+                self.sup.start(postgres::SERVICE)?;
+            }
+            Action::StartStandby => {
+                postgres::write_follow_conf(&node, None)?;
+                postgres::set_standby(&node, true)?;
+                self.sup.start(postgres::SERVICE)?;
+            }
+            Action::Follow { leader } => {
+                let changed = postgres::write_follow_conf(&node, Some(&leader))?;
+                postgres::set_standby(&node, true)?;
+                let running = self
+                    .sup
+                    .state(postgres::SERVICE)
+                    .map(|s| s.running)
+                    .unwrap_or(false);
+                if running && changed {
+                    // primary_conninfo is reloadable since PostgreSQL 13.
+                    self.sup
+                        .signal(postgres::SERVICE, nix::sys::signal::Signal::SIGHUP)?;
+                } else if !running {
+                    self.sup.start(postgres::SERVICE)?;
+                }
+                self.intent.following = Some(leader.guid.clone());
+                self.intent.not_streaming_since = Some(Instant::now());
+            }
+            Action::Rewind { leader } => {
+                // Rewind only against a leader that has really finished promotion.
+                let promoted = view
+                    .map(|v| {
+                        v.members
+                            .iter()
+                            .any(|m| m.guid == leader.guid && m.pg == PgState::Primary)
+                    })
+                    .unwrap_or(false);
+                if !promoted {
+                    return Ok(());
+                }
+                self.spawn_copy(leader, false);
+            }
+            Action::Basebackup { leader } => {
+                let promoted = view
+                    .map(|v| {
+                        v.members
+                            .iter()
+                            .any(|m| m.guid == leader.guid && m.pg == PgState::Primary)
+                    })
+                    .unwrap_or(false);
+                if !promoted {
+                    return Ok(());
+                }
+                self.spawn_copy(leader, true);
+            }
+            Action::SetSyncStandbys { k, names } => {
+                let Some(client) = self.pg.as_ref() else {
+                    return Ok(());
+                };
+                if !self.intent.roles_ready {
+                    postgres::create_roles(&node, client).await?;
+                    self.intent.roles_ready = true;
+                    self.intent.voter = true;
+                }
+                let ssn = larder_core::pgconf::synchronous_standby_names(k, &names);
+                let slots: Vec<String> = nodes
+                    .iter()
+                    .filter(|n| n.guid != node.state.guid)
+                    .map(|n| larder_core::model::standby_name(&n.guid))
+                    .collect();
+                postgres::apply_replication(client, &ssn, &slots).await?;
+            }
+            Action::ClearSwitchover => {
+                self.dcs.delete(dcs::K_SWITCHOVER).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewind (or re-clone) in the background; the loop keeps publishing `syncing` meanwhile.
+    fn spawn_copy(&mut self, leader: LeaderRecord, full: bool) {
+        if self.syncing.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let node = self.node.clone();
+        let sup = self.sup.clone();
+        let shared = self.shared.clone();
+        let syncing = self.syncing.clone();
+        self.intent.following = Some(leader.guid.clone());
+        self.intent.not_streaming_since = None;
+        tokio::spawn(async move {
+            let _ = sup.stop(postgres::SERVICE, Duration::from_secs(30)).await;
+            let result = if full {
+                let sh = shared.clone();
+                postgres::basebackup(&node, &leader, move |p| sh.lock().unwrap().copy = Some(p))
+                    .await
+                    .map(|_| "base backup complete".to_string())
+            } else {
+                postgres::rewind(&node, &leader).await
+            };
+            match result {
+                Ok(msg) => {
+                    tracing::info!("rejoined {}: {}", leader.name, msg.lines().last().unwrap_or(""));
+                    mark_diverged(&node, false);
+                }
+                Err(e) => {
+                    tracing::warn!("copy from {} failed: {e}", leader.name);
+                    shared.lock().unwrap().last_error = Some(e.to_string());
+                    if !full {
+                        // Next iteration falls back to a base backup.
+                        let _ = std::fs::write(
+                            node.paths.data_dir().join("rewind-failed"),
+                            &leader.guid,
+                        );
+                    }
+                }
+            }
+            shared.lock().unwrap().copy = None;
+            syncing.store(false, std::sync::atomic::Ordering::SeqCst);
+            if postgres::has_data(&node) {
+                let _ = sup.start(postgres::SERVICE);
+            }
+        });
+    }
+
+    async fn publish(&mut self, role: NodeRole, pg: &Option<PgObservation>, view: Option<&DcsView>) {
+        let node = &self.node;
+        // A failed rewind is recorded on disk by the copy task; pick it up here.
+        let rf = node.paths.data_dir().join("rewind-failed");
+        if let Ok(g) = std::fs::read_to_string(&rf) {
+            self.intent.rewind_failed_for = Some(g);
+            let _ = std::fs::remove_file(&rf);
+        }
+        let lease = match self.intent.status_lease {
+            Some(id) => match self.dcs.lease_keep_alive(id).await {
+                Ok(ttl) if ttl > 0 => Some(id),
+                _ => None,
+            },
+            None => None,
+        };
+        let lease = match lease {
+            Some(id) => id,
+            None => {
+                let ttl = (node.cfg.leaderl.leader_ttl_seconds as i64 + 2).max(5);
+                match self.dcs.lease_grant(ttl).await {
+                    Ok(id) => id,
+                    Err(_) => return,
+                }
+            }
+        };
+        self.intent.status_lease = Some(lease);
+        self.intent.seq += 1;
+        let leader_seen = view.and_then(|v| v.leader.as_ref()).map(|l| l.guid.clone());
+        let position = pg.as_ref().map(|p| p.position).unwrap_or(WalPosition::default());
+        let lag = match (view.and_then(|v| v.leader.as_ref()), view) {
+            (Some(l), Some(v)) if l.guid != node.state.guid => v
+                .members
+                .iter()
+                .find(|m| m.guid == l.guid)
+                .map(|lm| lm.position.lsn.0.saturating_sub(position.lsn.0)),
+            _ => None,
+        };
+        let pg_state = match pg {
+            Some(p) => p.state,
+            None if postgres::has_data(node) => PgState::Stopped,
+            None => PgState::Empty,
+        };
+        let failover = view.map(|v| v.node_failover).unwrap_or(true);
+        let search_ok = self.shared.lock().unwrap().search_ok;
+        let status = MemberStatus {
+            guid: node.state.guid.clone(),
+            name: node.cfg.fqdn.clone(),
+            address: node.cfg.publish_address.clone(),
+            role,
+            pg: pg_state,
+            position,
+            eligible: failover
+                && matches!(pg_state, PgState::Primary | PgState::Streaming | PgState::Standby),
+            failover_enabled: failover,
+            term: view.map(|v| v.term).unwrap_or(0),
+            leader_seen,
+            voter: self.intent.voter,
+            lag_bytes: lag,
+            search_ok,
+            etcd_ok: true,
+            seq: self.intent.seq,
+            updated_unix_ms: unix_ms(),
+        };
+        if let Ok(b) = serde_json::to_vec(&status) {
+            let _ = self.dcs.put(&dcs::k_status(&node.state.guid), &b, Some(lease)).await;
+        }
+        if self.intent.voter && !view.map(|v| v.voters.contains(&node.state.guid)).unwrap_or(false) {
+            let _ = self.dcs.put(&dcs::k_voter(&node.state.guid), b"1", None).await;
+        }
+    }
+
+    /// Planned switchover on the leader: stop PostgreSQL cleanly (its walsenders ship the
+    /// shutdown checkpoint to the standbys), record the checkpoint position the target must
+    /// hold, release the key. Nothing acknowledged is lost and nobody waits for a TTL.
+    async fn switchover(
+        &mut self,
+        req: SwitchoverRequest,
+        lease: LeaseInfo,
+        view: &DcsView,
+        pg: &Option<PgObservation>,
+    ) -> anyhow::Result<()> {
+        let node = self.node.clone();
+        self.dcs.delete(K_SWITCHOVER_REQUEST).await?;
+        let target_ok = match &req.target {
+            Some(t) => view
+                .members
+                .iter()
+                .any(|m| &m.guid == t && m.pg == PgState::Streaming && m.failover_enabled),
+            None => view
+                .members
+                .iter()
+                .any(|m| m.guid != node.state.guid && m.pg == PgState::Streaming && m.failover_enabled),
+        };
+        if !target_ok || pg.as_ref().map(|p| p.state) != Some(PgState::Primary) {
+            self.shared.lock().unwrap().last_error =
+                Some("switchover refused: target is not a streaming, failover-enabled follower".into());
+            return Ok(());
+        }
+        tracing::info!(target = ?req.target, "planned switchover");
+        self.shared.lock().unwrap().role = Some(NodeRole::DeposedLeader);
+        self.sup.stop(postgres::SERVICE, Duration::from_secs(30)).await?;
+        let pos = postgres::checkpoint_position(&node).await?;
+        let min = WalPosition {
+            timeline: pos.timeline,
+            lsn: larder_core::model::Lsn(pos.lsn.0 + 1),
+        };
+        let sw = Switchover {
+            target: req.target.clone(),
+            term: lease.term,
+            min_position: min,
+            from: node.state.guid.clone(),
+            deadline_unix_ms: unix_ms() + 15_000,
+        };
+        self.dcs
+            .put(dcs::K_SWITCHOVER, &serde_json::to_vec(&sw)?, None)
+            .await?;
+        mark_diverged(&node, true);
+        self.shared.lock().unwrap().lease = None;
+        self.intent.following = None;
+        self.dcs.delete_if_lease(dcs::K_LEADER, lease.id).await?;
+        let _ = self.dcs.lease_revoke(lease.id).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,24 @@
+//! The per-node agent and the pieces the CLI shares with it.
+//!
+//! - [`agent`]: `larder agent` — wires everything and shuts down in order
+//! - [`supervisor`]: runit-like process supervision with log rotation
+//! - [`etcd`], [`postgres`]: the two supervised databases
+//! - [`dcs`]: etcd client with per-call deadlines and member failover; key layout
+//! - [`ha`]: the HA loop around the pure decision engine (`larder_core::decide`)
+//! - [`api`]: the health API on port 7331
+//! - [`control`]: the root-only control socket
+//! - [`pki`]: cluster CA and node certificates
+//! - [`node`]: node identity and loaded config/secrets
+//! - [`disk`]: free-space checks
+
+pub mod agent;
+pub mod api;
+pub mod control;
+pub mod dcs;
+pub mod disk;
+pub mod etcd;
+pub mod ha;
+pub mod node;
+pub mod pki;
+pub mod postgres;
+pub mod supervisor;

@@ -1,0 +1,163 @@
+//! Everything one node's agent and CLI need to act: paths, configuration, secrets, identity,
+//! and the OS user PostgreSQL runs as.
+
+use larder_core::config::Config;
+use larder_core::paths::Paths;
+use larder_core::secrets::Secrets;
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// Identity and bootstrap facts, written once by create-cluster / join-cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeState {
+    /// 32 hex characters, like Chef Backend's node GUIDs.
+    pub guid: String,
+    /// etcd `--initial-cluster` value used on first start.
+    pub etcd_initial_cluster: String,
+    /// `new` for the founding node, `existing` for joiners.
+    pub etcd_initial_state: String,
+    pub created_unix: u64,
+}
+
+impl NodeState {
+    pub fn load(path: &Path) -> anyhow::Result<NodeState> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is corrupt: {e}", path.display()))
+    }
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        write_private(path, serde_json::to_string_pretty(self)?.as_bytes())
+    }
+}
+
+/// Write a file readable only by its owner (secrets, keys, node state).
+pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode_0600()
+            .open(&tmp)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+        f.write_all(data)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+    }
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+impl Mode0600 for std::fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+/// A random 32-hex GUID.
+pub fn new_guid() -> String {
+    let mut b = [0u8; 16];
+    fill_random(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A random alphanumeric password of `n` characters.
+pub fn new_password(n: usize) -> String {
+    const ALPHA: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut b = vec![0u8; n];
+    fill_random(&mut b);
+    b.iter()
+        .map(|x| ALPHA[*x as usize % ALPHA.len()] as char)
+        .collect()
+}
+
+fn fill_random(buf: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .expect("/dev/urandom is readable");
+}
+
+#[derive(Clone)]
+pub struct Node {
+    pub paths: Paths,
+    pub cfg: Config,
+    pub secrets: Secrets,
+    pub state: NodeState,
+    /// uid/gid PostgreSQL runs as (`postgres` when we are root, else ourselves).
+    pub pg_user: Option<(u32, u32)>,
+}
+
+impl Node {
+    pub fn load(paths: &Paths) -> anyhow::Result<Node> {
+        let cfg = Config::load(&paths.config_file())?;
+        let secrets = Secrets::load(&paths.secrets_file())?;
+        let state = NodeState::load(&paths.node_state_file())?;
+        Ok(Node {
+            paths: paths.clone(),
+            cfg,
+            secrets,
+            state,
+            pg_user: pg_os_user()?,
+        })
+    }
+
+    pub fn tls(&self) -> anyhow::Result<crate::dcs::TlsFiles> {
+        let dir = self.paths.tls_dir();
+        Ok(crate::dcs::TlsFiles {
+            ca_pem: self.secrets.larder.ca_cert_pem.clone(),
+            cert_pem: std::fs::read_to_string(dir.join("node.crt"))?,
+            key_pem: std::fs::read_to_string(dir.join("node.key"))?,
+        })
+    }
+
+    pub fn etcd_client_url(&self) -> String {
+        format!(
+            "https://{}:{}",
+            url_host(&self.cfg.publish_address),
+            self.cfg.etcd.client_port
+        )
+    }
+
+    pub fn etcd_peer_url(&self) -> String {
+        format!(
+            "https://{}:{}",
+            url_host(&self.cfg.publish_address),
+            self.cfg.etcd.peer_port
+        )
+    }
+}
+
+/// IPv6 addresses need brackets inside URLs.
+pub fn url_host(addr: &str) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]")
+    } else {
+        addr.to_string()
+    }
+}
+
+/// PostgreSQL refuses to run as root: when we are root it runs as the Debian `postgres` user.
+pub fn pg_os_user() -> anyhow::Result<Option<(u32, u32)>> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let u = nix::unistd::User::from_name("postgres")?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "the `postgres` OS user does not exist; install PostgreSQL 15 (apt-get install postgresql-15)"
+        )
+    })?;
+    Ok(Some((u.uid.as_raw(), u.gid.as_raw())))
+}

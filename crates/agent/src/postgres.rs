@@ -1,0 +1,708 @@
+//! PostgreSQL 15 under Larder: initdb, the managed configuration, the supervised service,
+//! observation over the local socket, promotion, and the two ways back into the cluster
+//! (`pg_rewind`, `pg_basebackup`).
+
+use crate::node::{write_private, Node};
+use crate::supervisor::{PreStart, ServiceSpec};
+use larder_core::model::{standby_name, LeaderRecord, Lsn, PgState, WalPosition};
+use larder_core::pgconf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+pub const SERVICE: &str = "postgresql";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("{0}")]
+    Command(String),
+    #[error("PostgreSQL: {0}")]
+    Sql(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn bin(node: &Node, name: &str) -> PathBuf {
+    Path::new(&node.cfg.postgresql.bin_dir).join(name)
+}
+
+fn tls_dir(node: &Node) -> PathBuf {
+    node.paths.data_dir().join("postgresql/tls")
+}
+
+fn chown(node: &Node, path: &Path) -> Result<(), PgError> {
+    if let Some((uid, gid)) = node.pg_user {
+        nix::unistd::chown(
+            path,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .map_err(|e| PgError::Command(format!("chown {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+fn chown_tree(node: &Node, path: &Path) -> Result<(), PgError> {
+    chown(node, path)?;
+    if path.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            chown_tree(node, &e?.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Run a PostgreSQL tool as the PostgreSQL OS user; on failure the error carries its stderr.
+async fn run_tool(
+    node: &Node,
+    program: PathBuf,
+    args: &[String],
+    env: &[(&str, String)],
+) -> Result<String, PgError> {
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .current_dir("/tmp");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some((uid, gid)) = node.pg_user {
+        cmd.uid(uid).gid(gid);
+    }
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| PgError::Command(format!("cannot run {}: {e}", program.display())))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    if !out.status.success() {
+        return Err(PgError::Command(format!(
+            "{} failed ({}): {}",
+            program.file_name().unwrap_or_default().to_string_lossy(),
+            out.status,
+            stderr.trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string() + &stderr)
+}
+
+/// Directories PostgreSQL needs, owned by its OS user.
+pub fn prepare_dirs(node: &Node) -> Result<(), PgError> {
+    let p = &node.paths;
+    for d in [p.pg_socket_dir(), tls_dir(node)] {
+        std::fs::create_dir_all(&d)?;
+        chown(node, &d)?;
+    }
+    let parent = p.pg_data().parent().expect("data has a parent").to_path_buf();
+    std::fs::create_dir_all(&parent)?;
+    chown(node, &parent)?;
+    chown(node, &parent.parent().expect("has parent").to_path_buf())?;
+    // PostgreSQL's TLS key must belong to its user and be 0600.
+    let tls = node.paths.tls_dir();
+    for (src, dst) in [("node.crt", "server.crt"), ("node.key", "server.key")] {
+        let to = tls_dir(node).join(dst);
+        std::fs::copy(tls.join(src), &to)?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))?;
+        chown(node, &to)?;
+    }
+    let ca = tls_dir(node).join("ca.crt");
+    std::fs::write(&ca, &node.secrets.larder.ca_cert_pem)?;
+    chown(node, &ca)?;
+    Ok(())
+}
+
+pub fn has_data(node: &Node) -> bool {
+    node.paths.pg_data().join("PG_VERSION").exists()
+}
+
+/// `initdb` with data checksums and scram-sha-256, superuser named after
+/// `postgresql.db_superuser`.
+pub async fn initdb(node: &Node) -> Result<(), PgError> {
+    prepare_dirs(node)?;
+    let data = node.paths.pg_data();
+    std::fs::create_dir_all(&data)?;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
+    chown(node, &data)?;
+    let pwfile = tls_dir(node).join(".initdb-pw");
+    write_private(
+        &pwfile,
+        node.secrets.postgresql.db_superuser_password.expose().as_bytes(),
+    )
+    .map_err(|e| PgError::Command(e.to_string()))?;
+    chown(node, &pwfile)?;
+    let res = run_tool(
+        node,
+        bin(node, "initdb"),
+        &[
+            "-D".into(),
+            data.display().to_string(),
+            "--data-checksums".into(),
+            "--auth-local=scram-sha-256".into(),
+            "--auth-host=scram-sha-256".into(),
+            "--encoding=UTF8".into(),
+            "--locale=C.UTF-8".into(),
+            format!("--username={}", node.cfg.postgresql.db_superuser),
+            format!("--pwfile={}", pwfile.display()),
+        ],
+        &[],
+    )
+    .await;
+    let _ = std::fs::remove_file(&pwfile);
+    res?;
+    write_config(node)?;
+    Ok(())
+}
+
+/// Write Larder's managed files into the data directory. Returns whether anything changed
+/// (so `reconfigure` knows whether PostgreSQL needs a reload).
+pub fn write_config(node: &Node) -> Result<bool, PgError> {
+    let data = node.paths.pg_data();
+    let tls = tls_dir(node);
+    let conf = pgconf::render_postgresql_conf(
+        &node.cfg,
+        &node.paths.pg_socket_dir().display().to_string(),
+        &tls.join("server.crt").display().to_string(),
+        &tls.join("server.key").display().to_string(),
+        &tls.join("ca.crt").display().to_string(),
+    );
+    let mut changed = write_if_changed(node, &data.join("larder.conf"), &conf)?;
+    changed |= write_if_changed(node, &data.join("pg_hba.conf"), &pgconf::render_hba(&node.cfg))?;
+    let main = data.join("postgresql.conf");
+    let text = std::fs::read_to_string(&main).unwrap_or_default();
+    if !text.contains("include_if_exists = 'larder.conf'") {
+        let text = format!(
+            "{text}\n# Larder-managed settings and recovery target (keep these lines last)\ninclude_if_exists = 'larder.conf'\ninclude_if_exists = 'larder-recovery.conf'\n"
+        );
+        std::fs::write(&main, text)?;
+        chown(node, &main)?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
+fn write_if_changed(node: &Node, path: &Path, text: &str) -> Result<bool, PgError> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return Ok(false);
+    }
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    chown(node, path)?;
+    Ok(true)
+}
+
+pub fn standby_signal(node: &Node) -> PathBuf {
+    node.paths.pg_data().join("standby.signal")
+}
+
+pub fn set_standby(node: &Node, on: bool) -> Result<(), PgError> {
+    let p = standby_signal(node);
+    if on {
+        if !p.exists() {
+            std::fs::write(&p, "")?;
+            chown(node, &p)?;
+        }
+    } else if p.exists() {
+        std::fs::remove_file(&p)?;
+    }
+    Ok(())
+}
+
+/// Point recovery at `leader` (or nowhere): `primary_conninfo` over TLS as the replication
+/// user, with this node's slot and application name.
+pub fn write_follow_conf(node: &Node, leader: Option<&LeaderRecord>) -> Result<bool, PgError> {
+    let path = node.paths.pg_data().join("larder-recovery.conf");
+    let text = match leader {
+        None => "# Managed by Larder: no leader to follow.\nprimary_conninfo = ''\nprimary_slot_name = ''\n".to_string(),
+        Some(l) => {
+            let tls = tls_dir(node);
+            let name = standby_name(&node.state.guid);
+            format!(
+                "# Managed by Larder: following {} (term {}).\nprimary_conninfo = 'host={} port={} user={} password={} application_name={} sslmode=verify-ca sslrootcert={} connect_timeout=2 keepalives_idle=5 keepalives_interval=2 keepalives_count=2'\nprimary_slot_name = '{}'\n",
+                l.name,
+                l.term,
+                l.address,
+                node.cfg.postgresql.port,
+                node.cfg.postgresql.replication_user,
+                node.secrets.postgresql.replication_password.expose(),
+                name,
+                tls.join("ca.crt").display(),
+                name
+            )
+        }
+    };
+    write_if_changed(node, &path, &text)
+}
+
+/// The supervised `postgres` process. `pre_start` decides primary vs standby on every start.
+pub fn service_spec(node: &Node, pre_start: PreStart) -> ServiceSpec {
+    ServiceSpec {
+        name: SERVICE.into(),
+        program: bin(node, "postgres"),
+        args: vec!["-D".into(), node.paths.pg_data().display().to_string()],
+        env: vec![],
+        user: node.pg_user,
+        cwd: Some(node.paths.pg_data()),
+        stop_signal: nix::sys::signal::Signal::SIGINT,
+        pre_start: Some(pre_start),
+        log_dir: node.paths.service_log_dir(SERVICE),
+        log_max_bytes: node.cfg.log_rotation.file_maxbytes,
+        log_keep: node.cfg.log_rotation.num_to_keep,
+    }
+}
+
+/// Connection over the local unix socket as the superuser.
+pub async fn connect(node: &Node, timeout: Duration) -> Result<tokio_postgres::Client, PgError> {
+    let mut c = tokio_postgres::Config::new();
+    c.host_path(node.paths.pg_socket_dir())
+        .port(node.cfg.postgresql.port)
+        .user(&node.cfg.postgresql.db_superuser)
+        .password(node.secrets.postgresql.db_superuser_password.expose())
+        .dbname("postgres")
+        .application_name("larder-agent")
+        .connect_timeout(timeout);
+    let (client, conn) = tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls))
+        .await
+        .map_err(|_| PgError::Sql("connect timed out".into()))?
+        .map_err(|e| PgError::Sql(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// What one observation of the local PostgreSQL found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgObservation {
+    pub state: PgState,
+    pub position: WalPosition,
+    /// Followers streaming from us (leader only), by application name.
+    pub streaming_followers: Vec<String>,
+    pub sync_standby_names: String,
+}
+
+pub async fn observe(client: &tokio_postgres::Client) -> Result<PgObservation, PgError> {
+    let sql = |e: tokio_postgres::Error| PgError::Sql(e.to_string());
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(),
+                    CASE WHEN pg_is_in_recovery()
+                         THEN greatest(coalesce(pg_last_wal_receive_lsn(), '0/0'), coalesce(pg_last_wal_replay_lsn(), '0/0'))::text
+                         ELSE pg_current_wal_flush_lsn()::text END,
+                    CASE WHEN pg_is_in_recovery()
+                         THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'),
+                                       (SELECT timeline_id FROM pg_control_checkpoint()))
+                         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+                    coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false),
+                    current_setting('synchronous_standby_names')",
+            &[],
+        )
+        .await
+        .map_err(sql)?;
+    let in_recovery: bool = row.get(0);
+    let lsn: String = row.get(1);
+    let tli: i32 = row.get(2);
+    let streaming: bool = row.get(3);
+    let ssn: String = row.get(4);
+    let followers = if in_recovery {
+        vec![]
+    } else {
+        client
+            .query(
+                "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
+            .await
+            .map_err(sql)?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect()
+    };
+    Ok(PgObservation {
+        state: match (in_recovery, streaming) {
+            (false, _) => PgState::Primary,
+            (true, true) => PgState::Streaming,
+            (true, false) => PgState::Standby,
+        },
+        position: WalPosition {
+            timeline: tli.max(0) as u32,
+            lsn: Lsn::parse(&lsn).unwrap_or_default(),
+        },
+        streaming_followers: followers,
+        sync_standby_names: ssn,
+    })
+}
+
+pub async fn promote(client: &tokio_postgres::Client) -> Result<(), PgError> {
+    let row = client
+        .query_one("SELECT pg_promote(true, 30)", &[])
+        .await
+        .map_err(|e| PgError::Sql(e.to_string()))?;
+    if row.get::<_, bool>(0) {
+        Ok(())
+    } else {
+        Err(PgError::Sql("pg_promote did not finish within 30 s".into()))
+    }
+}
+
+/// Roles created on the founding node (and replicated everywhere).
+pub async fn create_roles(node: &Node, client: &tokio_postgres::Client) -> Result<(), PgError> {
+    let user = &node.cfg.postgresql.replication_user;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[user])
+        .await
+        .map_err(|e| PgError::Sql(e.to_string()))?
+        .is_some();
+    let pw = node
+        .secrets
+        .postgresql
+        .replication_password
+        .expose()
+        .replace('\'', "''");
+    let verb = if exists { "ALTER" } else { "CREATE" };
+    // Passwords go over the local socket only and statement logging is off: they never reach
+    // a log file.
+    client
+        .batch_execute(&format!(
+            "SET log_statement = 'none'; {verb} ROLE \"{user}\" WITH REPLICATION LOGIN PASSWORD '{pw}'"
+        ))
+        .await
+        .map_err(|e| PgError::Sql(e.to_string()))?;
+    Ok(())
+}
+
+/// Leader: `synchronous_standby_names`, and one physical slot per registered member.
+pub async fn apply_replication(
+    client: &tokio_postgres::Client,
+    ssn: &str,
+    slots: &[String],
+) -> Result<(), PgError> {
+    let sql = |e: tokio_postgres::Error| PgError::Sql(e.to_string());
+    let current: String = client
+        .query_one("SELECT current_setting('synchronous_standby_names')", &[])
+        .await
+        .map_err(sql)?
+        .get(0);
+    if current != ssn {
+        client
+            .batch_execute(&format!(
+                "ALTER SYSTEM SET synchronous_standby_names = '{}'; SELECT pg_reload_conf();",
+                ssn.replace('\'', "''")
+            ))
+            .await
+            .map_err(sql)?;
+    }
+    let existing: Vec<String> = client
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'",
+            &[],
+        )
+        .await
+        .map_err(sql)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for s in slots {
+        if !existing.contains(s) {
+            client
+                .execute("SELECT pg_create_physical_replication_slot($1, true)", &[s])
+                .await
+                .map_err(sql)?;
+        }
+    }
+    // Slots of members that were removed would pin WAL forever: drop them (inactive only).
+    for s in existing {
+        if s.starts_with("larder_") && !slots.contains(&s) {
+            let _ = client
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                    &[&s],
+                )
+                .await;
+        }
+    }
+    Ok(())
+}
+
+/// `Database cluster state` from pg_controldata (e.g. "in production", "shut down in recovery").
+pub async fn control_state(node: &Node) -> Result<String, PgError> {
+    let out = run_tool(
+        node,
+        bin(node, "pg_controldata"),
+        &["-D".into(), node.paths.pg_data().display().to_string()],
+        &[("LC_ALL", "C".into())],
+    )
+    .await?;
+    Ok(controldata_field(&out, "Database cluster state").unwrap_or_default())
+}
+
+pub fn controldata_field(out: &str, field: &str) -> Option<String> {
+    out.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// Latest checkpoint position (after a clean shutdown: the shutdown checkpoint).
+pub async fn checkpoint_position(node: &Node) -> Result<WalPosition, PgError> {
+    let out = run_tool(
+        node,
+        bin(node, "pg_controldata"),
+        &["-D".into(), node.paths.pg_data().display().to_string()],
+        &[("LC_ALL", "C".into())],
+    )
+    .await?;
+    let lsn = controldata_field(&out, "Latest checkpoint location")
+        .and_then(|s| Lsn::parse(&s))
+        .ok_or_else(|| PgError::Command("pg_controldata: no checkpoint location".into()))?;
+    let tli = controldata_field(&out, "Latest checkpoint's TimeLineID")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    Ok(WalPosition { timeline: tli, lsn })
+}
+
+/// Files Larder or the operator configured, which pg_rewind / pg_basebackup would replace.
+const KEEP_FILES: &[&str] = &[
+    "postgresql.conf",
+    "larder.conf",
+    "larder-recovery.conf",
+    "pg_hba.conf",
+    "pg_ident.conf",
+    "postgresql.auto.conf",
+];
+
+fn save_config_files(node: &Node) -> Vec<(String, Vec<u8>)> {
+    KEEP_FILES
+        .iter()
+        .filter_map(|f| {
+            std::fs::read(node.paths.pg_data().join(f))
+                .ok()
+                .map(|b| (f.to_string(), b))
+        })
+        .collect()
+}
+
+fn restore_config_files(node: &Node, saved: &[(String, Vec<u8>)]) -> Result<(), PgError> {
+    for (f, b) in saved {
+        // postgresql.auto.conf holds the old leader's synchronous_standby_names; a follower
+        // must start without it, the next leader writes its own.
+        if f == "postgresql.auto.conf" {
+            continue;
+        }
+        let p = node.paths.pg_data().join(f);
+        std::fs::write(&p, b)?;
+        chown(node, &p)?;
+    }
+    let auto = node.paths.pg_data().join("postgresql.auto.conf");
+    std::fs::write(&auto, "# Managed by Larder (ALTER SYSTEM)\n")?;
+    chown(node, &auto)?;
+    Ok(())
+}
+
+/// Bring a crashed (not cleanly shut down) data directory to a consistent stop so pg_rewind
+/// accepts it: single-user mode runs crash recovery and exits.
+async fn finish_crash_recovery(node: &Node) -> Result<(), PgError> {
+    let state = control_state(node).await?;
+    if state == "shut down" || state == "shut down in recovery" {
+        return Ok(());
+    }
+    let had_standby = standby_signal(node).exists();
+    set_standby(node, false)?;
+    let r = run_tool(
+        node,
+        bin(node, "postgres"),
+        &[
+            "--single".into(),
+            "-D".into(),
+            node.paths.pg_data().display().to_string(),
+            "-c".into(),
+            "synchronous_standby_names=".into(),
+            "postgres".into(),
+        ],
+        &[],
+    )
+    .await;
+    if had_standby {
+        set_standby(node, true)?;
+    }
+    r.map(|_| ())
+}
+
+fn leader_conn(node: &Node, leader: &LeaderRecord) -> String {
+    format!(
+        "host={} port={} user={} dbname=postgres sslmode=verify-ca sslrootcert={} connect_timeout=5",
+        leader.address,
+        node.cfg.postgresql.port,
+        node.cfg.postgresql.db_superuser,
+        tls_dir(node).join("ca.crt").display()
+    )
+}
+
+/// pg_rewind onto the leader's history, keeping our configuration files. PostgreSQL must be
+/// stopped.
+pub async fn rewind(node: &Node, leader: &LeaderRecord) -> Result<String, PgError> {
+    finish_crash_recovery(node).await?;
+    let saved = save_config_files(node);
+    let res = run_tool(
+        node,
+        bin(node, "pg_rewind"),
+        &[
+            "-D".into(),
+            node.paths.pg_data().display().to_string(),
+            format!("--source-server={}", leader_conn(node, leader)),
+            "--progress".into(),
+        ],
+        &[(
+            "PGPASSWORD",
+            node.secrets.postgresql.db_superuser_password.expose().to_string(),
+        )],
+    )
+    .await;
+    restore_config_files(node, &saved)?;
+    set_standby(node, true)?;
+    write_follow_conf(node, Some(leader))?;
+    res
+}
+
+/// Progress of a running base backup, for the CLI's progress bar.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct CopyProgress {
+    pub done_kb: u64,
+    pub total_kb: u64,
+}
+
+/// Parses pg_basebackup's `--progress` line: `12345/67890 kB (18%), 0/1 tablespace`.
+pub fn parse_progress(line: &str) -> Option<CopyProgress> {
+    let line = line.trim();
+    let (done, rest) = line.split_once('/')?;
+    let total = rest.split_whitespace().next()?;
+    Some(CopyProgress {
+        done_kb: done.trim().parse().ok()?,
+        total_kb: total.parse().ok()?,
+    })
+}
+
+/// Fresh copy from the leader. The previous data directory is kept as `data.previous` until
+/// the copy succeeds (one generation, so a failed copy never loses the only data).
+pub async fn basebackup(
+    node: &Node,
+    leader: &LeaderRecord,
+    progress: impl Fn(CopyProgress) + Send + Sync,
+) -> Result<(), PgError> {
+    prepare_dirs(node)?;
+    let data = node.paths.pg_data();
+    let previous = data.with_file_name("data.previous");
+    let saved = save_config_files(node);
+    if data.exists() {
+        if previous.exists() {
+            std::fs::remove_dir_all(&previous)?;
+        }
+        std::fs::rename(&data, &previous)?;
+    }
+    let mut cmd = tokio::process::Command::new(bin(node, "pg_basebackup"));
+    cmd.args([
+        "-D",
+        &data.display().to_string(),
+        "-h",
+        &leader.address,
+        "-p",
+        &node.cfg.postgresql.port.to_string(),
+        "-U",
+        &node.cfg.postgresql.replication_user,
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+        "--progress",
+        "--no-password",
+    ])
+    .env(
+        "PGPASSWORD",
+        node.secrets.postgresql.replication_password.expose(),
+    )
+    .env("PGSSLMODE", "verify-ca")
+    .env("PGSSLROOTCERT", tls_dir(node).join("ca.crt"))
+    .env("PGAPPNAME", "larder-basebackup")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .current_dir("/tmp");
+    if let Some((uid, gid)) = node.pg_user {
+        cmd.uid(uid).gid(gid);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| PgError::Command(format!("cannot run pg_basebackup: {e}")))?;
+    let mut stderr = child.stderr.take().expect("piped");
+    let mut all = String::new();
+    let mut buf = [0u8; 4096];
+    let mut pending = String::new();
+    loop {
+        let n = stderr.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let chunk = String::from_utf8_lossy(&buf[..n]).to_string();
+        all.push_str(&chunk);
+        pending.push_str(&chunk);
+        // Progress lines end with '\r'; messages with '\n'.
+        while let Some(i) = pending.find(['\r', '\n']) {
+            let line: String = pending.drain(..=i).collect();
+            if let Some(p) = parse_progress(&line) {
+                progress(p);
+            }
+        }
+    }
+    let status = child.wait().await?;
+    if !status.success() {
+        let _ = std::fs::remove_dir_all(&data);
+        if previous.exists() {
+            std::fs::rename(&previous, &data)?;
+        }
+        let msg: String = all
+            .lines()
+            .filter(|l| !l.contains(" kB ("))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(PgError::Command(format!("pg_basebackup failed: {}", msg.trim())));
+    }
+    restore_config_files(node, &saved)?;
+    write_config(node)?;
+    set_standby(node, true)?;
+    write_follow_conf(node, Some(leader))?;
+    chown_tree(node, &data)?;
+    if previous.exists() {
+        std::fs::remove_dir_all(&previous)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn progress_lines() {
+        assert_eq!(
+            parse_progress("  12345/67890 kB (18%), 0/1 tablespace\r"),
+            Some(CopyProgress {
+                done_kb: 12345,
+                total_kb: 67890
+            })
+        );
+        assert_eq!(parse_progress("pg_basebackup: starting"), None);
+    }
+    #[test]
+    fn controldata_parsing() {
+        let out = "Database cluster state:               in production\nLatest checkpoint location:           0/3000060\n";
+        assert_eq!(
+            controldata_field(out, "Database cluster state").as_deref(),
+            Some("in production")
+        );
+        assert_eq!(
+            controldata_field(out, "Latest checkpoint location").as_deref(),
+            Some("0/3000060")
+        );
+    }
+}

@@ -1,0 +1,446 @@
+//! `create-cluster` and `join-cluster`: check everything first, change nothing on refusal,
+//! then write config, secrets and identity, start the agent and follow it to a working node.
+
+use crate::progress::Steps;
+use anyhow::{bail, Context};
+use larder_agent::control::{self, Request};
+use larder_agent::dcs::{self, Dcs, TlsFiles};
+use larder_agent::node::{new_guid, new_password, url_host, write_private, NodeState};
+use larder_agent::pki;
+use larder_core::config::Config;
+use larder_core::model::NodeRecord;
+use larder_core::paths::Paths;
+use larder_core::secrets::{EtcdSecrets, LarderSecrets, PgSecrets, SearchSecrets, Secret, Secrets};
+use std::net::{IpAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// Re-seed the cluster from this surviving node after quorum loss (not available yet).
+    #[arg(long)]
+    quorum_loss_recovery: bool,
+    #[arg(short, long)]
+    yes: bool,
+    /// Seconds to wait for etcd.
+    #[arg(long, default_value_t = 30)]
+    etcd_wait_time: u64,
+    /// Seconds to wait for the search service.
+    #[arg(long, default_value_t = 30)]
+    elasticsearch_wait_time: u64,
+    /// Address to publish (writes larder.toml when none exists).
+    #[arg(short = 'p', long)]
+    publish_address: Option<String>,
+    /// Node name (writes larder.toml when none exists; default: host name).
+    #[arg(long)]
+    fqdn: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct JoinArgs {
+    /// Address of any current cluster member.
+    peer: String,
+    #[arg(short = 's', long = "secrets-file-path")]
+    secrets_file_path: String,
+    #[arg(short = 'p', long)]
+    publish_address: Option<String>,
+    #[arg(short = 'i', long)]
+    vip_interface: Option<String>,
+    /// Re-join using this node's saved configuration after remove-node / cleanse.
+    #[arg(long)]
+    recovery: bool,
+    #[arg(short, long)]
+    yes: bool,
+    #[arg(long)]
+    fqdn: Option<String>,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "larder".into())
+}
+
+/// The node's config: the existing larder.toml, or one generated from flags.
+fn resolve_config(paths: &Paths, publish: Option<&str>, fqdn: Option<&str>) -> anyhow::Result<(Config, bool)> {
+    let file = paths.config_file();
+    if file.exists() {
+        let cfg = Config::load(&file)?;
+        if publish.is_some_and(|p| p != cfg.publish_address) {
+            bail!("{} already sets publish_address = {:?}; remove --publish-address or edit the file", file.display(), cfg.publish_address);
+        }
+        return Ok((cfg, false));
+    }
+    let Some(addr) = publish else {
+        bail!("no configuration at {} and no --publish-address given; pass --publish-address IP (or write larder.toml; see `larder gen-sample-backend-config`)", file.display());
+    };
+    let ip: IpAddr = addr.parse().with_context(|| format!("--publish-address {addr:?} is not an IP address"))?;
+    let cfg = Config {
+        fqdn: fqdn.map(str::to_string).unwrap_or_else(hostname),
+        publish_address: addr.to_string(),
+        ip_version: if ip.is_ipv6() {
+            larder_core::config::IpVersion::Ipv6
+        } else {
+            larder_core::config::IpVersion::Ipv4
+        },
+        ..Config::default()
+    };
+    cfg.validate("--publish-address/--fqdn")?;
+    Ok((cfg, true))
+}
+
+fn refuse_if_configured(paths: &Paths) -> anyhow::Result<()> {
+    for p in [paths.node_state_file(), paths.pg_data(), paths.etcd_data()] {
+        if p.exists() {
+            bail!(
+                "this node is already configured ({} exists); nothing was changed. To start over run `larder cleanse` first",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_privileges(paths: &Paths) -> anyhow::Result<()> {
+    for d in [paths.config_dir(), paths.data_dir(), paths.log_dir(), paths.run_dir()] {
+        let mut p = d.as_path();
+        while !p.exists() {
+            p = p.parent().unwrap_or(std::path::Path::new("/"));
+        }
+        if nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_err() {
+            bail!("no permission to create {} (parent {} is not writable): run as root, or pass --root DIR that you own", d.display(), p.display());
+        }
+    }
+    if nix::unistd::geteuid().is_root() {
+        larder_agent::node::pg_os_user()?;
+    }
+    Ok(())
+}
+
+/// Every port this node needs must be free on its address; name the one that is not.
+pub fn check_ports(cfg: &Config) -> anyhow::Result<()> {
+    let ports = [
+        (cfg.etcd.client_port, "etcd client"),
+        (cfg.etcd.peer_port, "etcd peer"),
+        (cfg.postgresql.port, "postgresql"),
+        (cfg.leaderl.http_port, "leaderl health API"),
+        (cfg.elasticsearch.port, "search (elasticsearch)"),
+    ];
+    for (port, service) in ports {
+        let addr = format!("{}:{port}", url_host(&cfg.publish_address));
+        if let Err(e) = TcpListener::bind(&addr) {
+            bail!("port {port} ({service}) on {} is not available: {e}; stop whatever uses it or change the port in larder.toml; nothing was changed", cfg.publish_address);
+        }
+    }
+    Ok(())
+}
+
+fn check_address_is_local(addr: &str) -> anyhow::Result<()> {
+    let ip: IpAddr = addr.parse().with_context(|| format!("{addr:?} is not an IP address"))?;
+    TcpListener::bind((ip, 0)).map(|_| ()).map_err(|_| {
+        anyhow::anyhow!("publish address {addr} does not belong to this host; pass an address of one of its interfaces with -p")
+    })
+}
+
+fn write_tls(paths: &Paths, secrets: &Secrets, cfg: &Config) -> anyhow::Result<()> {
+    let (cert, key) = pki::issue_node_cert(secrets.larder.ca_key_pem.expose(), &cfg.fqdn, &cfg.publish_address)?;
+    let dir = paths.tls_dir();
+    write_private(&dir.join("node.crt"), cert.as_bytes())?;
+    write_private(&dir.join("node.key"), key.as_bytes())?;
+    write_private(&dir.join("ca.crt"), secrets.larder.ca_cert_pem.as_bytes())?;
+    Ok(())
+}
+
+fn write_config(paths: &Paths, cfg: &Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(paths.config_dir())?;
+    std::fs::write(paths.config_file(), cfg.to_toml())?;
+    Ok(())
+}
+
+/// Start `larder agent` detached (own session, output to its log), unless it already runs.
+pub fn start_agent(paths: &Paths) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    if paths.agent_socket().exists() {
+        if let Ok(pid) = std::fs::read_to_string(paths.agent_pid()) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let log_dir = paths.service_log_dir("agent");
+    std::fs::create_dir_all(&log_dir)?;
+    std::fs::create_dir_all(paths.run_dir())?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join("current"))?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("--root").arg(paths.root()).arg("agent")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+            Ok(())
+        });
+    }
+    cmd.spawn().context("cannot start the agent")?;
+    Ok(())
+}
+
+pub async fn agent_status(paths: &Paths) -> anyhow::Result<serde_json::Value> {
+    let r = control::call(&paths.agent_socket(), &Request::Status).await?;
+    if !r.ok {
+        bail!("{}", r.message);
+    }
+    Ok(r.data)
+}
+
+/// Poll the agent until `done` says so or `timeout` passes.
+pub async fn wait_for(
+    paths: &Paths,
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut(&serde_json::Value) -> bool,
+) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    let mut last_err = String::new();
+    loop {
+        match agent_status(paths).await {
+            Ok(s) => {
+                if done(&s) {
+                    return Ok(s);
+                }
+                if let Some(e) = s["ha"]["last_error"].as_str() {
+                    last_err = e.to_string();
+                }
+            }
+            Err(e) => last_err = e.to_string(),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {}s waiting for {what}{}; see `larder tail`", timeout.as_secs(), if last_err.is_empty() { String::new() } else { format!(" (last error: {last_err})") });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn node_tls(paths: &Paths, secrets: &Secrets) -> anyhow::Result<TlsFiles> {
+    Ok(TlsFiles {
+        ca_pem: secrets.larder.ca_cert_pem.clone(),
+        cert_pem: std::fs::read_to_string(paths.tls_dir().join("node.crt"))?,
+        key_pem: std::fs::read_to_string(paths.tls_dir().join("node.key"))?,
+    })
+}
+
+fn service_running(s: &serde_json::Value, name: &str) -> bool {
+    s["services"].as_array().map(|a| a.iter().any(|x| x["name"] == name && x["running"] == true)).unwrap_or(false)
+}
+
+pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> {
+    if a.quorum_loss_recovery {
+        bail!("`create-cluster --quorum-loss-recovery` is not available yet in this Larder release");
+    }
+    let _ = a.yes;
+    check_privileges(paths)?;
+    refuse_if_configured(paths)?;
+    let (cfg, generated) = resolve_config(paths, a.publish_address.as_deref(), a.fqdn.as_deref())?;
+    check_address_is_local(&cfg.publish_address)?;
+    check_ports(&cfg)?;
+
+    let mut steps = Steps::new(7);
+    steps.step("writing configuration, secrets and certificates");
+    let (ca_cert, ca_key) = pki::generate_ca()?;
+    let secrets = Secrets {
+        postgresql: PgSecrets {
+            db_superuser_password: Secret::new(new_password(40)),
+            replication_password: Secret::new(new_password(40)),
+        },
+        etcd: EtcdSecrets { initial_cluster_token: Secret::new(new_password(32)) },
+        elasticsearch: SearchSecrets { cluster_name: format!("larder-{}", &new_guid()[..8]) },
+        larder: LarderSecrets { ca_cert_pem: ca_cert, ca_key_pem: Secret::new(ca_key) },
+    };
+    if generated {
+        write_config(paths, &cfg)?;
+    }
+    write_private(&paths.secrets_file(), secrets.to_json().as_bytes())?;
+    write_tls(paths, &secrets, &cfg)?;
+    let guid = new_guid();
+    let state = NodeState {
+        guid: guid.clone(),
+        etcd_initial_cluster: format!("{}=https://{}:{}", cfg.fqdn, url_host(&cfg.publish_address), cfg.etcd.peer_port),
+        etcd_initial_state: "new".into(),
+        created_unix: larder_agent::ha::unix_ms() / 1000,
+    };
+    state.save(&paths.node_state_file())?;
+
+    steps.step("starting the agent");
+    start_agent(paths)?;
+    wait_for(paths, Duration::from_secs(15), "the agent", |_| true).await?;
+
+    steps.step("waiting for etcd");
+    let dcs = Dcs::new(vec![format!("https://{}:{}", url_host(&cfg.publish_address), cfg.etcd.client_port)], node_tls(paths, &secrets)?, Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(a.etcd_wait_time);
+    loop {
+        if dcs.get(dcs::K_CLUSTER).await.is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("etcd did not become healthy within {}s; see `larder tail etcd`", a.etcd_wait_time);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    steps.step("registering this node");
+    let record = NodeRecord { guid: guid.clone(), name: cfg.fqdn.clone(), address: cfg.publish_address.clone() };
+    let cluster = serde_json::json!({"fingerprint": secrets.fingerprint(), "created_unix": state.created_unix});
+    dcs.create(dcs::K_CLUSTER, cluster.to_string().as_bytes(), None).await?;
+    dcs.put(&dcs::k_node(&guid), &serde_json::to_vec(&record)?, None).await?;
+    dcs.put(&dcs::k_voter(&guid), b"1", None).await?;
+
+    steps.step("initialising PostgreSQL and electing the leader");
+    wait_for(paths, Duration::from_secs(60), "leadership", |s| s["ha"]["writable_leader"] == true).await?;
+
+    steps.step("waiting for the search service");
+    if cfg.elasticsearch.enable {
+        wait_for(paths, Duration::from_secs(a.elasticsearch_wait_time), "the search service", |s| s["ha"]["search_ok"] == true || !service_running(s, "elasticsearch")).await.ok();
+    }
+    steps.step("checking the health API");
+    let addr = format!("{}:{}", url_host(cfg.http_address()), cfg.leaderl.http_port);
+    if !larder_agent::agent::http_get_ok(&addr, "/leader").await {
+        bail!("the health API at {addr} does not report this node as leader; see `larder status`");
+    }
+    steps.finish(&format!("cluster created; {} is the leader. Secrets: {} (copy it to each node that joins)", cfg.fqdn, paths.secrets_file().display()));
+    crate::report::status(paths, None, false, false).await
+}
+
+pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
+    let _ = (a.yes, &a.vip_interface);
+    check_privileges(paths)?;
+    let src = std::path::Path::new(&a.secrets_file_path);
+    let secrets = Secrets::load(src)?;
+    if !a.recovery {
+        refuse_if_configured(paths)?;
+    } else if paths.node_state_file().exists() {
+        bail!("--recovery re-joins a node that was removed or cleansed, but {} exists: run `larder cleanse` first (it keeps a copy of the configuration)", paths.node_state_file().display());
+    }
+    let (cfg, generated) = resolve_config(paths, a.publish_address.as_deref(), a.fqdn.as_deref())?;
+    check_address_is_local(&cfg.publish_address)?;
+    check_ports(&cfg)?;
+
+    let mut steps = Steps::new(7);
+    steps.step(&format!("verifying the secrets against the cluster at {}", a.peer));
+    // Authenticate with a certificate issued in memory: nothing is written until the cluster
+    // has accepted these secrets.
+    let (cert, key) = pki::issue_node_cert(secrets.larder.ca_key_pem.expose(), &cfg.fqdn, &cfg.publish_address)?;
+    let tls = TlsFiles { ca_pem: secrets.larder.ca_cert_pem.clone(), cert_pem: cert, key_pem: key };
+    let peer_url = format!("https://{}:{}", url_host(&a.peer), cfg.etcd.client_port);
+    let dcs = Dcs::new(vec![peer_url.clone()], tls, Duration::from_secs(3));
+    let cluster = dcs.get(dcs::K_CLUSTER).await.map_err(|e| anyhow::anyhow!(
+        "cannot authenticate to the cluster at {peer_url} with the secrets in {}: {e}. Check the peer address and that the secrets file is the one from that cluster; nothing was changed", a.secrets_file_path))?;
+    let Some(cluster) = cluster else {
+        bail!("{} is not a Larder cluster member (no cluster record); nothing was changed", a.peer);
+    };
+    let fp: serde_json::Value = serde_json::from_slice(&cluster.value)?;
+    if fp["fingerprint"].as_str() != Some(secrets.fingerprint().as_str()) {
+        bail!("the secrets in {} do not match the cluster at {} (passwords differ); nothing was changed", a.secrets_file_path, a.peer);
+    }
+    let nodes = dcs.get_prefix("/larder/nodes/").await?;
+    for kv in &nodes {
+        let n: NodeRecord = serde_json::from_slice(&kv.value)?;
+        if n.address == cfg.publish_address {
+            bail!("address {} is already registered to node {} ({}); run `larder remove-node {}` on a cluster member first; nothing was changed", n.address, n.name, n.guid, n.name);
+        }
+        if n.name == cfg.fqdn {
+            bail!("a node named {} is already registered; choose another fqdn or remove it first; nothing was changed", n.name);
+        }
+    }
+    if dcs.get(dcs::K_LEADER).await?.is_none() {
+        bail!("the cluster has no leader right now; joins need a leader to copy from. Retry when `larder cluster-status` shows one; nothing was changed");
+    }
+
+    steps.step("taking the cluster's join lock");
+    let lock_lease = dcs.lease_grant(30).await?;
+    let lock_val = serde_json::json!({"node": cfg.fqdn, "address": cfg.publish_address, "since_unix": larder_agent::ha::unix_ms() / 1000});
+    if !dcs.create(dcs::K_JOIN_LOCK, lock_val.to_string().as_bytes(), Some(lock_lease)).await? {
+        let holder = dcs.get(dcs::K_JOIN_LOCK).await?.map(|k| String::from_utf8_lossy(&k.value).to_string()).unwrap_or_default();
+        let _ = dcs.lease_revoke(lock_lease).await;
+        bail!("another node is joining the cluster ({holder}); joins must be sequential — retry when it has finished; nothing was changed");
+    }
+    let keeper = {
+        let dcs = dcs.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let _ = dcs.lease_keep_alive(lock_lease).await;
+            }
+        })
+    };
+    let result = join_locked(paths, &a, &cfg, generated, &secrets, &dcs, &mut steps).await;
+    keeper.abort();
+    let _ = dcs.lease_revoke(lock_lease).await;
+    result?;
+    crate::report::status(paths, None, false, false).await
+}
+
+async fn join_locked(paths: &Paths, a: &JoinArgs, cfg: &Config, generated: bool, secrets: &Secrets, dcs: &Dcs, steps: &mut Steps) -> anyhow::Result<()> {
+    steps.step("adding this node to etcd as a learner");
+    let peer = format!("https://{}:{}", url_host(&cfg.publish_address), cfg.etcd.peer_port);
+    let id = dcs.member_add_learner(&peer).await?;
+    let members = dcs.members().await?;
+    let mut initial: Vec<String> = Vec::new();
+    for m in &members {
+        let name = if m.id == id { cfg.fqdn.clone() } else { m.name.clone() };
+        for u in &m.peer_urls {
+            initial.push(format!("{name}={u}"));
+        }
+    }
+    let guid = new_guid();
+    if generated {
+        write_config(paths, cfg)?;
+    }
+    write_private(&paths.secrets_file(), secrets.to_json().as_bytes())?;
+    write_tls(paths, secrets, cfg)?;
+    let state = NodeState {
+        guid: guid.clone(),
+        etcd_initial_cluster: initial.join(","),
+        etcd_initial_state: "existing".into(),
+        created_unix: larder_agent::ha::unix_ms() / 1000,
+    };
+    state.save(&paths.node_state_file())?;
+    let record = NodeRecord { guid: guid.clone(), name: cfg.fqdn.clone(), address: cfg.publish_address.clone() };
+    dcs.put(&dcs::k_node(&guid), &serde_json::to_vec(&record)?, None).await?;
+
+    steps.step("starting the agent and syncing etcd");
+    start_agent(paths)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match dcs.member_promote(id).await {
+            Ok(()) => break,
+            Err(e) => {
+                if Instant::now() > deadline {
+                    bail!("etcd learner did not catch up within 60s ({e}); see `larder tail etcd`");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    steps.step(&format!("copying PostgreSQL from the leader (via {})", a.peer));
+    let bar = crate::progress::CopyBar::new();
+    wait_for(paths, Duration::from_secs(3600), "PostgreSQL to stream from the leader", |s| {
+        if let Some(p) = s["ha"]["copy_progress"].as_object() {
+            bar.update(p["done_kb"].as_u64().unwrap_or(0), p["total_kb"].as_u64().unwrap_or(0));
+        }
+        s["ha"]["postgresql"]["state"] == "streaming"
+    })
+    .await?;
+    bar.finish();
+    steps.step("waiting to become a voting follower");
+    wait_for(paths, Duration::from_secs(30), "voter registration", |s| {
+        s["voters"].as_array().map(|v| v.iter().any(|g| g == guid.as_str())).unwrap_or(false)
+    })
+    .await?;
+    steps.finish(&format!("{} joined the cluster as a follower", cfg.fqdn));
+    Ok(())
+}

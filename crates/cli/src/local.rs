@@ -1,0 +1,180 @@
+//! Verbs that act on this node only: service control, logs, configuration, cleanse,
+//! uninstall, and the search service process.
+
+use crate::bootstrap::agent_status;
+use anyhow::{bail, Context};
+use larder_agent::control::{self, Request};
+use larder_core::config::Config;
+use larder_core::paths::Paths;
+use std::time::{Duration, Instant};
+
+pub async fn service_verb(paths: &Paths, verb: &str, service: Option<String>) -> anyhow::Result<()> {
+    if verb == "start" && service.is_none() && !paths.agent_socket().exists() {
+        if !paths.node_state_file().exists() {
+            bail!("this node is not configured; run create-cluster or join-cluster first");
+        }
+        crate::bootstrap::start_agent(paths)?;
+        crate::bootstrap::wait_for(paths, Duration::from_secs(15), "the agent", |_| true).await?;
+        println!("agent started");
+        return Ok(());
+    }
+    let r = control::call(&paths.agent_socket(), &Request::Service { verb: verb.into(), service }).await?;
+    if !r.ok {
+        bail!("{}", r.message);
+    }
+    println!("{}", r.message);
+    Ok(())
+}
+
+pub async fn service_list(paths: &Paths, service: Option<&str>) -> anyhow::Result<()> {
+    let s = agent_status(paths).await?;
+    for svc in s["services"].as_array().cloned().unwrap_or_default() {
+        let name = svc["name"].as_str().unwrap_or("");
+        if service.is_some_and(|w| w != name) {
+            continue;
+        }
+        println!("{name}{}", if svc["want_up"] == true { "" } else { " (disabled)" });
+    }
+    Ok(())
+}
+
+pub fn tail(paths: &Paths, service: Option<&str>) -> anyhow::Result<()> {
+    let dirs: Vec<_> = match service {
+        Some(s) => vec![paths.service_log_dir(match s { "search" => "elasticsearch", other => other })],
+        None => std::fs::read_dir(paths.log_dir()).with_context(|| format!("no logs at {}", paths.log_dir().display()))?.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+    };
+    let files: Vec<String> = dirs.iter().map(|d| d.join("current").display().to_string()).collect();
+    for f in &files {
+        if !std::path::Path::new(f).exists() {
+            bail!("no log file {f}; services: etcd, postgresql, elasticsearch, agent");
+        }
+    }
+    let status = std::process::Command::new("tail").arg("-F").arg("-n").arg("50").args(&files).status()?;
+    if !status.success() {
+        bail!("tail exited with {status}");
+    }
+    Ok(())
+}
+
+pub fn show_config(paths: &Paths) -> anyhow::Result<()> {
+    let cfg = Config::load(&paths.config_file())?;
+    print!("{}", cfg.render());
+    Ok(())
+}
+
+pub async fn reconfigure(paths: &Paths) -> anyhow::Result<()> {
+    Config::load(&paths.config_file())?;
+    let r = control::call(&paths.agent_socket(), &Request::Reconfigure).await?;
+    if !r.ok {
+        bail!("{}", r.message);
+    }
+    println!("{}", r.message);
+    Ok(())
+}
+
+/// Ask the agent to stop everything and wait until its processes are gone.
+pub async fn stop_agent(paths: &Paths) -> anyhow::Result<()> {
+    let pid = std::fs::read_to_string(paths.agent_pid()).ok().and_then(|p| p.trim().parse::<i32>().ok());
+    if control::call(&paths.agent_socket(), &Request::Shutdown).await.is_err() {
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+    if let Some(pid) = pid {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+            if Instant::now() > deadline {
+                bail!("the agent (pid {pid}) did not stop within 60s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+pub async fn uninstall(paths: &Paths) -> anyhow::Result<()> {
+    stop_agent(paths).await?;
+    println!("stopped the agent and every service; data and configuration are kept under {}", paths.root().display());
+    Ok(())
+}
+
+pub async fn cleanse(paths: &Paths, yes: bool) -> anyhow::Result<()> {
+    if !yes {
+        bail!("cleanse removes this node's data and logs; re-run with --yes to confirm");
+    }
+    stop_agent(paths).await?;
+    let stamp = larder_agent::ha::unix_ms() / 1000;
+    let backup = paths.cleanse_backup_dir(&stamp.to_string());
+    if paths.config_dir().exists() {
+        copy_dir(&paths.config_dir(), &backup)?;
+    }
+    for d in [paths.data_dir(), paths.log_dir(), paths.run_dir(), paths.config_dir()] {
+        if d.exists() {
+            std::fs::remove_dir_all(&d).with_context(|| format!("cannot remove {}", d.display()))?;
+        }
+    }
+    println!("cleansed: data, logs and configuration removed; a copy of the configuration is in {}", backup.display());
+    Ok(())
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to)?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let dst = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &dst)?;
+        } else {
+            std::fs::copy(e.path(), &dst)?;
+        }
+    }
+    Ok(())
+}
+
+fn search_config(paths: &Paths) -> anyhow::Result<larder_search::SearchConfig> {
+    let node = larder_agent::node::Node::load(paths)?;
+    Ok(larder_search::SearchConfig {
+        pg: larder_search::PgTarget {
+            host: node.paths.pg_socket_dir().display().to_string(),
+            port: node.cfg.postgresql.port,
+            user: node.cfg.postgresql.db_superuser.clone(),
+            password: node.secrets.postgresql.db_superuser_password.expose().to_string(),
+            dbname: "larder_search".into(),
+        },
+        index_dir: node.paths.search_index(),
+        es_major: node.cfg.elasticsearch.major_version,
+        cluster_name: node.secrets.elasticsearch.cluster_name.clone(),
+        node_name: node.cfg.fqdn.clone(),
+    })
+}
+
+pub async fn search_service(paths: &Paths) -> anyhow::Result<()> {
+    let node = larder_agent::node::Node::load(paths)?;
+    let cfg = search_config(paths)?;
+    let addr = format!("{}:{}", larder_agent::node::url_host(&node.cfg.publish_address), node.cfg.elasticsearch.port);
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot bind the search API on {addr}"))?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let s2 = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        term.recv().await;
+        s2.cancel();
+    });
+    larder_search::serve(listener, cfg, shutdown).await?;
+    Ok(())
+}
+
+pub async fn reindex(paths: &Paths) -> anyhow::Result<()> {
+    let cfg = search_config(paths)?;
+    let r = control::call(&paths.agent_socket(), &Request::Service { verb: "stop".into(), service: Some("elasticsearch".into()) }).await?;
+    if !r.ok {
+        bail!("{}", r.message);
+    }
+    let res = larder_search::rebuild_index(&cfg).await;
+    let _ = control::call(&paths.agent_socket(), &Request::Service { verb: "start".into(), service: Some("elasticsearch".into()) }).await;
+    let stats = res?;
+    println!("index rebuilt: {} documents, {} bytes", stats.documents, stats.size_bytes);
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! `larder` — the chef-backend-ctl compatible operator CLI and the agent entry point.
+//! Invoked as `chef-backend-ctl` (a link) it behaves identically.
+
+mod bootstrap;
+mod cluster_ops;
+mod dev;
+mod local;
+mod progress;
+mod report;
+
+use clap::{Parser, Subcommand};
+use larder_core::paths::Paths;
+
+#[derive(Parser)]
+#[command(name = "larder", version, about = "Larder: a high-availability backend cluster for Chef Infra Server (chef-backend-ctl compatible)")]
+pub struct Cli {
+    /// Root under which /etc/larder, /var/opt/larder, /var/log/larder and /run/larder live.
+    #[arg(long, global = true, env = "LARDER_ROOT", default_value = "/")]
+    root: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Initialise the cluster on this first node, which becomes leader.
+    CreateCluster(bootstrap::CreateArgs),
+    /// Join this node to the cluster of PEER using the shared secrets file.
+    JoinCluster(bootstrap::JoinArgs),
+    /// Remove a (down) node's etcd membership, replication slot and status.
+    RemoveNode {
+        node: String,
+        #[arg(short, long)]
+        yes: bool,
+    },
+    /// Local services and the distributed view (`--json` for machines).
+    Status {
+        service: Option<String>,
+        #[arg(long)]
+        simple: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One row per cluster member: Name IP GUID Role PG ES.
+    ClusterStatus {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Leader steps down; a follower takes over with zero loss.
+    Demote,
+    /// Planned switchover to NODE (name or GUID) with zero loss.
+    Promote { node: String },
+    /// Take leadership on this node when no leader exists and it is the most advanced.
+    ForceLeader,
+    /// Allow or block automatic failover cluster-wide (on/off/true/false/enabled/disabled).
+    SetClusterFailover { state: String },
+    /// Allow or block this node becoming leader.
+    SetNodeFailover { state: String },
+    /// Print chef-server.rb for a Chef frontend.
+    GenServerConfig {
+        fqdn: String,
+        #[arg(short = 'f', long)]
+        file: Option<String>,
+    },
+    /// Print every larder.toml setting with its default and an explanation.
+    GenSampleBackendConfig,
+    /// Print the effective configuration.
+    ShowConfig,
+    /// Apply larder.toml changes, reloading or restarting only what changed.
+    Reconfigure,
+    /// Re-sync this node's PostgreSQL from the leader (rewind, or full copy with --force-basebackup).
+    PgsqlFollow {
+        leader: Option<String>,
+        #[arg(long)]
+        force_basebackup: bool,
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Stop everything and remove data and logs, keeping a copy of the configuration.
+    Cleanse {
+        #[arg(long)]
+        with_external: bool,
+        #[arg(short, long)]
+        yes: bool,
+    },
+    /// Stop the agent and every service, keeping data.
+    Uninstall,
+    /// Rebuild this node's search index from PostgreSQL.
+    Reindex,
+    /// Apply a package upgrade (not available yet).
+    Upgrade {
+        #[arg(long)]
+        failover: bool,
+    },
+    /// Take the node down before a major upgrade (not available yet).
+    DownForUpgrade,
+    /// Back up this node's data (not available yet).
+    Backup {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(short, long)]
+        yes: bool,
+    },
+    /// Build a new cluster from a backup (not available yet).
+    Restore {
+        path: String,
+        #[arg(short = 'd', long)]
+        staging_dir: Option<String>,
+        #[arg(short, long)]
+        yes: bool,
+    },
+    /// Collect logs into a support tarball (not available yet).
+    GatherLogs,
+    /// Legacy Chef HA status checks (not available yet).
+    HaStatus,
+    /// Start a service (or all).
+    Start { service: Option<String> },
+    /// Stop a service (or all).
+    Stop { service: Option<String> },
+    /// Restart a service (or all).
+    Restart { service: Option<String> },
+    /// Send SIGKILL to a service.
+    Kill { service: Option<String> },
+    /// Send SIGTERM to a service.
+    Term { service: Option<String> },
+    /// Send SIGHUP to a service.
+    Hup { service: Option<String> },
+    /// Send SIGINT to a service.
+    Int { service: Option<String> },
+    /// Start a service without restarting it when it exits.
+    Once { service: Option<String> },
+    /// Follow a service's log (all services without an argument).
+    Tail { service: Option<String> },
+    /// List supervised services.
+    ServiceList { service: Option<String> },
+    /// Run the node agent in the foreground (what create-cluster starts).
+    Agent,
+    /// A local cluster on this machine for trying Larder.
+    Dev {
+        #[command(subcommand)]
+        cmd: dev::DevCmd,
+    },
+    /// The search service process (started by the agent).
+    #[command(hide = true)]
+    SearchService,
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Invoked as chef-backend-ctl: same CLI, same behaviour.
+    let cli = Cli::parse();
+    let paths = Paths::new(&cli.root);
+    let filter = std::env::var("LARDER_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = match rt.block_on(run(cli.cmd, paths)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn not_yet(verb: &str) -> anyhow::Result<()> {
+    anyhow::bail!("`{verb}` is not available yet in this Larder release")
+}
+
+async fn run(cmd: Cmd, paths: Paths) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::CreateCluster(a) => bootstrap::create_cluster(&paths, a).await,
+        Cmd::JoinCluster(a) => bootstrap::join_cluster(&paths, a).await,
+        Cmd::RemoveNode { node, yes } => cluster_ops::remove_node(&paths, &node, yes).await,
+        Cmd::Status {
+            service,
+            simple,
+            json,
+        } => report::status(&paths, service.as_deref(), simple, json).await,
+        Cmd::ClusterStatus { json } => report::cluster_status(&paths, json).await,
+        Cmd::Demote => cluster_ops::switchover(&paths, None).await,
+        Cmd::Promote { node } => cluster_ops::switchover(&paths, Some(node)).await,
+        Cmd::ForceLeader => cluster_ops::force_leader(&paths).await,
+        Cmd::SetClusterFailover { state } => cluster_ops::set_failover(&paths, &state, true).await,
+        Cmd::SetNodeFailover { state } => cluster_ops::set_failover(&paths, &state, false).await,
+        Cmd::GenServerConfig { fqdn, file } => {
+            report::gen_server_config(&paths, &fqdn, file.as_deref()).await
+        }
+        Cmd::GenSampleBackendConfig => {
+            print!("{}", larder_core::config::sample_config());
+            Ok(())
+        }
+        Cmd::ShowConfig => local::show_config(&paths),
+        Cmd::Reconfigure => local::reconfigure(&paths).await,
+        Cmd::PgsqlFollow {
+            leader: _,
+            force_basebackup,
+            verbose: _,
+        } => cluster_ops::pgsql_follow(&paths, force_basebackup).await,
+        Cmd::Cleanse { with_external: _, yes } => local::cleanse(&paths, yes).await,
+        Cmd::Uninstall => local::uninstall(&paths).await,
+        Cmd::Reindex => local::reindex(&paths).await,
+        Cmd::Upgrade { .. } => not_yet("upgrade"),
+        Cmd::DownForUpgrade => not_yet("down-for-upgrade"),
+        Cmd::Backup { .. } => not_yet("backup"),
+        Cmd::Restore { .. } => not_yet("restore"),
+        Cmd::GatherLogs => not_yet("gather-logs"),
+        Cmd::HaStatus => not_yet("ha-status"),
+        Cmd::Start { service } => local::service_verb(&paths, "start", service).await,
+        Cmd::Stop { service } => local::service_verb(&paths, "stop", service).await,
+        Cmd::Restart { service } => local::service_verb(&paths, "restart", service).await,
+        Cmd::Kill { service } => local::service_verb(&paths, "kill", service).await,
+        Cmd::Term { service } => local::service_verb(&paths, "term", service).await,
+        Cmd::Hup { service } => local::service_verb(&paths, "hup", service).await,
+        Cmd::Int { service } => local::service_verb(&paths, "int", service).await,
+        Cmd::Once { service } => local::service_verb(&paths, "once", service).await,
+        Cmd::Tail { service } => local::tail(&paths, service.as_deref()),
+        Cmd::ServiceList { service } => local::service_list(&paths, service.as_deref()).await,
+        Cmd::Agent => larder_agent::agent::run(paths).await,
+        Cmd::Dev { cmd } => dev::run(cmd).await,
+        Cmd::SearchService => local::search_service(&paths).await,
+    }
+}

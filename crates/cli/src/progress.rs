@@ -1,0 +1,53 @@
+//! Progress display for long operations: numbered steps, and a byte bar for data copies.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::Instant;
+
+pub struct Steps {
+    total: usize,
+    n: usize,
+    started: Instant,
+    step_started: Instant,
+}
+
+impl Steps {
+    pub fn new(total: usize) -> Steps {
+        Steps { total, n: 0, started: Instant::now(), step_started: Instant::now() }
+    }
+    pub fn step(&mut self, what: &str) {
+        if self.n > 0 {
+            eprintln!("      done in {:.1}s", self.step_started.elapsed().as_secs_f64());
+        }
+        self.n += 1;
+        self.step_started = Instant::now();
+        eprintln!("[{}/{}] {what}", self.n, self.total);
+    }
+    pub fn finish(&self, msg: &str) {
+        eprintln!("      done in {:.1}s", self.step_started.elapsed().as_secs_f64());
+        eprintln!("✔ {msg} ({:.1}s)", self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// Bytes, rate and ETA of a base backup (pg_basebackup reports kB).
+pub struct CopyBar {
+    bar: ProgressBar,
+}
+
+impl CopyBar {
+    pub fn new() -> CopyBar {
+        let bar = if std::io::stderr().is_terminal() { ProgressBar::new(0) } else { ProgressBar::hidden() };
+        bar.set_style(
+            ProgressStyle::with_template("      {bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        CopyBar { bar }
+    }
+    pub fn update(&self, done_kb: u64, total_kb: u64) {
+        self.bar.set_length(total_kb * 1024);
+        self.bar.set_position(done_kb * 1024);
+    }
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
