@@ -34,6 +34,7 @@ pub struct Shared {
     pub etcd_ok: bool,
     pub search_ok: bool,
     pub copy: Option<CopyProgress>,
+    pub copy_failed_at: Option<Instant>,
     pub last_loop: Option<Instant>,
     pub last_error: Option<String>,
     pub etcd_members: Vec<dcs::Member>,
@@ -581,6 +582,17 @@ impl HaLoop {
 
     /// Rewind (or re-clone) in the background; the loop keeps publishing `syncing` meanwhile.
     fn spawn_copy(&mut self, leader: LeaderRecord, full: bool) {
+        // After a failed copy wait before retrying, so a persistent problem (auth, disk) does
+        // not turn into a tight loop of connection attempts against the leader.
+        if self
+            .shared
+            .lock()
+            .unwrap()
+            .copy_failed_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        {
+            return;
+        }
         if self.syncing.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return;
         }
@@ -607,7 +619,10 @@ impl HaLoop {
                 }
                 Err(e) => {
                     tracing::warn!("copy from {} failed: {e}", leader.name);
-                    shared.lock().unwrap().last_error = Some(e.to_string());
+                    let mut s = shared.lock().unwrap();
+                    s.last_error = Some(e.to_string());
+                    s.copy_failed_at = Some(Instant::now());
+                    drop(s);
                     if !full {
                         // Next iteration falls back to a base backup.
                         let _ = std::fs::write(

@@ -66,7 +66,8 @@ async fn run_tool(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .current_dir("/tmp");
+        .current_dir("/tmp")
+        .env("HOME", "/tmp");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -87,6 +88,14 @@ async fn run_tool(
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).to_string() + &stderr)
+}
+
+/// tokio-postgres' Display says only "db error"; the server's message is what helps.
+fn sql_err(e: tokio_postgres::Error) -> PgError {
+    match e.as_db_error() {
+        Some(db) => PgError::Sql(format!("{}: {}", db.code().code(), db.message())),
+        None => PgError::Sql(e.to_string()),
+    }
 }
 
 /// Directories PostgreSQL needs, owned by its OS user.
@@ -220,7 +229,7 @@ pub fn write_follow_conf(node: &Node, leader: Option<&LeaderRecord>) -> Result<b
             let tls = tls_dir(node);
             let name = standby_name(&node.state.guid);
             format!(
-                "# Managed by Larder: following {} (term {}).\nprimary_conninfo = 'host={} port={} user={} password={} application_name={} sslmode=verify-ca sslrootcert={} connect_timeout=2 keepalives_idle=5 keepalives_interval=2 keepalives_count=2'\nprimary_slot_name = '{}'\n",
+                "# Managed by Larder: following {} (term {}).\nprimary_conninfo = 'host={} port={} user={} password={} application_name={} sslmode=verify-ca sslrootcert={} sslcert={} sslkey={} connect_timeout=2 keepalives_idle=5 keepalives_interval=2 keepalives_count=2'\nprimary_slot_name = '{}'\n",
                 l.name,
                 l.term,
                 l.address,
@@ -229,6 +238,8 @@ pub fn write_follow_conf(node: &Node, leader: Option<&LeaderRecord>) -> Result<b
                 node.secrets.postgresql.replication_password.expose(),
                 name,
                 tls.join("ca.crt").display(),
+                tls.join("server.crt").display(),
+                tls.join("server.key").display(),
                 name
             )
         }
@@ -266,7 +277,7 @@ pub async fn connect(node: &Node, timeout: Duration) -> Result<tokio_postgres::C
     let (client, conn) = tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls))
         .await
         .map_err(|_| PgError::Sql("connect timed out".into()))?
-        .map_err(|e| PgError::Sql(e.to_string()))?;
+        .map_err(sql_err)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -284,7 +295,7 @@ pub struct PgObservation {
 }
 
 pub async fn observe(client: &tokio_postgres::Client) -> Result<PgObservation, PgError> {
-    let sql = |e: tokio_postgres::Error| PgError::Sql(e.to_string());
+    let sql = sql_err;
     let row = client
         .query_one(
             "SELECT pg_is_in_recovery(),
@@ -339,7 +350,7 @@ pub async fn promote(client: &tokio_postgres::Client) -> Result<(), PgError> {
     let row = client
         .query_one("SELECT pg_promote(true, 30)", &[])
         .await
-        .map_err(|e| PgError::Sql(e.to_string()))?;
+        .map_err(sql_err)?;
     if row.get::<_, bool>(0) {
         Ok(())
     } else {
@@ -353,7 +364,7 @@ pub async fn create_roles(node: &Node, client: &tokio_postgres::Client) -> Resul
     let exists = client
         .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[user])
         .await
-        .map_err(|e| PgError::Sql(e.to_string()))?
+        .map_err(sql_err)?
         .is_some();
     let pw = node
         .secrets
@@ -369,7 +380,7 @@ pub async fn create_roles(node: &Node, client: &tokio_postgres::Client) -> Resul
             "SET log_statement = 'none'; {verb} ROLE \"{user}\" WITH REPLICATION LOGIN PASSWORD '{pw}'"
         ))
         .await
-        .map_err(|e| PgError::Sql(e.to_string()))?;
+        .map_err(sql_err)?;
     Ok(())
 }
 
@@ -379,18 +390,23 @@ pub async fn apply_replication(
     ssn: &str,
     slots: &[String],
 ) -> Result<(), PgError> {
-    let sql = |e: tokio_postgres::Error| PgError::Sql(e.to_string());
+    let sql = sql_err;
     let current: String = client
         .query_one("SELECT current_setting('synchronous_standby_names')", &[])
         .await
         .map_err(sql)?
         .get(0);
     if current != ssn {
+        // ALTER SYSTEM refuses to run inside a (multi-statement) transaction: two calls.
         client
             .batch_execute(&format!(
-                "ALTER SYSTEM SET synchronous_standby_names = '{}'; SELECT pg_reload_conf();",
+                "ALTER SYSTEM SET synchronous_standby_names = '{}'",
                 ssn.replace('\'', "''")
             ))
+            .await
+            .map_err(sql)?;
+        client
+            .batch_execute("SELECT pg_reload_conf()")
             .await
             .map_err(sql)?;
     }
@@ -532,11 +548,13 @@ async fn finish_crash_recovery(node: &Node) -> Result<(), PgError> {
 
 fn leader_conn(node: &Node, leader: &LeaderRecord) -> String {
     format!(
-        "host={} port={} user={} dbname=postgres sslmode=verify-ca sslrootcert={} connect_timeout=5",
+        "host={} port={} user={} dbname=postgres sslmode=verify-ca sslrootcert={} sslcert={} sslkey={} connect_timeout=5",
         leader.address,
         node.cfg.postgresql.port,
         node.cfg.postgresql.db_superuser,
-        tls_dir(node).join("ca.crt").display()
+        tls_dir(node).join("ca.crt").display(),
+        tls_dir(node).join("server.crt").display(),
+        tls_dir(node).join("server.key").display()
     )
 }
 
@@ -624,6 +642,8 @@ pub async fn basebackup(
     )
     .env("PGSSLMODE", "verify-ca")
     .env("PGSSLROOTCERT", tls_dir(node).join("ca.crt"))
+    .env("PGSSLCERT", tls_dir(node).join("server.crt"))
+    .env("PGSSLKEY", tls_dir(node).join("server.key"))
     .env("PGAPPNAME", "larder-basebackup")
     .stdin(Stdio::null())
     .stdout(Stdio::null())

@@ -50,6 +50,8 @@ pub async fn status(paths: &Paths, service: Option<&str>, simple: bool, json: bo
             distributed,
         });
     }
+    let order = |n: &str| ["leaderl", "etcd", "postgresql", "elasticsearch"].iter().position(|x| *x == n).unwrap_or(9);
+    rows.sort_by_key(|r| order(&r.service));
     if service.is_some() && rows.is_empty() {
         bail!("unknown service {:?}; services: leaderl, etcd, postgresql, elasticsearch", service.unwrap_or_default());
     }

@@ -30,8 +30,45 @@ impl Rng {
 const KINDS: [&str; 5] = ["web", "db", "app", "cache", "lb"];
 const ENVS: [&str; 4] = ["prod", "staging", "dev", "qa"];
 const ROLES: [&str; 5] = ["webserver", "database", "app", "monitoring", "cache"];
-const PLATFORMS: [(&str, &str); 3] = [("ubuntu", "22.04"), ("centos", "7.9.2009"), ("debian", "12.4")];
-const FLAGS: [&str; 32] = ["fpu", "vme", "de", "pse", "tsc", "msr", "pae", "mce", "cx8", "apic", "sep", "mtrr", "pge", "mca", "cmov", "pat", "pse36", "clflush", "mmx", "fxsr", "sse", "sse2", "ss", "ht", "syscall", "nx", "pdpe1gb", "rdtscp", "lm", "constant_tsc", "avx", "avx2"];
+const PLATFORMS: [(&str, &str); 3] = [
+    ("ubuntu", "22.04"),
+    ("centos", "7.9.2009"),
+    ("debian", "12.4"),
+];
+const FLAGS: [&str; 32] = [
+    "fpu",
+    "vme",
+    "de",
+    "pse",
+    "tsc",
+    "msr",
+    "pae",
+    "mce",
+    "cx8",
+    "apic",
+    "sep",
+    "mtrr",
+    "pge",
+    "mca",
+    "cmov",
+    "pat",
+    "pse36",
+    "clflush",
+    "mmx",
+    "fxsr",
+    "sse",
+    "sse2",
+    "ss",
+    "ht",
+    "syscall",
+    "nx",
+    "pdpe1gb",
+    "rdtscp",
+    "lm",
+    "constant_tsc",
+    "avx",
+    "avx2",
+];
 
 /// A Chef node as the frontend indexes it: merged attributes plus name, environment, run list.
 fn node(i: usize, rng: &mut Rng) -> (String, Value) {
@@ -44,14 +81,22 @@ fn node(i: usize, rng: &mut Rng) -> (String, Value) {
     }
     roles.push(ROLES[rng.below(ROLES.len() as u64) as usize]);
     let (platform, pv) = PLATFORMS[rng.below(3) as usize];
-    let ip = format!("10.{}.{}.{}", rng.below(256), rng.below(256), rng.below(254) + 1);
+    let ip = format!(
+        "10.{}.{}.{}",
+        rng.below(256),
+        rng.below(256),
+        rng.below(254) + 1
+    );
     let mut packages = serde_json::Map::new();
     for p in 0..(60 + rng.below(40)) {
         packages.insert(format!("pkg-{}-{}", ["lib", "python3", "perl", "x11", "gnu"][p as usize % 5], rng.below(5000)), json!({"version": format!("{}.{}.{}-{}", rng.below(10), rng.below(30), rng.below(100), rng.below(9)), "arch": "amd64"}));
     }
     let mut modules = serde_json::Map::new();
     for _ in 0..(30 + rng.below(20)) {
-        modules.insert(format!("mod_{}", rng.below(100000)), json!({"size": rng.below(900000).to_string(), "refcount": rng.below(8).to_string()}));
+        modules.insert(
+            format!("mod_{}", rng.below(100000)),
+            json!({"size": rng.below(900000).to_string(), "refcount": rng.below(8).to_string()}),
+        );
     }
     let mut fs = serde_json::Map::new();
     for d in 0..(6 + rng.below(8)) {
@@ -96,6 +141,9 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
+/// Builds the request body of iteration k.
+type QueryBody<'a> = Box<dyn Fn(usize) -> String + 'a>;
+
 struct Row {
     name: String,
     p50: f64,
@@ -104,7 +152,10 @@ struct Row {
 }
 
 fn env_usize(k: &str, d: usize) -> usize {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +186,10 @@ async fn main() {
     }
     let avg_json = json_bytes / n_docs.max(1);
     let avg_content = content_bytes / n_docs.max(1);
-    eprintln!("generated in {:.1}s: avg node JSON {avg_json} B, avg flattened content {avg_content} B", t.elapsed().as_secs_f64());
+    eprintln!(
+        "generated in {:.1}s: avg node JSON {avg_json} B, avg flattened content {avg_content} B",
+        t.elapsed().as_secs_f64()
+    );
 
     let server = pg::PgServer::start();
     let dir = tempfile::tempdir().unwrap();
@@ -170,8 +224,16 @@ async fn main() {
         let (q, http, url) = (queue.clone(), http.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             loop {
-                let Some(b) = q.lock().unwrap().pop() else { break };
-                let r = http.post(format!("{url}/_bulk")).header("content-type", "application/x-ndjson").body(b).send().await.unwrap();
+                let Some(b) = q.lock().unwrap().pop() else {
+                    break;
+                };
+                let r = http
+                    .post(format!("{url}/_bulk"))
+                    .header("content-type", "application/x-ndjson")
+                    .body(b)
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
             }
         }));
@@ -185,7 +247,12 @@ async fn main() {
     let searchable = t0.elapsed();
     let stats = larder_search::index_stats(&cfg.index_dir).unwrap();
     assert_eq!(stats.documents as usize, n_docs);
-    eprintln!("durable in {:.1}s, searchable in {:.1}s", durable.as_secs_f64(), searchable.as_secs_f64());
+    let mut stats = stats;
+    eprintln!(
+        "durable in {:.1}s, searchable in {:.1}s",
+        durable.as_secs_f64(),
+        searchable.as_secs_f64()
+    );
 
     let fq = format!("+X_CHEF_database_CHEF_X:{db} +X_CHEF_type_CHEF_X:node");
     let chef_body = |q: &str, from: usize| {
@@ -193,10 +260,24 @@ async fn main() {
                "query": {"bool": {"must": {"query_string": {"query": q}}, "filter": {"query_string": {"query": fq}}}}})
         .to_string()
     };
-    let queries: Vec<(&str, Box<dyn Fn(usize) -> String>)> = vec![
-        ("`name:web*` → `content:name__=__web*` (rows 1000)", Box::new(|_| chef_body("content:name__=__web*", 0))),
-        ("`role:base AND chef_environment:prod` (rows 1000)", Box::new(|_| chef_body("content:role__=__base AND content:chef_environment__=__prod", 0))),
-        ("paginated `*:*` (rows 1000, random page)", Box::new(|k| chef_body("*:*", (k * 7919 % (n_docs / 1000).max(1)) * 1000))),
+    let queries: Vec<(&str, QueryBody<'_>)> = vec![
+        (
+            "`name:web*` → `content:name__=__web*` (rows 1000)",
+            Box::new(|_| chef_body("content:name__=__web*", 0)),
+        ),
+        (
+            "`role:base AND chef_environment:prod` (rows 1000)",
+            Box::new(|_| {
+                chef_body(
+                    "content:role__=__base AND content:chef_environment__=__prod",
+                    0,
+                )
+            }),
+        ),
+        (
+            "paginated `*:*` (rows 1000, random page)",
+            Box::new(|k| chef_body("*:*", (k * 7919 % (n_docs / 1000).max(1)) * 1000)),
+        ),
     ];
     let mut larder_rows = Vec::new();
     for (name, mk) in &queries {
@@ -205,7 +286,13 @@ async fn main() {
         for k in 0..(iters + 10) {
             let b = mk(k);
             let t = Instant::now();
-            let r = http.get(format!("{url}/chef/_search")).header("content-type", "application/json").body(b).send().await.unwrap();
+            let r = http
+                .get(format!("{url}/chef/_search"))
+                .header("content-type", "application/json")
+                .body(b)
+                .send()
+                .await
+                .unwrap();
             let v: Value = r.json().await.unwrap();
             let d = t.elapsed();
             hits = v["hits"]["total"]["value"].as_u64().unwrap();
@@ -214,20 +301,33 @@ async fn main() {
             }
         }
         lat.sort();
-        larder_rows.push(Row { name: name.to_string(), p50: pct(&lat, 0.5), p99: pct(&lat, 0.99), hits });
+        larder_rows.push(Row {
+            name: name.to_string(),
+            p50: pct(&lat, 0.5),
+            p99: pct(&lat, 0.99),
+            hits,
+        });
     }
     stop.cancel();
     svc.await.unwrap().unwrap();
+    stats.size_bytes = larder_search::index::dir_size(&cfg.index_dir);
 
     // PostgreSQL alone: trigram GIN over " " || content (token boundaries are spaces).
     eprintln!("building pg_trgm GIN index ...");
-    let c = larder_search::pg::connect(&server.target(), "larder_search").await.unwrap();
-    c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_trgm; SET maintenance_work_mem = '1GB'").await.unwrap();
+    let c = larder_search::pg::connect(&server.target(), "larder_search")
+        .await
+        .unwrap();
+    c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_trgm; SET maintenance_work_mem = '1GB'")
+        .await
+        .unwrap();
     let t = Instant::now();
     c.batch_execute("CREATE INDEX search_log_trgm ON search_log USING gin ((' ' || content) gin_trgm_ops); ANALYZE search_log").await.unwrap();
     let gin_build = t.elapsed();
     let sizes = c
-        .query_one("SELECT pg_total_relation_size('search_log'), pg_relation_size('search_log_trgm')", &[])
+        .query_one(
+            "SELECT pg_total_relation_size('search_log'), pg_relation_size('search_log_trgm')",
+            &[],
+        )
         .await
         .unwrap();
     let (table_size, gin_size): (i64, i64) = (sizes.get(0), sizes.get(1));
@@ -245,7 +345,11 @@ async fn main() {
         for k in 0..(pg_iters + 3) {
             let off = ((k * 7919 % (n_docs / 1000).max(1)) * 1000) as i64;
             let t = Instant::now();
-            let rows = if *paged { c.query(&stmt, &[&db, &off]).await.unwrap() } else { c.query(&stmt, &[&db]).await.unwrap() };
+            let rows = if *paged {
+                c.query(&stmt, &[&db, &off]).await.unwrap()
+            } else {
+                c.query(&stmt, &[&db]).await.unwrap()
+            };
             let d = t.elapsed();
             hits = rows.first().map(|r| r.get::<_, i64>(1) as u64).unwrap_or(0);
             if k >= 3 {
@@ -253,20 +357,49 @@ async fn main() {
             }
         }
         lat.sort();
-        pg_rows.push(Row { name: name.to_string(), p50: pct(&lat, 0.5), p99: pct(&lat, 0.99), hits });
+        pg_rows.push(Row {
+            name: name.to_string(),
+            p50: pct(&lat, 0.5),
+            p99: pct(&lat, 0.99),
+            hits,
+        });
     }
 
     println!("### Search benchmark ({n_docs} node documents, avg {avg_json} B JSON / {avg_content} B flattened)\n");
     println!("| metric | value |\n|---|---|");
-    println!("| durable `_bulk` indexing (200 = committed in PostgreSQL) | {:.0} docs/s ({:.1} s) |", n_docs as f64 / durable.as_secs_f64(), durable.as_secs_f64());
-    println!("| until searchable (`_refresh` returned) | {:.0} docs/s ({:.1} s) |", n_docs as f64 / searchable.as_secs_f64(), searchable.as_secs_f64());
-    println!("| tantivy index size | {:.0} MiB |", stats.size_bytes as f64 / 1048576.0);
-    println!("| PostgreSQL `search_log` size (with TOAST, lz4) | {:.0} MiB |", (table_size - gin_size.min(table_size)) as f64 / 1048576.0);
-    println!("| pg_trgm GIN build (PostgreSQL-only baseline) | {:.1} s, {:.0} MiB |", gin_build.as_secs_f64(), gin_size as f64 / 1048576.0);
+    println!(
+        "| durable `_bulk` indexing (200 = committed in PostgreSQL) | {:.0} docs/s ({:.1} s) |",
+        n_docs as f64 / durable.as_secs_f64(),
+        durable.as_secs_f64()
+    );
+    println!(
+        "| until searchable (`_refresh` returned) | {:.0} docs/s ({:.1} s) |",
+        n_docs as f64 / searchable.as_secs_f64(),
+        searchable.as_secs_f64()
+    );
+    println!(
+        "| tantivy index size | {:.0} MiB |",
+        stats.size_bytes as f64 / 1048576.0
+    );
+    println!(
+        "| PostgreSQL `search_log` size (with TOAST, lz4) | {:.0} MiB |",
+        (table_size - gin_size.min(table_size)) as f64 / 1048576.0
+    );
+    println!(
+        "| pg_trgm GIN build (PostgreSQL-only baseline) | {:.1} s, {:.0} MiB |",
+        gin_build.as_secs_f64(),
+        gin_size as f64 / 1048576.0
+    );
     println!();
     println!("| query | engine | hits | p50 ms | p99 ms |\n|---|---|---|---|---|");
     for (l, p) in larder_rows.iter().zip(&pg_rows) {
-        println!("| {} | Larder (tantivy, over HTTP, {iters} runs) | {} | {:.2} | {:.2} |", l.name, l.hits, l.p50, l.p99);
-        println!("| {} | PostgreSQL pg_trgm (SQL, {pg_iters} runs) | {} | {:.2} | {:.2} |", p.name, p.hits, p.p50, p.p99);
+        println!(
+            "| {} | Larder (tantivy, over HTTP, {iters} runs) | {} | {:.2} | {:.2} |",
+            l.name, l.hits, l.p50, l.p99
+        );
+        println!(
+            "| {} | PostgreSQL pg_trgm (SQL, {pg_iters} runs) | {} | {:.2} | {:.2} |",
+            p.name, p.hits, p.p50, p.p99
+        );
     }
 }

@@ -100,7 +100,11 @@ impl IntoResponse for EsError {
         }
         let mut err = cause.clone();
         err["root_cause"] = json!([cause]);
-        (self.status, Json(json!({"error": err, "status": self.status.as_u16()}))).into_response()
+        (
+            self.status,
+            Json(json!({"error": err, "status": self.status.as_u16()})),
+        )
+            .into_response()
     }
 }
 
@@ -149,7 +153,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/_count", get(count_all).post(count_all))
         .route("/_cluster/health", get(health))
         .route("/_cluster/health/{index}", get(health))
-        .route("/{index}", get(index_get).put(index_put).delete(index_delete))
+        .route(
+            "/{index}",
+            get(index_get).put(index_put).delete(index_delete),
+        )
         .route("/{index}/_bulk", post(bulk_in).put(bulk_in))
         .route("/{index}/_refresh", post(refresh).get(refresh))
         .route("/{index}/_search", get(search).post(search))
@@ -165,8 +172,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn es_headers(mut r: Response) -> Response {
     // elasticsearch-py ≥ 7.14 refuses servers that do not identify as Elasticsearch.
-    r.headers_mut()
-        .insert("x-elastic-product", HeaderValue::from_static("Elasticsearch"));
+    r.headers_mut().insert(
+        "x-elastic-product",
+        HeaderValue::from_static("Elasticsearch"),
+    );
     r
 }
 
@@ -261,7 +270,8 @@ async fn root(State(st): St) -> Json<Value> {
 }
 
 async fn health(State(st): St) -> Json<Value> {
-    let ok = st.shared.pg_ok.load(Ordering::Relaxed) && !st.shared.indexer_failed.load(Ordering::Relaxed);
+    let ok = st.shared.pg_ok.load(Ordering::Relaxed)
+        && !st.shared.indexer_failed.load(Ordering::Relaxed);
     let lag = st.shared.fetched.load(Ordering::Relaxed) - *st.applied.borrow();
     let status = if !ok {
         "red"
@@ -307,7 +317,10 @@ async fn index_get(State(st): St, Path(name): Path<String>) -> R {
     if !settings.is_object() {
         settings = json!({});
     }
-    Ok(Json(json!({INDEX: {"aliases": {}, "mappings": mappings, "settings": settings}})).into_response())
+    Ok(
+        Json(json!({INDEX: {"aliases": {}, "mappings": mappings, "settings": settings}}))
+            .into_response(),
+    )
 }
 
 async fn index_put(State(st): St, Path(name): Path<String>, body: Bytes) -> R {
@@ -338,7 +351,10 @@ async fn index_put(State(st): St, Path(name): Path<String>, body: Bytes) -> R {
             )
         });
     }
-    Ok(Json(json!({"acknowledged": true, "shards_acknowledged": true, "index": INDEX})).into_response())
+    Ok(
+        Json(json!({"acknowledged": true, "shards_acknowledged": true, "index": INDEX}))
+            .into_response(),
+    )
 }
 
 async fn index_delete(State(st): St, Path(name): Path<String>) -> R {
@@ -360,11 +376,18 @@ async fn index_delete(State(st): St, Path(name): Path<String>) -> R {
 }
 
 fn wants_refresh(params: &HashMap<String, String>) -> bool {
-    matches!(params.get("refresh").map(String::as_str), Some("" | "true" | "wait_for"))
+    matches!(
+        params.get("refresh").map(String::as_str),
+        Some("" | "true" | "wait_for")
+    )
 }
 
 /// Commits changes to the log; the 200 is only produced after PostgreSQL's commit returned.
-async fn write_changes(st: &AppState, changes: &[Change], refresh: bool) -> Result<Vec<log::Applied>, EsError> {
+async fn write_changes(
+    st: &AppState,
+    changes: &[Change],
+    refresh: bool,
+) -> Result<Vec<log::Applied>, EsError> {
     let applied = {
         let mut c = st.pool.get().await?;
         log::write(&mut c, changes).await?
@@ -397,25 +420,31 @@ async fn bulk_in(State(st): St, Path(index): Path<String>, params: Params, body:
     do_bulk(st, Some(index), params.0, body).await
 }
 
-async fn do_bulk(st: Arc<AppState>, index: Option<String>, params: HashMap<String, String>, body: Bytes) -> R {
+async fn do_bulk(
+    st: Arc<AppState>,
+    index: Option<String>,
+    params: HashMap<String, String>,
+    body: Bytes,
+) -> R {
     let started = Instant::now();
-    let items = bulk::parse(&body, index.as_deref())
+    let mut items = bulk::parse(&body, index.as_deref())
         .map_err(|e| EsError::new(StatusCode::BAD_REQUEST, "illegal_argument_exception", e))?;
     let mut changes = Vec::with_capacity(items.len());
     let mut slot = Vec::with_capacity(items.len());
-    for it in &items {
+    for it in &mut items {
         if it.index != INDEX || it.op == Op::Update {
             slot.push(None);
             continue;
         }
         slot.push(Some(changes.len()));
-        changes.push(match &it.source {
+        // Move the (large) sources into the change list; responses only need the ids.
+        changes.push(match it.source.take() {
             Some(s) => Change::Index {
                 id: it.id.clone(),
-                database: s.database.clone(),
-                object_type: s.object_type.clone(),
-                data_bag: s.data_bag.clone(),
-                content: s.content.clone(),
+                database: s.database,
+                object_type: s.object_type,
+                data_bag: s.data_bag,
+                content: s.content,
             },
             None => Change::Delete { id: it.id.clone() },
         });
@@ -431,19 +460,38 @@ async fn do_bulk(st: Arc<AppState>, index: Option<String>, params: HashMap<Strin
         .zip(slot)
         .map(|(it, s)| item_result(&st, it, s.map(|k| &applied[k]), &mut errors))
         .collect();
-    Ok(Json(json!({"took": started.elapsed().as_millis() as u64, "errors": errors, "items": out})).into_response())
+    Ok(
+        Json(json!({"took": started.elapsed().as_millis() as u64, "errors": errors, "items": out}))
+            .into_response(),
+    )
 }
 
-fn item_result(st: &AppState, it: &BulkItem, applied: Option<&log::Applied>, errors: &mut bool) -> Value {
-    let doc_type = it.doc_type.clone().unwrap_or_else(|| st.doc_type().to_string());
+fn item_result(
+    st: &AppState,
+    it: &BulkItem,
+    applied: Option<&log::Applied>,
+    errors: &mut bool,
+) -> Value {
+    let doc_type = it
+        .doc_type
+        .clone()
+        .unwrap_or_else(|| st.doc_type().to_string());
     let mut r = json!({"_index": it.index, "_type": doc_type, "_id": it.id});
     match applied {
         None => {
             *errors = true;
             let (status, kind, reason) = if it.op == Op::Update {
-                (400, "illegal_argument_exception", "Larder does not support bulk update actions".to_string())
+                (
+                    400,
+                    "illegal_argument_exception",
+                    "Larder does not support bulk update actions".to_string(),
+                )
             } else {
-                (404, "index_not_found_exception", format!("Larder serves only the [{INDEX}] index"))
+                (
+                    404,
+                    "index_not_found_exception",
+                    format!("Larder serves only the [{INDEX}] index"),
+                )
             };
             r["status"] = json!(status);
             r["error"] = json!({"type": kind, "reason": reason, "index": it.index});
@@ -470,9 +518,13 @@ fn body_json(body: &Bytes) -> Result<Option<Value>, EsError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(body)
-        .map(Some)
-        .map_err(|e| EsError::new(StatusCode::BAD_REQUEST, "parsing_exception", format!("request body is not valid JSON: {e}")))
+    serde_json::from_slice(body).map(Some).map_err(|e| {
+        EsError::new(
+            StatusCode::BAD_REQUEST,
+            "parsing_exception",
+            format!("request body is not valid JSON: {e}"),
+        )
+    })
 }
 
 fn parse_search(body: &Bytes, params: &HashMap<String, String>) -> Result<SearchRequest, EsError> {
@@ -496,14 +548,25 @@ async fn search(State(st): St, Path(index): Path<String>, Query(params): Params,
     let req = parse_search(&body, &params)?;
     let ix = st.index.clone();
     let (q, from, size, sort) = (req.query.clone(), req.from, req.size, req.sort);
-    let (total, hits): (usize, Vec<Hit>) = tokio::task::spawn_blocking(move || ix.search(&q, from, size, sort))
-        .await
-        .map_err(|e| EsError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", e.to_string()))??;
+    let (total, hits): (usize, Vec<Hit>) =
+        tokio::task::spawn_blocking(move || ix.search(&q, from, size, sort))
+            .await
+            .map_err(|e| {
+                EsError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "exception",
+                    e.to_string(),
+                )
+            })??;
     let sorted = matches!(sort, SortSpec::Id { .. });
     let max_score = if sorted {
         Value::Null
     } else {
-        hits.iter().filter_map(|h| h.score).reduce(f32::max).map(|s| json!(s)).unwrap_or(Value::Null)
+        hits.iter()
+            .filter_map(|h| h.score)
+            .reduce(f32::max)
+            .map(|s| json!(s))
+            .unwrap_or(Value::Null)
     };
     let doc_type = st.doc_type();
     let hits: Vec<Value> = hits
@@ -516,7 +579,9 @@ async fn search(State(st): St, Path(index): Path<String>, Query(params): Params,
             v
         })
         .collect();
-    let as_int = params.get("rest_total_hits_as_int").is_some_and(|v| v != "false");
+    let as_int = params
+        .get("rest_total_hits_as_int")
+        .is_some_and(|v| v != "false");
     let mut hits_obj = json!({"max_score": max_score, "hits": hits});
     if req.track_total_hits || st.major() < 7 {
         hits_obj["total"] = st.total(total, as_int);
@@ -540,7 +605,13 @@ async fn count(State(st): St, Path(index): Path<String>, Query(params): Params, 
     let ix = st.index.clone();
     let n = tokio::task::spawn_blocking(move || ix.count(&req.query))
         .await
-        .map_err(|e| EsError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", e.to_string()))??;
+        .map_err(|e| {
+            EsError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                e.to_string(),
+            )
+        })??;
     Ok(Json(json!({"count": n, "_shards": shards()})).into_response())
 }
 
@@ -549,7 +620,12 @@ async fn refresh(State(st): St) -> R {
     Ok(Json(json!({"_shards": {"total": 1, "successful": 1, "failed": 0}})).into_response())
 }
 
-async fn delete_by_query(State(st): St, Path(index): Path<String>, Query(params): Query<HashMap<String, String>>, body: Bytes) -> R {
+async fn delete_by_query(
+    State(st): St,
+    Path(index): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> R {
     let started = Instant::now();
     st.check_index(&index)?;
     let req = parse_search(&body, &params)?;
@@ -561,10 +637,19 @@ async fn delete_by_query(State(st): St, Path(index): Path<String>, Query(params)
     let ix = st.index.clone();
     let ids = tokio::task::spawn_blocking(move || ix.matching_ids(&req.query))
         .await
-        .map_err(|e| EsError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", e.to_string()))??;
+        .map_err(|e| {
+            EsError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                e.to_string(),
+            )
+        })??;
     let mut deleted = 0u64;
     for chunk in ids.chunks(5000) {
-        let changes: Vec<Change> = chunk.iter().map(|id| Change::Delete { id: id.clone() }).collect();
+        let changes: Vec<Change> = chunk
+            .iter()
+            .map(|id| Change::Delete { id: id.clone() })
+            .collect();
         let applied = write_changes(&st, &changes, false).await?;
         deleted += applied.iter().filter(|a| a.existed).count() as u64;
     }
@@ -646,7 +731,13 @@ async fn doc(
             } else {
                 let src = body_json(&body)?
                     .and_then(|v| v.as_object().map(bulk::source))
-                    .ok_or_else(|| EsError::new(StatusCode::BAD_REQUEST, "parse_exception", "request body is required"))?;
+                    .ok_or_else(|| {
+                        EsError::new(
+                            StatusCode::BAD_REQUEST,
+                            "parse_exception",
+                            "request body is required",
+                        )
+                    })?;
                 ensure_index_exists(&st).await?;
                 Change::Index {
                     id: id.clone(),
@@ -657,7 +748,8 @@ async fn doc(
                 }
             };
             let is_delete = method == Method::DELETE;
-            let a = write_changes(&st, std::slice::from_ref(&change), wants_refresh(&params)).await?;
+            let a =
+                write_changes(&st, std::slice::from_ref(&change), wants_refresh(&params)).await?;
             let existed = a.first().is_some_and(|a| a.existed);
             let (result, status) = match (is_delete, existed) {
                 (true, true) => ("deleted", StatusCode::OK),
@@ -672,9 +764,17 @@ async fn doc(
             v["_seq_no"] = json!(a.first().map(|a| a.pos).unwrap_or(0));
             v["_primary_term"] = json!(1);
             let mut resp = (status, Json(v)).into_response();
-            resp.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&format!("/{index}/_doc/{id}")).unwrap_or(HeaderValue::from_static("/")));
+            resp.headers_mut().insert(
+                header::LOCATION,
+                HeaderValue::from_str(&format!("/{index}/_doc/{id}"))
+                    .unwrap_or(HeaderValue::from_static("/")),
+            );
             Ok(resp)
         }
-        _ => Err(EsError::new(StatusCode::METHOD_NOT_ALLOWED, "illegal_argument_exception", format!("method [{method}] not allowed"))),
+        _ => Err(EsError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "illegal_argument_exception",
+            format!("method [{method}] not allowed"),
+        )),
     }
 }

@@ -41,6 +41,36 @@ pub struct BulkItem {
     pub source: Option<Source>,
 }
 
+/// The fields of a source line Larder indexes; serde skips the rest without building a map
+/// (source lines are tens of KB each).
+#[derive(serde::Deserialize)]
+struct RawSource {
+    content: Option<Scalar>,
+    #[serde(rename = "X_CHEF_database_CHEF_X")]
+    database: Option<Scalar>,
+    #[serde(rename = "X_CHEF_type_CHEF_X")]
+    object_type: Option<Scalar>,
+    data_bag: Option<Scalar>,
+}
+
+/// A string, or any other JSON value kept as its JSON text.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Other(Value),
+}
+
+impl Scalar {
+    fn text(self) -> Option<String> {
+        match self {
+            Scalar::Text(s) => Some(s),
+            Scalar::Other(Value::Null) => None,
+            Scalar::Other(v) => Some(v.to_string()),
+        }
+    }
+}
+
 /// Reads a source object.
 pub fn source(m: &Map<String, Value>) -> Source {
     let text = |k: &str| match m.get(k) {
@@ -63,7 +93,11 @@ pub fn generate_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{:x}{:04x}", nanos, COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffff)
+    format!(
+        "{:x}{:04x}",
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffff
+    )
 }
 
 /// Parses a bulk body. A malformed line fails the whole request (ES answers 400 too).
@@ -76,10 +110,12 @@ pub fn parse(body: &[u8], default_index: Option<&str>) -> Result<Vec<BulkItem>, 
     while let Some((n, line)) = lines.next() {
         let action: Value = serde_json::from_slice(line)
             .map_err(|e| format!("Malformed action/metadata line [{}]: {e}", n + 1))?;
-        let obj = action
-            .as_object()
-            .filter(|o| o.len() == 1)
-            .ok_or_else(|| format!("Malformed action/metadata line [{}], expected one action", n + 1))?;
+        let obj = action.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
+            format!(
+                "Malformed action/metadata line [{}], expected one action",
+                n + 1
+            )
+        })?;
         let (name, meta) = obj.iter().next().expect("one key");
         let op = match name.as_str() {
             "index" => Op::Index,
@@ -112,12 +148,18 @@ pub fn parse(body: &[u8], default_index: Option<&str>) -> Result<Vec<BulkItem>, 
             let (_, src) = lines
                 .next()
                 .ok_or_else(|| format!("action line [{}] has no source line", n + 1))?;
-            let v: Value = serde_json::from_slice(src)
-                .map_err(|e| format!("Malformed source line after line [{}]: {e}", n + 1))?;
-            let m = v
-                .as_object()
-                .ok_or_else(|| format!("source after line [{}] is not an object", n + 1))?;
-            Some(source(m))
+            let raw: RawSource = serde_json::from_slice(src).map_err(|e| {
+                format!(
+                    "Malformed source line after line [{}] (expected an object): {e}",
+                    n + 1
+                )
+            })?;
+            Some(Source {
+                content: raw.content.and_then(Scalar::text).unwrap_or_default(),
+                database: raw.database.and_then(Scalar::text),
+                object_type: raw.object_type.and_then(Scalar::text),
+                data_bag: raw.data_bag.and_then(Scalar::text),
+            })
         };
         items.push(BulkItem {
             op,
@@ -148,7 +190,10 @@ mod tests {
         assert_eq!(items.len(), 4);
         assert_eq!(items[0].doc_type.as_deref(), Some("object"));
         assert_eq!(items[1].op, Op::Delete);
-        assert_eq!(items[2].source.as_ref().unwrap().data_bag.as_deref(), Some("bag"));
+        assert_eq!(
+            items[2].source.as_ref().unwrap().data_bag.as_deref(),
+            Some("bag")
+        );
         assert_eq!(items[3].id, "a4");
     }
 

@@ -16,6 +16,18 @@ pub struct PgTarget {
     pub dbname: String,
 }
 
+impl Default for PgTarget {
+    fn default() -> Self {
+        PgTarget {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            user: "postgres".into(),
+            password: String::new(),
+            dbname: Self::DEFAULT_DBNAME.into(),
+        }
+    }
+}
+
 impl PgTarget {
     /// Default database name of the search tier.
     pub const DEFAULT_DBNAME: &'static str = "larder_search";
@@ -53,6 +65,20 @@ pub struct SearchConfig {
 }
 
 impl SearchConfig {
+    /// Default ES major impersonated.
+    pub const DEFAULT_ES_MAJOR: u8 = 7;
+
+    /// A config with the defaults (ES 7, cluster/node names "larder").
+    pub fn new(pg: PgTarget, index_dir: PathBuf) -> SearchConfig {
+        SearchConfig {
+            pg,
+            index_dir,
+            es_major: Self::DEFAULT_ES_MAJOR,
+            cluster_name: "larder".into(),
+            node_name: "larder".into(),
+        }
+    }
+
     /// Checks the settings that would otherwise fail late (at the first request).
     pub fn validate(&self) -> Result<(), crate::SearchError> {
         if !matches!(self.es_major, 5..=7) {

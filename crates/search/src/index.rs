@@ -2,6 +2,7 @@
 //! searching and stats. It is a cache of the PostgreSQL change log; the log position it has
 //! applied is stored atomically with each tantivy commit, in the commit payload.
 
+use crate::id_order::IdPage;
 use crate::query::build::build;
 use crate::query::dsl::SortSpec;
 use crate::query::{Ast, QueryError};
@@ -13,7 +14,7 @@ use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, STORED, STRING,
 };
 use tantivy::tokenizer::{TextAnalyzer, WhitespaceTokenizer};
-use tantivy::{DocAddress, Index, IndexReader, Order, ReloadPolicy, TantivyDocument};
+use tantivy::{DocAddress, Index, IndexReader, ReloadPolicy, TantivyDocument};
 
 /// Bump when the schema changes: an index of another version is rebuilt on start.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -164,7 +165,9 @@ impl LocalIndex {
         // Checksums of every segment file: a torn or bit-rotted file means rebuild, not wrong hits.
         let damaged = index.validate_checksum()?;
         if !damaged.is_empty() {
-            return Err(SearchError::Other(format!("damaged index files: {damaged:?}")));
+            return Err(SearchError::Other(format!(
+                "damaged index files: {damaged:?}"
+            )));
         }
         register(&index);
         let reader = index
@@ -221,18 +224,15 @@ impl LocalIndex {
         }
         match sort {
             SortSpec::Id { descending } => {
-                let order = if descending { Order::Desc } else { Order::Asc };
-                let top = TopDocs::with_limit(size)
-                    .and_offset(from)
-                    .order_by_string_fast_field("_id", order);
-                let (total, docs) = searcher.search(&q, &(Count, top))?;
-                let hits = docs
-                    .into_iter()
-                    .map(|(id, addr)| match id {
-                        Some(id) => Ok(Hit { id, score: None }),
-                        None => self.stored_id(&searcher, addr).map(|id| Hit { id, score: None }),
-                    })
-                    .collect::<Result<_, SearchError>>()?;
+                let (total, ids) = searcher.search(
+                    &q,
+                    &IdPage {
+                        from,
+                        size,
+                        descending,
+                    },
+                )?;
+                let hits = ids.into_iter().map(|id| Hit { id, score: None }).collect();
                 Ok((total, hits))
             }
             SortSpec::Score => {
@@ -270,7 +270,11 @@ impl LocalIndex {
         Ok(ids)
     }
 
-    fn stored_id(&self, searcher: &tantivy::Searcher, addr: DocAddress) -> Result<String, SearchError> {
+    fn stored_id(
+        &self,
+        searcher: &tantivy::Searcher,
+        addr: DocAddress,
+    ) -> Result<String, SearchError> {
         let doc: TantivyDocument = searcher.doc(addr)?;
         Ok(doc
             .get_first(self.fields.id)

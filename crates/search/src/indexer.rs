@@ -2,7 +2,7 @@
 //!
 //! Committing per batch would make a segment per `_bulk` and spend the box's two cores merging;
 //! instead a commit happens when the queue runs dry and the previous commit is ≥ 100 ms old, or
-//! at least once a second under sustained load. After each commit the reader is reloaded and the
+//! at least every 5 s under sustained load. After each commit the reader is reloaded and the
 //! applied position published: `_refresh` and `?refresh=` wait on that.
 
 use crate::index::{CommitMeta, LocalIndex, SCHEMA_VERSION};
@@ -15,8 +15,11 @@ use tantivy::{IndexWriter, TantivyDocument, Term};
 use tokio::sync::watch;
 
 const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
-const MAX_COMMIT_DELAY: Duration = Duration::from_secs(1);
-const WRITER_MEMORY: usize = 200_000_000;
+/// Under sustained load: fewer, larger segments mean far less merge work (Chef node documents
+/// flatten to tens of KB each).
+const MAX_COMMIT_DELAY: Duration = Duration::from_secs(5);
+const WRITER_THREADS: usize = 2;
+const WRITER_MEMORY: usize = 600_000_000;
 
 /// Work for the writer thread.
 pub enum IndexerMsg {
@@ -39,7 +42,9 @@ impl Indexer {
         meta: CommitMeta,
         applied: watch::Sender<i64>,
     ) -> Result<Indexer, SearchError> {
-        let writer: IndexWriter = ix.index.writer_with_num_threads(1, WRITER_MEMORY)?;
+        let writer: IndexWriter = ix
+            .index
+            .writer_with_num_threads(WRITER_THREADS, WRITER_MEMORY)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let thread = std::thread::Builder::new()
             .name("larder-indexer".into())
@@ -108,7 +113,8 @@ fn run(
             None => match dirty_since {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(_) => {
-                    let due = (last_commit + MIN_COMMIT_INTERVAL).saturating_duration_since(Instant::now());
+                    let due = (last_commit + MIN_COMMIT_INTERVAL)
+                        .saturating_duration_since(Instant::now());
                     rx.recv_timeout(due)
                 }
             },

@@ -11,6 +11,7 @@
 //! - [`bulk`]: NDJSON `_bulk` parsing.
 //! - [`query`]: Lucene query-string parser ([`query::parser`]), ES JSON DSL ([`query::dsl`]),
 //!   compilation to tantivy ([`query::build`]).
+//! - [`id_order`]: the id-sorted paging collector Chef's searches use.
 //! - [`index`]: schema, open/rebuild of the local index, search, stats.
 //! - [`indexer`]: the writer thread.
 //! - [`log`]: the change log schema and statements in PostgreSQL.
@@ -18,13 +19,14 @@
 //! - [`pg`]: connections, database creation, role detection, pool.
 //! - [`flatten`]: Chef's object → `content` flattening (tests, benchmark).
 //! - [`service`]: `serve` and `rebuild_index`.
-//! - [`errors`]: `SearchError`.
+//! - [`errors`]: the `SearchError` type.
 
 pub mod api;
 pub mod bulk;
 pub mod config;
 pub mod errors;
 pub mod flatten;
+pub mod id_order;
 pub mod index;
 pub mod indexer;
 pub mod log;

@@ -88,7 +88,11 @@ pub async fn ensure_schema(client: &Client) -> Result<(), SearchError> {
     };
     // lz4 TOAST compression is several times cheaper on CPU than the default pglz; fall back
     // when the server was built without it.
-    if client.batch_execute(&table("COMPRESSION lz4")).await.is_err() {
+    if client
+        .batch_execute(&table("COMPRESSION lz4"))
+        .await
+        .is_err()
+    {
         client.batch_execute(&table("")).await?;
     }
     Ok(())
@@ -122,7 +126,11 @@ pub async fn latest_position(client: &impl GenericClient) -> Result<i64, SearchE
 }
 
 /// Reads up to `limit` changes after `after`, in position order.
-pub async fn fetch_after(client: &Client, after: i64, limit: i64) -> Result<Vec<LogRow>, SearchError> {
+pub async fn fetch_after(
+    client: &Client,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<LogRow>, SearchError> {
     let rows = client
         .query(
             "SELECT pos, id, deleted, db, type, data_bag, content FROM search_log
@@ -224,9 +232,7 @@ pub async fn write(client: &mut Client, changes: &[Change]) -> Result<Vec<Applie
     Ok(changes
         .iter()
         .map(|c| {
-            let before = *state
-                .get(c.id())
-                .unwrap_or(&live.contains(c.id()));
+            let before = *state.get(c.id()).unwrap_or(&live.contains(c.id()));
             state.insert(c.id(), matches!(c, Change::Index { .. }));
             Applied {
                 existed: before,
@@ -285,9 +291,7 @@ pub async fn index_definition(
             &[&name],
         )
         .await?;
-    Ok(row.map(|r| {
-        serde_json::from_str(r.get::<_, &str>(0)).unwrap_or(serde_json::Value::Null)
-    }))
+    Ok(row.map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap_or(serde_json::Value::Null)))
 }
 
 /// Records an index definition; false when the index already existed.

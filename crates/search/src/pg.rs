@@ -30,7 +30,10 @@ pub async fn is_primary(client: &Client) -> Result<bool, SearchError> {
 pub async fn ensure_database(target: &PgTarget) -> Result<bool, SearchError> {
     let admin = connect(target, "postgres").await?;
     let exists = admin
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&target.dbname])
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&target.dbname],
+        )
         .await?
         .is_some();
     if exists {
@@ -40,7 +43,10 @@ pub async fn ensure_database(target: &PgTarget) -> Result<bool, SearchError> {
         return Ok(false);
     }
     let ident = target.dbname.replace('"', "\"\"");
-    match admin.batch_execute(&format!("CREATE DATABASE \"{ident}\"")).await {
+    match admin
+        .batch_execute(&format!("CREATE DATABASE \"{ident}\""))
+        .await
+    {
         Ok(()) => Ok(true),
         // Another node's service (or a concurrent start) won the race: fine.
         Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(true),

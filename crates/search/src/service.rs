@@ -110,11 +110,15 @@ pub async fn rebuild_index(cfg: &SearchConfig) -> Result<IndexStats, SearchError
     };
     loop {
         let rows = log::fetch_after(&client, meta.applied_position, 1000).await?;
-        let Some(last) = rows.last().map(|r| r.pos) else { break };
+        let Some(last) = rows.last().map(|r| r.pos) else {
+            break;
+        };
         let ix2 = ix.clone();
-        writer = tokio::task::spawn_blocking(move || indexer::apply(&ix2, &writer, &rows).map(|_| writer))
-            .await
-            .map_err(|e| SearchError::Other(e.to_string()))??;
+        writer = tokio::task::spawn_blocking(move || {
+            indexer::apply(&ix2, &writer, &rows).map(|_| writer)
+        })
+        .await
+        .map_err(|e| SearchError::Other(e.to_string()))??;
         meta.applied_position = last;
     }
     let (applied_tx, _rx) = watch::channel(0);

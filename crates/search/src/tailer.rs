@@ -65,7 +65,17 @@ pub async fn run(
 ) {
     let mut warned = false;
     while !shutdown.is_cancelled() {
-        match follow(&target, &tx, &mut fetched, &mut epoch, &wake, &shared, &shutdown).await {
+        match follow(
+            &target,
+            &tx,
+            &mut fetched,
+            &mut epoch,
+            &wake,
+            &shared,
+            &shutdown,
+        )
+        .await
+        {
             Ok(()) => return,
             Err(TailError::IndexerGone) => {
                 shared.indexer_failed.store(true, Ordering::Relaxed);
@@ -128,7 +138,11 @@ async fn follow(
     }
     let client = pg::connect(target, &target.dbname).await?;
     let mut primary = pg::is_primary(&client).await?;
-    shared.set_role(if primary { Role::Leader } else { Role::Follower });
+    shared.set_role(if primary {
+        Role::Leader
+    } else {
+        Role::Follower
+    });
     if primary {
         log::ensure_schema(&client).await?;
     } else if !log::schema_ready(&client).await? {
@@ -136,12 +150,22 @@ async fn follow(
     }
     let log_epoch = log::epoch(&client).await?;
     if log_epoch != *epoch {
-        send(tx, IndexerMsg::Reset { epoch: log_epoch.clone() }).await?;
+        send(
+            tx,
+            IndexerMsg::Reset {
+                epoch: log_epoch.clone(),
+            },
+        )
+        .await?;
         *epoch = log_epoch;
         *fetched = 0;
     }
     shared.pg_ok.store(true, Ordering::Relaxed);
-    tracing::info!(position = *fetched, leader = primary, "search tailer following the change log");
+    tracing::info!(
+        position = *fetched,
+        leader = primary,
+        "search tailer following the change log"
+    );
     let mut role_checked = Instant::now();
     loop {
         if shutdown.is_cancelled() {
@@ -152,7 +176,11 @@ async fn follow(
             if now_primary != primary {
                 tracing::info!(leader = now_primary, "local PostgreSQL changed role");
                 primary = now_primary;
-                shared.set_role(if primary { Role::Leader } else { Role::Follower });
+                shared.set_role(if primary {
+                    Role::Leader
+                } else {
+                    Role::Follower
+                });
             }
             role_checked = Instant::now();
         }
@@ -167,6 +195,13 @@ async fn follow(
         };
         *fetched = last;
         shared.fetched.store(last, Ordering::Relaxed);
-        send(tx, IndexerMsg::Batch { rows, last_pos: last }).await?;
+        send(
+            tx,
+            IndexerMsg::Batch {
+                rows,
+                last_pos: last,
+            },
+        )
+        .await?;
     }
 }

@@ -11,7 +11,12 @@ fn docs(org: &str, ids: &[&str]) -> Vec<(String, String, String, String)> {
     ids.iter()
         .map(|id| {
             let obj = json!({"name": id, "roles": ["base"], "chef_environment": "prod"});
-            (id.to_string(), format!("chef_{org}"), "node".to_string(), larder_search::flatten_chef(id, &format!("chef_{org}"), "node", &obj))
+            (
+                id.to_string(),
+                format!("chef_{org}"),
+                "node".to_string(),
+                larder_search::flatten_chef(id, &format!("chef_{org}"), "node", &obj),
+            )
         })
         .collect()
 }
@@ -32,7 +37,13 @@ async fn shapes_for(pg: &PgServer, major: u8) {
 
     let (st, v) = call("GET", &format!("{u}/"), None).await;
     assert_eq!(st, 200);
-    assert!(v["version"]["number"].as_str().unwrap().starts_with(&format!("{major}.")), "{v}");
+    assert!(
+        v["version"]["number"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{major}.")),
+        "{v}"
+    );
     assert_eq!(v["tagline"], "You Know, for Search");
 
     // Missing index: 404 ES-shaped (erchef then PUTs it).
@@ -50,7 +61,11 @@ async fn shapes_for(pg: &PgServer, major: u8) {
         "X_CHEF_id_CHEF_X": {"type": "keyword", "norms": false},
         "data_bag": {"type": "keyword", "norms": false},
         "content": {"type": "text", "index": true}}});
-    let mappings = if major >= 7 { props.clone() } else { json!({"object": {"_source": {"enabled": false}, "properties": props["properties"]}}) };
+    let mappings = if major >= 7 {
+        props.clone()
+    } else {
+        json!({"object": {"_source": {"enabled": false}, "properties": props["properties"]}})
+    };
     let def = json!({"settings": {"analysis": {"analyzer": {"default": {"type": "whitespace"}}}, "number_of_shards": 5, "number_of_replicas": 1}, "mappings": mappings});
     let (st, v) = call("PUT", &format!("{u}/chef"), Some(&def.to_string())).await;
     assert_eq!(st, 200, "{v}");
@@ -67,7 +82,11 @@ async fn shapes_for(pg: &PgServer, major: u8) {
     body.push_str(&bulk_body(major, &docs("o2", &["m1"])));
     body.push_str(&format!(
         "{}\n",
-        if major >= 7 { r#"{"delete":{"_index":"chef","_id":"gone" }}"# } else { r#"{"delete":{"_index":"chef","_type":"object","_id":"gone" }}"# }
+        if major >= 7 {
+            r#"{"delete":{"_index":"chef","_id":"gone" }}"#
+        } else {
+            r#"{"delete":{"_index":"chef","_type":"object","_id":"gone" }}"#
+        }
     ));
     // data bag item: data_bag first in the source line
     body.push_str(&format!("{}\n{}\n", json!({"index": {"_index": "chef", "_id": "bag1"}}), json!({"data_bag": "users", "content": "id__=__alice ", "X_CHEF_id_CHEF_X": "bag1", "X_CHEF_database_CHEF_X": "chef_o1", "X_CHEF_type_CHEF_X": "data_bag_item"})));
@@ -84,7 +103,18 @@ async fn shapes_for(pg: &PgServer, major: u8) {
 
     // Chef's search: bool must/filter, sorted by id, ids only; hits.total per major.
     let fq = "+X_CHEF_database_CHEF_X:chef_o1 +X_CHEF_type_CHEF_X:node";
-    let (st, v) = call("GET", &format!("{u}/chef/_search"), Some(&chef_search(major, "content:name__=__n*", Some(fq), 0, 1000))).await;
+    let (st, v) = call(
+        "GET",
+        &format!("{u}/chef/_search"),
+        Some(&chef_search(
+            major,
+            "content:name__=__n*",
+            Some(fq),
+            0,
+            1000,
+        )),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(ids(&v), ["n1", "n2", "n3"]);
     if major >= 7 {
@@ -97,19 +127,49 @@ async fn shapes_for(pg: &PgServer, major: u8) {
     assert_eq!(hit["_type"], if major >= 7 { "_doc" } else { "object" });
     assert!(hit.get("_source").is_none());
     // paging
-    let (_, v) = call("GET", &format!("{u}/chef/_search"), Some(&chef_search(major, "*:*", Some(fq), 1, 1))).await;
+    let (_, v) = call(
+        "GET",
+        &format!("{u}/chef/_search"),
+        Some(&chef_search(major, "*:*", Some(fq), 1, 1)),
+    )
+    .await;
     assert_eq!(ids(&v), ["n2"]);
     // variant without filter, and OpenSearch's track_total_hits
-    let mut b: Value = serde_json::from_str(&chef_search(major, "X_CHEF_database_CHEF_X:chef_o2", None, 0, 10)).unwrap();
+    let mut b: Value = serde_json::from_str(&chef_search(
+        major,
+        "X_CHEF_database_CHEF_X:chef_o2",
+        None,
+        0,
+        10,
+    ))
+    .unwrap();
     b["track_total_hits"] = json!(true);
     let (st, v) = call("POST", &format!("{u}/chef/_search"), Some(&b.to_string())).await;
     assert_eq!(st, 200);
     assert_eq!(ids(&v), ["m1"]);
     // data bag filter
-    let (_, v) = call("GET", &format!("{u}/chef/_search"), Some(&chef_search(major, "content:id__=__alice", Some("+X_CHEF_database_CHEF_X:chef_o1 +X_CHEF_type_CHEF_X:data_bag_item +data_bag:users"), 0, 10))).await;
+    let (_, v) = call(
+        "GET",
+        &format!("{u}/chef/_search"),
+        Some(&chef_search(
+            major,
+            "content:id__=__alice",
+            Some(
+                "+X_CHEF_database_CHEF_X:chef_o1 +X_CHEF_type_CHEF_X:data_bag_item +data_bag:users",
+            ),
+            0,
+            10,
+        )),
+    )
+    .await;
     assert_eq!(ids(&v), ["bag1"]);
     // bad query: ES-shaped 400
-    let (st, v) = call("GET", &format!("{u}/chef/_search"), Some(&chef_search(major, "content:(unclosed", Some(fq), 0, 10))).await;
+    let (st, v) = call(
+        "GET",
+        &format!("{u}/chef/_search"),
+        Some(&chef_search(major, "content:(unclosed", Some(fq), 0, 10)),
+    )
+    .await;
     assert_eq!(st, 400, "{v}");
     assert_eq!(v["status"], 400);
     assert!(v["error"]["type"].is_string());
@@ -118,7 +178,12 @@ async fn shapes_for(pg: &PgServer, major: u8) {
     assert_eq!(st, 400);
 
     // _count
-    let (st, v) = call("GET", &format!("{u}/chef/_count"), Some(&json!({"query": {"query_string": {"query": fq}}}).to_string())).await;
+    let (st, v) = call(
+        "GET",
+        &format!("{u}/chef/_count"),
+        Some(&json!({"query": {"query_string": {"query": fq}}}).to_string()),
+    )
+    .await;
     assert_eq!(st, 200);
     assert_eq!(v["count"], 3);
 
@@ -132,8 +197,17 @@ async fn shapes_for(pg: &PgServer, major: u8) {
     assert_eq!(v["found"], false);
 
     // delete by query (org deletion), then refresh: the org is empty, the other one intact.
-    let dbq = if major >= 7 { json!({"query": {"query_string": {"query": "X_CHEF_database_CHEF_X:chef_o1"}}}) } else { json!({"query": {"query_string": {"lowercase_expanded_terms": false, "query": "X_CHEF_database_CHEF_X:chef_o1"}}}) };
-    let (st, v) = call("POST", &format!("{u}/chef/_delete_by_query"), Some(&dbq.to_string())).await;
+    let dbq = if major >= 7 {
+        json!({"query": {"query_string": {"query": "X_CHEF_database_CHEF_X:chef_o1"}}})
+    } else {
+        json!({"query": {"query_string": {"lowercase_expanded_terms": false, "query": "X_CHEF_database_CHEF_X:chef_o1"}}})
+    };
+    let (st, v) = call(
+        "POST",
+        &format!("{u}/chef/_delete_by_query"),
+        Some(&dbq.to_string()),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["deleted"], 4);
     call("POST", &format!("{u}/_refresh"), Some("")).await;
@@ -145,11 +219,19 @@ async fn shapes_for(pg: &PgServer, major: u8) {
     // health, other ES-shaped errors
     let (st, v) = call("GET", &format!("{u}/_cluster/health"), None).await;
     assert_eq!(st, 200);
-    assert!(["green", "yellow"].contains(&v["status"].as_str().unwrap()), "{v}");
+    assert!(
+        ["green", "yellow"].contains(&v["status"].as_str().unwrap()),
+        "{v}"
+    );
     let (st, v) = call("GET", &format!("{u}/other/_search"), Some("{}")).await;
     assert_eq!(st, 404);
     assert_es_error(&v, 404, "index_not_found_exception");
-    let (st, v) = call("POST", &format!("{u}/_bulk"), Some("{\"index\":{\"_index\":\"chef\",\"_id\":\"x\"}}\n")).await;
+    let (st, v) = call(
+        "POST",
+        &format!("{u}/_bulk"),
+        Some("{\"index\":{\"_index\":\"chef\",\"_id\":\"x\"}}\n"),
+    )
+    .await;
     assert_eq!(st, 400);
     assert_eq!(v["status"], 400);
 
@@ -187,26 +269,42 @@ async fn index_rebuilt_after_deleting_or_corrupting_it() {
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
 
     let svc = Service::start(cfg.clone()).await;
-    let (st, v) = call("POST", &format!("{}/_bulk", svc.url), Some(&bulk_body(7, &docs("o1", &name_refs)))).await;
+    let (st, v) = call(
+        "POST",
+        &format!("{}/_bulk", svc.url),
+        Some(&bulk_body(7, &docs("o1", &name_refs))),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     svc.stop().await;
 
     let count_is = |url: String, n: u64| async move {
-        let (_, v) = call("GET", &format!("{url}/chef/_search"), Some(&chef_search(7, "content:name__=__node*", None, 0, 1000))).await;
+        let (_, v) = call(
+            "GET",
+            &format!("{url}/chef/_search"),
+            Some(&chef_search(7, "content:name__=__node*", None, 0, 1000)),
+        )
+        .await;
         (v["hits"]["total"]["value"] == json!(n)).then_some(v)
     };
 
     // 1. index directory deleted while stopped → rebuilt from PostgreSQL on start.
     std::fs::remove_dir_all(&ixdir).unwrap();
     let svc = Service::start(cfg.clone()).await;
-    let v = eventually(30, "rebuilt index holding all 50 docs", || count_is(svc.url.clone(), 50)).await;
+    let v = eventually(30, "rebuilt index holding all 50 docs", || {
+        count_is(svc.url.clone(), 50)
+    })
+    .await;
     assert_eq!(ids(&v), names);
     svc.stop().await;
 
     // 2. corrupt index (garbage meta.json) → rebuilt on start.
     std::fs::write(ixdir.join("meta.json"), b"{garbage").unwrap();
     let svc = Service::start(cfg.clone()).await;
-    eventually(30, "index rebuilt after corruption", || count_is(svc.url.clone(), 50)).await;
+    eventually(30, "index rebuilt after corruption", || {
+        count_is(svc.url.clone(), 50)
+    })
+    .await;
     svc.stop().await;
 
     // 3. operator rebuild (offline).
@@ -235,7 +333,12 @@ async fn concurrent_writers_nothing_skipped() {
             for round in 0..15 {
                 let names: Vec<String> = (0..10).map(|i| format!("w{w}r{round:02}i{i}")).collect();
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                let (st, v) = call("POST", &format!("{url}/_bulk"), Some(&bulk_body(7, &docs("o1", &refs)))).await;
+                let (st, v) = call(
+                    "POST",
+                    &format!("{url}/_bulk"),
+                    Some(&bulk_body(7, &docs("o1", &refs))),
+                )
+                .await;
                 assert_eq!(st, 200, "{v}");
             }
         }));

@@ -22,17 +22,31 @@ async fn python_client_libraries() {
     let pg = PgServer::start();
     let dir = tempfile::tempdir().unwrap();
     let svc = Service::start(config(pg.target(), &dir.path().join("index"), 7)).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/chef_client_check.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/chef_client_check.py"
+    );
     for flavor in ["elasticsearch7", "opensearch"] {
         let out = tokio::time::timeout(
             Duration::from_secs(120),
-            tokio::process::Command::new(&python).arg(script).arg(flavor).arg(&svc.url).output(),
+            tokio::process::Command::new(&python)
+                .arg(script)
+                .arg(flavor)
+                .arg(&svc.url)
+                .output(),
         )
         .await
         .unwrap_or_else(|_| panic!("{flavor} client check timed out"))
         .expect("run python");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "{flavor} client check failed:\n{text}");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "{flavor} client check failed:\n{text}"
+        );
         assert!(text.contains(&format!("{flavor}: ok")), "{text}");
     }
     svc.stop().await;

@@ -11,21 +11,105 @@ use larder_search::query::parser::parse;
 use serde_json::json;
 use std::collections::BTreeSet;
 
-fn corpus() -> Vec<(&'static str, &'static str, &'static str, Option<&'static str>, serde_json::Value)> {
+fn corpus() -> Vec<(
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    serde_json::Value,
+)> {
     vec![
-        ("n1", "chef_org1", "node", None, json!({"name":"web1","chef_environment":"prod","run_list":["role[base]","role[webserver]"],"roles":["base","webserver"],"ipaddress":"10.0.0.1","platform":"ubuntu","platform_version":"20.04","memory":{"total":"2048kB"},"tags":["frontend","blue"],"description":"front end web server"})),
-        ("n2", "chef_org1", "node", None, json!({"name":"web2","chef_environment":"staging","roles":["base","webserver"],"ipaddress":"10.0.0.2","platform":"ubuntu","platform_version":"22.04","tags":["frontend"]})),
-        ("n3", "chef_org1", "node", None, json!({"name":"db1","chef_environment":"prod","roles":["base","database"],"ipaddress":"10.0.1.1","platform":"centos","platform_version":"7.9","path":"/var/lib/pgsql"})),
-        ("n4", "chef_org1", "node", None, json!({"name":"db2","chef_environment":"dev","roles":["database"],"ipaddress":"10.0.1.2","platform":"centos","platform_version":"8.5","tags":[]})),
-        ("n5", "chef_org1", "node", None, json!({"name":"Web3","chef_environment":"prod","roles":["base"],"ipaddress":"192.168.1.5","platform":"debian","platform_version":"12","note":"a:b (x) [y] \"q\" plus+minus-"})),
-        ("r1", "chef_org1", "role", None, json!({"name":"base","description":"base role for all"})),
-        ("r2", "chef_org1", "role", None, json!({"name":"webserver","description":"serves web pages fast"})),
-        ("e1", "chef_org1", "environment", None, json!({"name":"prod","description":"production"})),
-        ("d1", "chef_org1", "data_bag_item", Some("users"), json!({"id":"alice","shell":"/bin/bash","uid":1001})),
-        ("d2", "chef_org1", "data_bag_item", Some("users"), json!({"id":"bob","shell":"/bin/zsh","uid":1002})),
-        ("d3", "chef_org1", "data_bag_item", Some("secrets"), json!({"id":"db_pass","value":"hunter2"})),
-        ("c1", "chef_org1", "client", None, json!({"name":"web1-client","admin":false})),
-        ("x1", "chef_org2", "node", None, json!({"name":"web1","chef_environment":"prod","roles":["base"]})),
+        (
+            "n1",
+            "chef_org1",
+            "node",
+            None,
+            json!({"name":"web1","chef_environment":"prod","run_list":["role[base]","role[webserver]"],"roles":["base","webserver"],"ipaddress":"10.0.0.1","platform":"ubuntu","platform_version":"20.04","memory":{"total":"2048kB"},"tags":["frontend","blue"],"description":"front end web server"}),
+        ),
+        (
+            "n2",
+            "chef_org1",
+            "node",
+            None,
+            json!({"name":"web2","chef_environment":"staging","roles":["base","webserver"],"ipaddress":"10.0.0.2","platform":"ubuntu","platform_version":"22.04","tags":["frontend"]}),
+        ),
+        (
+            "n3",
+            "chef_org1",
+            "node",
+            None,
+            json!({"name":"db1","chef_environment":"prod","roles":["base","database"],"ipaddress":"10.0.1.1","platform":"centos","platform_version":"7.9","path":"/var/lib/pgsql"}),
+        ),
+        (
+            "n4",
+            "chef_org1",
+            "node",
+            None,
+            json!({"name":"db2","chef_environment":"dev","roles":["database"],"ipaddress":"10.0.1.2","platform":"centos","platform_version":"8.5","tags":[]}),
+        ),
+        (
+            "n5",
+            "chef_org1",
+            "node",
+            None,
+            json!({"name":"Web3","chef_environment":"prod","roles":["base"],"ipaddress":"192.168.1.5","platform":"debian","platform_version":"12","note":"a:b (x) [y] \"q\" plus+minus-"}),
+        ),
+        (
+            "r1",
+            "chef_org1",
+            "role",
+            None,
+            json!({"name":"base","description":"base role for all"}),
+        ),
+        (
+            "r2",
+            "chef_org1",
+            "role",
+            None,
+            json!({"name":"webserver","description":"serves web pages fast"}),
+        ),
+        (
+            "e1",
+            "chef_org1",
+            "environment",
+            None,
+            json!({"name":"prod","description":"production"}),
+        ),
+        (
+            "d1",
+            "chef_org1",
+            "data_bag_item",
+            Some("users"),
+            json!({"id":"alice","shell":"/bin/bash","uid":1001}),
+        ),
+        (
+            "d2",
+            "chef_org1",
+            "data_bag_item",
+            Some("users"),
+            json!({"id":"bob","shell":"/bin/zsh","uid":1002}),
+        ),
+        (
+            "d3",
+            "chef_org1",
+            "data_bag_item",
+            Some("secrets"),
+            json!({"id":"db_pass","value":"hunter2"}),
+        ),
+        (
+            "c1",
+            "chef_org1",
+            "client",
+            None,
+            json!({"name":"web1-client","admin":false}),
+        ),
+        (
+            "x1",
+            "chef_org2",
+            "node",
+            None,
+            json!({"name":"web1","chef_environment":"prod","roles":["base"]}),
+        ),
     ]
 }
 
@@ -47,7 +131,11 @@ fn build_index(dir: &std::path::Path) -> LocalIndex {
     let mut w: tantivy::IndexWriter = ix.index.writer_with_num_threads(1, 20_000_000).unwrap();
     indexer::apply(&ix, &w, &rows).unwrap();
     let (tx, _rx) = tokio::sync::watch::channel(0);
-    let meta = larder_search::index::CommitMeta { applied_position: rows.len() as i64, log_epoch: "t".into(), schema_version: larder_search::index::SCHEMA_VERSION };
+    let meta = larder_search::index::CommitMeta {
+        applied_position: rows.len() as i64,
+        log_epoch: "t".into(),
+        schema_version: larder_search::index::SCHEMA_VERSION,
+    };
     indexer::commit(&ix, &mut w, &meta, &tx).unwrap();
     ix
 }
@@ -174,13 +262,21 @@ fn query_set() {
                 continue;
             }
         };
-        let (total, hits) = ix.search(&ast, 0, 100, SortSpec::Id { descending: false }).unwrap();
+        let (total, hits) = ix
+            .search(&ast, 0, 100, SortSpec::Id { descending: false })
+            .unwrap();
         let got: BTreeSet<String> = hits.iter().map(|h| h.id.clone()).collect();
         if got != want || total != want.len() {
             failures.push(format!("{q}: want {want:?}, got {got:?} (total {total})"));
         }
     }
-    assert!(failures.is_empty(), "{} of {} queries wrong:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} queries wrong:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -188,18 +284,36 @@ fn sorted_and_paged() {
     let dir = tempfile::tempdir().unwrap();
     let ix = build_index(&dir.path().join("ix"));
     let ast = parse("*:*").unwrap();
-    let (total, page) = ix.search(&ast, 2, 3, SortSpec::Id { descending: false }).unwrap();
+    let (total, page) = ix
+        .search(&ast, 2, 3, SortSpec::Id { descending: false })
+        .unwrap();
     assert_eq!(total, 13);
     let ids: Vec<&str> = page.iter().map(|h| h.id.as_str()).collect();
     // sorted: c1 d1 d2 d3 e1 n1 n2 ...
     assert_eq!(ids, ["d2", "d3", "e1"]);
-    let (_, desc) = ix.search(&ast, 0, 2, SortSpec::Id { descending: true }).unwrap();
-    assert_eq!(desc.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["x1", "r2"]);
+    let (_, desc) = ix
+        .search(&ast, 0, 2, SortSpec::Id { descending: true })
+        .unwrap();
+    assert_eq!(
+        desc.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
+        ["x1", "r2"]
+    );
 }
 
 #[test]
 fn bad_queries_are_client_errors() {
-    for q in ["content:(a", "content:\"abc", "a AND", "OR a", "content:[a TO b", "content:[a b]", "content:a^", ")", "content:", "a:b:c"] {
+    for q in [
+        "content:(a",
+        "content:\"abc",
+        "a AND",
+        "OR a",
+        "content:[a TO b",
+        "content:[a b]",
+        "content:a^",
+        ")",
+        "content:",
+        "a:b:c",
+    ] {
         assert!(parse(q).is_err(), "{q} should be rejected");
     }
 }

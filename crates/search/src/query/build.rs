@@ -33,7 +33,11 @@ pub fn build(ast: &Ast, fields: &Fields) -> Result<Q, QueryError> {
         Ast::Term { field, text } => per_field(fields, field, |t| term(t, text))?,
         Ast::Phrase { field, text, slop } => per_field(fields, field, |t| phrase(t, text, *slop))?,
         Ast::Wildcard { field, pattern } => per_field(fields, field, |t| wildcard(t, pattern))?,
-        Ast::Fuzzy { field, text, distance } => per_field(fields, field, |t| {
+        Ast::Fuzzy {
+            field,
+            text,
+            distance,
+        } => per_field(fields, field, |t| {
             Ok(match t {
                 Target::Content(f) | Target::Keyword(f) => Box::new(FuzzyTermQuery::new(
                     Term::from_field_text(f, text),
@@ -43,7 +47,11 @@ pub fn build(ast: &Ast, fields: &Fields) -> Result<Q, QueryError> {
                 Target::Unknown => Box::new(EmptyQuery),
             })
         })?,
-        Ast::Range { field, lower, upper } => per_field(fields, field, |t| range(t, lower, upper))?,
+        Ast::Range {
+            field,
+            lower,
+            upper,
+        } => per_field(fields, field, |t| range(t, lower, upper))?,
         Ast::Exists { field } => match resolve(fields, field) {
             // Every document carries content; enumerating all content tokens would be costly.
             Target::Content(_) => Box::new(AllQuery),
@@ -116,7 +124,10 @@ fn term(t: Target, text: &str) -> Result<Q, QueryError> {
 fn phrase(t: Target, text: &str, slop: u32) -> Result<Q, QueryError> {
     match t {
         Target::Content(f) => {
-            let words: Vec<Term> = text.split_whitespace().map(|w| Term::from_field_text(f, w)).collect();
+            let words: Vec<Term> = text
+                .split_whitespace()
+                .map(|w| Term::from_field_text(f, w))
+                .collect();
             Ok(match words.len() {
                 0 => Box::new(EmptyQuery),
                 1 => Box::new(TermQuery::new(words[0].clone(), IndexRecordOption::Basic)),
@@ -139,7 +150,10 @@ fn wildcard(t: Target, pattern: &[Pat]) -> Result<Q, QueryError> {
     let f = match t {
         Target::Content(f) => {
             // A single token never contains blanks.
-            if pattern.iter().any(|p| matches!(p, Pat::Lit(c) if c.is_whitespace())) {
+            if pattern
+                .iter()
+                .any(|p| matches!(p, Pat::Lit(c) if c.is_whitespace()))
+            {
                 return Ok(Box::new(EmptyQuery));
             }
             f

@@ -32,7 +32,10 @@ fn bad(msg: impl Into<String>) -> QueryError {
 }
 
 /// Builds a search request from an optional JSON body and the URL parameters.
-pub fn search_request(body: Option<&Value>, params: &HashMap<String, String>) -> Result<SearchRequest, QueryError> {
+pub fn search_request(
+    body: Option<&Value>,
+    params: &HashMap<String, String>,
+) -> Result<SearchRequest, QueryError> {
     let empty = Map::new();
     let obj = match body {
         None | Some(Value::Null) => &empty,
@@ -48,7 +51,9 @@ pub fn search_request(body: Option<&Value>, params: &HashMap<String, String>) ->
     }
     let num = |key: &str, default: usize| -> Result<usize, QueryError> {
         if let Some(p) = params.get(key) {
-            return p.parse().map_err(|_| bad(format!("[{key}] must be a non-negative integer")));
+            return p
+                .parse()
+                .map_err(|_| bad(format!("[{key}] must be a non-negative integer")));
         }
         match obj.get(key) {
             None | Some(Value::Null) => Ok(default),
@@ -87,7 +92,9 @@ fn sort_field(field: &str, order: &str) -> Result<SortSpec, QueryError> {
     match field {
         "_score" => Ok(SortSpec::Score),
         "_id" | "X_CHEF_id_CHEF_X" | "_doc" => Ok(SortSpec::Id { descending }),
-        f => Err(bad(format!("No mapping found for [{f}] in order to sort on"))),
+        f => Err(bad(format!(
+            "No mapping found for [{f}] in order to sort on"
+        ))),
     }
 }
 
@@ -129,9 +136,18 @@ fn one_or_many(v: &Value) -> Vec<&Value> {
 }
 
 /// Single `{field: value}` or `{field: {value|query: v}}` pair of leaf queries.
-fn field_value<'a>(name: &str, v: &'a Value, inner_key: &str) -> Result<(String, &'a Value), QueryError> {
-    let m = v.as_object().ok_or_else(|| bad(format!("[{name}] query malformed")))?;
-    let (f, val) = m.iter().next().ok_or_else(|| bad(format!("[{name}] query needs a field")))?;
+fn field_value<'a>(
+    name: &str,
+    v: &'a Value,
+    inner_key: &str,
+) -> Result<(String, &'a Value), QueryError> {
+    let m = v
+        .as_object()
+        .ok_or_else(|| bad(format!("[{name}] query malformed")))?;
+    let (f, val) = m
+        .iter()
+        .next()
+        .ok_or_else(|| bad(format!("[{name}] query needs a field")))?;
     let val = match val {
         Value::Object(o) => o
             .get(inner_key)
@@ -152,7 +168,9 @@ fn scalar_text(v: &Value) -> Result<String, QueryError> {
 
 /// Translates one ES query object.
 pub fn query(v: &Value) -> Result<Ast, QueryError> {
-    let m = v.as_object().ok_or_else(|| bad("query malformed, must start with an object"))?;
+    let m = v
+        .as_object()
+        .ok_or_else(|| bad("query malformed, must start with an object"))?;
     if m.len() != 1 {
         return Err(bad("query malformed, expected exactly one query type"));
     }
@@ -191,45 +209,97 @@ pub fn query(v: &Value) -> Result<Ast, QueryError> {
             // With no must/filter, at least one should clause must match: ES and tantivy agree.
             Ok(Ast::Bool(items))
         }
-        "constant_score" => query(body.get("filter").ok_or_else(|| bad("[constant_score] requires [filter]"))?),
+        "constant_score" => query(
+            body.get("filter")
+                .ok_or_else(|| bad("[constant_score] requires [filter]"))?,
+        ),
         "term" => {
             let (f, val) = field_value(kind, body, "value")?;
-            Ok(Ast::Term { field: Some(f), text: scalar_text(val)? })
+            Ok(Ast::Term {
+                field: Some(f),
+                text: scalar_text(val)?,
+            })
         }
         "terms" => {
             let (f, vals) = field_value(kind, body, "value")?;
-            let vals = vals.as_array().ok_or_else(|| bad("[terms] needs an array"))?;
+            let vals = vals
+                .as_array()
+                .ok_or_else(|| bad("[terms] needs an array"))?;
             let mut items = Vec::new();
             for v in vals {
-                items.push((Occur::Should, Ast::Term { field: Some(f.clone()), text: scalar_text(v)? }));
+                items.push((
+                    Occur::Should,
+                    Ast::Term {
+                        field: Some(f.clone()),
+                        text: scalar_text(v)?,
+                    },
+                ));
             }
-            Ok(if items.is_empty() { Ast::Nothing } else { Ast::Bool(items) })
+            Ok(if items.is_empty() {
+                Ast::Nothing
+            } else {
+                Ast::Bool(items)
+            })
         }
         "ids" => {
-            let vals = body.get("values").and_then(Value::as_array).ok_or_else(|| bad("[ids] needs [values]"))?;
+            let vals = body
+                .get("values")
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad("[ids] needs [values]"))?;
             let mut items = Vec::new();
             for v in vals {
-                items.push((Occur::Should, Ast::Term { field: Some("_id".into()), text: scalar_text(v)? }));
+                items.push((
+                    Occur::Should,
+                    Ast::Term {
+                        field: Some("_id".into()),
+                        text: scalar_text(v)?,
+                    },
+                ));
             }
-            Ok(if items.is_empty() { Ast::Nothing } else { Ast::Bool(items) })
+            Ok(if items.is_empty() {
+                Ast::Nothing
+            } else {
+                Ast::Bool(items)
+            })
         }
         "match" => {
             let (f, val) = field_value(kind, body, "query")?;
             let text = scalar_text(val)?;
             let items: Vec<(Occur, Ast)> = if f == "content" {
                 text.split_whitespace()
-                    .map(|w| (Occur::Should, Ast::Term { field: Some(f.clone()), text: w.into() }))
+                    .map(|w| {
+                        (
+                            Occur::Should,
+                            Ast::Term {
+                                field: Some(f.clone()),
+                                text: w.into(),
+                            },
+                        )
+                    })
                     .collect()
             } else {
-                vec![(Occur::Should, Ast::Term { field: Some(f), text })]
+                vec![(
+                    Occur::Should,
+                    Ast::Term {
+                        field: Some(f),
+                        text,
+                    },
+                )]
             };
-            Ok(if items.is_empty() { Ast::Nothing } else { Ast::Bool(items) })
+            Ok(if items.is_empty() {
+                Ast::Nothing
+            } else {
+                Ast::Bool(items)
+            })
         }
         "prefix" => {
             let (f, val) = field_value(kind, body, "value")?;
             let mut pattern: Vec<Pat> = scalar_text(val)?.chars().map(Pat::Lit).collect();
             pattern.push(Pat::Star);
-            Ok(Ast::Wildcard { field: Some(f), pattern })
+            Ok(Ast::Wildcard {
+                field: Some(f),
+                pattern,
+            })
         }
         "wildcard" => {
             let (f, val) = field_value(kind, body, "value")?;
@@ -241,10 +311,16 @@ pub fn query(v: &Value) -> Result<Ast, QueryError> {
                     c => Pat::Lit(c),
                 })
                 .collect();
-            Ok(Ast::Wildcard { field: Some(f), pattern })
+            Ok(Ast::Wildcard {
+                field: Some(f),
+                pattern,
+            })
         }
         "exists" => {
-            let f = body.get("field").and_then(Value::as_str).ok_or_else(|| bad("[exists] needs [field]"))?;
+            let f = body
+                .get("field")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("[exists] needs [field]"))?;
             Ok(Ast::Exists { field: f.into() })
         }
         other => Err(bad(format!("unknown query [{other}]"))),

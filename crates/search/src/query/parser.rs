@@ -22,7 +22,10 @@ pub fn parse(input: &str) -> Result<Ast, QueryError> {
 }
 
 /// Like [`parse`], with bare terms searching `default_field` instead of every field.
-pub fn parse_with_default_field(input: &str, default_field: Option<&str>) -> Result<Ast, QueryError> {
+pub fn parse_with_default_field(
+    input: &str,
+    default_field: Option<&str>,
+) -> Result<Ast, QueryError> {
     let mut p = Parser {
         s: input.chars().collect(),
         i: 0,
@@ -74,7 +77,11 @@ impl Parser {
         }
         match self.s.get(self.i + n) {
             None => true,
-            Some(c) => c.is_whitespace() || *c == '(' || (kw == "NOT" && matches!(c, '"' | '+' | '-' | '!')),
+            Some(c) => {
+                c.is_whitespace()
+                    || *c == '('
+                    || (kw == "NOT" && matches!(c, '"' | '+' | '-' | '!'))
+            }
         }
     }
 
@@ -112,7 +119,11 @@ impl Parser {
                         return Err(self.err("|| without a right operand"));
                     }
                 }
-            } else if self.keyword("OR") || self.keyword("AND") || self.symbol("||") || self.symbol("&&") {
+            } else if self.keyword("OR")
+                || self.keyword("AND")
+                || self.symbol("||")
+                || self.symbol("&&")
+            {
                 return Err(self.err("operator without a left operand"));
             }
             items.push(self.and(field)?);
@@ -150,7 +161,16 @@ impl Parser {
         }
         let clauses = items
             .into_iter()
-            .map(|(o, a)| (if o == Occur::MustNot { Occur::MustNot } else { Occur::Must }, a))
+            .map(|(o, a)| {
+                (
+                    if o == Occur::MustNot {
+                        Occur::MustNot
+                    } else {
+                        Occur::Must
+                    },
+                    a,
+                )
+            })
             .collect();
         Ok((Occur::Should, Ast::Bool(clauses)))
     }
@@ -164,7 +184,11 @@ impl Parser {
                 return Err(self.err("NOT without an operand"));
             }
             let (occ, inner) = self.unary(field)?;
-            let inner = if occ == Occur::Should { inner } else { Ast::Bool(vec![(occ, inner)]) };
+            let inner = if occ == Occur::Should {
+                inner
+            } else {
+                Ast::Bool(vec![(occ, inner)])
+            };
             return Ok((Occur::MustNot, inner));
         }
         match self.peek() {
@@ -202,7 +226,9 @@ impl Parser {
                         if v.is_empty() {
                             return Err(self.err("_exists_ needs a field name"));
                         }
-                        return Ok(Ast::Exists { field: v.iter().map(|(c, _)| *c).collect() });
+                        return Ok(Ast::Exists {
+                            field: v.iter().map(|(c, _)| *c).collect(),
+                        });
                     }
                     let f = if name == "*" { None } else { Some(name) };
                     if tok.len() == 1 && !tok[0].1 && tok[0].0 == '*' {
@@ -261,13 +287,19 @@ impl Parser {
         if start == self.i {
             return None;
         }
-        self.s[start..self.i].iter().collect::<String>().parse().ok()
+        self.s[start..self.i]
+            .iter()
+            .collect::<String>()
+            .parse()
+            .ok()
     }
 
     fn boost(&mut self, ast: Ast) -> Result<Ast, QueryError> {
         if self.peek() == Some('^') {
             self.i += 1;
-            let b = self.number().ok_or_else(|| self.err("boost needs a number"))?;
+            let b = self
+                .number()
+                .ok_or_else(|| self.err("boost needs a number"))?;
             return Ok(Ast::Boost(Box::new(ast), b));
         }
         Ok(ast)
@@ -309,13 +341,18 @@ impl Parser {
                     self.i += 1;
                     slop = self.number().map(|n| n as u32).unwrap_or(0);
                 }
-                Ast::Phrase { field: f(), text, slop }
+                Ast::Phrase {
+                    field: f(),
+                    text,
+                    slop,
+                }
             }
             Some(open @ ('[' | '{')) => {
                 self.i += 1;
                 let lo = self.range_end()?;
                 self.ws();
-                if !(self.symbol("TO") && self.s.get(self.i + 2).is_some_and(|c| c.is_whitespace())) {
+                if !(self.symbol("TO") && self.s.get(self.i + 2).is_some_and(|c| c.is_whitespace()))
+                {
                     return Err(self.err("range needs TO"));
                 }
                 self.i += 2;
@@ -348,14 +385,22 @@ impl Parser {
                     let distance = match self.number() {
                         None => 2,
                         Some(n) if n >= 1.0 => (n as u32).min(2) as u8,
-                        Some(n) if n == 0.0 => 0,
+                        Some(0.0) => 0,
                         // Old-style similarity (Lucene's floatToEdits).
-                        Some(sim) => (((1.0 - sim) * text.chars().count() as f32) as u32).min(2) as u8,
+                        Some(sim) => {
+                            (((1.0 - sim) * text.chars().count() as f32) as u32).min(2) as u8
+                        }
                     };
-                    Ast::Fuzzy { field: f(), text, distance }
+                    Ast::Fuzzy {
+                        field: f(),
+                        text,
+                        distance,
+                    }
                 } else if tok.iter().any(|(c, esc)| !esc && (*c == '*' || *c == '?')) {
                     if field.is_some() && tok.len() == 1 && tok[0].0 == '*' {
-                        Ast::Exists { field: field.unwrap_or_default().to_string() }
+                        Ast::Exists {
+                            field: field.unwrap_or_default().to_string(),
+                        }
                     } else if field.is_none() && tok.len() == 1 && tok[0].0 == '*' {
                         Ast::All
                     } else {
@@ -367,10 +412,16 @@ impl Parser {
                                 (c, _) => Pat::Lit(*c),
                             })
                             .collect();
-                        Ast::Wildcard { field: f(), pattern }
+                        Ast::Wildcard {
+                            field: f(),
+                            pattern,
+                        }
                     }
                 } else {
-                    Ast::Term { field: f(), text: tok.iter().map(|(c, _)| *c).collect() }
+                    Ast::Term {
+                        field: f(),
+                        text: tok.iter().map(|(c, _)| *c).collect(),
+                    }
                 }
             }
         };
@@ -418,7 +469,11 @@ impl Parser {
         if v.is_empty() {
             return Err(self.err("missing range end"));
         }
-        Ok(if v == "*" && !any_escaped { None } else { Some(v) })
+        Ok(if v == "*" && !any_escaped {
+            None
+        } else {
+            Some(v)
+        })
     }
 }
 
@@ -427,29 +482,57 @@ mod tests {
     use super::*;
 
     fn term(f: &str, t: &str) -> Ast {
-        Ast::Term { field: Some(f.into()), text: t.into() }
+        Ast::Term {
+            field: Some(f.into()),
+            text: t.into(),
+        }
     }
 
     #[test]
     fn shapes() {
         assert_eq!(parse("*:*").unwrap(), Ast::All);
-        assert_eq!(parse("content:a__=__b").unwrap(), term("content", "a__=__b"));
+        assert_eq!(
+            parse("content:a__=__b").unwrap(),
+            term("content", "a__=__b")
+        );
         assert_eq!(
             parse("+a:x -b:y").unwrap(),
-            Ast::Bool(vec![(Occur::Must, term("a", "x")), (Occur::MustNot, term("b", "y"))])
+            Ast::Bool(vec![
+                (Occur::Must, term("a", "x")),
+                (Occur::MustNot, term("b", "y"))
+            ])
         );
         assert_eq!(
             parse("a:x AND NOT b:y").unwrap(),
-            Ast::Bool(vec![(Occur::Must, term("a", "x")), (Occur::MustNot, term("b", "y"))])
+            Ast::Bool(vec![
+                (Occur::Must, term("a", "x")),
+                (Occur::MustNot, term("b", "y"))
+            ])
         );
         assert_eq!(parse("content:a\\:b").unwrap(), term("content", "a:b"));
-        assert!(matches!(parse("content:[a TO *}").unwrap(), Ast::Range { upper: Bound::Unbounded, .. }));
+        assert!(matches!(
+            parse("content:[a TO *}").unwrap(),
+            Ast::Range {
+                upper: Bound::Unbounded,
+                ..
+            }
+        ));
         assert_eq!(parse("   ").unwrap(), Ast::Nothing);
     }
 
     #[test]
     fn errors() {
-        for bad in ["(a", "a:", "\"abc", "[a TO b", "a AND", "OR b", "content:[a b]", "a^", ")"] {
+        for bad in [
+            "(a",
+            "a:",
+            "\"abc",
+            "[a TO b",
+            "a AND",
+            "OR b",
+            "content:[a b]",
+            "a^",
+            ")",
+        ] {
             assert!(parse(bad).is_err(), "{bad} should fail");
         }
     }

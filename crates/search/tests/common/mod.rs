@@ -49,7 +49,12 @@ impl Service {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
         let task = tokio::spawn(larder_search::serve(listener, cfg.clone(), stop.clone()));
-        let s = Service { url, cfg, stop, task: Some(task) };
+        let s = Service {
+            url,
+            cfg,
+            stop,
+            task: Some(task),
+        };
         // Ready when the index endpoint answers (any ES-shaped status).
         let c = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -83,7 +88,11 @@ pub async fn call(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
     let r = rb.send().await.unwrap();
     let st = r.status().as_u16();
     let text = r.text().await.unwrap();
-    let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(json!({"raw": text})) };
+    let v = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(json!({"raw": text}))
+    };
     (st, v)
 }
 
@@ -95,7 +104,9 @@ pub fn bulk_body(major: u8, docs: &[(String, String, String, String)]) -> String
         if major >= 7 {
             s.push_str(&json!({"index": {"_index": "chef", "_id": id}}).to_string());
         } else {
-            s.push_str(&json!({"index": {"_type": "object", "_index": "chef", "_id": id}}).to_string());
+            s.push_str(
+                &json!({"index": {"_type": "object", "_index": "chef", "_id": id}}).to_string(),
+            );
         }
         s.push('\n');
         s.push_str(&json!({"content": content, "X_CHEF_id_CHEF_X": id, "X_CHEF_database_CHEF_X": db, "X_CHEF_type_CHEF_X": ty}).to_string());
@@ -132,11 +143,23 @@ where
 
 /// Chef's search request body.
 pub fn chef_search(major: u8, q: &str, fq: Option<&str>, from: usize, size: usize) -> String {
-    let qs = |s: &str| if major >= 7 { json!({"query": s}) } else { json!({"lowercase_expanded_terms": false, "query": s}) };
-    let f = if major >= 5 { "stored_fields" } else { "fields" };
+    let qs = |s: &str| {
+        if major >= 7 {
+            json!({"query": s})
+        } else {
+            json!({"lowercase_expanded_terms": false, "query": s})
+        }
+    };
+    let f = if major >= 5 {
+        "stored_fields"
+    } else {
+        "fields"
+    };
     let mut body = json!({f: "_id", "from": from, "size": size, "sort": [{"X_CHEF_id_CHEF_X": {"order": "asc"}}]});
     body["query"] = match fq {
-        Some(fq) => json!({"bool": {"must": {"query_string": qs(q)}, "filter": {"query_string": qs(fq)}}}),
+        Some(fq) => {
+            json!({"bool": {"must": {"query_string": qs(q)}, "filter": {"query_string": qs(fq)}}})
+        }
         None => json!({"query_string": qs(q)}),
     };
     body.to_string()

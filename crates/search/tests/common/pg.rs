@@ -47,17 +47,34 @@ impl PgServer {
     /// A fresh primary (wal_level=replica, replication allowed from 127.0.0.1 without password).
     pub fn start() -> PgServer {
         let (uid, gid) = postgres_ids();
-        let dir = tempfile::Builder::new().prefix("larder-pg").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("larder-pg")
+            .tempdir()
+            .unwrap();
         nix::unistd::chown(dir.path(), Some(uid.into()), Some(gid.into())).unwrap();
         let data = dir.path().join("data");
         run_as(
             uid,
             gid,
             Command::new(format!("{BIN}/initdb"))
-                .args(["-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "--no-sync"])
+                .args([
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "--no-sync",
+                ])
                 .env("LC_ALL", "C"),
         );
-        let mut s = PgServer { dir, port: free_port(), child: None, uid, gid };
+        let mut s = PgServer {
+            dir,
+            port: free_port(),
+            child: None,
+            uid,
+            gid,
+        };
         std::fs::write(
             data.join("pg_hba.conf"),
             "local all all trust\nhost all all 127.0.0.1/32 trust\nlocal replication all trust\nhost replication all 127.0.0.1/32 trust\n",
@@ -70,16 +87,37 @@ impl PgServer {
     /// A hot standby of `primary` made with pg_basebackup -R, started on its own port.
     pub fn standby_of(primary: &PgServer) -> PgServer {
         let (uid, gid) = postgres_ids();
-        let dir = tempfile::Builder::new().prefix("larder-pg-standby").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("larder-pg-standby")
+            .tempdir()
+            .unwrap();
         nix::unistd::chown(dir.path(), Some(uid.into()), Some(gid.into())).unwrap();
         let data = dir.path().join("data");
         run_as(
             uid,
             gid,
-            Command::new(format!("{BIN}/pg_basebackup"))
-                .args(["-D", data.to_str().unwrap(), "-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres", "-R", "-X", "stream", "--no-sync"]),
+            Command::new(format!("{BIN}/pg_basebackup")).args([
+                "-D",
+                data.to_str().unwrap(),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ]),
         );
-        let mut s = PgServer { dir, port: free_port(), child: None, uid, gid };
+        let mut s = PgServer {
+            dir,
+            port: free_port(),
+            child: None,
+            uid,
+            gid,
+        };
         s.launch(&data);
         s
     }
@@ -94,13 +132,35 @@ impl PgServer {
 
     fn launch(&mut self, data: &Path) {
         let log = std::fs::File::create(self.dir.path().join("postgres.log")).unwrap();
-        nix::unistd::chown(&self.dir.path().join("postgres.log"), Some(self.uid.into()), Some(self.gid.into())).unwrap();
+        nix::unistd::chown(
+            &self.dir.path().join("postgres.log"),
+            Some(self.uid.into()),
+            Some(self.gid.into()),
+        )
+        .unwrap();
         let child = Command::new(format!("{BIN}/postgres"))
             .args(["-D", data.to_str().unwrap(), "-p", &self.port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", &format!("unix_socket_directories={}", self.socket_dir().display())])
-            .args(["-c", "shared_buffers=256MB", "-c", "max_wal_size=4GB", "-c", "wal_level=replica"])
-            .args(["-c", "max_wal_senders=5", "-c", "hot_standby=on", "-c", "fsync=on"])
+            .args([
+                "-c",
+                &format!("unix_socket_directories={}", self.socket_dir().display()),
+            ])
+            .args([
+                "-c",
+                "shared_buffers=256MB",
+                "-c",
+                "max_wal_size=4GB",
+                "-c",
+                "wal_level=replica",
+            ])
+            .args([
+                "-c",
+                "max_wal_senders=5",
+                "-c",
+                "hot_standby=on",
+                "-c",
+                "fsync=on",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .uid(self.uid)
@@ -116,7 +176,14 @@ impl PgServer {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let ok = Command::new(format!("{BIN}/pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
                 .stdout(Stdio::null())
                 .status()
                 .map(|s| s.success())
@@ -124,7 +191,11 @@ impl PgServer {
             if ok {
                 return;
             }
-            assert!(Instant::now() < deadline, "postgres did not become ready: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not become ready: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -146,13 +217,19 @@ impl PgServer {
 
     /// Same server through its unix socket directory.
     pub fn socket_target(&self) -> larder_search::PgTarget {
-        larder_search::PgTarget { host: self.socket_dir().display().to_string(), ..self.target() }
+        larder_search::PgTarget {
+            host: self.socket_dir().display().to_string(),
+            ..self.target()
+        }
     }
 
     /// Fast shutdown, waited for.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGINT);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
             let _ = c.wait();
         }
     }
@@ -160,14 +237,26 @@ impl PgServer {
     /// Immediate shutdown (no checkpoint): what a crash leaves behind.
     pub fn crash(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGQUIT);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGQUIT,
+            );
             let _ = c.wait();
         }
     }
 
     /// Promotes a standby.
     pub fn promote(&self) {
-        run_as(self.uid, self.gid, Command::new(format!("{BIN}/pg_ctl")).args(["promote", "-w", "-D", self.data_dir().to_str().unwrap()]));
+        run_as(
+            self.uid,
+            self.gid,
+            Command::new(format!("{BIN}/pg_ctl")).args([
+                "promote",
+                "-w",
+                "-D",
+                self.data_dir().to_str().unwrap(),
+            ]),
+        );
     }
 }
 
