@@ -49,6 +49,7 @@ fn search_spec(node: &Node) -> anyhow::Result<ServiceSpec> {
         cwd: Some(node.paths.data_dir()),
         stop_signal: nix::sys::signal::Signal::SIGTERM,
         pre_start: None,
+        die_with_agent: false,
         log_dir: node.paths.service_log_dir(SEARCH_SERVICE),
         log_max_bytes: node.cfg.log_rotation.file_maxbytes,
         log_keep: node.cfg.log_rotation.num_to_keep,

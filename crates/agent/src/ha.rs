@@ -658,7 +658,9 @@ impl HaLoop {
         let lease = match lease {
             Some(id) => id,
             None => {
-                let ttl = (node.cfg.leaderl.leader_ttl_seconds as i64 + 2).max(5);
+                // Same TTL as leadership, so a dead node shows as offline as soon as its leadership
+                // could have lapsed.
+                let ttl = node.cfg.leaderl.leader_ttl_seconds as i64;
                 match self.dcs.lease_grant(ttl).await {
                     Ok(id) => id,
                     Err(_) => return,

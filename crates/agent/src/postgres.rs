@@ -258,6 +258,7 @@ pub fn service_spec(node: &Node, pre_start: PreStart) -> ServiceSpec {
         cwd: Some(node.paths.pg_data()),
         stop_signal: nix::sys::signal::Signal::SIGINT,
         pre_start: Some(pre_start),
+        die_with_agent: true,
         log_dir: node.paths.service_log_dir(SERVICE),
         log_max_bytes: node.cfg.log_rotation.file_maxbytes,
         log_keep: node.cfg.log_rotation.num_to_keep,

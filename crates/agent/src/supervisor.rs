@@ -28,6 +28,9 @@ pub struct ServiceSpec {
     /// Signal for a graceful stop (`SIGINT` is PostgreSQL's fast shutdown).
     pub stop_signal: Signal,
     pub pre_start: Option<PreStart>,
+    /// Kill the service when the agent dies. PostgreSQL uses it: a primary must not outlive
+    /// the agent that renews its lease (the agent's death then fences it at once).
+    pub die_with_agent: bool,
     pub log_dir: PathBuf,
     pub log_max_bytes: u64,
     pub log_keep: u32,
@@ -274,6 +277,15 @@ impl Supervisor {
         if let Some((uid, gid)) = spec.user {
             cmd.uid(uid).gid(gid);
         }
+        if spec.die_with_agent {
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                        .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+                });
+            }
+        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => return format!("spawn of {} failed: {e}", spec.program.display()),
@@ -422,6 +434,7 @@ mod tests {
             cwd: None,
             stop_signal: Signal::SIGTERM,
             pre_start: None,
+            die_with_agent: false,
             log_dir: dir.to_path_buf(),
             log_max_bytes: 1 << 20,
             log_keep: 2,

@@ -159,16 +159,17 @@ fn write_config(paths: &Paths, cfg: &Config) -> anyhow::Result<()> {
 }
 
 /// Start `larder agent` detached (own session, output to its log), unless it already runs.
+pub fn agent_alive(paths: &Paths) -> bool {
+    std::fs::read_to_string(paths.agent_pid())
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
+}
+
 pub fn start_agent(paths: &Paths) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
-    if paths.agent_socket().exists() {
-        if let Ok(pid) = std::fs::read_to_string(paths.agent_pid()) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
-                    return Ok(());
-                }
-            }
-        }
+    if agent_alive(paths) {
+        return Ok(());
     }
     let log_dir = paths.service_log_dir("agent");
     std::fs::create_dir_all(&log_dir)?;

@@ -9,7 +9,7 @@ use larder_core::paths::Paths;
 use std::time::{Duration, Instant};
 
 pub async fn service_verb(paths: &Paths, verb: &str, service: Option<String>) -> anyhow::Result<()> {
-    if verb == "start" && service.is_none() && !paths.agent_socket().exists() {
+    if verb == "start" && service.is_none() && !crate::bootstrap::agent_alive(paths) {
         if !paths.node_state_file().exists() {
             bail!("this node is not configured; run create-cluster or join-cluster first");
         }

@@ -77,22 +77,22 @@ pub async fn ensure_schema(client: &Client) -> Result<(), SearchError> {
         .await?;
     let table = |compression: &str| {
         format!(
-            "CREATE TABLE IF NOT EXISTS search_log (
+            "BEGIN;
+             SELECT pg_advisory_xact_lock({WRITER_LOCK});
+             CREATE TABLE IF NOT EXISTS search_log (
                 id text PRIMARY KEY,
                 pos bigint NOT NULL,
                 deleted boolean NOT NULL DEFAULT false,
                 db text, type text, data_bag text,
                 content text {compression} NOT NULL DEFAULT '');
-             CREATE UNIQUE INDEX IF NOT EXISTS search_log_pos ON search_log (pos);"
+             CREATE UNIQUE INDEX IF NOT EXISTS search_log_pos ON search_log (pos);
+             COMMIT;"
         )
     };
     // lz4 TOAST compression is several times cheaper on CPU than the default pglz; fall back
     // when the server was built without it.
-    if client
-        .batch_execute(&table("COMPRESSION lz4"))
-        .await
-        .is_err()
-    {
+    if client.batch_execute(&table("COMPRESSION lz4")).await.is_err() {
+        client.batch_execute("ROLLBACK").await?;
         client.batch_execute(&table("")).await?;
     }
     Ok(())
