@@ -47,7 +47,9 @@ pub fn service_spec(node: &Node) -> ServiceSpec {
         cwd: Some(node.paths.data_dir()),
         stop_signal: nix::sys::signal::Signal::SIGTERM,
         pre_start: None,
-        die_with_agent: false,
+        // Nothing of this node may outlive its agent: a restarted agent must find the
+        // ports free and start from a known state.
+        die_with_agent: true,
         log_dir: node.paths.service_log_dir(SERVICE),
         log_max_bytes: node.cfg.log_rotation.file_maxbytes,
         log_keep: node.cfg.log_rotation.num_to_keep,

@@ -79,6 +79,8 @@ pub struct SwitchoverRequest {
 }
 
 pub const K_SWITCHOVER_REQUEST: &str = "/larder/switchover-request";
+/// Why the leader refused the last switchover request (read and cleared by the CLI).
+pub const K_SWITCHOVER_REFUSED: &str = "/larder/switchover-refused";
 
 pub fn unix_ms() -> u64 {
     SystemTime::now()
@@ -327,8 +329,8 @@ impl HaLoop {
             rejoin_timeout_ms: 5000,
         };
         let decision = decide::decide(&obs);
-        if !decision.actions.is_empty() {
-            tracing::debug!(?decision, "decision");
+        if decision.reason != self.shared.lock().unwrap().reason {
+            tracing::info!(role = decision.role.as_str(), "{}", decision.reason);
         }
         {
             let mut s = self.shared.lock().unwrap();
@@ -698,7 +700,9 @@ impl HaLoop {
             failover_enabled: failover,
             term: view.map(|v| v.term).unwrap_or(0),
             leader_seen,
-            voter: self.intent.voter,
+            // Voting membership is persistent (etcd), not forgotten across agent restarts.
+            voter: self.intent.voter
+                || view.map(|v| v.voters.contains(&node.state.guid)).unwrap_or(false),
             lag_bytes: lag,
             search_ok,
             etcd_ok: true,
@@ -736,8 +740,9 @@ impl HaLoop {
                 .any(|m| m.guid != node.state.guid && m.pg == PgState::Streaming && m.failover_enabled),
         };
         if !target_ok || pg.as_ref().map(|p| p.state) != Some(PgState::Primary) {
-            self.shared.lock().unwrap().last_error =
-                Some("switchover refused: target is not a streaming, failover-enabled follower".into());
+            let msg = "switchover refused by the leader: no streaming, failover-enabled follower to hand over to (see `larder cluster-status`)";
+            self.shared.lock().unwrap().last_error = Some(msg.into());
+            let _ = self.dcs.put(K_SWITCHOVER_REFUSED, msg.as_bytes(), None).await;
             return Ok(());
         }
         tracing::info!(target = ?req.target, "planned switchover");

@@ -304,8 +304,9 @@ pub async fn observe(client: &tokio_postgres::Client) -> Result<PgObservation, P
                          THEN greatest(coalesce(pg_last_wal_receive_lsn(), '0/0'), coalesce(pg_last_wal_replay_lsn(), '0/0'))::text
                          ELSE pg_current_wal_flush_lsn()::text END,
                     CASE WHEN pg_is_in_recovery()
-                         THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'),
-                                       (SELECT timeline_id FROM pg_control_checkpoint()))
+                         THEN greatest((SELECT received_tli FROM pg_stat_wal_receiver),
+                                       (SELECT timeline_id FROM pg_control_checkpoint()),
+                                       (SELECT min_recovery_end_timeline FROM pg_control_recovery()))
                          ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
                     coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false),
                     current_setting('synchronous_standby_names')",

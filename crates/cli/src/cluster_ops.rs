@@ -5,7 +5,8 @@ use crate::bootstrap::{agent_status, wait_for};
 use anyhow::bail;
 use larder_agent::control::{self, Request};
 use larder_agent::dcs::{self, Dcs};
-use larder_agent::ha::{unix_ms, SwitchoverRequest, K_SWITCHOVER_REQUEST};
+use larder_agent::ha::{unix_ms, SwitchoverRequest, K_SWITCHOVER_REFUSED, K_SWITCHOVER_REQUEST};
+use larder_core::model::{MemberStatus, PgState};
 use larder_agent::node::Node;
 use larder_core::model::{LeaderRecord, NodeRecord};
 use larder_core::paths::Paths;
@@ -84,6 +85,17 @@ pub async fn switchover(paths: &Paths, target: Option<String>) -> anyhow::Result
         }
         None => None,
     };
+    // Check first: a switchover needs a streaming, failover-enabled follower to hand over to.
+    let statuses: Vec<MemberStatus> = dcs.get_prefix("/larder/status/").await?.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect();
+    let ready = |m: &MemberStatus| m.guid != old.guid && m.pg == PgState::Streaming && m.failover_enabled;
+    let ok = match &target_guid {
+        Some(t) => statuses.iter().any(|m| &m.guid == t && ready(m)),
+        None => statuses.iter().any(ready),
+    };
+    if !ok {
+        bail!("no streaming, failover-enabled follower {}to hand over to yet; wait until `larder cluster-status` shows it as follower and retry", target.as_deref().map(|t| format!("({t}) ")).unwrap_or_default());
+    }
+    let _ = dcs.delete(K_SWITCHOVER_REFUSED).await;
     let req = SwitchoverRequest { target: target_guid.clone(), requested_unix_ms: unix_ms() };
     dcs.put(K_SWITCHOVER_REQUEST, &serde_json::to_vec(&req)?, None).await?;
     eprintln!("switchover requested from {} (term {})", old.name, old.term);
@@ -99,6 +111,10 @@ pub async fn switchover(paths: &Paths, target: Option<String>) -> anyhow::Result
                 println!("{} is the leader (term {}), handed over in {:.2}s", l.name, l.term, started.elapsed().as_secs_f64());
                 return Ok(());
             }
+        }
+        if let Some(kv) = dcs.get(K_SWITCHOVER_REFUSED).await? {
+            let _ = dcs.delete(K_SWITCHOVER_REFUSED).await;
+            bail!("{}", String::from_utf8_lossy(&kv.value));
         }
         if Instant::now() > deadline {
             let _ = dcs.delete(K_SWITCHOVER_REQUEST).await;
