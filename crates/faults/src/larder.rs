@@ -136,6 +136,26 @@ impl LarderCluster {
     }
 }
 
+impl LarderCluster {
+    /// `cluster-status --json` on the leader: every node online, one leader, the rest
+    /// followers.
+    fn cluster_view_complete(&self, leader: usize) -> bool {
+        let Ok(out) = self.larder(leader, &["cluster-status", "--json"]) else {
+            return false;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) else {
+            return false;
+        };
+        let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+        let leaders = nodes.iter().filter(|n| n["role"] == "leader").count();
+        nodes.len() == self.net.nodes.len()
+            && leaders == 1
+            && nodes
+                .iter()
+                .all(|n| n["online"] == true && (n["role"] == "leader" || n["role"] == "follower"))
+    }
+}
+
 /// postgresql.db_superuser_password from the shared secrets file.
 pub fn read_superuser_password(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -202,10 +222,11 @@ impl Cluster for LarderCluster {
             .find(|p| crate::nemesis::comm(*p) == "etcd")
     }
     fn fully_healthy(&self) -> bool {
-        match self.leader() {
-            Some(l) => self.streaming_replicas(l) == Some(self.net.nodes.len() as i64 - 1),
-            None => false,
-        }
+        let Some(l) = self.leader() else { return false };
+        // Larder's own view must agree (its CLI refuses a switchover to a node it does not
+        // yet list as a streaming follower), and PostgreSQL's must show every replica.
+        self.cluster_view_complete(l)
+            && self.streaming_replicas(l) == Some(self.net.nodes.len() as i64 - 1)
     }
 }
 

@@ -81,6 +81,9 @@ struct Common {
 enum Cmd {
     /// Remove leftovers of killed runs (namespaces, links, mounts named lf*).
     Cleanup,
+    /// Re-run the history checks that need no final state (split brain by term, dual
+    /// leaders) on a saved history file.
+    Check { history: PathBuf },
     /// Create test hosts and keep them until SIGINT/SIGTERM (for exploring by hand:
     /// `ip netns exec lf<run>-n1 bash`).
     Hosts {
@@ -145,6 +148,25 @@ fn main() -> Result<()> {
             }
             for d in done {
                 println!("removed {d}");
+            }
+            Ok(())
+        }
+        Cmd::Check { history } => {
+            let entries = larder_faults::history::load(&history)?;
+            let report = checker::check(&entries, &Vec::new(), DUAL_LEADER_TOLERANCE_US);
+            println!(
+                "writes ok {} failed {} unknown {}; longest write gap {:.3}s; violations {}",
+                report.writes.ok,
+                report.writes.failed,
+                report.writes.unknown,
+                report.longest_gap_us as f64 / 1e6,
+                report.violations.len()
+            );
+            for v in &report.violations {
+                println!("VIOLATION {}: {}\n{}", v.kind, v.message, v.excerpt);
+            }
+            if !report.ok() {
+                bail!("{} violation(s)", report.violations.len());
             }
             Ok(())
         }
