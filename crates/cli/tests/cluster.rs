@@ -1,0 +1,203 @@
+//! Replicated cluster: joins, replication, election, fencing, failover, switchover, rejoin,
+//! full restart — on real etcd and PostgreSQL under real agents.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+fn write_rows(l: &Node, from: u32, to: u32) {
+    for i in from..to {
+        assert!(l.sql(&format!("INSERT INTO acked VALUES ({i})")).is_some(), "insert {i} on {}", l.name);
+    }
+}
+
+fn count(n: &Node) -> Option<u64> {
+    n.sql("SELECT count(*) FROM acked").and_then(|s| s.parse().ok())
+}
+
+#[test]
+fn three_nodes_replicate_fail_over_switch_over_and_rejoin() {
+    let c = Cluster::with_nodes(21, 3);
+    let l = c.wait_leader(None, T);
+    assert_eq!(l.name, "n1");
+    // Synchronous quorum replication is configured by the leader.
+    let ssn = wait_until(T, "synchronous_standby_names", || {
+        l.sql("SHOW synchronous_standby_names").filter(|s| s.starts_with("ANY 1"))
+    });
+    assert!(ssn.contains("larder_"), "{ssn}");
+    l.sql("CREATE TABLE acked (id int primary key)").unwrap();
+    write_rows(l, 0, 200);
+    // Writes on the leader appear on followers (which refuse writes).
+    for f in &c.nodes[1..] {
+        wait_until(T, "rows on follower", || (count(f) == Some(200)).then_some(()));
+        assert!(f.sql("INSERT INTO acked VALUES (100000)").is_none(), "follower accepted a write");
+        assert_eq!(f.http("/leader"), 503);
+        wait_until(T, "replica endpoint", || (f.http("/replica") == 200).then_some(()));
+    }
+    let cs: serde_json::Value = serde_json::from_str(&c.nodes[1].ok(&["cluster-status", "--json"])).unwrap();
+    assert_eq!(cs["nodes"].as_array().unwrap().len(), 3);
+    let st = c.nodes[0].ok(&["status"]);
+    assert!(st.contains("leader: 1; waiting: 0; follower: 2; total: 3"), "{st}");
+
+    // kill -9 of the leader's agent (its PostgreSQL dies with it): a new leader, no loss.
+    let pg = c.nodes[0].pg_pid().unwrap();
+    c.nodes[0].kill_agent();
+    let _ = std::process::Command::new("kill").args(["-9", &pg.to_string()]).status();
+    let l2 = c.wait_leader(Some("n1"), T);
+    assert_eq!(count(l2), Some(200), "acknowledged writes lost on {}", l2.name);
+    write_rows(l2, 200, 300);
+
+    // The old leader restarts and rejoins by itself (rewind), never writable.
+    c.nodes[0].ok(&["start"]);
+    wait_until(T, "n1 streaming again", || {
+        c.nodes[0].status_json().filter(|s| s["ha"]["postgresql"]["state"] == "streaming")
+    });
+    assert_eq!(c.nodes[0].http("/leader"), 503);
+    wait_until(T, "n1 caught up", || (count(&c.nodes[0]) == Some(300)).then_some(()));
+    let log = std::fs::read_to_string(c.nodes[0].root.join("var/log/larder/agent/current")).unwrap();
+    assert!(log.contains("pg_rewind"), "n1 did not rejoin through pg_rewind");
+
+    // Planned switchover back to n1: zero loss.
+    c.nodes[2].ok(&["promote", "n1"]);
+    let l3 = c.wait_leader(None, T);
+    assert_eq!(l3.name, "n1");
+    assert_eq!(count(l3), Some(300));
+    write_rows(l3, 300, 310);
+
+    // demote: the leader steps down and a follower takes over.
+    wait_until(T, "followers streaming", || {
+        c.nodes[1..].iter().all(|n| n.status_json().is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")).then_some(())
+    });
+    c.nodes[0].ok(&["demote"]);
+    let l4 = c.wait_leader(Some("n1"), T);
+    assert_eq!(count(l4), Some(310));
+
+    // Failover off: killing the leader elects nobody.
+    c.nodes[0].ok(&["set-cluster-failover", "off"]);
+    let st = c.nodes[0].ok(&["cluster-status", "--json"]);
+    assert!(st.contains("\"cluster_failover\": false") || st.contains("\"cluster_failover\":false"), "{st}");
+    let dead = l4.name.clone();
+    let d = c.node(&dead);
+    let pg = d.pg_pid().unwrap();
+    d.kill_agent();
+    let _ = std::process::Command::new("kill").args(["-9", &pg.to_string()]).status();
+    std::thread::sleep(Duration::from_secs(8)); // two lease TTLs: long enough for a failover to have happened
+    assert!(c.leader().is_none(), "a leader was elected with failover disabled");
+    let o = c.nodes.iter().find(|n| n.name != dead).unwrap().larder(&["promote", "n1"]);
+    assert!(!o.status.success(), "promote must refuse with failover off");
+    // Failover on again: a leader is elected.
+    let alive = c.nodes.iter().find(|n| n.name != dead).unwrap();
+    alive.ok(&["set-cluster-failover", "on"]);
+    let l5 = c.wait_leader(Some(&dead), T);
+    assert_eq!(count(l5), Some(310));
+    d.ok(&["start"]);
+
+    // Full stop of every node, restart in another order: a leader is elected.
+    wait_until(T, "all streaming before full stop", || {
+        c.nodes.iter().filter(|n| n.status_json().is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")).count().eq(&2).then_some(())
+    });
+    for n in &c.nodes {
+        n.ok(&["uninstall"]);
+    }
+    assert!(c.leader().is_none());
+    for i in [2, 0, 1] {
+        c.nodes[i].ok(&["start"]);
+    }
+    let l6 = c.wait_leader(None, Duration::from_secs(60));
+    assert_eq!(count(l6), Some(310));
+}
+
+#[test]
+fn joins_refuse_wrong_secrets_and_run_one_at_a_time() {
+    let c = Cluster::nodes_only(22, 4);
+    c.create_first();
+    let n1 = &c.nodes[0];
+
+    // Secrets of another cluster: refused, nothing written on either side.
+    let other = Cluster::create(23);
+    let before = n1.ok(&["cluster-status", "--json"]);
+    let n2 = &c.nodes[1];
+    let o = n2.larder(&["join-cluster", &n1.ip, "-s", &other.nodes[0].secrets().display().to_string(), "-p", &n2.ip, "--fqdn", "n2", "-y"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert!(!n2.root.join("etc/larder").exists());
+    assert!(!n2.root.join("var/opt/larder").exists());
+    assert_eq!(n1.ok(&["cluster-status", "--json"]), before);
+    drop(other);
+
+    // Publish address not on this host.
+    let o = n2.larder(&["join-cluster", &n1.ip, "-s", &n1.secrets().display().to_string(), "-p", "192.0.2.77", "-y"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not belong to this host"));
+
+    // Two joins at once: one proceeds, the other is refused (or waits) — never a broken cluster.
+    let s = n1.secrets().display().to_string();
+    let spawn = |n: &Node| {
+        std::process::Command::new(BIN)
+            .arg("--root").arg(&n.root)
+            .args(["join-cluster", &n1.ip, "-s", &s, "-p", &n.ip, "--fqdn", &n.name, "-y"])
+            .output()
+    };
+    let (a, b) = std::thread::scope(|sc| {
+        let h1 = sc.spawn(|| spawn(&c.nodes[1]).unwrap());
+        let h2 = sc.spawn(|| spawn(&c.nodes[2]).unwrap());
+        (h1.join().unwrap(), h2.join().unwrap())
+    });
+    let oks = [a.status.success(), b.status.success()];
+    assert!(oks.iter().any(|x| *x), "both concurrent joins failed:\n{}\n{}", String::from_utf8_lossy(&a.stderr), String::from_utf8_lossy(&b.stderr));
+    for o in [&a, &b] {
+        if !o.status.success() {
+            let e = String::from_utf8_lossy(&o.stderr);
+            assert!(e.contains("joins must be sequential") || e.contains("unhealthy"), "unexpected refusal: {e}");
+        }
+    }
+    // The cluster still works: the refused node can join afterwards, writes replicate.
+    for (i, ok) in oks.iter().enumerate() {
+        if !ok {
+            let n = &c.nodes[i + 1];
+            std::fs::remove_dir_all(&n.root).ok();
+            c.join(i + 1);
+        }
+    }
+    let l = c.wait_leader(None, T);
+    l.sql("CREATE TABLE acked (id int primary key)").unwrap();
+    write_rows(l, 0, 10);
+    for n in &c.nodes[1..3] {
+        wait_until(T, "rows on joiner", || (count(n) == Some(10)).then_some(()));
+    }
+}
+
+#[test]
+fn five_nodes_survive_losing_two() {
+    let c = Cluster::with_nodes(24, 5);
+    let l = c.wait_leader(None, T);
+    let ssn = wait_until(T, "quorum of 2", || l.sql("SHOW synchronous_standby_names").filter(|s| s.starts_with("ANY 2")));
+    assert!(ssn.matches("larder_").count() == 4, "{ssn}");
+    l.sql("CREATE TABLE acked (id int primary key)").unwrap();
+    write_rows(l, 0, 100);
+    // Lose the leader and one follower at once.
+    let victims: Vec<&Node> = vec![l, c.nodes.iter().find(|n| n.name != l.name).unwrap()];
+    for v in &victims {
+        let pg = v.pg_pid();
+        v.kill_agent();
+        if let Some(pg) = pg {
+            let _ = std::process::Command::new("kill").args(["-9", &pg.to_string()]).status();
+        }
+    }
+    let names: Vec<String> = victims.iter().map(|v| v.name.clone()).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    let nl = loop {
+        if let Some(n) = c.leader() {
+            if !names.contains(&n.name) {
+                break n;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no new leader after losing 2 of 5");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(count(nl), Some(100));
+    write_rows(nl, 100, 120);
+}

@@ -1,0 +1,236 @@
+//! Test harness: real Larder nodes (real etcd 3.4 and PostgreSQL 15 under real agents) on
+//! loopback addresses, each under its own temporary root. Every test uses its own /24 of
+//! 127.0.0.0/8 so tests can run in parallel on the standard ports.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_larder");
+
+pub struct Node {
+    pub name: String,
+    pub ip: String,
+    pub root: PathBuf,
+}
+
+impl Node {
+    pub fn larder(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .output()
+            .expect("run larder")
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.larder(args);
+        assert!(
+            o.status.success(),
+            "`larder {}` on {} failed:\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            self.name,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).to_string()
+    }
+
+    pub fn status_json(&self) -> Option<serde_json::Value> {
+        let o = self.larder(&["status", "--json"]);
+        if !o.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&o.stdout).ok()
+    }
+
+    pub fn secrets(&self) -> PathBuf {
+        self.root.join("etc/larder/chef-backend-secrets.json")
+    }
+
+    pub fn password(&self) -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.secrets()).unwrap()).unwrap();
+        v["postgresql"]["db_superuser_password"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn agent_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.root.join("run/larder/agent.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+    }
+
+    pub fn pg_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.root.join("var/opt/larder/postgresql/15/data/postmaster.pid"))
+            .ok()
+            .and_then(|p| p.lines().next().and_then(|l| l.trim().parse().ok()))
+    }
+
+    pub fn http(&self, path: &str) -> u16 {
+        http_status(&format!("{}:7331", self.ip), path)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.http("/leader") == 200
+    }
+
+    /// SQL through psql as the superuser; None if the statement failed.
+    pub fn sql(&self, sql: &str) -> Option<String> {
+        let o = Command::new("/usr/lib/postgresql/15/bin/psql")
+            .args(["-h", &self.ip, "-U", "chef_pgsql", "-d", "postgres", "-Atqc", sql])
+            .env("PGPASSWORD", self.password())
+            .env("PGCONNECT_TIMEOUT", "3")
+            .env("PGOPTIONS", "-c statement_timeout=5000")
+            .output()
+            .ok()?;
+        if o.status.success() {
+            Some(String::from_utf8_lossy(&o.stdout).trim().to_string())
+        } else {
+            None
+        }
+    }
+
+    pub fn kill_agent(&self) {
+        if let Some(pid) = self.agent_pid() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// Minimal HTTP GET returning the status code (0 when unreachable).
+pub fn http_status(addr: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(1)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).is_err() {
+        return 0;
+    }
+    let mut buf = [0u8; 32];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// `subnet` picks 127.0.<subnet>.0/24 so parallel tests never share an address.
+    pub fn nodes_only(subnet: u8, n: usize) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("larder-it-").tempdir().unwrap();
+        let nodes = (1..=n)
+            .map(|i| Node {
+                name: format!("n{i}"),
+                ip: format!("127.0.{subnet}.{}", i + 1),
+                root: dir.path().join(format!("n{i}")),
+            })
+            .collect();
+        Cluster { dir, nodes }
+    }
+
+    pub fn create(subnet: u8) -> Cluster {
+        let c = Cluster::nodes_only(subnet, 1);
+        c.create_first();
+        c
+    }
+
+    pub fn create_first(&self) {
+        let n = &self.nodes[0];
+        n.ok(&["create-cluster", "--publish-address", &n.ip, "--fqdn", &n.name, "-y"]);
+    }
+
+    pub fn join(&self, i: usize) {
+        let n = &self.nodes[i];
+        let s = self.nodes[0].secrets().display().to_string();
+        n.ok(&["join-cluster", &self.nodes[0].ip, "-s", &s, "--publish-address", &n.ip, "--fqdn", &n.name, "-y"]);
+    }
+
+    pub fn with_nodes(subnet: u8, n: usize) -> Cluster {
+        let c = Cluster::nodes_only(subnet, n);
+        c.create_first();
+        for i in 1..n {
+            c.join(i);
+        }
+        c
+    }
+
+    pub fn leader(&self) -> Option<&Node> {
+        let l: Vec<&Node> = self.nodes.iter().filter(|n| n.is_leader()).collect();
+        assert!(l.len() <= 1, "two nodes answer /leader 200: {:?}", l.iter().map(|n| &n.name).collect::<Vec<_>>());
+        l.into_iter().next()
+    }
+
+    /// Wait until exactly one node (optionally other than `not`) is the writable leader.
+    pub fn wait_leader(&self, not: Option<&str>, timeout: Duration) -> &Node {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.leader() {
+                if not != Some(l.name.as_str()) {
+                    return l;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes.iter().find(|n| n.name == name).unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            if n.agent_pid().is_some() {
+                let _ = n.larder(&["uninstall"]);
+            }
+        }
+    }
+}
+
+/// Poll `f` until it returns Some, or fail after `timeout` naming `what`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn tree_snapshot(root: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    fn walk(p: &Path, out: &mut Vec<(PathBuf, u64)>) {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    out.push((path, len));
+                }
+            }
+        }
+    }
+    walk(root, &mut out);
+    out.sort();
+    out
+}
