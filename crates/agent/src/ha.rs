@@ -528,8 +528,10 @@ impl HaLoop {
                 } else if !running {
                     self.sup.start(postgres::SERVICE)?;
                 }
-                self.intent.following = Some(leader.guid.clone());
-                self.intent.not_streaming_since = Some(Instant::now());
+                if self.intent.following.as_deref() != Some(leader.guid.as_str()) {
+                    self.intent.following = Some(leader.guid.clone());
+                    self.intent.not_streaming_since = Some(Instant::now());
+                }
             }
             Action::Rewind { leader } => {
                 // Rewind only against a leader that has really finished promotion.

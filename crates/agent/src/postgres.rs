@@ -354,6 +354,10 @@ pub async fn promote(client: &tokio_postgres::Client) -> Result<(), PgError> {
         .await
         .map_err(sql_err)?;
     if row.get::<_, bool>(0) {
+        // A promotion does not checkpoint at once; until it does, the control file still
+        // names the old timeline and a pg_rewind against us would compute the wrong fork
+        // point. Checkpoint now so deposed nodes can rewind immediately.
+        client.batch_execute("CHECKPOINT").await.map_err(sql_err)?;
         Ok(())
     } else {
         Err(PgError::Sql("pg_promote did not finish within 30 s".into()))

@@ -76,8 +76,10 @@ fn three_nodes_replicate_fail_over_switch_over_and_rejoin() {
 
     // Failover off: killing the leader elects nobody.
     c.nodes[0].ok(&["set-cluster-failover", "off"]);
-    let st = c.nodes[0].ok(&["cluster-status", "--json"]);
-    assert!(st.contains("\"cluster_failover\": false") || st.contains("\"cluster_failover\":false"), "{st}");
+    wait_until(T, "failover flag in cluster-status", || {
+        let st: serde_json::Value = serde_json::from_str(&c.nodes[0].ok(&["cluster-status", "--json"])).ok()?;
+        (st["cluster_failover"] == false).then_some(())
+    });
     let dead = l4.name.clone();
     let d = c.node(&dead);
     let pg = d.pg_pid().unwrap();

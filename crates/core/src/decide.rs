@@ -298,14 +298,16 @@ fn follow(obs: &Observation, leader: LeaderRecord) -> Decision {
         );
     }
     let pointed = l.following.as_deref() == Some(leader.guid.as_str());
-    if !pointed || l.pg == PgState::Stopped {
+    if !pointed {
         return Decision::new(
             NodeRole::Follower,
             vec![Action::Follow { leader }],
             "following the leader",
         );
     }
-    if l.pg == PgState::Standby {
+    // Pointed at the leader but not streaming (or not even starting) for too long: the
+    // history may have forked; rewind (which falls back to a fresh copy if it fails).
+    if l.pg != PgState::Streaming {
         if let Some(since) = l.not_streaming_since_ms {
             if obs.now_ms.saturating_sub(since) >= obs.rejoin_timeout_ms {
                 return Decision::new(
@@ -315,6 +317,13 @@ fn follow(obs: &Observation, leader: LeaderRecord) -> Decision {
                 );
             }
         }
+    }
+    if l.pg == PgState::Stopped {
+        return Decision::new(
+            NodeRole::Follower,
+            vec![Action::Follow { leader }],
+            "starting PostgreSQL to follow the leader",
+        );
     }
     let role = if l.pg == PgState::Streaming && l.healthy {
         NodeRole::Follower

@@ -195,6 +195,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // LARDER_TEST_KEEP=1 keeps a failed test's nodes (logs, data) for inspection.
+        if std::env::var_os("LARDER_TEST_KEEP").is_some() && std::thread::panicking() {
+            eprintln!("keeping test cluster in {}", self.dir.path().display());
+            let d = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            let _ = d.keep();
+        }
         for n in &self.nodes {
             if n.agent_pid().is_some() {
                 let _ = n.larder(&["uninstall"]);

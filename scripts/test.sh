@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Quick start, command 2: install what the tests need and run every test of the workspace
+# (unit, property and integration tests against real etcd, PostgreSQL and haproxy).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+venv=${LARDER_VENV:-/opt/larder-venv}
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q -r crates/search/tests/requirements.txt
+export LARDER_TEST_PYTHON="$venv/bin/python"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# Integration tests start several real clusters; three at a time fit two cores.
+cargo test --workspace -- --test-threads="${LARDER_TEST_THREADS:-3}"
