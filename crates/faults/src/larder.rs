@@ -36,12 +36,29 @@ impl LarderCluster {
         self.root(0).join("etc/larder/chef-backend-secrets.json")
     }
 
-    /// Runs `larder --root <root of node i> ARGS` inside node i's namespace.
+    /// Runs `larder --root <root of node i> ARGS` inside node i's namespace, bounded by
+    /// `timeout(1)`: a CLI call that hangs (agent frozen by a fault) must fail, not stall
+    /// the whole run.
     pub fn larder(&self, i: usize, args: &[&str]) -> Result<String> {
+        let limit = match args.first() {
+            Some(&"create-cluster") | Some(&"join-cluster") => "300",
+            _ => "60",
+        };
         let root = self.root(i).to_string_lossy().to_string();
-        let mut full = vec!["--root", root.as_str()];
+        let bin = self.cfg.bin.to_string_lossy().to_string();
+        let mut full = vec!["-k", "5", limit, bin.as_str(), "--root", root.as_str()];
         full.extend_from_slice(args);
-        self.net.nodes[i].run(&self.cfg.bin.to_string_lossy(), &full)
+        self.net.nodes[i].run("timeout", &full)
+    }
+
+    /// The lease the cluster really runs with: `leader_ttl_seconds` of node 1's larder.toml.
+    fn configured_lease(&self) -> Option<Duration> {
+        let text = std::fs::read_to_string(self.root(0).join("etc/larder/larder.toml")).ok()?;
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("leader_ttl_seconds"))?;
+        let secs: u64 = line.split('=').nth(1)?.trim().parse().ok()?;
+        Some(Duration::from_secs(secs))
     }
 
     pub fn start(mut net: TestNet, cfg: LarderConfig) -> Result<Self> {
@@ -77,6 +94,9 @@ impl LarderCluster {
             ],
         )?;
         c.superuser_password = read_superuser_password(&c.secrets())?;
+        if let Some(lease) = c.configured_lease() {
+            c.cfg.lease = lease;
+        }
         c.wait_leader(0, Duration::from_secs(120))?;
         let secrets = c.secrets().to_string_lossy().to_string();
         for i in 1..c.net.nodes.len() {

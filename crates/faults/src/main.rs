@@ -295,12 +295,11 @@ fn bench(c: &Common, trials: u32, scenarios: &[String], idle_secs: u64) -> Resul
     let mut all = Vec::new();
     let mut error = None;
     for s in &scenarios {
-        match scenario::run(cluster.as_mut(), &cl, *s, &bopts) {
-            Ok(t) => all.extend(t),
-            Err(e) => {
-                error = Some(format!("{}: {e}", s.name()));
-                break;
-            }
+        let (trials, err) = scenario::run(cluster.as_mut(), &cl, *s, &bopts);
+        all.extend(trials);
+        if let Some(e) = err {
+            error = Some(format!("{}: {e}", s.name()));
+            break;
         }
     }
     // Heal, let the last writes replicate, then check the whole history.

@@ -70,85 +70,100 @@ pub struct BenchOptions {
     pub heal_deadline: Duration,
 }
 
-/// Runs `trials` of `scenario`. A trial whose writes never resume ends the run with an error
-/// (and the history shows why) rather than being dropped from the statistics.
+/// Runs `trials` of `scenario`. A trial whose writes never resume, or a cluster that does not
+/// heal between trials, ends the scenario with an error next to the trials completed so far
+/// (the history shows why); nothing is silently dropped from the statistics.
 pub fn run(
     cluster: &mut dyn Cluster,
     clients: &Clients,
     scenario: Scenario,
     opts: &BenchOptions,
-) -> Result<Vec<Trial>> {
-    let rec = &clients.rec;
+) -> (Vec<Trial>, Option<Error>) {
     let mut out = Vec::new();
     for trial in 1..=opts.trials {
-        let leader = cluster.wait_healthy(opts.heal_deadline)?;
-        // Writes must be flowing through haproxy before the fault, or the window would also
-        // measure haproxy catching up with the previous trial.
-        let now = rec.now_us();
-        clients.wait_write_after(now, opts.heal_deadline)?;
-        let leader_name = format!("n{}", leader + 1);
-        rec.event(
-            "fault",
-            format!(
-                "{} trial {trial}: {} on {leader_name}",
-                cluster.label(),
-                scenario.name()
-            ),
-        );
-        let fault_at = rec.now_us();
-        match scenario {
-            Scenario::KillLeaderNode => {
-                nemesis::kill_host(&cluster.net().nodes[leader])?;
-            }
-            Scenario::KillLeaderPostgres => {
-                let pms = nemesis::postmasters(&cluster.net().nodes[leader]);
-                if pms.is_empty() {
-                    return Err(Error::Invalid(format!(
-                        "no postmaster found on {leader_name}"
-                    )));
-                }
-                for p in pms {
-                    nemesis::kill9(p)?;
-                }
-            }
-            Scenario::Switchover => {
-                let to = (leader + 1) % cluster.node_count();
-                cluster.switchover(leader, Some(to))?;
-            }
+        match one_trial(cluster, clients, scenario, trial, opts) {
+            Ok(t) => out.push(t),
+            Err(e) => return (out, Some(e)),
         }
-        // "Resumed" is judged only from writes that began after the fault action returned:
-        // a switchover command returns once the new leader is up, and writes that the old
-        // leader still accepted while the command ran say nothing about the hand-over.
-        let action_done = rec.now_us();
-        let resumed = clients.wait_write_after(action_done, opts.resume_deadline)?;
-        let (gap, _) = checker::longest_gap(&rec.entries(), fault_at, resumed);
-        let leader_after = cluster.leader().map(|l| format!("n{}", l + 1));
-        rec.event(
-            "heal",
-            format!(
-                "trial {trial}: writes resumed after {:.3}s window; leader now {}",
-                gap as f64 / 1e6,
-                leader_after.as_deref().unwrap_or("?")
-            ),
-        );
-        if scenario == Scenario::KillLeaderNode {
-            cluster.start_node(leader)?;
-        }
-        out.push(Trial {
-            scenario,
-            trial,
-            leader_before: leader_name,
-            leader_after,
-            fault_at_s: fault_at as f64 / 1e6,
-            resumed_at_s: resumed as f64 / 1e6,
-            window_s: gap as f64 / 1e6,
-        });
-        eprintln!(
-            "  {} trial {trial}/{}: window {:.3}s",
-            scenario.name(),
-            opts.trials,
-            gap as f64 / 1e6
-        );
     }
-    Ok(out)
+    (out, None)
+}
+
+fn one_trial(
+    cluster: &mut dyn Cluster,
+    clients: &Clients,
+    scenario: Scenario,
+    trial: u32,
+    opts: &BenchOptions,
+) -> Result<Trial> {
+    let rec = &clients.rec;
+    let leader = cluster.wait_healthy(opts.heal_deadline)?;
+    // Writes must be flowing through haproxy before the fault, or the window would also
+    // measure haproxy catching up with the previous trial.
+    let now = rec.now_us();
+    clients.wait_write_after(now, opts.heal_deadline)?;
+    let leader_name = format!("n{}", leader + 1);
+    rec.event(
+        "fault",
+        format!(
+            "{} trial {trial}: {} on {leader_name}",
+            cluster.label(),
+            scenario.name()
+        ),
+    );
+    let fault_at = rec.now_us();
+    match scenario {
+        Scenario::KillLeaderNode => {
+            nemesis::kill_host(&cluster.net().nodes[leader])?;
+        }
+        Scenario::KillLeaderPostgres => {
+            let pms = nemesis::postmasters(&cluster.net().nodes[leader]);
+            if pms.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "no postmaster found on {leader_name}"
+                )));
+            }
+            for p in pms {
+                nemesis::kill9(p)?;
+            }
+        }
+        Scenario::Switchover => {
+            let to = (leader + 1) % cluster.node_count();
+            cluster.switchover(leader, Some(to))?;
+        }
+    }
+    // "Resumed" is judged only from writes that began after the fault action returned:
+    // a switchover command returns once the new leader is up, and writes that the old
+    // leader still accepted while the command ran say nothing about the hand-over.
+    let action_done = rec.now_us();
+    let resumed = clients.wait_write_after(action_done, opts.resume_deadline)?;
+    let (gap, _) = checker::longest_gap(&rec.entries(), fault_at, resumed);
+    let leader_after = cluster.leader().map(|l| format!("n{}", l + 1));
+    rec.event(
+        "heal",
+        format!(
+            "trial {trial}: writes resumed after {:.3}s window; leader now {}",
+            gap as f64 / 1e6,
+            leader_after.as_deref().unwrap_or("?")
+        ),
+    );
+    if scenario == Scenario::KillLeaderNode {
+        cluster.start_node(leader)?;
+    }
+    let t = Trial {
+        scenario,
+        trial,
+        leader_before: leader_name,
+        leader_after,
+        fault_at_s: fault_at as f64 / 1e6,
+        resumed_at_s: resumed as f64 / 1e6,
+        window_s: gap as f64 / 1e6,
+    };
+    eprintln!(
+        "  {} trial {trial}/{}: window {:.3}s",
+        scenario.name(),
+        opts.trials,
+        gap as f64 / 1e6
+    );
+    Ok(t)
 }
