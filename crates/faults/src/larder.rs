@@ -255,5 +255,18 @@ impl Drop for LarderCluster {
         for n in &self.net.nodes {
             let _ = crate::nemesis::kill_host(n);
         }
+        // Service logs live under each node's root; put them next to the run's other logs
+        // (`nK-<service>.log`) so `TestNet::keep_logs` preserves them.
+        for i in 0..self.net.nodes.len() {
+            let dir = self.root(i).join("var/log/larder");
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let src = e.path().join("current");
+                let name = format!("n{}-{}.log", i + 1, e.file_name().to_string_lossy());
+                let _ = std::fs::copy(&src, self.net.dir.join(name));
+            }
+        }
     }
 }
