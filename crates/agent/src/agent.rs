@@ -205,9 +205,17 @@ async fn search_health(node: Node, shared: Arc<Mutex<Shared>>, shutdown: Cancell
         crate::node::url_host(&node.cfg.publish_address),
         node.cfg.elasticsearch.port
     );
+    let budget = node.cfg.leaderl.health_check.max_elasticsearch_failures.max(1);
+    let mut failures = budget; // unknown until the first successful check
     loop {
-        let ok = http_get_ok(&addr, "/").await;
-        shared.lock().unwrap().search_ok = ok;
+        // Search health is reported, never a reason to fail PostgreSQL over (Chef Backend
+        // issue #1739): a failed check only counts against its own budget.
+        if http_get_ok(&addr, "/").await {
+            failures = 0;
+        } else {
+            failures = failures.saturating_add(1);
+        }
+        shared.lock().unwrap().search_ok = failures < budget;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(node.cfg.leaderl.health_check.interval_seconds)) => {}
@@ -276,7 +284,7 @@ impl Ctx {
                     return Response::err("this node is the leader; run pgsql-follow on a follower (or `larder demote` first)");
                 }
                 if force_basebackup {
-                    let _ = std::fs::write(self.node.paths.data_dir().join("rewind-failed"), &leader.guid);
+                    let _ = std::fs::write(ha::rewind_failed_marker(&self.node), &leader.guid);
                 } else {
                     ha::mark_diverged(&self.node, true);
                 }
@@ -362,8 +370,28 @@ impl Ctx {
                 done.push("postgresql: reloaded".into());
             }
         }
-        if new.etcd != old.etcd || new.log_rotation != old.log_rotation || new.elasticsearch != old.elasticsearch || new.leaderl != old.leaderl {
-            done.push("etcd, search and leaderl settings take effect when the agent restarts (`systemctl restart larder`)".into());
+        let grace = Duration::from_secs(30);
+        if new.etcd != old.etcd || new.log_rotation != old.log_rotation {
+            let _ = self.sup.replace_spec(etcd::service_spec(&n));
+            if let Err(e) = self.sup.restart(etcd::SERVICE, grace).await {
+                return Response::err(format!("cannot restart etcd: {e}"));
+            }
+            done.push("etcd: restarted".into());
+        }
+        if new.elasticsearch != old.elasticsearch || new.log_rotation != old.log_rotation {
+            if let Ok(spec) = search_spec(&n) {
+                let _ = self.sup.replace_spec(spec);
+            }
+            if new.elasticsearch.enable {
+                let _ = self.sup.restart(SEARCH_SERVICE, grace).await;
+                done.push("search: restarted".into());
+            } else {
+                let _ = self.sup.stop(SEARCH_SERVICE, grace).await;
+                done.push("search: stopped (elasticsearch.enable = false)".into());
+            }
+        }
+        if new.leaderl != old.leaderl {
+            done.push("leaderl settings (lease, loop, health checks, ports) take effect when the agent restarts: `systemctl restart larder` (on the leader, `larder demote` first)".into());
         }
         if done.is_empty() {
             done.push("no changes".into());

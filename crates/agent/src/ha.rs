@@ -94,10 +94,11 @@ pub fn unix_ms() -> u64 {
 struct Intent {
     following: Option<String>,
     not_streaming_since: Option<Instant>,
-    rewind_failed_for: Option<String>,
     status_lease: Option<i64>,
     seq: u64,
     pg_failures: u32,
+    pg_down_since: Option<Instant>,
+    etcd_failures: u32,
     voter: bool,
     roles_ready: bool,
 }
@@ -111,6 +112,10 @@ pub struct HaLoop {
     epoch: Instant,
     pg: Option<tokio_postgres::Client>,
     intent: Intent,
+}
+
+pub fn rewind_failed_marker(node: &Node) -> std::path::PathBuf {
+    node.paths.data_dir().join("rewind-failed")
 }
 
 fn diverged_marker(node: &Node) -> std::path::PathBuf {
@@ -348,12 +353,22 @@ impl HaLoop {
                 s.nodes = nodes.clone();
             }
         }
+        // No action may stall the loop: status must keep flowing and the lease keep renewing.
+        let limit = Duration::from_secs(10).max(self.timeout() * 4);
         for action in decision.actions.clone() {
-            if let Err(e) = self.execute(action.clone(), view.as_ref(), &nodes).await {
-                tracing::warn!(?action, "action failed: {e:#}");
-                self.shared.lock().unwrap().last_error = Some(format!("{e:#}"));
-                break;
-            }
+            let res = tokio::time::timeout(limit, self.execute(action.clone(), view.as_ref(), &nodes)).await;
+            let err = match res {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(_) => {
+                    // The connection may hold a stuck statement: start a fresh one next time.
+                    self.pg = None;
+                    format!("{action:?} did not finish within {limit:?}")
+                }
+            };
+            tracing::warn!(?action, "action failed: {err}");
+            self.shared.lock().unwrap().last_error = Some(err);
+            break;
         }
         if view.is_some() {
             self.publish(decision.role, &pg, view.as_ref()).await;
@@ -371,10 +386,20 @@ impl HaLoop {
             .state(postgres::SERVICE)
             .map(|s| s.want_up)
             .unwrap_or(false);
+        // Failures are counted per health-check interval, not per loop: the budget is
+        // max_pgsql_failures x interval_seconds of PostgreSQL being unreachable.
         if pg.is_none() && running {
-            self.intent.pg_failures += 1;
+            let since = *self.intent.pg_down_since.get_or_insert(now);
+            let interval = self.node.cfg.leaderl.health_check.interval_seconds.max(1);
+            self.intent.pg_failures = 1 + (now.duration_since(since).as_secs() / interval) as u32;
         } else if pg.is_some() {
             self.intent.pg_failures = 0;
+            self.intent.pg_down_since = None;
+        }
+        if view.is_none() {
+            self.intent.etcd_failures += 1;
+        } else {
+            self.intent.etcd_failures = 0;
         }
         let leader = view.and_then(|v| v.leader.as_ref()).map(|l| l.guid.clone());
         match pg.as_ref().map(|p| p.state) {
@@ -393,7 +418,6 @@ impl HaLoop {
         if leader != self.intent.following && self.intent.following.is_some() && leader.is_some() {
             // Leader changed: a fresh follow starts; the old failure timer is meaningless.
             self.intent.not_streaming_since = None;
-            self.intent.rewind_failed_for = None;
         }
     }
 
@@ -425,8 +449,12 @@ impl HaLoop {
             following: self.intent.following.clone(),
             not_streaming_since_ms: self.intent.not_streaming_since.map(|t| self.ms(t)),
             diverged: diverged_marker(node).exists(),
-            rewind_failed: leader.is_some()
-                && self.intent.rewind_failed_for.as_deref() == leader.map(|l| l.guid.as_str()),
+            // Written by a failed rewind (or `pgsql-follow --force-basebackup`), removed by
+            // a successful base backup; names the leader it applies to.
+            rewind_failed: leader.is_some_and(|l| {
+                std::fs::read_to_string(rewind_failed_marker(node)).ok().as_deref()
+                    == Some(l.guid.as_str())
+            }),
             healthy: lag_ok && self.disk_ok(),
             syncing: self.syncing_now(),
         }
@@ -564,11 +592,6 @@ impl HaLoop {
                 let Some(client) = self.pg.as_ref() else {
                     return Ok(());
                 };
-                if !self.intent.roles_ready {
-                    postgres::create_roles(&node, client).await?;
-                    self.intent.roles_ready = true;
-                    self.intent.voter = true;
-                }
                 let ssn = larder_core::pgconf::synchronous_standby_names(k, &names);
                 let slots: Vec<String> = nodes
                     .iter()
@@ -576,6 +599,11 @@ impl HaLoop {
                     .map(|n| larder_core::model::standby_name(&n.guid))
                     .collect();
                 postgres::apply_replication(client, &ssn, &slots).await?;
+                if !self.intent.roles_ready {
+                    postgres::create_roles(&node, client).await?;
+                    self.intent.roles_ready = true;
+                    self.intent.voter = true;
+                }
             }
             Action::ClearSwitchover => {
                 self.dcs.delete(dcs::K_SWITCHOVER).await?;
@@ -620,6 +648,9 @@ impl HaLoop {
                 Ok(msg) => {
                     tracing::info!("rejoined {}: {}", leader.name, msg.lines().last().unwrap_or(""));
                     mark_diverged(&node, false);
+                    if full {
+                        let _ = std::fs::remove_file(rewind_failed_marker(&node));
+                    }
                 }
                 Err(e) => {
                     tracing::warn!("copy from {} failed: {e}", leader.name);
@@ -629,10 +660,7 @@ impl HaLoop {
                     drop(s);
                     if !full {
                         // Next iteration falls back to a base backup.
-                        let _ = std::fs::write(
-                            node.paths.data_dir().join("rewind-failed"),
-                            &leader.guid,
-                        );
+                        let _ = std::fs::write(rewind_failed_marker(&node), &leader.guid);
                     }
                 }
             }
@@ -646,12 +674,6 @@ impl HaLoop {
 
     async fn publish(&mut self, role: NodeRole, pg: &Option<PgObservation>, view: Option<&DcsView>) {
         let node = &self.node;
-        // A failed rewind is recorded on disk by the copy task; pick it up here.
-        let rf = node.paths.data_dir().join("rewind-failed");
-        if let Ok(g) = std::fs::read_to_string(&rf) {
-            self.intent.rewind_failed_for = Some(g);
-            let _ = std::fs::remove_file(&rf);
-        }
         let lease = match self.intent.status_lease {
             Some(id) => match self.dcs.lease_keep_alive(id).await {
                 Ok(ttl) if ttl > 0 => Some(id),
@@ -707,7 +729,7 @@ impl HaLoop {
                 || view.map(|v| v.voters.contains(&node.state.guid)).unwrap_or(false),
             lag_bytes: lag,
             search_ok,
-            etcd_ok: true,
+            etcd_ok: self.intent.etcd_failures < node.cfg.leaderl.health_check.max_etcd_failures,
             seq: self.intent.seq,
             updated_unix_ms: unix_ms(),
         };

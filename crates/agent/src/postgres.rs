@@ -380,10 +380,11 @@ pub async fn create_roles(node: &Node, client: &tokio_postgres::Client) -> Resul
         .replace('\'', "''");
     let verb = if exists { "ALTER" } else { "CREATE" };
     // Passwords go over the local socket only and statement logging is off: they never reach
-    // a log file.
+    // a log file. `synchronous_commit = local`: a new leader must not block on followers that
+    // are still rewinding onto it (they wait for this leader to report itself promoted).
     client
         .batch_execute(&format!(
-            "SET log_statement = 'none'; {verb} ROLE \"{user}\" WITH REPLICATION LOGIN PASSWORD '{pw}'"
+            "SET log_statement = 'none'; SET synchronous_commit = 'local'; {verb} ROLE \"{user}\" WITH REPLICATION LOGIN PASSWORD '{pw}'"
         ))
         .await
         .map_err(sql_err)?;

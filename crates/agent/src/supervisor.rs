@@ -109,6 +109,15 @@ impl Supervisor {
         tokio::spawn(async move { sup.run_service(name, wake).await });
     }
 
+    /// Replace a service's spec (reconfigure); takes effect at its next start.
+    pub fn replace_spec(&self, spec: ServiceSpec) -> Result<(), SupervisorError> {
+        self.check(&spec.name)?;
+        let mut g = self.inner.lock().unwrap();
+        let name = spec.name.clone();
+        g.get_mut(&name).expect("checked").spec = spec;
+        Ok(())
+    }
+
     pub fn names(&self) -> Vec<String> {
         self.inner.lock().unwrap().keys().cloned().collect()
     }

@@ -377,6 +377,13 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
                         "switchover to another node in progress",
                     )
                 }
+                _ if sw.target.is_none() && sw.from == obs.me => {
+                    return Decision::new(
+                        NodeRole::WaitingForLeader,
+                        actions,
+                        "stepped down (demote): another node takes over",
+                    )
+                }
                 _ => {
                     if obs.local.position < sw.min_position {
                         return Decision::new(
@@ -438,10 +445,18 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
             && obs.now_unix_ms < sw.deadline_unix_ms
             && sw.target.as_deref() == Some(me.as_str())
     });
-    if let Some(rival) = fresh
-        .iter()
-        .find(|m| !named_target && m.eligible && m.position == mine && m.guid < *me)
-    {
+    let stepping_down = dcs
+        .switchover
+        .as_ref()
+        .filter(|sw| sw.term == dcs.term && obs.now_unix_ms < sw.deadline_unix_ms)
+        .map(|sw| sw.from.as_str());
+    if let Some(rival) = fresh.iter().find(|m| {
+        !named_target
+            && m.eligible
+            && m.position == mine
+            && m.guid < *me
+            && Some(m.guid.as_str()) != stepping_down
+    }) {
         return Decision::new(
             NodeRole::WaitingForLeader,
             actions,

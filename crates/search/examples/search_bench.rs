@@ -242,8 +242,16 @@ async fn main() {
         t.await.unwrap();
     }
     let durable = t0.elapsed();
-    let r = http.post(format!("{url}/_refresh")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    eprintln!("durable in {:.1}s; waiting for the index to catch up ...", durable.as_secs_f64());
+    // `_refresh` waits at most 60 s per call for the index to catch up; a 100k backlog takes longer.
+    loop {
+        let r = http.post(format!("{url}/_refresh")).send().await.unwrap();
+        match r.status().as_u16() {
+            200 => break,
+            503 => continue,
+            s => panic!("_refresh answered {s}: {}", r.text().await.unwrap()),
+        }
+    }
     let searchable = t0.elapsed();
     let stats = larder_search::index_stats(&cfg.index_dir).unwrap();
     assert_eq!(stats.documents as usize, n_docs);

@@ -206,6 +206,10 @@ impl Drop for Cluster {
                 let _ = n.larder(&["uninstall"]);
             }
         }
+        // Safety net: nothing started under this test's root may outlive the test.
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", &self.dir.path().display().to_string()])
+            .status();
     }
 }
 

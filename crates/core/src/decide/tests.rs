@@ -418,3 +418,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn follower_whose_postgres_cannot_start_rewinds_after_timeout() {
+    let v = view(Some(leader("b", 2)), 2, vec![], &["a", "b", "c"]);
+    let mut l = local(PgState::Stopped, 100);
+    l.following = Some("b".into());
+    l.not_streaming_since_ms = Some(9_000);
+    // within the timeout: keep (re)starting it
+    assert_eq!(decide(&obs("a", l.clone(), Some(v.clone()), None)).actions, vec![Action::Follow { leader: leader("b", 2) }]);
+    // past it: the history may have forked
+    l.not_streaming_since_ms = Some(1_000);
+    assert_eq!(decide(&obs("a", l, Some(v), None)).actions, vec![Action::Rewind { leader: leader("b", 2) }]);
+}
+
+#[test]
+fn demoted_leader_does_not_take_leadership_back() {
+    let mut v = view(None, 4, vec![member("b", 100, 4, None), member("c", 100, 4, None)], &["a", "b", "c"]);
+    v.switchover = Some(Switchover {
+        target: None,
+        term: 4,
+        min_position: pos(100),
+        from: "a".into(),
+        deadline_unix_ms: 2_000_000,
+    });
+    assert!(!acquires(&decide(&obs("a", local(PgState::Standby, 100), Some(v.clone()), None))));
+    assert!(acquires(&decide(&obs("b", local(PgState::Standby, 100), Some(v.clone()), None))));
+    // the stepping-down node's equal, lower-GUID post does not make others wait for it
+    v.members = vec![member("a", 100, 4, None), member("c", 100, 4, None)];
+    assert!(acquires(&decide(&obs("b", local(PgState::Standby, 100), Some(v), None))));
+}
