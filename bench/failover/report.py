@@ -38,8 +38,9 @@ def table(results):
         cpu = f"{idle['cpu_percent']:.2f} %" if idle else "–"
         rss = f"{idle['rss_bytes'] / 1048576:.1f} MB" if idle else "–"
         for s in r["scenarios"]:
+            name = r["label"] + (f" ({r['build']} build)" if r.get("build") in ("debug", "release") else "")
             lines.append(
-                f"| {r['label']} | {s['scenario']} | {s['trials']} | {fmt(s['p50_s'])} | {fmt(s['p90_s'])} "
+                f"| {name} | {s['scenario']} | {s['trials']} | {fmt(s['p50_s'])} | {fmt(s['p90_s'])} "
                 f"| {fmt(s['max_s'])} | {r['lost']} | {cpu} | {rss} |"
             )
     notes = []

@@ -325,6 +325,14 @@ fn bench(c: &Common, trials: u32, scenarios: &[String], idle_secs: u64) -> Resul
     }
     let result = serde_json::json!({
         "label": label(c),
+        // The agent's CPU cost depends on how it was compiled; say which build was measured.
+        "build": match c.system {
+            System::Larder => {
+                let p = c.larder_bin.to_string_lossy();
+                if p.contains("/release/") { "release" } else if p.contains("/debug/") { "debug" } else { "unknown" }
+            }
+            System::Patroni => "pypi",
+        },
         "nodes": c.nodes,
         "interval_ms": c.interval_ms,
         "elapsed_s": started.elapsed().as_secs_f64(),
