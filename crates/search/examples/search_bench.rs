@@ -242,7 +242,10 @@ async fn main() {
         t.await.unwrap();
     }
     let durable = t0.elapsed();
-    eprintln!("durable in {:.1}s; waiting for the index to catch up ...", durable.as_secs_f64());
+    eprintln!(
+        "durable in {:.1}s; waiting for the index to catch up ...",
+        durable.as_secs_f64()
+    );
     // `_refresh` waits at most 60 s per call for the index to catch up; a 100k backlog takes longer.
     loop {
         let r = http.post(format!("{url}/_refresh")).send().await.unwrap();

@@ -1,9 +1,11 @@
 //! The index writer thread: applies change-log batches to tantivy and commits them in groups.
 //!
-//! Committing per batch would make a segment per `_bulk` and spend the box's two cores merging;
-//! instead a commit happens when the queue runs dry and the previous commit is ≥ 100 ms old, or
-//! at least every 5 s under sustained load. After each commit the reader is reloaded and the
-//! applied position published: `_refresh` and `?refresh=` wait on that.
+//! Committing per batch would make a segment per `_bulk` and spend the box's two cores merging.
+//! Instead: an isolated write is committed as soon as the queue runs dry (≥ 100 ms after the
+//! previous commit); while writes stream in, at most about one commit per second; while the
+//! tailer is behind the log (catch-up after a restart, rebuild), one every 10 s. After each
+//! commit the reader is reloaded and the applied position published: `_refresh` and
+//! `?refresh=` wait on that.
 
 use crate::index::{CommitMeta, LocalIndex, SCHEMA_VERSION};
 use crate::log::LogRow;
@@ -15,16 +17,25 @@ use tantivy::{IndexWriter, TantivyDocument, Term};
 use tokio::sync::watch;
 
 const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
-/// Under sustained load: fewer, larger segments mean far less merge work (Chef node documents
-/// flatten to tens of KB each).
-const MAX_COMMIT_DELAY: Duration = Duration::from_secs(5);
+/// Writes arriving within this time of the previous commit form a stream.
+const STREAM_GAP: Duration = Duration::from_secs(1);
+/// Commit spacing while writes stream in (ES refreshes every second too).
+const STREAM_COMMIT_DELAY: Duration = Duration::from_secs(1);
+/// Commit spacing while the tailer is behind the log (catch-up, rebuild): every commit makes
+/// segments that must be merged later, and Chef node documents flatten to tens of KB each.
+const MAX_COMMIT_DELAY: Duration = Duration::from_secs(10);
 const WRITER_THREADS: usize = 2;
 const WRITER_MEMORY: usize = 600_000_000;
 
 /// Work for the writer thread.
 pub enum IndexerMsg {
-    /// Changes in log order; `last_pos` is the position of the last one.
-    Batch { rows: Vec<LogRow>, last_pos: i64 },
+    /// Changes in log order; `last_pos` is the position of the last one; `behind` says the
+    /// tailer knows more changes are waiting in the log.
+    Batch {
+        rows: Vec<LogRow>,
+        last_pos: i64,
+        behind: bool,
+    },
     /// The log has another identity than the index: empty the index and start over.
     Reset { epoch: String },
 }
@@ -105,6 +116,7 @@ fn run(
 ) -> Result<(), SearchError> {
     meta.schema_version = SCHEMA_VERSION;
     let mut dirty_since: Option<Instant> = None;
+    let mut behind = false;
     let mut last_commit = Instant::now() - MIN_COMMIT_INTERVAL;
     let mut peeked: Option<IndexerMsg> = None;
     let result = loop {
@@ -112,19 +124,20 @@ fn run(
             Some(m) => Ok(m),
             None => match dirty_since {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(_) => {
-                    let due = (last_commit + MIN_COMMIT_INTERVAL)
-                        .saturating_duration_since(Instant::now());
-                    rx.recv_timeout(due)
-                }
+                Some(_) => rx.recv_timeout(Duration::from_millis(50)),
             },
         };
         match msg {
-            Ok(IndexerMsg::Batch { rows, last_pos }) => {
+            Ok(IndexerMsg::Batch {
+                rows,
+                last_pos,
+                behind: more,
+            }) => {
                 if let Err(e) = apply(&ix, &writer, &rows) {
                     break Err(e);
                 }
                 meta.applied_position = last_pos;
+                behind = more;
                 dirty_since.get_or_insert_with(Instant::now);
             }
             Ok(IndexerMsg::Reset { epoch }) => {
@@ -157,7 +170,15 @@ fn run(
             Err(TryRecvError::Disconnected) => true,
         };
         let now = Instant::now();
-        if (idle && now >= last_commit + MIN_COMMIT_INTERVAL) || now >= since + MAX_COMMIT_DELAY {
+        let wait = if behind {
+            MAX_COMMIT_DELAY
+        } else if since.saturating_duration_since(last_commit) < STREAM_GAP {
+            STREAM_COMMIT_DELAY
+        } else {
+            Duration::ZERO
+        };
+        let due = now >= since + wait && now >= last_commit + MIN_COMMIT_INTERVAL;
+        if (idle && due) || now >= since + MAX_COMMIT_DELAY {
             if let Err(e) = commit(&ix, &mut writer, &meta, &applied) {
                 break Err(e);
             }

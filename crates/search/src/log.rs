@@ -91,7 +91,11 @@ pub async fn ensure_schema(client: &Client) -> Result<(), SearchError> {
     };
     // lz4 TOAST compression is several times cheaper on CPU than the default pglz; fall back
     // when the server was built without it.
-    if client.batch_execute(&table("COMPRESSION lz4")).await.is_err() {
+    if client
+        .batch_execute(&table("COMPRESSION lz4"))
+        .await
+        .is_err()
+    {
         client.batch_execute("ROLLBACK").await?;
         client.batch_execute(&table("")).await?;
     }

@@ -195,11 +195,13 @@ async fn follow(
         };
         *fetched = last;
         shared.fetched.store(last, Ordering::Relaxed);
+        let behind = rows.len() as i64 == BATCH;
         send(
             tx,
             IndexerMsg::Batch {
                 rows,
                 last_pos: last,
+                behind,
             },
         )
         .await?;
