@@ -126,10 +126,25 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
     let api_shutdown = CancellationToken::new();
     let api_task = tokio::spawn(api::serve(listener, api_state, api_shutdown.clone()));
 
-    tokio::spawn(member_refresh(dcs.clone(), shared.clone(), paths.clone(), shutdown.clone()));
-    tokio::spawn(search_health(node.clone(), shared.clone(), shutdown.clone()));
+    tokio::spawn(member_refresh(
+        dcs.clone(),
+        shared.clone(),
+        paths.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(search_health(
+        node.clone(),
+        shared.clone(),
+        shutdown.clone(),
+    ));
 
-    let ha_loop = HaLoop::new(node.clone(), dcs.clone(), sup.clone(), shared.clone(), syncing.clone());
+    let ha_loop = HaLoop::new(
+        node.clone(),
+        dcs.clone(),
+        sup.clone(),
+        shared.clone(),
+        syncing.clone(),
+    );
     let ha_shutdown = CancellationToken::new();
     let ha_task = tokio::spawn(ha_loop.run(ha_shutdown.clone()));
 
@@ -172,7 +187,12 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
 }
 
 /// Keeps the etcd endpoint list (and `/v2/members`) in step with membership changes.
-async fn member_refresh(dcs: Dcs, shared: Arc<Mutex<Shared>>, paths: Paths, shutdown: CancellationToken) {
+async fn member_refresh(
+    dcs: Dcs,
+    shared: Arc<Mutex<Shared>>,
+    paths: Paths,
+    shutdown: CancellationToken,
+) {
     loop {
         if let Ok(members) = dcs.members().await {
             let mut urls: Vec<String> = Vec::new();
@@ -205,7 +225,12 @@ async fn search_health(node: Node, shared: Arc<Mutex<Shared>>, shutdown: Cancell
         crate::node::url_host(&node.cfg.publish_address),
         node.cfg.elasticsearch.port
     );
-    let budget = node.cfg.leaderl.health_check.max_elasticsearch_failures.max(1);
+    let budget = node
+        .cfg
+        .leaderl
+        .health_check
+        .max_elasticsearch_failures
+        .max(1);
     let mut failures = budget; // unknown until the first successful check
     loop {
         // Search health is reported, never a reason to fail PostgreSQL over (Chef Backend
@@ -234,7 +259,12 @@ pub async fn http_get_ok(addr: &str, path: &str) -> bool {
         let mut buf = [0u8; 16];
         let n = s.read(&mut buf).await.ok()?;
         let head = String::from_utf8_lossy(&buf[..n]).to_string();
-        Some(head.split_whitespace().nth(1).map(|c| c.starts_with('2')).unwrap_or(false))
+        Some(
+            head.split_whitespace()
+                .nth(1)
+                .map(|c| c.starts_with('2'))
+                .unwrap_or(false),
+        )
     };
     tokio::time::timeout(Duration::from_secs(1), fut)
         .await
@@ -288,7 +318,10 @@ impl Ctx {
                 } else {
                     ha::mark_diverged(&self.node, true);
                 }
-                Response::ok(format!("re-syncing from {}", leader.name), serde_json::Value::Null)
+                Response::ok(
+                    format!("re-syncing from {}", leader.name),
+                    serde_json::Value::Null,
+                )
             }
         }
     }
@@ -302,7 +335,11 @@ impl Ctx {
             "restarts": 0, "last_exit": null,
         });
         let mut list = vec![leaderl];
-        list.extend(services.iter().map(|x| serde_json::to_value(x).unwrap_or_default()));
+        list.extend(
+            services
+                .iter()
+                .map(|x| serde_json::to_value(x).unwrap_or_default()),
+        );
         let data = json!({
             "services": list,
             "ha": api::status_json(&s, &self.node.cfg.fqdn, &self.node.state.guid, self.node.cfg.leaderl.required_active_followers),
@@ -339,7 +376,10 @@ impl Ctx {
                 return Response::err(e.to_string());
             }
         }
-        Response::ok(format!("{verb}: {}", names.join(", ")), serde_json::Value::Null)
+        Response::ok(
+            format!("{verb}: {}", names.join(", ")),
+            serde_json::Value::Null,
+        )
     }
 
     async fn reconfigure(&self) -> Response {
@@ -366,7 +406,9 @@ impl Ctx {
             if restart_needed {
                 done.push("postgresql: settings written; they need a restart: run `larder restart postgresql` (on the leader, `larder demote` first)".to_string());
             } else {
-                let _ = self.sup.signal(postgres::SERVICE, nix::sys::signal::Signal::SIGHUP);
+                let _ = self
+                    .sup
+                    .signal(postgres::SERVICE, nix::sys::signal::Signal::SIGHUP);
                 done.push("postgresql: reloaded".into());
             }
         }
@@ -443,7 +485,11 @@ impl Ctx {
             address: self.node.cfg.publish_address.clone(),
             term: term + 1,
         };
-        if !self.dcs.acquire_leader(term, &serde_json::to_vec(&record)?, id).await? {
+        if !self
+            .dcs
+            .acquire_leader(term, &serde_json::to_vec(&record)?, id)
+            .await?
+        {
             let _ = self.dcs.lease_revoke(id).await;
             anyhow::bail!("refused: another node took leadership meanwhile");
         }
@@ -453,6 +499,10 @@ impl Ctx {
             term: term + 1,
             fence_deadline: sent + Duration::from_secs(ttl as u64) - margin,
         });
-        Ok(format!("{} is now the leader (term {})", self.node.cfg.fqdn, term + 1))
+        Ok(format!(
+            "{} is now the leader (term {})",
+            self.node.cfg.fqdn,
+            term + 1
+        ))
     }
 }

@@ -43,7 +43,11 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: CancellationToken,
+) {
     let _ = axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
@@ -69,7 +73,10 @@ async fn leader(State(st): State<ApiState>) -> Response {
 
 async fn replica(State(st): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
     let s = st.shared.lock().unwrap();
-    let streaming = s.pg.as_ref().map(|p| p.state == PgState::Streaming).unwrap_or(false);
+    let streaming =
+        s.pg.as_ref()
+            .map(|p| p.state == PgState::Streaming)
+            .unwrap_or(false);
     let lag = s
         .members
         .iter()
@@ -79,7 +86,11 @@ async fn replica(State(st): State<ApiState>, Query(q): Query<HashMap<String, Str
         Some(max) => lag.map(|l| l <= max).unwrap_or(false),
         None => true,
     };
-    (code(streaming && lag_ok), Json(json!({"replica": streaming, "lag_bytes": lag}))).into_response()
+    (
+        code(streaming && lag_ok),
+        Json(json!({"replica": streaming, "lag_bytes": lag})),
+    )
+        .into_response()
 }
 
 async fn health(State(st): State<ApiState>) -> Response {
@@ -121,7 +132,8 @@ async fn status(State(st): State<ApiState>) -> Response {
 
 async fn cluster(State(st): State<ApiState>) -> Response {
     let s = st.shared.lock().unwrap();
-    Json(json!({"leader": s.leader, "term": s.term, "members": s.members, "nodes": s.nodes})).into_response()
+    Json(json!({"leader": s.leader, "term": s.term, "members": s.members, "nodes": s.nodes}))
+        .into_response()
 }
 
 /// etcd's v2 `/v2/members` shape, served here in plain HTTP because etcd itself only accepts

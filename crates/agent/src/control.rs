@@ -11,7 +11,10 @@ pub enum Request {
     /// Local status: services, HA state.
     Status,
     /// runit-style verb on one service or all (`service: None`).
-    Service { verb: String, service: Option<String> },
+    Service {
+        verb: String,
+        service: Option<String>,
+    },
     /// Re-read larder.toml and apply what changed.
     Reconfigure,
     /// Stop every service and exit.

@@ -6,11 +6,11 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
     MemberAddOptions, PutOptions, TlsOptions, Txn, TxnOp,
 };
-use tonic::Code as tonic_code;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
+use tonic::Code as tonic_code;
 
 pub const PREFIX: &str = "/larder/";
 pub const K_CLUSTER: &str = "/larder/cluster";
@@ -93,7 +93,12 @@ impl Dcs {
     }
 
     pub fn urls(&self) -> Vec<String> {
-        self.endpoints.read().unwrap().iter().map(|e| e.url.clone()).collect()
+        self.endpoints
+            .read()
+            .unwrap()
+            .iter()
+            .map(|e| e.url.clone())
+            .collect()
     }
 
     /// Replace the member list (as membership changes), keeping live connections.
@@ -234,7 +239,12 @@ impl Dcs {
     }
 
     /// Put `key` only if it does not exist. Returns whether it was written.
-    pub async fn create(&self, key: &str, value: &[u8], lease: Option<i64>) -> Result<bool, DcsError> {
+    pub async fn create(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: Option<i64>,
+    ) -> Result<bool, DcsError> {
         let (key, value) = (key.to_string(), value.to_vec());
         let resp = self
             .call(|mut c| {
@@ -409,4 +419,3 @@ fn retryable(e: &etcd_client::Error) -> bool {
         _ => true,
     }
 }
-

@@ -125,7 +125,10 @@ fn diverged_marker(node: &Node) -> std::path::PathBuf {
 pub fn mark_diverged(node: &Node, on: bool) {
     let p = diverged_marker(node);
     if on {
-        let _ = std::fs::write(&p, "this data directory ran as a primary and must be rewound before following\n");
+        let _ = std::fs::write(
+            &p,
+            "this data directory ran as a primary and must be rewound before following\n",
+        );
     } else {
         let _ = std::fs::remove_file(&p);
     }
@@ -238,7 +241,9 @@ impl HaLoop {
         }
     }
 
-    async fn read_dcs(&mut self) -> Result<(DcsView, Vec<NodeRecord>, Option<SwitchoverRequest>), dcs::DcsError> {
+    async fn read_dcs(
+        &mut self,
+    ) -> Result<(DcsView, Vec<NodeRecord>, Option<SwitchoverRequest>), dcs::DcsError> {
         let kvs = self.dcs.get_prefix(dcs::PREFIX).await?;
         let me = self.node.state.guid.clone();
         let mut view = DcsView {
@@ -291,7 +296,10 @@ impl HaLoop {
     async fn iterate(&mut self) -> anyhow::Result<()> {
         let node = self.node.clone();
         // Founding node without data: create it. (Joiners clone from the leader instead.)
-        if !postgres::has_data(&node) && node.state.etcd_initial_state == "new" && !self.syncing_now() {
+        if !postgres::has_data(&node)
+            && node.state.etcd_initial_state == "new"
+            && !self.syncing_now()
+        {
             tracing::info!("initialising PostgreSQL data directory");
             postgres::initdb(&node).await?;
         }
@@ -356,7 +364,9 @@ impl HaLoop {
         // No action may stall the loop: status must keep flowing and the lease keep renewing.
         let limit = Duration::from_secs(10).max(self.timeout() * 4);
         for action in decision.actions.clone() {
-            let res = tokio::time::timeout(limit, self.execute(action.clone(), view.as_ref(), &nodes)).await;
+            let res =
+                tokio::time::timeout(limit, self.execute(action.clone(), view.as_ref(), &nodes))
+                    .await;
             let err = match res {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => format!("{e:#}"),
@@ -421,7 +431,12 @@ impl HaLoop {
         }
     }
 
-    fn local_state(&self, pg: &Option<PgObservation>, view: Option<&DcsView>, _now: Instant) -> LocalState {
+    fn local_state(
+        &self,
+        pg: &Option<PgObservation>,
+        view: Option<&DcsView>,
+        _now: Instant,
+    ) -> LocalState {
         let node = &self.node;
         let pg_state = match pg {
             Some(p) => p.state,
@@ -452,7 +467,9 @@ impl HaLoop {
             // Written by a failed rewind (or `pgsql-follow --force-basebackup`), removed by
             // a successful base backup; names the leader it applies to.
             rewind_failed: leader.is_some_and(|l| {
-                std::fs::read_to_string(rewind_failed_marker(node)).ok().as_deref()
+                std::fs::read_to_string(rewind_failed_marker(node))
+                    .ok()
+                    .as_deref()
                     == Some(l.guid.as_str())
             }),
             healthy: lag_ok && self.disk_ok(),
@@ -470,7 +487,12 @@ impl HaLoop {
             .unwrap_or(true)
     }
 
-    async fn execute(&mut self, action: Action, view: Option<&DcsView>, nodes: &[NodeRecord]) -> anyhow::Result<()> {
+    async fn execute(
+        &mut self,
+        action: Action,
+        view: Option<&DcsView>,
+        nodes: &[NodeRecord],
+    ) -> anyhow::Result<()> {
         let node = self.node.clone();
         match action {
             Action::Fence { reason } => {
@@ -646,7 +668,11 @@ impl HaLoop {
             };
             match result {
                 Ok(msg) => {
-                    tracing::info!("rejoined {}: {}", leader.name, msg.lines().last().unwrap_or(""));
+                    tracing::info!(
+                        "rejoined {}: {}",
+                        leader.name,
+                        msg.lines().last().unwrap_or("")
+                    );
                     mark_diverged(&node, false);
                     if full {
                         let _ = std::fs::remove_file(rewind_failed_marker(&node));
@@ -672,7 +698,12 @@ impl HaLoop {
         });
     }
 
-    async fn publish(&mut self, role: NodeRole, pg: &Option<PgObservation>, view: Option<&DcsView>) {
+    async fn publish(
+        &mut self,
+        role: NodeRole,
+        pg: &Option<PgObservation>,
+        view: Option<&DcsView>,
+    ) {
         let node = &self.node;
         let lease = match self.intent.status_lease {
             Some(id) => match self.dcs.lease_keep_alive(id).await {
@@ -696,7 +727,7 @@ impl HaLoop {
         self.intent.status_lease = Some(lease);
         self.intent.seq += 1;
         let leader_seen = view.and_then(|v| v.leader.as_ref()).map(|l| l.guid.clone());
-        let position = pg.as_ref().map(|p| p.position).unwrap_or(WalPosition::default());
+        let position = pg.as_ref().map(|p| p.position).unwrap_or_default();
         let lag = match (view.and_then(|v| v.leader.as_ref()), view) {
             (Some(l), Some(v)) if l.guid != node.state.guid => v
                 .members
@@ -720,13 +751,18 @@ impl HaLoop {
             pg: pg_state,
             position,
             eligible: failover
-                && matches!(pg_state, PgState::Primary | PgState::Streaming | PgState::Standby),
+                && matches!(
+                    pg_state,
+                    PgState::Primary | PgState::Streaming | PgState::Standby
+                ),
             failover_enabled: failover,
             term: view.map(|v| v.term).unwrap_or(0),
             leader_seen,
             // Voting membership is persistent (etcd), not forgotten across agent restarts.
             voter: self.intent.voter
-                || view.map(|v| v.voters.contains(&node.state.guid)).unwrap_or(false),
+                || view
+                    .map(|v| v.voters.contains(&node.state.guid))
+                    .unwrap_or(false),
             lag_bytes: lag,
             search_ok,
             etcd_ok: self.intent.etcd_failures < node.cfg.leaderl.health_check.max_etcd_failures,
@@ -734,10 +770,20 @@ impl HaLoop {
             updated_unix_ms: unix_ms(),
         };
         if let Ok(b) = serde_json::to_vec(&status) {
-            let _ = self.dcs.put(&dcs::k_status(&node.state.guid), &b, Some(lease)).await;
+            let _ = self
+                .dcs
+                .put(&dcs::k_status(&node.state.guid), &b, Some(lease))
+                .await;
         }
-        if self.intent.voter && !view.map(|v| v.voters.contains(&node.state.guid)).unwrap_or(false) {
-            let _ = self.dcs.put(&dcs::k_voter(&node.state.guid), b"1", None).await;
+        if self.intent.voter
+            && !view
+                .map(|v| v.voters.contains(&node.state.guid))
+                .unwrap_or(false)
+        {
+            let _ = self
+                .dcs
+                .put(&dcs::k_voter(&node.state.guid), b"1", None)
+                .await;
         }
     }
 
@@ -758,20 +804,24 @@ impl HaLoop {
                 .members
                 .iter()
                 .any(|m| &m.guid == t && m.pg == PgState::Streaming && m.failover_enabled),
-            None => view
-                .members
-                .iter()
-                .any(|m| m.guid != node.state.guid && m.pg == PgState::Streaming && m.failover_enabled),
+            None => view.members.iter().any(|m| {
+                m.guid != node.state.guid && m.pg == PgState::Streaming && m.failover_enabled
+            }),
         };
         if !target_ok || pg.as_ref().map(|p| p.state) != Some(PgState::Primary) {
             let msg = "switchover refused by the leader: no streaming, failover-enabled follower to hand over to (see `larder cluster-status`)";
             self.shared.lock().unwrap().last_error = Some(msg.into());
-            let _ = self.dcs.put(K_SWITCHOVER_REFUSED, msg.as_bytes(), None).await;
+            let _ = self
+                .dcs
+                .put(K_SWITCHOVER_REFUSED, msg.as_bytes(), None)
+                .await;
             return Ok(());
         }
         tracing::info!(target = ?req.target, "planned switchover");
         self.shared.lock().unwrap().role = Some(NodeRole::DeposedLeader);
-        self.sup.stop(postgres::SERVICE, Duration::from_secs(30)).await?;
+        self.sup
+            .stop(postgres::SERVICE, Duration::from_secs(30))
+            .await?;
         let pos = postgres::checkpoint_position(&node).await?;
         let min = WalPosition {
             timeline: pos.timeline,

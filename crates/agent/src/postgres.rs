@@ -105,10 +105,14 @@ pub fn prepare_dirs(node: &Node) -> Result<(), PgError> {
         std::fs::create_dir_all(&d)?;
         chown(node, &d)?;
     }
-    let parent = p.pg_data().parent().expect("data has a parent").to_path_buf();
+    let parent = p
+        .pg_data()
+        .parent()
+        .expect("data has a parent")
+        .to_path_buf();
     std::fs::create_dir_all(&parent)?;
     chown(node, &parent)?;
-    chown(node, &parent.parent().expect("has parent").to_path_buf())?;
+    chown(node, parent.parent().expect("has parent"))?;
     // PostgreSQL's TLS key must belong to its user and be 0600.
     let tls = node.paths.tls_dir();
     for (src, dst) in [("node.crt", "server.crt"), ("node.key", "server.key")] {
@@ -138,7 +142,11 @@ pub async fn initdb(node: &Node) -> Result<(), PgError> {
     let pwfile = tls_dir(node).join(".initdb-pw");
     write_private(
         &pwfile,
-        node.secrets.postgresql.db_superuser_password.expose().as_bytes(),
+        node.secrets
+            .postgresql
+            .db_superuser_password
+            .expose()
+            .as_bytes(),
     )
     .map_err(|e| PgError::Command(e.to_string()))?;
     chown(node, &pwfile)?;
@@ -178,7 +186,11 @@ pub fn write_config(node: &Node) -> Result<bool, PgError> {
         &tls.join("ca.crt").display().to_string(),
     );
     let mut changed = write_if_changed(node, &data.join("larder.conf"), &conf)?;
-    changed |= write_if_changed(node, &data.join("pg_hba.conf"), &pgconf::render_hba(&node.cfg))?;
+    changed |= write_if_changed(
+        node,
+        &data.join("pg_hba.conf"),
+        &pgconf::render_hba(&node.cfg),
+    )?;
     let main = data.join("postgresql.conf");
     let text = std::fs::read_to_string(&main).unwrap_or_default();
     if !text.contains("include_if_exists = 'larder.conf'") {
@@ -581,7 +593,11 @@ pub async fn rewind(node: &Node, leader: &LeaderRecord) -> Result<String, PgErro
         ],
         &[(
             "PGPASSWORD",
-            node.secrets.postgresql.db_superuser_password.expose().to_string(),
+            node.secrets
+                .postgresql
+                .db_superuser_password
+                .expose()
+                .to_string(),
         )],
     )
     .await;
@@ -693,7 +709,10 @@ pub async fn basebackup(
             .filter(|l| !l.contains(" kB ("))
             .collect::<Vec<_>>()
             .join("; ");
-        return Err(PgError::Command(format!("pg_basebackup failed: {}", msg.trim())));
+        return Err(PgError::Command(format!(
+            "pg_basebackup failed: {}",
+            msg.trim()
+        )));
     }
     restore_config_files(node, &saved)?;
     write_config(node)?;

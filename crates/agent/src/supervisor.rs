@@ -312,8 +312,14 @@ impl Supervisor {
             spec.log_max_bytes,
             spec.log_keep,
         )));
-        let t1 = child.stdout.take().map(|s| tokio::spawn(pump(s, log.clone())));
-        let t2 = child.stderr.take().map(|s| tokio::spawn(pump(s, log.clone())));
+        let t1 = child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(pump(s, log.clone())));
+        let t2 = child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(pump(s, log.clone())));
         let status = child.wait().await;
         // Grandchildren (PostgreSQL backends after a postmaster crash) must not outlive the
         // main process, or they block the restart.

@@ -63,19 +63,29 @@ fn hostname() -> String {
 }
 
 /// The node's config: the existing larder.toml, or one generated from flags.
-fn resolve_config(paths: &Paths, publish: Option<&str>, fqdn: Option<&str>) -> anyhow::Result<(Config, bool)> {
+fn resolve_config(
+    paths: &Paths,
+    publish: Option<&str>,
+    fqdn: Option<&str>,
+) -> anyhow::Result<(Config, bool)> {
     let file = paths.config_file();
     if file.exists() {
         let cfg = Config::load(&file)?;
         if publish.is_some_and(|p| p != cfg.publish_address) {
-            bail!("{} already sets publish_address = {:?}; remove --publish-address or edit the file", file.display(), cfg.publish_address);
+            bail!(
+                "{} already sets publish_address = {:?}; remove --publish-address or edit the file",
+                file.display(),
+                cfg.publish_address
+            );
         }
         return Ok((cfg, false));
     }
     let Some(addr) = publish else {
         bail!("no configuration at {} and no --publish-address given; pass --publish-address IP (or write larder.toml; see `larder gen-sample-backend-config`)", file.display());
     };
-    let ip: IpAddr = addr.parse().with_context(|| format!("--publish-address {addr:?} is not an IP address"))?;
+    let ip: IpAddr = addr
+        .parse()
+        .with_context(|| format!("--publish-address {addr:?} is not an IP address"))?;
     let cfg = Config {
         fqdn: fqdn.map(str::to_string).unwrap_or_else(hostname),
         publish_address: addr.to_string(),
@@ -103,7 +113,12 @@ fn refuse_if_configured(paths: &Paths) -> anyhow::Result<()> {
 }
 
 fn check_privileges(paths: &Paths) -> anyhow::Result<()> {
-    for d in [paths.config_dir(), paths.data_dir(), paths.log_dir(), paths.run_dir()] {
+    for d in [
+        paths.config_dir(),
+        paths.data_dir(),
+        paths.log_dir(),
+        paths.run_dir(),
+    ] {
         let mut p = d.as_path();
         while !p.exists() {
             p = p.parent().unwrap_or(std::path::Path::new("/"));
@@ -137,14 +152,20 @@ pub fn check_ports(cfg: &Config) -> anyhow::Result<()> {
 }
 
 fn check_address_is_local(addr: &str) -> anyhow::Result<()> {
-    let ip: IpAddr = addr.parse().with_context(|| format!("{addr:?} is not an IP address"))?;
+    let ip: IpAddr = addr
+        .parse()
+        .with_context(|| format!("{addr:?} is not an IP address"))?;
     TcpListener::bind((ip, 0)).map(|_| ()).map_err(|_| {
         anyhow::anyhow!("publish address {addr} does not belong to this host; pass an address of one of its interfaces with -p")
     })
 }
 
 fn write_tls(paths: &Paths, secrets: &Secrets, cfg: &Config) -> anyhow::Result<()> {
-    let (cert, key) = pki::issue_node_cert(secrets.larder.ca_key_pem.expose(), &cfg.fqdn, &cfg.publish_address)?;
+    let (cert, key) = pki::issue_node_cert(
+        secrets.larder.ca_key_pem.expose(),
+        &cfg.fqdn,
+        &cfg.publish_address,
+    )?;
     let dir = paths.tls_dir();
     write_private(&dir.join("node.crt"), cert.as_bytes())?;
     write_private(&dir.join("node.key"), key.as_bytes())?;
@@ -174,9 +195,14 @@ pub fn start_agent(paths: &Paths) -> anyhow::Result<()> {
     let log_dir = paths.service_log_dir("agent");
     std::fs::create_dir_all(&log_dir)?;
     std::fs::create_dir_all(paths.run_dir())?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join("current"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join("current"))?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("--root").arg(paths.root()).arg("agent")
+    cmd.arg("--root")
+        .arg(paths.root())
+        .arg("agent")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -220,7 +246,15 @@ pub async fn wait_for(
             Err(e) => last_err = e.to_string(),
         }
         if Instant::now() > deadline {
-            bail!("timed out after {}s waiting for {what}{}; see `larder tail`", timeout.as_secs(), if last_err.is_empty() { String::new() } else { format!(" (last error: {last_err})") });
+            bail!(
+                "timed out after {}s waiting for {what}{}; see `larder tail`",
+                timeout.as_secs(),
+                if last_err.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (last error: {last_err})")
+                }
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -235,12 +269,17 @@ fn node_tls(paths: &Paths, secrets: &Secrets) -> anyhow::Result<TlsFiles> {
 }
 
 fn service_running(s: &serde_json::Value, name: &str) -> bool {
-    s["services"].as_array().map(|a| a.iter().any(|x| x["name"] == name && x["running"] == true)).unwrap_or(false)
+    s["services"]
+        .as_array()
+        .map(|a| a.iter().any(|x| x["name"] == name && x["running"] == true))
+        .unwrap_or(false)
 }
 
 pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> {
     if a.quorum_loss_recovery {
-        bail!("`create-cluster --quorum-loss-recovery` is not available yet in this Larder release");
+        bail!(
+            "`create-cluster --quorum-loss-recovery` is not available yet in this Larder release"
+        );
     }
     let _ = a.yes;
     check_privileges(paths)?;
@@ -257,9 +296,16 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
             db_superuser_password: Secret::new(new_password(40)),
             replication_password: Secret::new(new_password(40)),
         },
-        etcd: EtcdSecrets { initial_cluster_token: Secret::new(new_password(32)) },
-        elasticsearch: SearchSecrets { cluster_name: format!("larder-{}", &new_guid()[..8]) },
-        larder: LarderSecrets { ca_cert_pem: ca_cert, ca_key_pem: Secret::new(ca_key) },
+        etcd: EtcdSecrets {
+            initial_cluster_token: Secret::new(new_password(32)),
+        },
+        elasticsearch: SearchSecrets {
+            cluster_name: format!("larder-{}", &new_guid()[..8]),
+        },
+        larder: LarderSecrets {
+            ca_cert_pem: ca_cert,
+            ca_key_pem: Secret::new(ca_key),
+        },
     };
     if generated {
         write_config(paths, &cfg)?;
@@ -269,7 +315,12 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
     let guid = new_guid();
     let state = NodeState {
         guid: guid.clone(),
-        etcd_initial_cluster: format!("{}=https://{}:{}", cfg.fqdn, url_host(&cfg.publish_address), cfg.etcd.peer_port),
+        etcd_initial_cluster: format!(
+            "{}=https://{}:{}",
+            cfg.fqdn,
+            url_host(&cfg.publish_address),
+            cfg.etcd.peer_port
+        ),
         etcd_initial_state: "new".into(),
         created_unix: larder_agent::ha::unix_ms() / 1000,
     };
@@ -280,38 +331,69 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
     wait_for(paths, Duration::from_secs(15), "the agent", |_| true).await?;
 
     steps.step("waiting for etcd");
-    let dcs = Dcs::new(vec![format!("https://{}:{}", url_host(&cfg.publish_address), cfg.etcd.client_port)], node_tls(paths, &secrets)?, Duration::from_secs(2));
+    let dcs = Dcs::new(
+        vec![format!(
+            "https://{}:{}",
+            url_host(&cfg.publish_address),
+            cfg.etcd.client_port
+        )],
+        node_tls(paths, &secrets)?,
+        Duration::from_secs(2),
+    );
     let deadline = Instant::now() + Duration::from_secs(a.etcd_wait_time);
     loop {
         if dcs.get(dcs::K_CLUSTER).await.is_ok() {
             break;
         }
         if Instant::now() > deadline {
-            bail!("etcd did not become healthy within {}s; see `larder tail etcd`", a.etcd_wait_time);
+            bail!(
+                "etcd did not become healthy within {}s; see `larder tail etcd`",
+                a.etcd_wait_time
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     steps.step("registering this node");
-    let record = NodeRecord { guid: guid.clone(), name: cfg.fqdn.clone(), address: cfg.publish_address.clone() };
+    let record = NodeRecord {
+        guid: guid.clone(),
+        name: cfg.fqdn.clone(),
+        address: cfg.publish_address.clone(),
+    };
     let cluster = serde_json::json!({"fingerprint": secrets.fingerprint(), "created_unix": state.created_unix});
-    dcs.create(dcs::K_CLUSTER, cluster.to_string().as_bytes(), None).await?;
-    dcs.put(&dcs::k_node(&guid), &serde_json::to_vec(&record)?, None).await?;
+    dcs.create(dcs::K_CLUSTER, cluster.to_string().as_bytes(), None)
+        .await?;
+    dcs.put(&dcs::k_node(&guid), &serde_json::to_vec(&record)?, None)
+        .await?;
     dcs.put(&dcs::k_voter(&guid), b"1", None).await?;
 
     steps.step("initialising PostgreSQL and electing the leader");
-    wait_for(paths, Duration::from_secs(60), "leadership", |s| s["ha"]["writable_leader"] == true).await?;
+    wait_for(paths, Duration::from_secs(60), "leadership", |s| {
+        s["ha"]["writable_leader"] == true
+    })
+    .await?;
 
     steps.step("waiting for the search service");
     if cfg.elasticsearch.enable {
-        wait_for(paths, Duration::from_secs(a.elasticsearch_wait_time), "the search service", |s| s["ha"]["search_ok"] == true || !service_running(s, "elasticsearch")).await.ok();
+        wait_for(
+            paths,
+            Duration::from_secs(a.elasticsearch_wait_time),
+            "the search service",
+            |s| s["ha"]["search_ok"] == true || !service_running(s, "elasticsearch"),
+        )
+        .await
+        .ok();
     }
     steps.step("checking the health API");
     let addr = format!("{}:{}", url_host(cfg.http_address()), cfg.leaderl.http_port);
     if !larder_agent::agent::http_get_ok(&addr, "/leader").await {
         bail!("the health API at {addr} does not report this node as leader; see `larder status`");
     }
-    steps.finish(&format!("cluster created; {} is the leader. Secrets: {} (copy it to each node that joins)", cfg.fqdn, paths.secrets_file().display()));
+    steps.finish(&format!(
+        "cluster created; {} is the leader. Secrets: {} (copy it to each node that joins)",
+        cfg.fqdn,
+        paths.secrets_file().display()
+    ));
     crate::report::status(paths, None, false, false).await
 }
 
@@ -330,17 +412,31 @@ pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
     check_ports(&cfg)?;
 
     let mut steps = Steps::new(7);
-    steps.step(&format!("verifying the secrets against the cluster at {}", a.peer));
+    steps.step(&format!(
+        "verifying the secrets against the cluster at {}",
+        a.peer
+    ));
     // Authenticate with a certificate issued in memory: nothing is written until the cluster
     // has accepted these secrets.
-    let (cert, key) = pki::issue_node_cert(secrets.larder.ca_key_pem.expose(), &cfg.fqdn, &cfg.publish_address)?;
-    let tls = TlsFiles { ca_pem: secrets.larder.ca_cert_pem.clone(), cert_pem: cert, key_pem: key };
+    let (cert, key) = pki::issue_node_cert(
+        secrets.larder.ca_key_pem.expose(),
+        &cfg.fqdn,
+        &cfg.publish_address,
+    )?;
+    let tls = TlsFiles {
+        ca_pem: secrets.larder.ca_cert_pem.clone(),
+        cert_pem: cert,
+        key_pem: key,
+    };
     let peer_url = format!("https://{}:{}", url_host(&a.peer), cfg.etcd.client_port);
     let dcs = Dcs::new(vec![peer_url.clone()], tls, Duration::from_secs(3));
     let cluster = dcs.get(dcs::K_CLUSTER).await.map_err(|e| anyhow::anyhow!(
         "cannot authenticate to the cluster at {peer_url} with the secrets in {}: {e}. Check the peer address and that the secrets file is the one from that cluster; nothing was changed", a.secrets_file_path))?;
     let Some(cluster) = cluster else {
-        bail!("{} is not a Larder cluster member (no cluster record); nothing was changed", a.peer);
+        bail!(
+            "{} is not a Larder cluster member (no cluster record); nothing was changed",
+            a.peer
+        );
     };
     let fp: serde_json::Value = serde_json::from_slice(&cluster.value)?;
     if fp["fingerprint"].as_str() != Some(secrets.fingerprint().as_str()) {
@@ -363,8 +459,19 @@ pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
     steps.step("taking the cluster's join lock");
     let lock_lease = dcs.lease_grant(30).await?;
     let lock_val = serde_json::json!({"node": cfg.fqdn, "address": cfg.publish_address, "since_unix": larder_agent::ha::unix_ms() / 1000});
-    if !dcs.create(dcs::K_JOIN_LOCK, lock_val.to_string().as_bytes(), Some(lock_lease)).await? {
-        let holder = dcs.get(dcs::K_JOIN_LOCK).await?.map(|k| String::from_utf8_lossy(&k.value).to_string()).unwrap_or_default();
+    if !dcs
+        .create(
+            dcs::K_JOIN_LOCK,
+            lock_val.to_string().as_bytes(),
+            Some(lock_lease),
+        )
+        .await?
+    {
+        let holder = dcs
+            .get(dcs::K_JOIN_LOCK)
+            .await?
+            .map(|k| String::from_utf8_lossy(&k.value).to_string())
+            .unwrap_or_default();
         let _ = dcs.lease_revoke(lock_lease).await;
         bail!("another node is joining the cluster ({holder}); joins must be sequential — retry when it has finished; nothing was changed");
     }
@@ -384,9 +491,21 @@ pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
     crate::report::status(paths, None, false, false).await
 }
 
-async fn join_locked(paths: &Paths, a: &JoinArgs, cfg: &Config, generated: bool, secrets: &Secrets, dcs: &Dcs, steps: &mut Steps) -> anyhow::Result<()> {
+async fn join_locked(
+    paths: &Paths,
+    a: &JoinArgs,
+    cfg: &Config,
+    generated: bool,
+    secrets: &Secrets,
+    dcs: &Dcs,
+    steps: &mut Steps,
+) -> anyhow::Result<()> {
     steps.step("adding this node to etcd as a learner");
-    let peer = format!("https://{}:{}", url_host(&cfg.publish_address), cfg.etcd.peer_port);
+    let peer = format!(
+        "https://{}:{}",
+        url_host(&cfg.publish_address),
+        cfg.etcd.peer_port
+    );
     // etcd refuses membership changes for a few seconds after the previous one ("unhealthy
     // cluster"): retry within a deadline rather than fail the join.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -402,7 +521,11 @@ async fn join_locked(paths: &Paths, a: &JoinArgs, cfg: &Config, generated: bool,
     let members = dcs.members().await?;
     let mut initial: Vec<String> = Vec::new();
     for m in &members {
-        let name = if m.id == id { cfg.fqdn.clone() } else { m.name.clone() };
+        let name = if m.id == id {
+            cfg.fqdn.clone()
+        } else {
+            m.name.clone()
+        };
         for u in &m.peer_urls {
             initial.push(format!("{name}={u}"));
         }
@@ -420,8 +543,13 @@ async fn join_locked(paths: &Paths, a: &JoinArgs, cfg: &Config, generated: bool,
         created_unix: larder_agent::ha::unix_ms() / 1000,
     };
     state.save(&paths.node_state_file())?;
-    let record = NodeRecord { guid: guid.clone(), name: cfg.fqdn.clone(), address: cfg.publish_address.clone() };
-    dcs.put(&dcs::k_node(&guid), &serde_json::to_vec(&record)?, None).await?;
+    let record = NodeRecord {
+        guid: guid.clone(),
+        name: cfg.fqdn.clone(),
+        address: cfg.publish_address.clone(),
+    };
+    dcs.put(&dcs::k_node(&guid), &serde_json::to_vec(&record)?, None)
+        .await?;
 
     steps.step("starting the agent and syncing etcd");
     start_agent(paths)?;
@@ -438,19 +566,33 @@ async fn join_locked(paths: &Paths, a: &JoinArgs, cfg: &Config, generated: bool,
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
-    steps.step(&format!("copying PostgreSQL from the leader (via {})", a.peer));
+    steps.step(&format!(
+        "copying PostgreSQL from the leader (via {})",
+        a.peer
+    ));
     let bar = crate::progress::CopyBar::new();
-    wait_for(paths, Duration::from_secs(3600), "PostgreSQL to stream from the leader", |s| {
-        if let Some(p) = s["ha"]["copy_progress"].as_object() {
-            bar.update(p["done_kb"].as_u64().unwrap_or(0), p["total_kb"].as_u64().unwrap_or(0));
-        }
-        s["ha"]["postgresql"]["state"] == "streaming"
-    })
+    wait_for(
+        paths,
+        Duration::from_secs(3600),
+        "PostgreSQL to stream from the leader",
+        |s| {
+            if let Some(p) = s["ha"]["copy_progress"].as_object() {
+                bar.update(
+                    p["done_kb"].as_u64().unwrap_or(0),
+                    p["total_kb"].as_u64().unwrap_or(0),
+                );
+            }
+            s["ha"]["postgresql"]["state"] == "streaming"
+        },
+    )
     .await?;
     bar.finish();
     steps.step("waiting to become a voting follower");
     wait_for(paths, Duration::from_secs(30), "voter registration", |s| {
-        s["voters"].as_array().map(|v| v.iter().any(|g| g == guid.as_str())).unwrap_or(false)
+        s["voters"]
+            .as_array()
+            .map(|v| v.iter().any(|g| g == guid.as_str()))
+            .unwrap_or(false)
     })
     .await?;
     steps.finish(&format!("{} joined the cluster as a follower", cfg.fqdn));

@@ -6,16 +6,19 @@ use anyhow::bail;
 use larder_agent::control::{self, Request};
 use larder_agent::dcs::{self, Dcs};
 use larder_agent::ha::{unix_ms, SwitchoverRequest, K_SWITCHOVER_REFUSED, K_SWITCHOVER_REQUEST};
-use larder_core::model::{MemberStatus, PgState};
 use larder_agent::node::Node;
 use larder_core::model::{LeaderRecord, NodeRecord};
+use larder_core::model::{MemberStatus, PgState};
 use larder_core::paths::Paths;
 use std::time::{Duration, Instant};
 
 /// An etcd client for CLI use: this node's certificate, every known member.
 pub fn cli_dcs(paths: &Paths) -> anyhow::Result<(Node, Dcs)> {
     if !paths.node_state_file().exists() {
-        bail!("this node is not configured (no {}); run create-cluster or join-cluster first", paths.node_state_file().display());
+        bail!(
+            "this node is not configured (no {}); run create-cluster or join-cluster first",
+            paths.node_state_file().display()
+        );
     }
     let node = Node::load(paths)?;
     let mut urls = vec![node.etcd_client_url()];
@@ -34,38 +37,76 @@ pub fn parse_state(s: &str) -> anyhow::Result<bool> {
     match s.to_ascii_lowercase().as_str() {
         "on" | "true" | "enabled" | "enable" => Ok(true),
         "off" | "false" | "disabled" | "disable" => Ok(false),
-        other => bail!("{other:?} is not a failover state; use on, off, true, false, enabled or disabled"),
+        other => bail!(
+            "{other:?} is not a failover state; use on, off, true, false, enabled or disabled"
+        ),
     }
 }
 
 pub async fn set_failover(paths: &Paths, state: &str, cluster: bool) -> anyhow::Result<()> {
     let on = parse_state(state)?;
     let (node, dcs) = cli_dcs(paths)?;
-    let key = if cluster { dcs::K_FAILOVER.to_string() } else { dcs::k_node_failover(&node.state.guid) };
+    let key = if cluster {
+        dcs::K_FAILOVER.to_string()
+    } else {
+        dcs::k_node_failover(&node.state.guid)
+    };
     dcs.put(&key, if on { b"on" } else { b"off" }, None).await?;
-    println!("{} failover {}", if cluster { "cluster".to_string() } else { format!("node {}", node.cfg.fqdn) }, if on { "enabled" } else { "disabled" });
+    println!(
+        "{} failover {}",
+        if cluster {
+            "cluster".to_string()
+        } else {
+            format!("node {}", node.cfg.fqdn)
+        },
+        if on { "enabled" } else { "disabled" }
+    );
     Ok(())
 }
 
 async fn nodes(dcs: &Dcs) -> anyhow::Result<Vec<NodeRecord>> {
-    Ok(dcs.get_prefix("/larder/nodes/").await?.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
+    Ok(dcs
+        .get_prefix("/larder/nodes/")
+        .await?
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .collect())
 }
 
 fn find<'a>(nodes: &'a [NodeRecord], name: &str) -> anyhow::Result<&'a NodeRecord> {
-    nodes.iter().find(|n| n.name == name || n.guid == name || n.address == name).ok_or_else(|| {
-        anyhow::anyhow!("unknown node {name:?}; cluster members: {}", nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "))
-    })
+    nodes
+        .iter()
+        .find(|n| n.name == name || n.guid == name || n.address == name)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown node {name:?}; cluster members: {}",
+                nodes
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
 }
 
 async fn leader(dcs: &Dcs) -> anyhow::Result<Option<LeaderRecord>> {
-    Ok(dcs.get(dcs::K_LEADER).await?.and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+    Ok(dcs
+        .get(dcs::K_LEADER)
+        .await?
+        .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
 }
 
 /// `promote NODE` (target given) or `demote` (any follower).
 pub async fn switchover(paths: &Paths, target: Option<String>) -> anyhow::Result<()> {
     let (_node, dcs) = cli_dcs(paths)?;
-    if dcs.get(dcs::K_FAILOVER).await?.is_some_and(|kv| kv.value == b"off") {
-        bail!("cluster failover is disabled; enable it with `larder set-cluster-failover on` first");
+    if dcs
+        .get(dcs::K_FAILOVER)
+        .await?
+        .is_some_and(|kv| kv.value == b"off")
+    {
+        bail!(
+            "cluster failover is disabled; enable it with `larder set-cluster-failover on` first"
+        );
     }
     let all = nodes(&dcs).await?;
     let Some(old) = leader(&dcs).await? else {
@@ -78,16 +119,29 @@ pub async fn switchover(paths: &Paths, target: Option<String>) -> anyhow::Result
                 println!("{} is already the leader", n.name);
                 return Ok(());
             }
-            if dcs.get(&dcs::k_node_failover(&n.guid)).await?.is_some_and(|kv| kv.value == b"off") {
-                bail!("failover is disabled on {}; run `larder set-node-failover on` there first", n.name);
+            if dcs
+                .get(&dcs::k_node_failover(&n.guid))
+                .await?
+                .is_some_and(|kv| kv.value == b"off")
+            {
+                bail!(
+                    "failover is disabled on {}; run `larder set-node-failover on` there first",
+                    n.name
+                );
             }
             Some(n.guid.clone())
         }
         None => None,
     };
     // Check first: a switchover needs a streaming, failover-enabled follower to hand over to.
-    let statuses: Vec<MemberStatus> = dcs.get_prefix("/larder/status/").await?.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect();
-    let ready = |m: &MemberStatus| m.guid != old.guid && m.pg == PgState::Streaming && m.failover_enabled;
+    let statuses: Vec<MemberStatus> = dcs
+        .get_prefix("/larder/status/")
+        .await?
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .collect();
+    let ready =
+        |m: &MemberStatus| m.guid != old.guid && m.pg == PgState::Streaming && m.failover_enabled;
     let ok = match &target_guid {
         Some(t) => statuses.iter().any(|m| &m.guid == t && ready(m)),
         None => statuses.iter().any(ready),
@@ -96,8 +150,12 @@ pub async fn switchover(paths: &Paths, target: Option<String>) -> anyhow::Result
         bail!("no streaming, failover-enabled follower {}to hand over to yet; wait until `larder cluster-status` shows it as follower and retry", target.as_deref().map(|t| format!("({t}) ")).unwrap_or_default());
     }
     let _ = dcs.delete(K_SWITCHOVER_REFUSED).await;
-    let req = SwitchoverRequest { target: target_guid.clone(), requested_unix_ms: unix_ms() };
-    dcs.put(K_SWITCHOVER_REQUEST, &serde_json::to_vec(&req)?, None).await?;
+    let req = SwitchoverRequest {
+        target: target_guid.clone(),
+        requested_unix_ms: unix_ms(),
+    };
+    dcs.put(K_SWITCHOVER_REQUEST, &serde_json::to_vec(&req)?, None)
+        .await?;
     eprintln!("switchover requested from {} (term {})", old.name, old.term);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(30);
@@ -108,7 +166,12 @@ pub async fn switchover(paths: &Paths, target: Option<String>) -> anyhow::Result
                 if target_guid.as_ref().is_some_and(|t| *t != l.guid) {
                     bail!("{} became leader instead of the requested node", l.name);
                 }
-                println!("{} is the leader (term {}), handed over in {:.2}s", l.name, l.term, started.elapsed().as_secs_f64());
+                println!(
+                    "{} is the leader (term {}), handed over in {:.2}s",
+                    l.name,
+                    l.term,
+                    started.elapsed().as_secs_f64()
+                );
                 return Ok(());
             }
         }
@@ -129,7 +192,13 @@ pub async fn force_leader(paths: &Paths) -> anyhow::Result<()> {
         bail!("{}", r.message);
     }
     println!("{}", r.message);
-    wait_for(paths, Duration::from_secs(30), "this node to accept writes", |s| s["ha"]["writable_leader"] == true).await?;
+    wait_for(
+        paths,
+        Duration::from_secs(30),
+        "this node to accept writes",
+        |s| s["ha"]["writable_leader"] == true,
+    )
+    .await?;
     Ok(())
 }
 
@@ -141,15 +210,23 @@ pub async fn pgsql_follow(paths: &Paths, force_basebackup: bool) -> anyhow::Resu
     eprintln!("{}", r.message);
     let bar = crate::progress::CopyBar::new();
     let mut saw_copy = false;
-    wait_for(paths, Duration::from_secs(3600), "PostgreSQL to stream from the leader", |s| {
-        if let Some(p) = s["ha"]["copy_progress"].as_object() {
-            bar.update(p["done_kb"].as_u64().unwrap_or(0), p["total_kb"].as_u64().unwrap_or(0));
-        }
-        if s["ha"]["role"] == "syncing" {
-            saw_copy = true;
-        }
-        saw_copy && s["ha"]["postgresql"]["state"] == "streaming"
-    })
+    wait_for(
+        paths,
+        Duration::from_secs(3600),
+        "PostgreSQL to stream from the leader",
+        |s| {
+            if let Some(p) = s["ha"]["copy_progress"].as_object() {
+                bar.update(
+                    p["done_kb"].as_u64().unwrap_or(0),
+                    p["total_kb"].as_u64().unwrap_or(0),
+                );
+            }
+            if s["ha"]["role"] == "syncing" {
+                saw_copy = true;
+            }
+            saw_copy && s["ha"]["postgresql"]["state"] == "streaming"
+        },
+    )
     .await?;
     bar.finish();
     println!("following the leader");
@@ -161,13 +238,21 @@ pub async fn remove_node(paths: &Paths, name: &str, _yes: bool) -> anyhow::Resul
     let all = nodes(&dcs).await?;
     let n = find(&all, name)?.clone();
     if n.guid == me.state.guid {
-        bail!("remove-node must run on another cluster member, not on {} itself", n.name);
+        bail!(
+            "remove-node must run on another cluster member, not on {} itself",
+            n.name
+        );
     }
     if dcs.get(&dcs::k_status(&n.guid)).await?.is_some() {
         bail!("{} is still running (its agent posts status); stop it first (`larder uninstall` on that node), then retry", n.name);
     }
     let members = dcs.members().await?;
-    if let Some(m) = members.iter().find(|m| m.name == n.name || m.peer_urls.iter().any(|u| u.contains(&format!("//{}:", larder_agent::node::url_host(&n.address))))) {
+    if let Some(m) = members.iter().find(|m| {
+        m.name == n.name
+            || m.peer_urls
+                .iter()
+                .any(|u| u.contains(&format!("//{}:", larder_agent::node::url_host(&n.address))))
+    }) {
         dcs.member_remove(m.id).await?;
     }
     dcs.delete(&dcs::k_voter(&n.guid)).await?;
@@ -175,6 +260,9 @@ pub async fn remove_node(paths: &Paths, name: &str, _yes: bool) -> anyhow::Resul
     dcs.delete(&dcs::k_node(&n.guid)).await?;
     // The leader drops the replication slot of members that are no longer registered.
     let _ = agent_status(paths).await;
-    println!("removed {} ({}) from the cluster; its replication slot is dropped by the leader", n.name, n.guid);
+    println!(
+        "removed {} ({}) from the cluster; its replication slot is dropped by the leader",
+        n.name, n.guid
+    );
     Ok(())
 }

@@ -28,9 +28,18 @@ pub enum DevCmd {
 
 fn larder(root: &PathBuf, args: &[&str]) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
-    let st = Command::new(exe).arg("--root").arg(root).args(args).status().context("cannot run larder")?;
+    let st = Command::new(exe)
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .status()
+        .context("cannot run larder")?;
     if !st.success() {
-        bail!("`larder --root {} {}` failed", root.display(), args.join(" "));
+        bail!(
+            "`larder --root {} {}` failed",
+            root.display(),
+            args.join(" ")
+        );
     }
     Ok(())
 }
@@ -43,11 +52,16 @@ pub async fn run(cmd: DevCmd) -> anyhow::Result<()> {
     match cmd {
         DevCmd::Up { nodes, dir } => {
             if nodes == 0 || nodes % 2 == 0 || nodes > 9 {
-                bail!("--nodes must be odd and between 1 and 9 (a majority must survive a failure)");
+                bail!(
+                    "--nodes must be odd and between 1 and 9 (a majority must survive a failure)"
+                );
             }
             let first = node_root(&dir, 1);
             if first.join("var/opt/larder/node.json").exists() {
-                eprintln!("a local cluster exists in {}; starting its nodes", dir.display());
+                eprintln!(
+                    "a local cluster exists in {}; starting its nodes",
+                    dir.display()
+                );
                 for i in 1..=nodes {
                     let r = node_root(&dir, i);
                     if r.exists() {
@@ -56,21 +70,53 @@ pub async fn run(cmd: DevCmd) -> anyhow::Result<()> {
                 }
             } else {
                 eprintln!("== node n1 (127.0.0.2): create-cluster");
-                larder(&first, &["create-cluster", "--publish-address", "127.0.0.2", "--fqdn", "n1", "-y"])?;
+                larder(
+                    &first,
+                    &[
+                        "create-cluster",
+                        "--publish-address",
+                        "127.0.0.2",
+                        "--fqdn",
+                        "n1",
+                        "-y",
+                    ],
+                )?;
                 let secrets = first.join("etc/larder/chef-backend-secrets.json");
                 for i in 2..=nodes {
                     let addr = format!("127.0.0.{}", i + 1);
                     eprintln!("== node n{i} ({addr}): join-cluster");
-                    larder(&node_root(&dir, i), &["join-cluster", "127.0.0.2", "-s", &secrets.display().to_string(), "--publish-address", &addr, "--fqdn", &format!("n{i}"), "-y"])?;
+                    larder(
+                        &node_root(&dir, i),
+                        &[
+                            "join-cluster",
+                            "127.0.0.2",
+                            "-s",
+                            &secrets.display().to_string(),
+                            "--publish-address",
+                            &addr,
+                            "--fqdn",
+                            &format!("n{i}"),
+                            "-y",
+                        ],
+                    )?;
                 }
             }
             println!();
             larder(&first, &["cluster-status"])?;
             println!("\nEach node lives under {}/nK. Try:", dir.display());
             println!("  larder --root {} status", first.display());
-            println!("  watch -n1 larder --root {} cluster-status", first.display());
-            println!("  kill -9 $(cat {}/run/larder/agent.pid)   # watch another node take over", first.display());
-            println!("  larder --root {} promote n1              # planned switchover", node_root(&dir, 2).display());
+            println!(
+                "  watch -n1 larder --root {} cluster-status",
+                first.display()
+            );
+            println!(
+                "  kill -9 $(cat {}/run/larder/agent.pid)   # watch another node take over",
+                first.display()
+            );
+            println!(
+                "  larder --root {} promote n1              # planned switchover",
+                node_root(&dir, 2).display()
+            );
             println!("  larder dev down                            # remove it all");
             Ok(())
         }
@@ -81,7 +127,9 @@ pub async fn run(cmd: DevCmd) -> anyhow::Result<()> {
             }
             for e in std::fs::read_dir(&dir)? {
                 let root = e?.path();
-                if root.join("var/opt/larder/node.json").exists() || root.join("run/larder").exists() {
+                if root.join("var/opt/larder/node.json").exists()
+                    || root.join("run/larder").exists()
+                {
                     let _ = crate::local::stop_agent(&larder_core::paths::Paths::new(&root)).await;
                 }
             }

@@ -8,7 +8,11 @@ use larder_core::config::Config;
 use larder_core::paths::Paths;
 use std::time::{Duration, Instant};
 
-pub async fn service_verb(paths: &Paths, verb: &str, service: Option<String>) -> anyhow::Result<()> {
+pub async fn service_verb(
+    paths: &Paths,
+    verb: &str,
+    service: Option<String>,
+) -> anyhow::Result<()> {
     if verb == "start" && service.is_none() && !crate::bootstrap::agent_alive(paths) {
         if !paths.node_state_file().exists() {
             bail!("this node is not configured; run create-cluster or join-cluster first");
@@ -18,7 +22,14 @@ pub async fn service_verb(paths: &Paths, verb: &str, service: Option<String>) ->
         println!("agent started");
         return Ok(());
     }
-    let r = control::call(&paths.agent_socket(), &Request::Service { verb: verb.into(), service }).await?;
+    let r = control::call(
+        &paths.agent_socket(),
+        &Request::Service {
+            verb: verb.into(),
+            service,
+        },
+    )
+    .await?;
     if !r.ok {
         bail!("{}", r.message);
     }
@@ -33,23 +44,44 @@ pub async fn service_list(paths: &Paths, service: Option<&str>) -> anyhow::Resul
         if service.is_some_and(|w| w != name) {
             continue;
         }
-        println!("{name}{}", if svc["want_up"] == true { "" } else { " (disabled)" });
+        println!(
+            "{name}{}",
+            if svc["want_up"] == true {
+                ""
+            } else {
+                " (disabled)"
+            }
+        );
     }
     Ok(())
 }
 
 pub fn tail(paths: &Paths, service: Option<&str>) -> anyhow::Result<()> {
     let dirs: Vec<_> = match service {
-        Some(s) => vec![paths.service_log_dir(match s { "search" => "elasticsearch", other => other })],
-        None => std::fs::read_dir(paths.log_dir()).with_context(|| format!("no logs at {}", paths.log_dir().display()))?.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Some(s) => vec![paths.service_log_dir(match s {
+            "search" => "elasticsearch",
+            other => other,
+        })],
+        None => std::fs::read_dir(paths.log_dir())
+            .with_context(|| format!("no logs at {}", paths.log_dir().display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect(),
     };
-    let files: Vec<String> = dirs.iter().map(|d| d.join("current").display().to_string()).collect();
+    let files: Vec<String> = dirs
+        .iter()
+        .map(|d| d.join("current").display().to_string())
+        .collect();
     for f in &files {
         if !std::path::Path::new(f).exists() {
             bail!("no log file {f}; services: etcd, postgresql, elasticsearch, agent");
         }
     }
-    let status = std::process::Command::new("tail").arg("-F").arg("-n").arg("50").args(&files).status()?;
+    let status = std::process::Command::new("tail")
+        .arg("-F")
+        .arg("-n")
+        .arg("50")
+        .args(&files)
+        .status()?;
     if !status.success() {
         bail!("tail exited with {status}");
     }
@@ -74,10 +106,18 @@ pub async fn reconfigure(paths: &Paths) -> anyhow::Result<()> {
 
 /// Ask the agent to stop everything and wait until its processes are gone.
 pub async fn stop_agent(paths: &Paths) -> anyhow::Result<()> {
-    let pid = std::fs::read_to_string(paths.agent_pid()).ok().and_then(|p| p.trim().parse::<i32>().ok());
-    if control::call(&paths.agent_socket(), &Request::Shutdown).await.is_err() {
+    let pid = std::fs::read_to_string(paths.agent_pid())
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok());
+    if control::call(&paths.agent_socket(), &Request::Shutdown)
+        .await
+        .is_err()
+    {
         if let Some(pid) = pid {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
     }
     if let Some(pid) = pid {
@@ -94,7 +134,10 @@ pub async fn stop_agent(paths: &Paths) -> anyhow::Result<()> {
 
 pub async fn uninstall(paths: &Paths) -> anyhow::Result<()> {
     stop_agent(paths).await?;
-    println!("stopped the agent and every service; data and configuration are kept under {}", paths.root().display());
+    println!(
+        "stopped the agent and every service; data and configuration are kept under {}",
+        paths.root().display()
+    );
     Ok(())
 }
 
@@ -108,12 +151,21 @@ pub async fn cleanse(paths: &Paths, yes: bool) -> anyhow::Result<()> {
     if paths.config_dir().exists() {
         copy_dir(&paths.config_dir(), &backup)?;
     }
-    for d in [paths.data_dir(), paths.log_dir(), paths.run_dir(), paths.config_dir()] {
+    for d in [
+        paths.data_dir(),
+        paths.log_dir(),
+        paths.run_dir(),
+        paths.config_dir(),
+    ] {
         if d.exists() {
-            std::fs::remove_dir_all(&d).with_context(|| format!("cannot remove {}", d.display()))?;
+            std::fs::remove_dir_all(&d)
+                .with_context(|| format!("cannot remove {}", d.display()))?;
         }
     }
-    println!("cleansed: data, logs and configuration removed; a copy of the configuration is in {}", backup.display());
+    println!(
+        "cleansed: data, logs and configuration removed; a copy of the configuration is in {}",
+        backup.display()
+    );
     Ok(())
 }
 
@@ -140,7 +192,12 @@ fn search_config(paths: &Paths) -> anyhow::Result<larder_search::SearchConfig> {
             host: node.paths.pg_socket_dir().display().to_string(),
             port: node.cfg.postgresql.port,
             user: node.cfg.postgresql.db_superuser.clone(),
-            password: node.secrets.postgresql.db_superuser_password.expose().to_string(),
+            password: node
+                .secrets
+                .postgresql
+                .db_superuser_password
+                .expose()
+                .to_string(),
             dbname: "larder_search".into(),
         },
         index_dir: node.paths.search_index(),
@@ -153,12 +210,19 @@ fn search_config(paths: &Paths) -> anyhow::Result<larder_search::SearchConfig> {
 pub async fn search_service(paths: &Paths) -> anyhow::Result<()> {
     let node = larder_agent::node::Node::load(paths)?;
     let cfg = search_config(paths)?;
-    let addr = format!("{}:{}", larder_agent::node::url_host(&node.cfg.publish_address), node.cfg.elasticsearch.port);
-    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot bind the search API on {addr}"))?;
+    let addr = format!(
+        "{}:{}",
+        larder_agent::node::url_host(&node.cfg.publish_address),
+        node.cfg.elasticsearch.port
+    );
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot bind the search API on {addr}"))?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let s2 = shutdown.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
         term.recv().await;
         s2.cancel();
     });
@@ -168,13 +232,30 @@ pub async fn search_service(paths: &Paths) -> anyhow::Result<()> {
 
 pub async fn reindex(paths: &Paths) -> anyhow::Result<()> {
     let cfg = search_config(paths)?;
-    let r = control::call(&paths.agent_socket(), &Request::Service { verb: "stop".into(), service: Some("elasticsearch".into()) }).await?;
+    let r = control::call(
+        &paths.agent_socket(),
+        &Request::Service {
+            verb: "stop".into(),
+            service: Some("elasticsearch".into()),
+        },
+    )
+    .await?;
     if !r.ok {
         bail!("{}", r.message);
     }
     let res = larder_search::rebuild_index(&cfg).await;
-    let _ = control::call(&paths.agent_socket(), &Request::Service { verb: "start".into(), service: Some("elasticsearch".into()) }).await;
+    let _ = control::call(
+        &paths.agent_socket(),
+        &Request::Service {
+            verb: "start".into(),
+            service: Some("elasticsearch".into()),
+        },
+    )
+    .await;
     let stats = res?;
-    println!("index rebuilt: {} documents, {} bytes", stats.documents, stats.size_bytes);
+    println!(
+        "index rebuilt: {} documents, {} bytes",
+        stats.documents, stats.size_bytes
+    );
     Ok(())
 }

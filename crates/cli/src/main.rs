@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use larder_core::paths::Paths;
 
 #[derive(Parser)]
-#[command(name = "larder", version, about = "Larder: a high-availability backend cluster for Chef Infra Server (chef-backend-ctl compatible)")]
+#[command(
+    name = "larder",
+    version,
+    about = "Larder: a high-availability backend cluster for Chef Infra Server (chef-backend-ctl compatible)"
+)]
 pub struct Cli {
     /// Root under which /etc/larder, /var/opt/larder, /var/log/larder and /run/larder live.
     #[arg(long, global = true, env = "LARDER_ROOT", default_value = "/")]
@@ -204,7 +208,10 @@ async fn run(cmd: Cmd, paths: Paths) -> anyhow::Result<()> {
             force_basebackup,
             verbose: _,
         } => cluster_ops::pgsql_follow(&paths, force_basebackup).await,
-        Cmd::Cleanse { with_external: _, yes } => local::cleanse(&paths, yes).await,
+        Cmd::Cleanse {
+            with_external: _,
+            yes,
+        } => local::cleanse(&paths, yes).await,
         Cmd::Uninstall => local::uninstall(&paths).await,
         Cmd::Reindex => local::reindex(&paths).await,
         Cmd::Upgrade { .. } => not_yet("upgrade"),

@@ -13,18 +13,29 @@ pub struct Steps {
 
 impl Steps {
     pub fn new(total: usize) -> Steps {
-        Steps { total, n: 0, started: Instant::now(), step_started: Instant::now() }
+        Steps {
+            total,
+            n: 0,
+            started: Instant::now(),
+            step_started: Instant::now(),
+        }
     }
     pub fn step(&mut self, what: &str) {
         if self.n > 0 {
-            eprintln!("      done in {:.1}s", self.step_started.elapsed().as_secs_f64());
+            eprintln!(
+                "      done in {:.1}s",
+                self.step_started.elapsed().as_secs_f64()
+            );
         }
         self.n += 1;
         self.step_started = Instant::now();
         eprintln!("[{}/{}] {what}", self.n, self.total);
     }
     pub fn finish(&self, msg: &str) {
-        eprintln!("      done in {:.1}s", self.step_started.elapsed().as_secs_f64());
+        eprintln!(
+            "      done in {:.1}s",
+            self.step_started.elapsed().as_secs_f64()
+        );
         eprintln!("✔ {msg} ({:.1}s)", self.started.elapsed().as_secs_f64());
     }
 }
@@ -36,10 +47,16 @@ pub struct CopyBar {
 
 impl CopyBar {
     pub fn new() -> CopyBar {
-        let bar = if std::io::stderr().is_terminal() { ProgressBar::new(0) } else { ProgressBar::hidden() };
+        let bar = if std::io::stderr().is_terminal() {
+            ProgressBar::new(0)
+        } else {
+            ProgressBar::hidden()
+        };
         bar.set_style(
-            ProgressStyle::with_template("      {bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "      {bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         CopyBar { bar }
     }

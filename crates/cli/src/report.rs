@@ -15,24 +15,41 @@ fn require_configured(paths: &Paths) -> anyhow::Result<()> {
 
 fn parse_members(s: &serde_json::Value) -> (Vec<NodeRecord>, Vec<MemberStatus>) {
     let nodes: Vec<NodeRecord> = serde_json::from_value(s["nodes"].clone()).unwrap_or_default();
-    let members: Vec<MemberStatus> = serde_json::from_value(s["members"].clone()).unwrap_or_default();
+    let members: Vec<MemberStatus> =
+        serde_json::from_value(s["members"].clone()).unwrap_or_default();
     (nodes, members)
 }
 
-pub async fn status(paths: &Paths, service: Option<&str>, simple: bool, json: bool) -> anyhow::Result<()> {
+pub async fn status(
+    paths: &Paths,
+    service: Option<&str>,
+    simple: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     require_configured(paths)?;
     let s = agent_status(paths).await?;
     let (nodes, members) = parse_members(&s);
-    let per_node: Vec<Option<&MemberStatus>> = nodes.iter().map(|n| members.iter().find(|m| m.guid == n.guid)).collect();
+    let per_node: Vec<Option<&MemberStatus>> = nodes
+        .iter()
+        .map(|n| members.iter().find(|m| m.guid == n.guid))
+        .collect();
     let total = nodes.len().max(1);
     let etcd_members = s["etcd_members"].as_array().map(|a| a.len()).unwrap_or(0);
-    let etcd_healthy = per_node.iter().filter(|m| m.map(|m| m.etcd_ok).unwrap_or(false)).count();
-    let search_online = per_node.iter().filter(|m| m.map(|m| m.search_ok).unwrap_or(false)).count();
+    let etcd_healthy = per_node
+        .iter()
+        .filter(|m| m.map(|m| m.etcd_ok).unwrap_or(false))
+        .count();
+    let search_online = per_node
+        .iter()
+        .filter(|m| m.map(|m| m.search_ok).unwrap_or(false))
+        .count();
     let now = larder_agent::ha::unix_ms() / 1000;
     let mut rows = Vec::new();
     for svc in s["services"].as_array().cloned().unwrap_or_default() {
         let name = svc["name"].as_str().unwrap_or("").to_string();
-        if service.is_some_and(|want| want != name && !(want == "search" && name == "elasticsearch")) {
+        if service
+            .is_some_and(|want| want != name && !(want == "search" && name == "elasticsearch"))
+        {
             continue;
         }
         let distributed = match name.as_str() {
@@ -50,20 +67,37 @@ pub async fn status(paths: &Paths, service: Option<&str>, simple: bool, json: bo
             distributed,
         });
     }
-    let order = |n: &str| ["leaderl", "etcd", "postgresql", "elasticsearch"].iter().position(|x| *x == n).unwrap_or(9);
+    let order = |n: &str| {
+        ["leaderl", "etcd", "postgresql", "elasticsearch"]
+            .iter()
+            .position(|x| *x == n)
+            .unwrap_or(9)
+    };
     rows.sort_by_key(|r| order(&r.service));
     if service.is_some() && rows.is_empty() {
-        bail!("unknown service {:?}; services: leaderl, etcd, postgresql, elasticsearch", service.unwrap_or_default());
+        bail!(
+            "unknown service {:?}; services: leaderl, etcd, postgresql, elasticsearch",
+            service.unwrap_or_default()
+        );
     }
     let disks: Vec<DiskRow> = [paths.log_dir(), paths.data_dir()]
         .iter()
         .map(|p| {
             let free = larder_agent::disk::free_mb(p).unwrap_or(0);
-            DiskRow { path: p.display().to_string(), free_mb: free, ok: free >= 250 }
+            DiskRow {
+                path: p.display().to_string(),
+                free_mb: free,
+                ok: free >= 250,
+            }
         })
         .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"services": rows, "disks": disks, "ha": s["ha"]}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"services": rows, "disks": disks, "ha": s["ha"]})
+            )?
+        );
     } else if simple {
         for r in &rows {
             println!("{}: {}", r.service, status::local_status(r));
@@ -80,7 +114,9 @@ pub fn cluster_rows(s: &serde_json::Value) -> Vec<ClusterRow> {
         .iter()
         .map(|n| {
             let m = members.iter().find(|m| m.guid == n.guid);
-            let role = m.map(|m| m.role.as_str().to_string()).unwrap_or_else(|| "offline".into());
+            let role = m
+                .map(|m| m.role.as_str().to_string())
+                .unwrap_or_else(|| "offline".into());
             let pg = match m.map(|m| m.pg) {
                 Some(larder_core::model::PgState::Primary) => "leader",
                 Some(larder_core::model::PgState::Streaming) => "follower",
@@ -89,7 +125,9 @@ pub fn cluster_rows(s: &serde_json::Value) -> Vec<ClusterRow> {
                 Some(larder_core::model::PgState::Stopped) | None => "down",
             };
             let es = match m {
-                Some(m) if m.search_ok && m.role == larder_core::model::NodeRole::Leader => "master",
+                Some(m) if m.search_ok && m.role == larder_core::model::NodeRole::Leader => {
+                    "master"
+                }
                 Some(m) if m.search_ok => "not_master",
                 _ => "down",
             };
@@ -116,9 +154,12 @@ pub async fn cluster_status(paths: &Paths, json: bool) -> anyhow::Result<()> {
     let s = agent_status(paths).await?;
     let rows = cluster_rows(&s);
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
             "leader": s["ha"]["leader"], "term": s["ha"]["term"],
-            "cluster_failover": s["ha"]["cluster_failover"], "nodes": rows}))?);
+            "cluster_failover": s["ha"]["cluster_failover"], "nodes": rows}))?
+        );
     } else {
         print!("{}", status::render_cluster(&rows));
     }
@@ -126,14 +167,29 @@ pub async fn cluster_status(paths: &Paths, json: bool) -> anyhow::Result<()> {
 }
 
 /// chef-server.rb for a frontend, exactly the keys Chef's `use_chef_backend` mode reads.
-pub fn server_config(fqdn: &str, members: &[String], superuser: &str, password: &str, pg_port: u16, es_port: u16) -> String {
-    let list = members.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", ");
+pub fn server_config(
+    fqdn: &str,
+    members: &[String],
+    superuser: &str,
+    password: &str,
+    pg_port: u16,
+    es_port: u16,
+) -> String {
+    let list = members
+        .iter()
+        .map(|m| format!("\"{m}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "# chef-server.rb for a Chef Infra Server frontend of this Larder cluster.\nfqdn \"{fqdn}\"\nuse_chef_backend true\nchef_backend_members [{list}]\n\nhaproxy['remote_postgresql_port'] = {pg_port}\nhaproxy['remote_elasticsearch_port'] = {es_port}\n\n# PostgreSQL is the cluster's, reached through the local haproxy.\npostgresql['external'] = true\npostgresql['vip'] = '127.0.0.1'\npostgresql['db_superuser'] = '{superuser}'\npostgresql['db_superuser_password'] = '{password}'\n\n# Search is Larder's Elasticsearch-compatible service, written in batches.\nopscode_solr4['external'] = true\nopscode_solr4['external_url'] = 'http://127.0.0.1:{es_port}'\nopscode_erchef['search_provider'] = 'elasticsearch'\nopscode_erchef['search_queue_mode'] = 'batch'\n\nbookshelf['storage_type'] = :sql\n\n# No message queue in this topology.\nrabbitmq['enable'] = false\nrabbitmq['management_enabled'] = false\nrabbitmq['queue_length_monitor_enabled'] = false\nopscode_expander['enable'] = false\ndark_launch['actions'] = false\n\nopscode_erchef['nginx_bookshelf_caching'] = :on\nopscode_erchef['s3_url_expiry_window_size'] = '50%'\n"
     )
 }
 
-pub async fn gen_server_config(paths: &Paths, fqdn: &str, file: Option<&str>) -> anyhow::Result<()> {
+pub async fn gen_server_config(
+    paths: &Paths,
+    fqdn: &str,
+    file: Option<&str>,
+) -> anyhow::Result<()> {
     require_configured(paths)?;
     let node = larder_agent::node::Node::load(paths)?;
     let s = agent_status(paths).await?;
@@ -142,7 +198,14 @@ pub async fn gen_server_config(paths: &Paths, fqdn: &str, file: Option<&str>) ->
         bail!("the cluster has no registered members yet (is the agent connected to etcd?); see `larder status`");
     }
     let members: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
-    let text = server_config(fqdn, &members, &node.cfg.postgresql.db_superuser, node.secrets.postgresql.db_superuser_password.expose(), node.cfg.postgresql.port, node.cfg.elasticsearch.port);
+    let text = server_config(
+        fqdn,
+        &members,
+        &node.cfg.postgresql.db_superuser,
+        node.secrets.postgresql.db_superuser_password.expose(),
+        node.cfg.postgresql.port,
+        node.cfg.elasticsearch.port,
+    );
     match file {
         Some(f) => {
             larder_agent::node::write_private(std::path::Path::new(f), text.as_bytes())?;
@@ -158,17 +221,36 @@ mod tests {
     use super::*;
     #[test]
     fn server_config_has_every_frontend_key() {
-        let t = server_config("fe1.example.com", &["10.0.0.1".into(), "10.0.0.2".into()], "chef_pgsql", "pw", 5432, 9200);
+        let t = server_config(
+            "fe1.example.com",
+            &["10.0.0.1".into(), "10.0.0.2".into()],
+            "chef_pgsql",
+            "pw",
+            5432,
+            9200,
+        );
         for key in [
-            "fqdn \"fe1.example.com\"", "use_chef_backend true", "chef_backend_members [\"10.0.0.1\", \"10.0.0.2\"]",
-            "haproxy['remote_postgresql_port'] = 5432", "haproxy['remote_elasticsearch_port'] = 9200",
-            "postgresql['external'] = true", "postgresql['vip'] = '127.0.0.1'", "postgresql['db_superuser'] = 'chef_pgsql'",
-            "postgresql['db_superuser_password'] = 'pw'", "opscode_solr4['external'] = true",
-            "opscode_solr4['external_url'] = 'http://127.0.0.1:9200'", "opscode_erchef['search_provider'] = 'elasticsearch'",
-            "opscode_erchef['search_queue_mode'] = 'batch'", "bookshelf['storage_type'] = :sql", "rabbitmq['enable'] = false",
-            "rabbitmq['management_enabled'] = false", "rabbitmq['queue_length_monitor_enabled'] = false",
-            "opscode_expander['enable'] = false", "dark_launch['actions'] = false",
-            "opscode_erchef['nginx_bookshelf_caching'] = :on", "opscode_erchef['s3_url_expiry_window_size'] = '50%'",
+            "fqdn \"fe1.example.com\"",
+            "use_chef_backend true",
+            "chef_backend_members [\"10.0.0.1\", \"10.0.0.2\"]",
+            "haproxy['remote_postgresql_port'] = 5432",
+            "haproxy['remote_elasticsearch_port'] = 9200",
+            "postgresql['external'] = true",
+            "postgresql['vip'] = '127.0.0.1'",
+            "postgresql['db_superuser'] = 'chef_pgsql'",
+            "postgresql['db_superuser_password'] = 'pw'",
+            "opscode_solr4['external'] = true",
+            "opscode_solr4['external_url'] = 'http://127.0.0.1:9200'",
+            "opscode_erchef['search_provider'] = 'elasticsearch'",
+            "opscode_erchef['search_queue_mode'] = 'batch'",
+            "bookshelf['storage_type'] = :sql",
+            "rabbitmq['enable'] = false",
+            "rabbitmq['management_enabled'] = false",
+            "rabbitmq['queue_length_monitor_enabled'] = false",
+            "opscode_expander['enable'] = false",
+            "dark_launch['actions'] = false",
+            "opscode_erchef['nginx_bookshelf_caching'] = :on",
+            "opscode_erchef['s3_url_expiry_window_size'] = '50%'",
         ] {
             assert!(t.contains(key), "missing {key}");
         }

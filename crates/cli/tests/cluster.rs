@@ -9,12 +9,17 @@ const T: Duration = Duration::from_secs(30);
 
 fn write_rows(l: &Node, from: u32, to: u32) {
     for i in from..to {
-        assert!(l.sql(&format!("INSERT INTO acked VALUES ({i})")).is_some(), "insert {i} on {}", l.name);
+        assert!(
+            l.sql(&format!("INSERT INTO acked VALUES ({i})")).is_some(),
+            "insert {i} on {}",
+            l.name
+        );
     }
 }
 
 fn count(n: &Node) -> Option<u64> {
-    n.sql("SELECT count(*) FROM acked").and_then(|s| s.parse().ok())
+    n.sql("SELECT count(*) FROM acked")
+        .and_then(|s| s.parse().ok())
 }
 
 #[test]
@@ -24,40 +29,67 @@ fn three_nodes_replicate_fail_over_switch_over_and_rejoin() {
     assert_eq!(l.name, "n1");
     // Synchronous quorum replication is configured by the leader.
     let ssn = wait_until(T, "synchronous_standby_names", || {
-        l.sql("SHOW synchronous_standby_names").filter(|s| s.starts_with("ANY 1"))
+        l.sql("SHOW synchronous_standby_names")
+            .filter(|s| s.starts_with("ANY 1"))
     });
     assert!(ssn.contains("larder_"), "{ssn}");
     l.sql("CREATE TABLE acked (id int primary key)").unwrap();
     write_rows(l, 0, 200);
     // Writes on the leader appear on followers (which refuse writes).
     for f in &c.nodes[1..] {
-        wait_until(T, "rows on follower", || (count(f) == Some(200)).then_some(()));
-        assert!(f.sql("INSERT INTO acked VALUES (100000)").is_none(), "follower accepted a write");
+        wait_until(T, "rows on follower", || {
+            (count(f) == Some(200)).then_some(())
+        });
+        assert!(
+            f.sql("INSERT INTO acked VALUES (100000)").is_none(),
+            "follower accepted a write"
+        );
         assert_eq!(f.http("/leader"), 503);
-        wait_until(T, "replica endpoint", || (f.http("/replica") == 200).then_some(()));
+        wait_until(T, "replica endpoint", || {
+            (f.http("/replica") == 200).then_some(())
+        });
     }
-    let cs: serde_json::Value = serde_json::from_str(&c.nodes[1].ok(&["cluster-status", "--json"])).unwrap();
+    let cs: serde_json::Value =
+        serde_json::from_str(&c.nodes[1].ok(&["cluster-status", "--json"])).unwrap();
     assert_eq!(cs["nodes"].as_array().unwrap().len(), 3);
     let st = c.nodes[0].ok(&["status"]);
-    assert!(st.contains("leader: 1; waiting: 0; follower: 2; total: 3"), "{st}");
+    assert!(
+        st.contains("leader: 1; waiting: 0; follower: 2; total: 3"),
+        "{st}"
+    );
 
     // kill -9 of the leader's agent (its PostgreSQL dies with it): a new leader, no loss.
     let pg = c.nodes[0].pg_pid().unwrap();
     c.nodes[0].kill_agent();
-    let _ = std::process::Command::new("kill").args(["-9", &pg.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pg.to_string()])
+        .status();
     let l2 = c.wait_leader(Some("n1"), T);
-    assert_eq!(count(l2), Some(200), "acknowledged writes lost on {}", l2.name);
+    assert_eq!(
+        count(l2),
+        Some(200),
+        "acknowledged writes lost on {}",
+        l2.name
+    );
     write_rows(l2, 200, 300);
 
     // The old leader restarts and rejoins by itself (rewind), never writable.
     c.nodes[0].ok(&["start"]);
     wait_until(T, "n1 streaming again", || {
-        c.nodes[0].status_json().filter(|s| s["ha"]["postgresql"]["state"] == "streaming")
+        c.nodes[0]
+            .status_json()
+            .filter(|s| s["ha"]["postgresql"]["state"] == "streaming")
     });
     assert_eq!(c.nodes[0].http("/leader"), 503);
-    wait_until(T, "n1 caught up", || (count(&c.nodes[0]) == Some(300)).then_some(()));
-    let log = std::fs::read_to_string(c.nodes[0].root.join("var/log/larder/agent/current")).unwrap();
-    assert!(log.contains("pg_rewind"), "n1 did not rejoin through pg_rewind");
+    wait_until(T, "n1 caught up", || {
+        (count(&c.nodes[0]) == Some(300)).then_some(())
+    });
+    let log =
+        std::fs::read_to_string(c.nodes[0].root.join("var/log/larder/agent/current")).unwrap();
+    assert!(
+        log.contains("pg_rewind"),
+        "n1 did not rejoin through pg_rewind"
+    );
 
     // Planned switchover back to n1: zero loss.
     c.nodes[2].ok(&["promote", "n1"]);
@@ -68,7 +100,13 @@ fn three_nodes_replicate_fail_over_switch_over_and_rejoin() {
 
     // demote: the leader steps down and a follower takes over.
     wait_until(T, "followers streaming", || {
-        c.nodes[1..].iter().all(|n| n.status_json().is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")).then_some(())
+        c.nodes[1..]
+            .iter()
+            .all(|n| {
+                n.status_json()
+                    .is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")
+            })
+            .then_some(())
     });
     c.nodes[0].ok(&["demote"]);
     let l4 = c.wait_leader(Some("n1"), T);
@@ -77,17 +115,28 @@ fn three_nodes_replicate_fail_over_switch_over_and_rejoin() {
     // Failover off: killing the leader elects nobody.
     c.nodes[0].ok(&["set-cluster-failover", "off"]);
     wait_until(T, "failover flag in cluster-status", || {
-        let st: serde_json::Value = serde_json::from_str(&c.nodes[0].ok(&["cluster-status", "--json"])).ok()?;
+        let st: serde_json::Value =
+            serde_json::from_str(&c.nodes[0].ok(&["cluster-status", "--json"])).ok()?;
         (st["cluster_failover"] == false).then_some(())
     });
     let dead = l4.name.clone();
     let d = c.node(&dead);
     let pg = d.pg_pid().unwrap();
     d.kill_agent();
-    let _ = std::process::Command::new("kill").args(["-9", &pg.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pg.to_string()])
+        .status();
     std::thread::sleep(Duration::from_secs(8)); // two lease TTLs: long enough for a failover to have happened
-    assert!(c.leader().is_none(), "a leader was elected with failover disabled");
-    let o = c.nodes.iter().find(|n| n.name != dead).unwrap().larder(&["promote", "n1"]);
+    assert!(
+        c.leader().is_none(),
+        "a leader was elected with failover disabled"
+    );
+    let o = c
+        .nodes
+        .iter()
+        .find(|n| n.name != dead)
+        .unwrap()
+        .larder(&["promote", "n1"]);
     assert!(!o.status.success(), "promote must refuse with failover off");
     // Failover on again: a leader is elected.
     let alive = c.nodes.iter().find(|n| n.name != dead).unwrap();
@@ -98,7 +147,15 @@ fn three_nodes_replicate_fail_over_switch_over_and_rejoin() {
 
     // Full stop of every node, restart in another order: a leader is elected.
     wait_until(T, "all streaming before full stop", || {
-        c.nodes.iter().filter(|n| n.status_json().is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")).count().eq(&2).then_some(())
+        c.nodes
+            .iter()
+            .filter(|n| {
+                n.status_json()
+                    .is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")
+            })
+            .count()
+            .eq(&2)
+            .then_some(())
     });
     for n in &c.nodes {
         n.ok(&["uninstall"]);
@@ -121,7 +178,17 @@ fn joins_refuse_wrong_secrets_and_run_one_at_a_time() {
     let other = Cluster::create(23);
     let before = n1.ok(&["cluster-status", "--json"]);
     let n2 = &c.nodes[1];
-    let o = n2.larder(&["join-cluster", &n1.ip, "-s", &other.nodes[0].secrets().display().to_string(), "-p", &n2.ip, "--fqdn", "n2", "-y"]);
+    let o = n2.larder(&[
+        "join-cluster",
+        &n1.ip,
+        "-s",
+        &other.nodes[0].secrets().display().to_string(),
+        "-p",
+        &n2.ip,
+        "--fqdn",
+        "n2",
+        "-y",
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("nothing was changed"), "{err}");
@@ -131,7 +198,15 @@ fn joins_refuse_wrong_secrets_and_run_one_at_a_time() {
     drop(other);
 
     // Publish address not on this host.
-    let o = n2.larder(&["join-cluster", &n1.ip, "-s", &n1.secrets().display().to_string(), "-p", "192.0.2.77", "-y"]);
+    let o = n2.larder(&[
+        "join-cluster",
+        &n1.ip,
+        "-s",
+        &n1.secrets().display().to_string(),
+        "-p",
+        "192.0.2.77",
+        "-y",
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not belong to this host"));
 
@@ -139,8 +214,19 @@ fn joins_refuse_wrong_secrets_and_run_one_at_a_time() {
     let s = n1.secrets().display().to_string();
     let spawn = |n: &Node| {
         std::process::Command::new(BIN)
-            .arg("--root").arg(&n.root)
-            .args(["join-cluster", &n1.ip, "-s", &s, "-p", &n.ip, "--fqdn", &n.name, "-y"])
+            .arg("--root")
+            .arg(&n.root)
+            .args([
+                "join-cluster",
+                &n1.ip,
+                "-s",
+                &s,
+                "-p",
+                &n.ip,
+                "--fqdn",
+                &n.name,
+                "-y",
+            ])
             .output()
     };
     let (a, b) = std::thread::scope(|sc| {
@@ -149,11 +235,19 @@ fn joins_refuse_wrong_secrets_and_run_one_at_a_time() {
         (h1.join().unwrap(), h2.join().unwrap())
     });
     let oks = [a.status.success(), b.status.success()];
-    assert!(oks.iter().any(|x| *x), "both concurrent joins failed:\n{}\n{}", String::from_utf8_lossy(&a.stderr), String::from_utf8_lossy(&b.stderr));
+    assert!(
+        oks.iter().any(|x| *x),
+        "both concurrent joins failed:\n{}\n{}",
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stderr)
+    );
     for o in [&a, &b] {
         if !o.status.success() {
             let e = String::from_utf8_lossy(&o.stderr);
-            assert!(e.contains("joins must be sequential") || e.contains("unhealthy"), "unexpected refusal: {e}");
+            assert!(
+                e.contains("joins must be sequential") || e.contains("unhealthy"),
+                "unexpected refusal: {e}"
+            );
         }
     }
     // The cluster still works: the refused node can join afterwards, writes replicate.
@@ -176,7 +270,10 @@ fn joins_refuse_wrong_secrets_and_run_one_at_a_time() {
 fn five_nodes_survive_losing_two() {
     let c = Cluster::with_nodes(24, 5);
     let l = c.wait_leader(None, T);
-    let ssn = wait_until(T, "quorum of 2", || l.sql("SHOW synchronous_standby_names").filter(|s| s.starts_with("ANY 2")));
+    let ssn = wait_until(T, "quorum of 2", || {
+        l.sql("SHOW synchronous_standby_names")
+            .filter(|s| s.starts_with("ANY 2"))
+    });
     assert!(ssn.matches("larder_").count() == 4, "{ssn}");
     l.sql("CREATE TABLE acked (id int primary key)").unwrap();
     write_rows(l, 0, 100);
@@ -186,7 +283,9 @@ fn five_nodes_survive_losing_two() {
         let pg = v.pg_pid();
         v.kill_agent();
         if let Some(pg) = pg {
-            let _ = std::process::Command::new("kill").args(["-9", &pg.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pg.to_string()])
+                .status();
         }
     }
     let names: Vec<String> = victims.iter().map(|v| v.name.clone()).collect();
@@ -197,7 +296,10 @@ fn five_nodes_survive_losing_two() {
                 break n;
             }
         }
-        assert!(std::time::Instant::now() < deadline, "no new leader after losing 2 of 5");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new leader after losing 2 of 5"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(count(nl), Some(100));

@@ -33,33 +33,54 @@ fn create_cluster_status_supervision_and_refusals() {
     let s = n.status_json().expect("status --json");
     for svc in ["leaderl", "etcd", "postgresql"] {
         assert_eq!(service(&s, svc)["running"], true, "{svc} not running: {s}");
-        assert!(service(&s, svc)["pid"].as_u64().is_some(), "{svc} has no pid");
+        assert!(
+            service(&s, svc)["pid"].as_u64().is_some(),
+            "{svc} has no pid"
+        );
     }
     assert_eq!(n.http("/leader"), 200);
     assert_eq!(n.http("/replica"), 503);
     assert_eq!(n.http("/no-such-endpoint"), 503);
     let table = n.ok(&["status"]);
     assert!(table.starts_with("Service"), "{table}");
-    assert!(table.contains("leaderl") && table.contains("running (pid"), "{table}");
+    assert!(
+        table.contains("leaderl") && table.contains("running (pid"),
+        "{table}"
+    );
     let cs = n.ok(&["cluster-status"]);
     assert!(cs.contains("n1") && cs.contains("leader"), "{cs}");
 
     // kill -9 of postgres: restarted by the supervisor with a new pid, time in state reset.
     let old = pid_of(n, "postgresql").unwrap();
-    let _ = std::process::Command::new("kill").args(["-9", &old.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &old.to_string()])
+        .status();
     let new = wait_until(Duration::from_secs(5), "postgresql restart", || {
         pid_of(n, "postgresql").filter(|p| *p != old)
     });
     assert_ne!(new, old);
     let s = n.status_json().unwrap();
-    assert!(service(&s, "postgresql")["seconds_in_state"].as_u64().unwrap() < 5);
+    assert!(
+        service(&s, "postgresql")["seconds_in_state"]
+            .as_u64()
+            .unwrap()
+            < 5
+    );
     // ...and the node serves as leader again.
-    wait_until(Duration::from_secs(15), "leader after postgres restart", || n.is_leader().then_some(()));
+    wait_until(
+        Duration::from_secs(15),
+        "leader after postgres restart",
+        || n.is_leader().then_some(()),
+    );
 
     // Same for etcd.
     let old = pid_of(n, "etcd").unwrap();
-    let _ = std::process::Command::new("kill").args(["-9", &old.to_string()]).status();
-    wait_until(Duration::from_secs(5), "etcd restart", || pid_of(n, "etcd").filter(|p| *p != old));
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &old.to_string()])
+        .status();
+    wait_until(Duration::from_secs(5), "etcd restart", || {
+        pid_of(n, "etcd").filter(|p| *p != old)
+    });
 
     // A second create-cluster is refused and changes nothing.
     let before = tree_snapshot(&n.root.join("etc"));
@@ -69,28 +90,46 @@ fn create_cluster_status_supervision_and_refusals() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("already configured"), "{err}");
     assert_eq!(tree_snapshot(&n.root.join("etc")), before);
-    assert_eq!(std::fs::read(n.root.join("var/opt/larder/node.json")).unwrap(), state_before);
+    assert_eq!(
+        std::fs::read(n.root.join("var/opt/larder/node.json")).unwrap(),
+        state_before
+    );
 
     // gen-server-config: frontend keys and the member list; file mode 0600.
     let out = n.ok(&["gen-server-config", "fe1.example.com"]);
     assert!(out.contains("use_chef_backend true"));
     assert!(out.contains(&format!("chef_backend_members [\"{}\"]", n.ip)));
-    assert!(out.contains(&format!("postgresql['db_superuser_password'] = '{}'", n.password())));
+    assert!(out.contains(&format!(
+        "postgresql['db_superuser_password'] = '{}'",
+        n.password()
+    )));
     let f = c.dir.path().join("chef-server.rb");
-    n.ok(&["gen-server-config", "fe1.example.com", "-f", &f.display().to_string()]);
+    n.ok(&[
+        "gen-server-config",
+        "fe1.example.com",
+        "-f",
+        &f.display().to_string(),
+    ]);
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 
     // Secrets never appear in show-config or logs.
     let cfg = n.ok(&["show-config"]);
     assert!(!cfg.contains(&n.password()));
     for svc in ["agent", "etcd", "postgresql"] {
-        let log = std::fs::read_to_string(n.root.join(format!("var/log/larder/{svc}/current"))).unwrap_or_default();
+        let log = std::fs::read_to_string(n.root.join(format!("var/log/larder/{svc}/current")))
+            .unwrap_or_default();
         assert!(!log.contains(&n.password()), "password in {svc} log");
     }
 
     // cleanse leaves no process and no data directory.
-    let pids: Vec<u64> = ["etcd", "postgresql"].iter().filter_map(|s| pid_of(n, s)).collect();
+    let pids: Vec<u64> = ["etcd", "postgresql"]
+        .iter()
+        .filter_map(|s| pid_of(n, s))
+        .collect();
     let agent = n.agent_pid().unwrap();
     n.ok(&["cleanse", "--yes"]);
     for p in pids.iter().map(|p| *p as i32).chain([agent]) {
@@ -101,7 +140,10 @@ fn create_cluster_status_supervision_and_refusals() {
     }
     assert!(!n.root.join("var/opt/larder").exists());
     assert!(!n.root.join("var/log/larder").exists());
-    assert!(std::fs::read_dir(n.root.join("root")).unwrap().count() == 1, "config copy kept");
+    assert!(
+        std::fs::read_dir(n.root.join("root")).unwrap().count() == 1,
+        "config copy kept"
+    );
 }
 
 #[test]
@@ -109,11 +151,21 @@ fn port_in_use_is_named_and_nothing_changes() {
     let c = Cluster::nodes_only(12, 1);
     let n = &c.nodes[0];
     let _hold = std::net::TcpListener::bind(format!("{}:5432", n.ip)).unwrap();
-    let o = n.larder(&["create-cluster", "--publish-address", &n.ip, "--fqdn", "n1", "-y"]);
+    let o = n.larder(&[
+        "create-cluster",
+        "--publish-address",
+        &n.ip,
+        "--fqdn",
+        "n1",
+        "-y",
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("port 5432 (postgresql)"), "{err}");
-    assert!(!n.root.join("etc/larder").exists(), "nothing may be written on refusal");
+    assert!(
+        !n.root.join("etc/larder").exists(),
+        "nothing may be written on refusal"
+    );
     assert!(!n.root.join("var/opt/larder").exists());
 }
 
@@ -123,7 +175,14 @@ fn malformed_config_error_names_file_and_line() {
     let n = &c.nodes[0];
     std::fs::create_dir_all(n.root.join("etc/larder")).unwrap();
     let file = n.root.join("etc/larder/larder.toml");
-    std::fs::write(&file, format!("fqdn = \"n1\"\npublish_address = \"{}\"\n[leaderl]\nleader_tll_seconds = 5\n", n.ip)).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "fqdn = \"n1\"\npublish_address = \"{}\"\n[leaderl]\nleader_tll_seconds = 5\n",
+            n.ip
+        ),
+    )
+    .unwrap();
     let o = n.larder(&["create-cluster", "-y"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -138,10 +197,20 @@ fn malformed_config_error_names_file_and_line() {
 fn unconfigured_node_commands_fail_clearly() {
     let c = Cluster::nodes_only(14, 1);
     let n = &c.nodes[0];
-    for args in [vec!["status"], vec!["cluster-status"], vec!["gen-server-config", "fe"]] {
+    for args in [
+        vec!["status"],
+        vec!["cluster-status"],
+        vec!["gen-server-config", "fe"],
+    ] {
         let o = n.larder(&args);
-        assert!(!o.status.success(), "{args:?} succeeded on an unconfigured node");
-        assert!(String::from_utf8_lossy(&o.stderr).contains("not configured"), "{args:?}");
+        assert!(
+            !o.status.success(),
+            "{args:?} succeeded on an unconfigured node"
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("not configured"),
+            "{args:?}"
+        );
     }
     let o = n.larder(&["backup"]);
     assert!(!o.status.success());
@@ -156,7 +225,15 @@ fn loose_secrets_file_is_refused_by_join() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o644)).unwrap();
     let n = &c.nodes[1];
-    let o = n.larder(&["join-cluster", "127.0.15.2", "-s", &s.display().to_string(), "-p", &n.ip, "-y"]);
+    let o = n.larder(&[
+        "join-cluster",
+        "127.0.15.2",
+        "-s",
+        &s.display().to_string(),
+        "-p",
+        &n.ip,
+        "-y",
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("chmod 600"));
     assert!(!n.root.exists() || !n.root.join("etc/larder").exists());

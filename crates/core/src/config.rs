@@ -249,49 +249,133 @@ impl Default for LogRotation {
 /// Every valid dotted key with its default and a one-line explanation, for
 /// `gen-sample-backend-config` and for "did you mean" suggestions.
 pub const KEY_DOCS: &[(&str, &str)] = &[
-    ("fqdn", "name of this node in the cluster (defaults to the host name)"),
-    ("publish_address", "address peers and frontends use to reach this node; every service binds it"),
+    (
+        "fqdn",
+        "name of this node in the cluster (defaults to the host name)",
+    ),
+    (
+        "publish_address",
+        "address peers and frontends use to reach this node; every service binds it",
+    ),
     ("ip_version", "ipv4 or ipv6"),
     ("hide_sensitive", "mask secrets in show-config output"),
-    ("vip", "virtual IP that follows the leader (legacy Chef HA pattern); empty = none"),
+    (
+        "vip",
+        "virtual IP that follows the leader (legacy Chef HA pattern); empty = none",
+    ),
     ("vip_interface", "interface the VIP is added to"),
     ("postgresql.port", "PostgreSQL port"),
-    ("postgresql.db_superuser", "superuser Chef frontends log in as"),
+    (
+        "postgresql.db_superuser",
+        "superuser Chef frontends log in as",
+    ),
     ("postgresql.replication_user", "role followers stream as"),
-    ("postgresql.md5_auth_cidr_addresses", "client networks allowed in pg_hba.conf (samehost, samenet or CIDRs)"),
-    ("postgresql.synchronous_mode", "quorum (no acknowledged write lost), strict (all followers ack) or off (async)"),
-    ("postgresql.max_wal_senders", "max_wal_senders of PostgreSQL"),
-    ("postgresql.max_replication_slots", "max_replication_slots of PostgreSQL"),
-    ("postgresql.max_connections", "max_connections of PostgreSQL"),
+    (
+        "postgresql.md5_auth_cidr_addresses",
+        "client networks allowed in pg_hba.conf (samehost, samenet or CIDRs)",
+    ),
+    (
+        "postgresql.synchronous_mode",
+        "quorum (no acknowledged write lost), strict (all followers ack) or off (async)",
+    ),
+    (
+        "postgresql.max_wal_senders",
+        "max_wal_senders of PostgreSQL",
+    ),
+    (
+        "postgresql.max_replication_slots",
+        "max_replication_slots of PostgreSQL",
+    ),
+    (
+        "postgresql.max_connections",
+        "max_connections of PostgreSQL",
+    ),
     ("postgresql.work_mem", "work_mem of PostgreSQL"),
     ("postgresql.shared_buffers", "shared_buffers of PostgreSQL"),
-    ("postgresql.max_slot_wal_keep_size", "WAL a follower's slot may pin before it must re-clone"),
-    ("postgresql.wal_keep_size", "WAL kept for followers without a slot (rewind, catch-up)"),
-    ("postgresql.bin_dir", "directory of the PostgreSQL 15 binaries"),
+    (
+        "postgresql.max_slot_wal_keep_size",
+        "WAL a follower's slot may pin before it must re-clone",
+    ),
+    (
+        "postgresql.wal_keep_size",
+        "WAL kept for followers without a slot (rewind, catch-up)",
+    ),
+    (
+        "postgresql.bin_dir",
+        "directory of the PostgreSQL 15 binaries",
+    ),
     ("etcd.client_port", "etcd client port"),
     ("etcd.peer_port", "etcd peer port"),
     ("etcd.heartbeat_interval", "etcd raft heartbeat, ms"),
     ("etcd.election_timeout", "etcd raft election timeout, ms"),
     ("etcd.snapshot_count", "etcd snapshot count"),
     ("etcd.binary", "path of the etcd 3.4 binary"),
-    ("leaderl.http_port", "health API port (frontends' haproxy checks GET /leader here)"),
-    ("leaderl.http_address", "health API bind address; empty = publish_address"),
-    ("leaderl.leader_ttl_seconds", "TTL of the leadership lease; bounds unplanned failover time"),
-    ("leaderl.loop_interval_ms", "HA loop and lease renewal cadence, ms"),
-    ("leaderl.fence_margin_ms", "the leader stops writes this long before its lease can expire, ms"),
-    ("leaderl.db_timeout", "timeout of one etcd or PostgreSQL call, ms"),
-    ("leaderl.required_active_followers", "/leader answers 503 until this many followers stream"),
-    ("leaderl.health_check.interval_seconds", "seconds between health checks"),
-    ("leaderl.health_check.max_pgsql_failures", "failed PostgreSQL checks before the node is unhealthy"),
-    ("leaderl.health_check.max_etcd_failures", "failed etcd checks before the node is unhealthy"),
-    ("leaderl.health_check.max_elasticsearch_failures", "failed search checks before search is reported unhealthy (never fails over PostgreSQL)"),
-    ("leaderl.health_check.max_bytes_behind_leader", "a follower further behind than this is not eligible"),
-    ("leaderl.health_check.fatal_system_checks", "treat low disk space as unhealthy"),
-    ("leaderl.health_check.disk_min_space_mb", "free space below which a disk is reported low"),
+    (
+        "leaderl.http_port",
+        "health API port (frontends' haproxy checks GET /leader here)",
+    ),
+    (
+        "leaderl.http_address",
+        "health API bind address; empty = publish_address",
+    ),
+    (
+        "leaderl.leader_ttl_seconds",
+        "TTL of the leadership lease; bounds unplanned failover time",
+    ),
+    (
+        "leaderl.loop_interval_ms",
+        "HA loop and lease renewal cadence, ms",
+    ),
+    (
+        "leaderl.fence_margin_ms",
+        "the leader stops writes this long before its lease can expire, ms",
+    ),
+    (
+        "leaderl.db_timeout",
+        "timeout of one etcd or PostgreSQL call, ms",
+    ),
+    (
+        "leaderl.required_active_followers",
+        "/leader answers 503 until this many followers stream",
+    ),
+    (
+        "leaderl.health_check.interval_seconds",
+        "seconds between health checks",
+    ),
+    (
+        "leaderl.health_check.max_pgsql_failures",
+        "failed PostgreSQL checks before the node is unhealthy",
+    ),
+    (
+        "leaderl.health_check.max_etcd_failures",
+        "failed etcd checks before the node is unhealthy",
+    ),
+    (
+        "leaderl.health_check.max_elasticsearch_failures",
+        "failed search checks before search is reported unhealthy (never fails over PostgreSQL)",
+    ),
+    (
+        "leaderl.health_check.max_bytes_behind_leader",
+        "a follower further behind than this is not eligible",
+    ),
+    (
+        "leaderl.health_check.fatal_system_checks",
+        "treat low disk space as unhealthy",
+    ),
+    (
+        "leaderl.health_check.disk_min_space_mb",
+        "free space below which a disk is reported low",
+    ),
     ("elasticsearch.enable", "run the search service"),
     ("elasticsearch.port", "search API port"),
-    ("elasticsearch.major_version", "Elasticsearch major the search API reports: 5, 6 or 7"),
-    ("log_rotation.file_maxbytes", "rotate a service log at this size"),
+    (
+        "elasticsearch.major_version",
+        "Elasticsearch major the search API reports: 5, 6 or 7",
+    ),
+    (
+        "log_rotation.file_maxbytes",
+        "rotate a service log at this size",
+    ),
     ("log_rotation.num_to_keep", "rotated logs kept per service"),
 ];
 
@@ -333,7 +417,10 @@ impl Config {
         {
             return Err(bad(
                 "fqdn",
-                format!("{:?} may only hold letters, digits, '-', '_' and '.'", self.fqdn),
+                format!(
+                    "{:?} may only hold letters, digits, '-', '_' and '.'",
+                    self.fqdn
+                ),
             ));
         }
         let addr: IpAddr = self.publish_address.parse().map_err(|_| {
@@ -432,7 +519,8 @@ impl Config {
         if l.fence_margin_ms < 200 {
             return Err(bad(
                 "leaderl.fence_margin_ms",
-                "must be at least 200 ms: PostgreSQL needs time to stop before the lease expires".into(),
+                "must be at least 200 ms: PostgreSQL needs time to stop before the lease expires"
+                    .into(),
             ));
         }
         if l.health_check.interval_seconds == 0 {
@@ -444,7 +532,10 @@ impl Config {
         if ![5u8, 6, 7].contains(&self.elasticsearch.major_version) {
             return Err(bad(
                 "elasticsearch.major_version",
-                format!("{} is not supported; use 5, 6 or 7", self.elasticsearch.major_version),
+                format!(
+                    "{} is not supported; use 5, 6 or 7",
+                    self.elasticsearch.major_version
+                ),
             ));
         }
         if self.log_rotation.file_maxbytes < 4096 {
@@ -649,7 +740,10 @@ mod tests {
         assert!(matches!(e, Err(ConfigError::Invalid { ref key, .. }) if key == "fqdn"));
         let cases = [
             ("ip_version = \"ipv6\"\n", "ip_version"),
-            ("[leaderl]\nhttp_address = \"nope\"\n", "leaderl.http_address"),
+            (
+                "[leaderl]\nhttp_address = \"nope\"\n",
+                "leaderl.http_address",
+            ),
             (
                 "[postgresql]\nmd5_auth_cidr_addresses = [\"10.0.0.0/33\"]\n",
                 "postgresql.md5_auth_cidr_addresses",
@@ -657,21 +751,39 @@ mod tests {
             ("[postgresql]\nport = 2379\n", "etcd.client_port"),
             ("[elasticsearch]\nport = 0\n", "elasticsearch.port"),
             ("[etcd]\nelection_timeout = 200\n", "etcd.election_timeout"),
-            ("[leaderl]\nleader_ttl_seconds = 1\n", "leaderl.leader_ttl_seconds"),
+            (
+                "[leaderl]\nleader_ttl_seconds = 1\n",
+                "leaderl.leader_ttl_seconds",
+            ),
             (
                 "[leaderl]\nleader_ttl_seconds = 2\nloop_interval_ms = 600\n",
                 "leaderl.leader_ttl_seconds",
             ),
-            ("[leaderl]\nloop_interval_ms = 10\n", "leaderl.loop_interval_ms"),
-            ("[leaderl]\nfence_margin_ms = 100\n", "leaderl.fence_margin_ms"),
+            (
+                "[leaderl]\nloop_interval_ms = 10\n",
+                "leaderl.loop_interval_ms",
+            ),
+            (
+                "[leaderl]\nfence_margin_ms = 100\n",
+                "leaderl.fence_margin_ms",
+            ),
             ("[leaderl]\ndb_timeout = 0\n", "leaderl.db_timeout"),
             (
                 "[leaderl.health_check]\ninterval_seconds = 0\n",
                 "leaderl.health_check.interval_seconds",
             ),
-            ("[elasticsearch]\nmajor_version = 2\n", "elasticsearch.major_version"),
-            ("[log_rotation]\nfile_maxbytes = 10\n", "log_rotation.file_maxbytes"),
-            ("[postgresql]\nmax_wal_senders = 1\n", "postgresql.max_wal_senders"),
+            (
+                "[elasticsearch]\nmajor_version = 2\n",
+                "elasticsearch.major_version",
+            ),
+            (
+                "[log_rotation]\nfile_maxbytes = 10\n",
+                "log_rotation.file_maxbytes",
+            ),
+            (
+                "[postgresql]\nmax_wal_senders = 1\n",
+                "postgresql.max_wal_senders",
+            ),
         ];
         for (extra, key) in cases {
             assert_eq!(invalid_key(extra), key, "case {extra:?}");
@@ -731,7 +843,10 @@ mod tests {
         let mut keys = Vec::new();
         walk("", &v, &mut keys);
         for k in keys {
-            assert!(KEY_DOCS.iter().any(|(d, _)| *d == k), "undocumented key {k}");
+            assert!(
+                KEY_DOCS.iter().any(|(d, _)| *d == k),
+                "undocumented key {k}"
+            );
         }
     }
 }

@@ -348,7 +348,7 @@ fn ineligibility(obs: &Observation, dcs: &DcsView) -> Option<String> {
     if !l.healthy || l.pg_failures >= obs.max_pgsql_failures {
         return Some("unhealthy".into());
     }
-    if !dcs.voters.iter().any(|v| *v == obs.me) {
+    if !dcs.voters.contains(&obs.me) {
         return Some("not a voting member yet".into());
     }
     None
@@ -460,7 +460,10 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
         return Decision::new(
             NodeRole::WaitingForLeader,
             actions,
-            format!("no leader; {} is equally advanced and goes first", rival.name),
+            format!(
+                "no leader; {} is equally advanced and goes first",
+                rival.name
+            ),
         );
     }
     actions.push(Action::AcquireLeadership { term: dcs.term + 1 });

@@ -88,7 +88,10 @@ mod tests {
     #[test]
     fn relocated_root() {
         let p = Paths::new("/tmp/n1");
-        assert_eq!(p.agent_socket(), PathBuf::from("/tmp/n1/run/larder/agent.sock"));
+        assert_eq!(
+            p.agent_socket(),
+            PathBuf::from("/tmp/n1/run/larder/agent.sock")
+        );
         assert_eq!(
             p.pg_data(),
             PathBuf::from("/tmp/n1/var/opt/larder/postgresql/15/data")

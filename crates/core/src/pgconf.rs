@@ -34,7 +34,13 @@ pub fn render_hba(cfg: &Config) -> String {
 }
 
 /// Settings Larder owns in `postgresql.conf` (written to `larder.conf`, included last).
-pub fn render_postgresql_conf(cfg: &Config, socket_dir: &str, tls_cert: &str, tls_key: &str, ca: &str) -> String {
+pub fn render_postgresql_conf(
+    cfg: &Config,
+    socket_dir: &str,
+    tls_cert: &str,
+    tls_key: &str,
+    ca: &str,
+) -> String {
     let pg = &cfg.postgresql;
     let lines = [
         format!("listen_addresses = '{}'", cfg.publish_address),
@@ -113,7 +119,9 @@ mod tests {
     #[test]
     fn hba_always_allows_samehost() {
         let h = render_hba(&cfg(&["192.168.0.0/24"]));
-        assert!(h.lines().any(|l| l.starts_with("host ") && l.contains("samehost")));
+        assert!(h
+            .lines()
+            .any(|l| l.starts_with("host ") && l.contains("samehost")));
     }
 
     #[test]

@@ -102,7 +102,12 @@ pub fn render_status(services: &[ServiceRow], disks: &[DiskRow]) -> String {
         })
         .collect();
     let mut out = render_table(
-        &["Service", "Local Status", "Time in State", "Distributed Node Status"],
+        &[
+            "Service",
+            "Local Status",
+            "Time in State",
+            "Distributed Node Status",
+        ],
         &rows,
     );
     out.push('\n');
@@ -134,7 +139,9 @@ pub fn render_cluster(rows: &[ClusterRow]) -> String {
                 r.role.clone(),
                 r.pg.clone(),
                 r.es.clone(),
-                r.lag_bytes.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                r.lag_bytes
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 r.timeline.to_string(),
                 r.term.to_string(),
                 if r.failover { "on" } else { "off" }.into(),
@@ -142,7 +149,9 @@ pub fn render_cluster(rows: &[ClusterRow]) -> String {
         })
         .collect();
     render_table(
-        &["Name", "IP", "GUID", "Role", "PG", "ES", "Lag", "TL", "Term", "Failover"],
+        &[
+            "Name", "IP", "GUID", "Role", "PG", "ES", "Lag", "TL", "Term", "Failover",
+        ],
         &body,
     )
 }
@@ -198,12 +207,18 @@ fn color(healthy: usize, total: usize) -> &'static str {
 
 /// `health: green; healthy nodes: 3/3`.
 pub fn etcd_summary(healthy: usize, total: usize) -> String {
-    format!("health: {}; healthy nodes: {healthy}/{total}", color(healthy, total))
+    format!(
+        "health: {}; healthy nodes: {healthy}/{total}",
+        color(healthy, total)
+    )
 }
 
 /// `state: green; nodes online: 3/3`.
 pub fn search_summary(online: usize, total: usize) -> String {
-    format!("state: {}; nodes online: {online}/{total}", color(online, total))
+    format!(
+        "state: {}; nodes online: {online}/{total}",
+        color(online, total)
+    )
 }
 
 #[cfg(test)]
@@ -240,7 +255,10 @@ mod tests {
         assert_eq!(format_duration(5), "5s");
         assert_eq!(format_duration(65), "1m 5s");
         assert_eq!(format_duration(3600), "1h 0m 0s");
-        assert_eq!(format_duration(86400 + 5 * 3600 + 59 * 60 + 35), "1d 5h 59m 35s");
+        assert_eq!(
+            format_duration(86400 + 5 * 3600 + 59 * 60 + 35),
+            "1d 5h 59m 35s"
+        );
     }
 
     #[test]

@@ -68,9 +68,12 @@ impl Node {
     }
 
     pub fn pg_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.root.join("var/opt/larder/postgresql/15/data/postmaster.pid"))
-            .ok()
-            .and_then(|p| p.lines().next().and_then(|l| l.trim().parse().ok()))
+        std::fs::read_to_string(
+            self.root
+                .join("var/opt/larder/postgresql/15/data/postmaster.pid"),
+        )
+        .ok()
+        .and_then(|p| p.lines().next().and_then(|l| l.trim().parse().ok()))
     }
 
     pub fn http(&self, path: &str) -> u16 {
@@ -84,7 +87,16 @@ impl Node {
     /// SQL through psql as the superuser; None if the statement failed.
     pub fn sql(&self, sql: &str) -> Option<String> {
         let o = Command::new("/usr/lib/postgresql/15/bin/psql")
-            .args(["-h", &self.ip, "-U", "chef_pgsql", "-d", "postgres", "-Atqc", sql])
+            .args([
+                "-h",
+                &self.ip,
+                "-U",
+                "chef_pgsql",
+                "-d",
+                "postgres",
+                "-Atqc",
+                sql,
+            ])
             .env("PGPASSWORD", self.password())
             .env("PGCONNECT_TIMEOUT", "3")
             .env("PGOPTIONS", "-c statement_timeout=5000")
@@ -107,11 +119,15 @@ impl Node {
 /// Minimal HTTP GET returning the status code (0 when unreachable).
 pub fn http_status(addr: &str, path: &str) -> u16 {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(1)) else {
+    let Ok(mut s) =
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(1))
+    else {
         return 0;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).is_err() {
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .is_err()
+    {
         return 0;
     }
     let mut buf = [0u8; 32];
@@ -131,7 +147,10 @@ pub struct Cluster {
 impl Cluster {
     /// `subnet` picks 127.0.<subnet>.0/24 so parallel tests never share an address.
     pub fn nodes_only(subnet: u8, n: usize) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("larder-it-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("larder-it-")
+            .tempdir()
+            .unwrap();
         let nodes = (1..=n)
             .map(|i| Node {
                 name: format!("n{i}"),
@@ -150,13 +169,30 @@ impl Cluster {
 
     pub fn create_first(&self) {
         let n = &self.nodes[0];
-        n.ok(&["create-cluster", "--publish-address", &n.ip, "--fqdn", &n.name, "-y"]);
+        n.ok(&[
+            "create-cluster",
+            "--publish-address",
+            &n.ip,
+            "--fqdn",
+            &n.name,
+            "-y",
+        ]);
     }
 
     pub fn join(&self, i: usize) {
         let n = &self.nodes[i];
         let s = self.nodes[0].secrets().display().to_string();
-        n.ok(&["join-cluster", &self.nodes[0].ip, "-s", &s, "--publish-address", &n.ip, "--fqdn", &n.name, "-y"]);
+        n.ok(&[
+            "join-cluster",
+            &self.nodes[0].ip,
+            "-s",
+            &s,
+            "--publish-address",
+            &n.ip,
+            "--fqdn",
+            &n.name,
+            "-y",
+        ]);
     }
 
     pub fn with_nodes(subnet: u8, n: usize) -> Cluster {
@@ -170,7 +206,11 @@ impl Cluster {
 
     pub fn leader(&self) -> Option<&Node> {
         let l: Vec<&Node> = self.nodes.iter().filter(|n| n.is_leader()).collect();
-        assert!(l.len() <= 1, "two nodes answer /leader 200: {:?}", l.iter().map(|n| &n.name).collect::<Vec<_>>());
+        assert!(
+            l.len() <= 1,
+            "two nodes answer /leader 200: {:?}",
+            l.iter().map(|n| &n.name).collect::<Vec<_>>()
+        );
         l.into_iter().next()
     }
 
@@ -220,7 +260,10 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -56,7 +56,12 @@ fn local(pg: PgState, p: u64) -> LocalState {
     }
 }
 
-fn view(leader: Option<LeaderRecord>, term: u64, members: Vec<MemberStatus>, voters: &[&str]) -> DcsView {
+fn view(
+    leader: Option<LeaderRecord>,
+    term: u64,
+    members: Vec<MemberStatus>,
+    voters: &[&str],
+) -> DcsView {
     DcsView {
         leader,
         term,
@@ -101,14 +106,24 @@ fn acquires(d: &Decision) -> bool {
 
 #[test]
 fn single_node_bootstrap_acquires_term_one() {
-    let o = obs("a", local(PgState::Standby, 100), Some(view(None, 0, vec![], &["a"])), None);
+    let o = obs(
+        "a",
+        local(PgState::Standby, 100),
+        Some(view(None, 0, vec![], &["a"])),
+        None,
+    );
     let d = decide(&o);
     assert_eq!(d.actions, vec![Action::AcquireLeadership { term: 1 }]);
 }
 
 #[test]
 fn stopped_pg_without_leader_is_started_as_standby_first() {
-    let o = obs("a", local(PgState::Stopped, 0), Some(view(None, 0, vec![], &["a"])), None);
+    let o = obs(
+        "a",
+        local(PgState::Stopped, 0),
+        Some(view(None, 0, vec![], &["a"])),
+        None,
+    );
     let d = decide(&o);
     assert_eq!(d.actions[0], Action::StartStandby);
 }
@@ -134,7 +149,12 @@ fn leader_without_etcd_keeps_serving_until_deadline() {
 #[test]
 fn leader_seeing_another_key_fences() {
     let v = view(Some(leader("b", 4)), 4, vec![], &["a", "b", "c"]);
-    let d = decide(&obs("a", local(PgState::Primary, 100), Some(v), lease(3, 20_000)));
+    let d = decide(&obs(
+        "a",
+        local(PgState::Primary, 100),
+        Some(v),
+        lease(3, 20_000),
+    ));
     assert_eq!(d.role, NodeRole::DeposedLeader);
     assert!(matches!(d.actions[0], Action::Fence { .. }));
 }
@@ -142,14 +162,22 @@ fn leader_seeing_another_key_fences() {
 #[test]
 fn new_leader_promotes_and_sets_quorum_sync() {
     let v = view(Some(leader("a", 5)), 5, vec![], &["a", "b", "c"]);
-    let d = decide(&obs("a", local(PgState::Streaming, 100), Some(v), lease(5, 20_000)));
+    let d = decide(&obs(
+        "a",
+        local(PgState::Streaming, 100),
+        Some(v),
+        lease(5, 20_000),
+    ));
     assert_eq!(d.role, NodeRole::Leader);
     assert_eq!(d.actions[0], Action::Promote);
     assert_eq!(
         d.actions[1],
         Action::SetSyncStandbys {
             k: 1,
-            names: vec![crate::model::standby_name("b"), crate::model::standby_name("c")]
+            names: vec![
+                crate::model::standby_name("b"),
+                crate::model::standby_name("c")
+            ]
         }
     );
 }
@@ -170,7 +198,12 @@ fn sync_quorum_sizes() {
 #[test]
 fn leader_with_stopped_pg_restarts_it_as_primary() {
     let v = view(Some(leader("a", 2)), 2, vec![], &["a"]);
-    let d = decide(&obs("a", local(PgState::Stopped, 100), Some(v), lease(2, 20_000)));
+    let d = decide(&obs(
+        "a",
+        local(PgState::Stopped, 100),
+        Some(v),
+        lease(2, 20_000),
+    ));
     assert_eq!(d.actions[0], Action::StartPrimary);
 }
 
@@ -200,8 +233,18 @@ fn non_leader_primary_is_fenced() {
 #[test]
 fn follower_points_at_leader_then_stays() {
     let v = view(Some(leader("b", 2)), 2, vec![], &["a", "b", "c"]);
-    let d = decide(&obs("a", local(PgState::Standby, 100), Some(v.clone()), None));
-    assert_eq!(d.actions, vec![Action::Follow { leader: leader("b", 2) }]);
+    let d = decide(&obs(
+        "a",
+        local(PgState::Standby, 100),
+        Some(v.clone()),
+        None,
+    ));
+    assert_eq!(
+        d.actions,
+        vec![Action::Follow {
+            leader: leader("b", 2)
+        }]
+    );
     let mut l = local(PgState::Streaming, 100);
     l.following = Some("b".into());
     let d = decide(&obs("a", l, Some(v), None));
@@ -213,14 +256,29 @@ fn follower_points_at_leader_then_stays() {
 fn empty_node_clones_diverged_node_rewinds_failed_rewind_clones() {
     let v = view(Some(leader("b", 2)), 2, vec![], &["a", "b", "c"]);
     let d = decide(&obs("a", local(PgState::Empty, 0), Some(v.clone()), None));
-    assert_eq!(d.actions, vec![Action::Basebackup { leader: leader("b", 2) }]);
+    assert_eq!(
+        d.actions,
+        vec![Action::Basebackup {
+            leader: leader("b", 2)
+        }]
+    );
     let mut l = local(PgState::Stopped, 100);
     l.diverged = true;
     let d = decide(&obs("a", l.clone(), Some(v.clone()), None));
-    assert_eq!(d.actions, vec![Action::Rewind { leader: leader("b", 2) }]);
+    assert_eq!(
+        d.actions,
+        vec![Action::Rewind {
+            leader: leader("b", 2)
+        }]
+    );
     l.rewind_failed = true;
     let d = decide(&obs("a", l, Some(v), None));
-    assert_eq!(d.actions, vec![Action::Basebackup { leader: leader("b", 2) }]);
+    assert_eq!(
+        d.actions,
+        vec![Action::Basebackup {
+            leader: leader("b", 2)
+        }]
+    );
 }
 
 #[test]
@@ -230,7 +288,12 @@ fn follower_not_streaming_past_timeout_rewinds() {
     l.following = Some("b".into());
     l.not_streaming_since_ms = Some(4_000);
     let d = decide(&obs("a", l.clone(), Some(v.clone()), None));
-    assert_eq!(d.actions, vec![Action::Rewind { leader: leader("b", 2) }]);
+    assert_eq!(
+        d.actions,
+        vec![Action::Rewind {
+            leader: leader("b", 2)
+        }]
+    );
     l.not_streaming_since_ms = Some(9_000);
     assert!(decide(&obs("a", l, Some(v), None)).actions.is_empty());
 }
@@ -238,7 +301,12 @@ fn follower_not_streaming_past_timeout_rewinds() {
 #[test]
 fn candidate_waits_for_majority_of_fresh_positions() {
     // b still reports seeing the old leader: its position is not final yet.
-    let v = view(None, 4, vec![member("b", 100, 4, Some("c"))], &["a", "b", "c"]);
+    let v = view(
+        None,
+        4,
+        vec![member("b", 100, 4, Some("c"))],
+        &["a", "b", "c"],
+    );
     let d = decide(&obs("a", local(PgState::Standby, 100), Some(v), None));
     assert!(!acquires(&d), "{d:?}");
     let v = view(None, 4, vec![member("b", 100, 4, None)], &["a", "b", "c"]);
@@ -249,7 +317,12 @@ fn candidate_waits_for_majority_of_fresh_positions() {
 #[test]
 fn stale_term_posts_do_not_count() {
     let v = view(None, 4, vec![member("b", 100, 3, None)], &["a", "b", "c"]);
-    assert!(!acquires(&decide(&obs("a", local(PgState::Standby, 100), Some(v), None))));
+    assert!(!acquires(&decide(&obs(
+        "a",
+        local(PgState::Standby, 100),
+        Some(v),
+        None
+    ))));
 }
 
 #[test]
@@ -263,30 +336,60 @@ fn less_advanced_candidate_waits() {
 #[test]
 fn equal_positions_lowest_guid_goes_first() {
     let v = view(None, 4, vec![member("a", 100, 4, None)], &["a", "b", "c"]);
-    assert!(!acquires(&decide(&obs("b", local(PgState::Standby, 100), Some(v.clone()), None))));
+    assert!(!acquires(&decide(&obs(
+        "b",
+        local(PgState::Standby, 100),
+        Some(v.clone()),
+        None
+    ))));
     let v = view(None, 4, vec![member("b", 100, 4, None)], &["a", "b", "c"]);
-    assert!(acquires(&decide(&obs("a", local(PgState::Standby, 100), Some(v), None))));
+    assert!(acquires(&decide(&obs(
+        "a",
+        local(PgState::Standby, 100),
+        Some(v),
+        None
+    ))));
 }
 
 #[test]
 fn failover_flags_block_election_but_not_bootstrap() {
     let mut v = view(None, 4, vec![member("b", 100, 4, None)], &["a", "b", "c"]);
     v.cluster_failover = false;
-    let d = decide(&obs("a", local(PgState::Standby, 100), Some(v.clone()), None));
+    let d = decide(&obs(
+        "a",
+        local(PgState::Standby, 100),
+        Some(v.clone()),
+        None,
+    ));
     assert!(!acquires(&d));
     assert!(d.reason.contains("cluster failover is disabled"));
     v.cluster_failover = true;
     v.node_failover = false;
-    assert!(!acquires(&decide(&obs("a", local(PgState::Standby, 100), Some(v), None))));
+    assert!(!acquires(&decide(&obs(
+        "a",
+        local(PgState::Standby, 100),
+        Some(v),
+        None
+    ))));
     let mut boot = view(None, 0, vec![], &["a"]);
     boot.cluster_failover = false;
-    assert!(acquires(&decide(&obs("a", local(PgState::Standby, 1), Some(boot), None))));
+    assert!(acquires(&decide(&obs(
+        "a",
+        local(PgState::Standby, 1),
+        Some(boot),
+        None
+    ))));
 }
 
 #[test]
 fn non_voter_and_unhealthy_nodes_do_not_run() {
     let v = view(None, 4, vec![member("b", 100, 4, None)], &["b", "c"]);
-    assert!(!acquires(&decide(&obs("a", local(PgState::Standby, 100), Some(v), None))));
+    assert!(!acquires(&decide(&obs(
+        "a",
+        local(PgState::Standby, 100),
+        Some(v),
+        None
+    ))));
     let v = view(None, 4, vec![member("b", 100, 4, None)], &["a", "b", "c"]);
     let mut l = local(PgState::Standby, 100);
     l.healthy = false;
@@ -295,7 +398,12 @@ fn non_voter_and_unhealthy_nodes_do_not_run() {
 
 #[test]
 fn switchover_only_target_with_checkpoint_may_acquire() {
-    let mut v = view(None, 4, vec![member("b", 100, 4, None), member("c", 100, 4, None)], &["a", "b", "c"]);
+    let mut v = view(
+        None,
+        4,
+        vec![member("b", 100, 4, None), member("c", 100, 4, None)],
+        &["a", "b", "c"],
+    );
     v.switchover = Some(Switchover {
         target: Some("c".into()),
         term: 4,
@@ -304,14 +412,29 @@ fn switchover_only_target_with_checkpoint_may_acquire() {
         deadline_unix_ms: 2_000_000,
     });
     // b is not the target
-    assert!(!acquires(&decide(&obs("b", local(PgState::Standby, 100), Some(v.clone()), None))));
+    assert!(!acquires(&decide(&obs(
+        "b",
+        local(PgState::Standby, 100),
+        Some(v.clone()),
+        None
+    ))));
     // c lacks the checkpoint
-    assert!(!acquires(&decide(&obs("c", local(PgState::Standby, 99), Some(v.clone()), None))));
+    assert!(!acquires(&decide(&obs(
+        "c",
+        local(PgState::Standby, 99),
+        Some(v.clone()),
+        None
+    ))));
     // c has it; b's post (same position, lower guid) does not stop the named target
     let mut v2 = v.clone();
     v2.members = vec![member("a", 100, 4, None), member("d", 100, 4, None)];
     v2.voters = vec!["a".into(), "c".into(), "d".into()];
-    assert!(acquires(&decide(&obs("c", local(PgState::Standby, 100), Some(v2), None))));
+    assert!(acquires(&decide(&obs(
+        "c",
+        local(PgState::Standby, 100),
+        Some(v2),
+        None
+    ))));
     // expired switchover no longer restricts
     let mut o = obs("b", local(PgState::Standby, 100), Some(v), None);
     o.now_unix_ms = 3_000_000;
@@ -426,15 +549,30 @@ fn follower_whose_postgres_cannot_start_rewinds_after_timeout() {
     l.following = Some("b".into());
     l.not_streaming_since_ms = Some(9_000);
     // within the timeout: keep (re)starting it
-    assert_eq!(decide(&obs("a", l.clone(), Some(v.clone()), None)).actions, vec![Action::Follow { leader: leader("b", 2) }]);
+    assert_eq!(
+        decide(&obs("a", l.clone(), Some(v.clone()), None)).actions,
+        vec![Action::Follow {
+            leader: leader("b", 2)
+        }]
+    );
     // past it: the history may have forked
     l.not_streaming_since_ms = Some(1_000);
-    assert_eq!(decide(&obs("a", l, Some(v), None)).actions, vec![Action::Rewind { leader: leader("b", 2) }]);
+    assert_eq!(
+        decide(&obs("a", l, Some(v), None)).actions,
+        vec![Action::Rewind {
+            leader: leader("b", 2)
+        }]
+    );
 }
 
 #[test]
 fn demoted_leader_does_not_take_leadership_back() {
-    let mut v = view(None, 4, vec![member("b", 100, 4, None), member("c", 100, 4, None)], &["a", "b", "c"]);
+    let mut v = view(
+        None,
+        4,
+        vec![member("b", 100, 4, None), member("c", 100, 4, None)],
+        &["a", "b", "c"],
+    );
     v.switchover = Some(Switchover {
         target: None,
         term: 4,
@@ -442,9 +580,24 @@ fn demoted_leader_does_not_take_leadership_back() {
         from: "a".into(),
         deadline_unix_ms: 2_000_000,
     });
-    assert!(!acquires(&decide(&obs("a", local(PgState::Standby, 100), Some(v.clone()), None))));
-    assert!(acquires(&decide(&obs("b", local(PgState::Standby, 100), Some(v.clone()), None))));
+    assert!(!acquires(&decide(&obs(
+        "a",
+        local(PgState::Standby, 100),
+        Some(v.clone()),
+        None
+    ))));
+    assert!(acquires(&decide(&obs(
+        "b",
+        local(PgState::Standby, 100),
+        Some(v.clone()),
+        None
+    ))));
     // the stepping-down node's equal, lower-GUID post does not make others wait for it
     v.members = vec![member("a", 100, 4, None), member("c", 100, 4, None)];
-    assert!(acquires(&decide(&obs("b", local(PgState::Standby, 100), Some(v), None))));
+    assert!(acquires(&decide(&obs(
+        "b",
+        local(PgState::Standby, 100),
+        Some(v),
+        None
+    ))));
 }
