@@ -6,7 +6,6 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
     MemberAddOptions, PutOptions, TlsOptions, Txn, TxnOp,
 };
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -53,12 +52,15 @@ pub struct TlsFiles {
 struct Endpoint {
     url: String,
     client: Mutex<Option<Client>>,
+    /// Until when to skip this member after a failure (unless every member is failing).
+    down_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 #[derive(Clone)]
 pub struct Dcs {
     endpoints: Arc<std::sync::RwLock<Vec<Arc<Endpoint>>>>,
-    current: Arc<AtomicUsize>,
+    /// URL of the member that answered last; calls start there.
+    current: Arc<std::sync::Mutex<String>>,
     timeout: Duration,
     tls: TlsFiles,
 }
@@ -82,11 +84,12 @@ impl Dcs {
                         Arc::new(Endpoint {
                             url,
                             client: Mutex::new(None),
+                            down_until: std::sync::Mutex::new(None),
                         })
                     })
                     .collect(),
             )),
-            current: Arc::new(AtomicUsize::new(0)),
+            current: Arc::new(std::sync::Mutex::new(String::new())),
             timeout,
             tls,
         }
@@ -111,6 +114,7 @@ impl Dcs {
                 None => next.push(Arc::new(Endpoint {
                     url: u.clone(),
                     client: Mutex::new(None),
+                    down_until: std::sync::Mutex::new(None),
                 })),
             }
         }
@@ -150,7 +154,23 @@ impl Dcs {
     async fn forget(&self, i: usize) {
         if let Some(ep) = self.endpoint(i) {
             *ep.client.lock().await = None;
+            *ep.down_until.lock().unwrap() =
+                Some(std::time::Instant::now() + Duration::from_secs(3));
         }
+    }
+
+    /// Members to try, in order: the last one that answered, then the others, with members
+    /// that failed in the last seconds moved to the end (a dead member then costs nothing).
+    fn order(&self) -> Vec<usize> {
+        let eps = self.endpoints.read().unwrap();
+        let cur = self.current.lock().unwrap().clone();
+        let now = std::time::Instant::now();
+        let mut idx: Vec<usize> = (0..eps.len()).collect();
+        idx.sort_by_key(|&i| {
+            let down = eps[i].down_until.lock().unwrap().is_some_and(|t| t > now);
+            (down, eps[i].url != cur)
+        });
+        idx
     }
 
     /// Run `f` against members in turn, starting with the last one that worked.
@@ -160,21 +180,25 @@ impl Dcs {
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let urls = self.urls();
-        let n = urls.len();
-        let start = self.current.load(Ordering::Relaxed) % n.max(1);
         let mut last = String::from("no endpoints");
-        for k in 0..n {
-            let i = (start + k) % n;
+        for i in self.order() {
+            if i >= urls.len() {
+                continue;
+            }
             let c = match self.client(i).await {
                 Ok(c) => c,
                 Err(e) => {
                     last = format!("{}: {e}", urls[i]);
+                    self.forget(i).await;
                     continue;
                 }
             };
             match tokio::time::timeout(self.timeout, f(c)).await {
                 Ok(Ok(v)) => {
-                    self.current.store(i, Ordering::Relaxed);
+                    *self.current.lock().unwrap() = urls[i].clone();
+                    if let Some(ep) = self.endpoint(i) {
+                        *ep.down_until.lock().unwrap() = None;
+                    }
                     return Ok(v);
                 }
                 Ok(Err(e)) => {

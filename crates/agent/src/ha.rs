@@ -339,7 +339,9 @@ impl HaLoop {
             }),
             sync_mode: node.cfg.postgresql.synchronous_mode,
             max_pgsql_failures: node.cfg.leaderl.health_check.max_pgsql_failures,
-            rejoin_timeout_ms: 5000,
+            // Generous: a follower re-attaching after a failover must not be rewound needlessly;
+            // former primaries are rewound at once through the diverged marker instead.
+            rejoin_timeout_ms: 15_000,
         };
         let decision = decide::decide(&obs);
         if decision.reason != self.shared.lock().unwrap().reason {

@@ -543,6 +543,49 @@ async fn finish_crash_recovery(node: &Node) -> Result<(), PgError> {
     if state == "shut down" || state == "shut down in recovery" {
         return Ok(());
     }
+    if state == "in archive recovery" {
+        // A crashed standby: single-user crash recovery would write an end-of-recovery
+        // checkpoint at the end of its partial WAL and fork it from the leader's history.
+        // Run it as a standby without upstream until consistent, then stop it cleanly.
+        write_follow_conf(node, None)?;
+        set_standby(node, true)?;
+        let data = node.paths.pg_data().display().to_string();
+        let opts = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{}'",
+            node.paths.pg_socket_dir().display()
+        );
+        run_tool(
+            node,
+            bin(node, "pg_ctl"),
+            &[
+                "-D".into(),
+                data.clone(),
+                "-w".into(),
+                "-t".into(),
+                "120".into(),
+                "-o".into(),
+                opts,
+                "start".into(),
+            ],
+            &[],
+        )
+        .await?;
+        run_tool(
+            node,
+            bin(node, "pg_ctl"),
+            &[
+                "-D".into(),
+                data,
+                "-m".into(),
+                "fast".into(),
+                "-w".into(),
+                "stop".into(),
+            ],
+            &[],
+        )
+        .await?;
+        return Ok(());
+    }
     let had_standby = standby_signal(node).exists();
     set_standby(node, false)?;
     let r = run_tool(

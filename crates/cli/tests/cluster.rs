@@ -264,6 +264,44 @@ fn joins_refuse_wrong_secrets_and_run_one_at_a_time() {
     for n in &c.nodes[1..3] {
         wait_until(T, "rows on joiner", || (count(n) == Some(10)).then_some(()));
     }
+
+    // remove-node: refused while the target runs, then removes membership, status and slot.
+    let victim = c.nodes[1..3].iter().find(|n| n.name != l.name).unwrap();
+    let other = c
+        .nodes
+        .iter()
+        .take(3)
+        .find(|n| n.name != victim.name)
+        .unwrap();
+    let o = other.larder(&["remove-node", &victim.name, "-y"]);
+    assert!(
+        !o.status.success(),
+        "remove-node of a running node must be refused"
+    );
+    victim.ok(&["uninstall"]);
+    wait_until(T, "victim offline", || {
+        (!other
+            .ok(&["cluster-status"])
+            .lines()
+            .any(|l| l.starts_with(&victim.name) && !l.contains("offline")))
+        .then_some(())
+    });
+    other.ok(&["remove-node", &victim.name, "-y"]);
+    wait_until(T, "membership shrunk", || {
+        let s = other.status_json()?;
+        let cs: serde_json::Value =
+            serde_json::from_str(&other.ok(&["cluster-status", "--json"])).ok()?;
+        let nodes = cs["nodes"].as_array()?.len();
+        let slots =
+            l.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'larder_%'")?;
+        let _ = s;
+        (nodes == 2 && slots == "1").then_some(())
+    });
+    let ssn = wait_until(T, "sync names without the removed node", || {
+        l.sql("SHOW synchronous_standby_names")
+            .filter(|s| s.matches("larder_").count() == 1)
+    });
+    assert!(ssn.starts_with("ANY 1"), "{ssn}");
 }
 
 #[test]

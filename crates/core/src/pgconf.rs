@@ -65,6 +65,8 @@ pub fn render_postgresql_conf(
         "synchronous_commit = on".into(),
         "recovery_target_timeline = 'latest'".into(),
         "wal_receiver_status_interval = 1s".into(),
+        // After a failover the WAL receiver must retry the new leader at once, not in 5 s.
+        "wal_retrieve_retry_interval = 500ms".into(),
         "wal_receiver_timeout = 10s".into(),
         "wal_sender_timeout = 10s".into(),
         "tcp_keepalives_idle = 60".into(),
