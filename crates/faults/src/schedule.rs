@@ -234,6 +234,13 @@ fn inject(
                 "note",
                 format!("filled {} with {bytes} bytes", disk.mountpoint.display()),
             );
+            // Small inserts fit in WAL segments PostgreSQL already recycled, so a full disk
+            // may go unnoticed for minutes; a statement that needs new space makes the
+            // leader meet ENOSPC now.
+            let outcome = ballast(cluster, clients, leader);
+            clients
+                .rec
+                .event("note", format!("space-hungry insert on {lname}: {outcome}"));
             (Active::FreeDisk(disk), lname, long)
         }
         Fault::RestartAll => {
@@ -247,15 +254,39 @@ fn inject(
             )
         }
         Fault::BackToBackFailovers => {
+            // Each hand-over starts as soon as the cluster accepts it: a refusal such as "no
+            // streaming follower to hand over to yet" is retried until `leader_bound`.
             let mut from = leader;
             for k in 0..3 {
                 let to = (from + 1) % n;
-                cluster.switchover(from, Some(to))?;
+                let start = Instant::now();
+                let mut refusals = 0;
+                loop {
+                    match cluster.switchover(from, Some(to)) {
+                        Ok(()) => break,
+                        Err(e) if start.elapsed() < opts.leader_bound => {
+                            refusals += 1;
+                            if refusals == 1 {
+                                clients.rec.event(
+                                    "note",
+                                    format!("switchover {k} refused, retrying: {e}"),
+                                );
+                            }
+                            std::thread::sleep(Duration::from_millis(250));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 let now = clients.rec.now_us();
                 clients.wait_write_after(now, opts.leader_bound)?;
                 clients.rec.event(
                     "note",
-                    format!("switchover {k}: n{} -> n{}", from + 1, to + 1),
+                    format!(
+                        "switchover {k}: n{} -> n{} after {refusals} refusal(s), {:.1}s",
+                        from + 1,
+                        to + 1,
+                        start.elapsed().as_secs_f64()
+                    ),
                 );
                 from = to;
             }
@@ -409,4 +440,25 @@ pub fn run(
         });
     }
     (results, None)
+}
+
+/// Runs a ~64 MB insert (plus its WAL) directly on node `i` and describes what PostgreSQL answered.
+fn ballast(cluster: &dyn Cluster, clients: &Clients, i: usize) -> String {
+    let t = cluster.pg_target().with_host(&cluster.net().nodes[i].ip);
+    let ns = clients.client_ns().to_string();
+    crate::inns::block_on(&ns, move || async move {
+        let c = crate::pg::connect(&t, Duration::from_secs(3)).await?;
+        // A logged table: its WAL needs fresh segments, which is what fills real disks.
+        let sql = "DROP TABLE IF EXISTS larder_faults_ballast; \
+                   CREATE TABLE larder_faults_ballast AS \
+                   SELECT repeat(md5(g::text), 32) AS pad FROM generate_series(1, 65536) g";
+        Ok(
+            match tokio::time::timeout(Duration::from_secs(30), c.batch_execute(sql)).await {
+                Ok(Ok(())) => "succeeded (the disk had room after all)".to_string(),
+                Ok(Err(e)) => format!("failed: {}", crate::pg::describe(&e)),
+                Err(_) => "no answer within 30 s".to_string(),
+            },
+        )
+    })
+    .unwrap_or_else(|e| format!("could not run: {e}"))
 }
