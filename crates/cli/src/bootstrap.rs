@@ -397,6 +397,34 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
     crate::report::status(paths, None, false, false).await
 }
 
+/// `--recovery`: bring back the larder.toml that `cleanse` saved (newest copy).
+fn restore_saved_config(paths: &Paths) -> anyhow::Result<()> {
+    let dir = paths.root().join("root");
+    let mut copies: Vec<_> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("larder-cleanse-"))
+                        && p.join("larder.toml").exists()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    copies.sort();
+    let Some(newest) = copies.pop() else {
+        bail!("--recovery found no saved configuration (no {}/larder-cleanse-*/larder.toml); pass --publish-address and --fqdn instead", dir.display());
+    };
+    std::fs::create_dir_all(paths.config_dir())?;
+    std::fs::copy(newest.join("larder.toml"), paths.config_file())?;
+    eprintln!(
+        "using the configuration saved by cleanse in {}",
+        newest.display()
+    );
+    Ok(())
+}
+
 pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
     let _ = (a.yes, &a.vip_interface);
     check_privileges(paths)?;
@@ -406,6 +434,9 @@ pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
         refuse_if_configured(paths)?;
     } else if paths.node_state_file().exists() {
         bail!("--recovery re-joins a node that was removed or cleansed, but {} exists: run `larder cleanse` first (it keeps a copy of the configuration)", paths.node_state_file().display());
+    }
+    if a.recovery && !paths.config_file().exists() {
+        restore_saved_config(paths)?;
     }
     let (cfg, generated) = resolve_config(paths, a.publish_address.as_deref(), a.fqdn.as_deref())?;
     check_address_is_local(&cfg.publish_address)?;

@@ -302,6 +302,21 @@ fn joins_refuse_wrong_secrets_and_run_one_at_a_time() {
             .filter(|s| s.matches("larder_").count() == 1)
     });
     assert!(ssn.starts_with("ANY 1"), "{ssn}");
+
+    // cleanse + join-cluster --recovery brings the removed node back with its saved config.
+    victim.ok(&["cleanse", "--yes"]);
+    assert!(!victim.root.join("etc/larder/larder.toml").exists());
+    victim.ok(&[
+        "join-cluster",
+        &other.ip,
+        "-s",
+        &n1.secrets().display().to_string(),
+        "--recovery",
+        "-y",
+    ]);
+    wait_until(T, "recovered node has the rows", || {
+        (count(victim) == Some(10)).then_some(())
+    });
 }
 
 #[test]
