@@ -2,7 +2,8 @@
 //! node documents, compared with PostgreSQL alone (pg_trgm GIN over the token text).
 //!
 //! Run through bench/search/run.sh. Options (env): BENCH_DOCS (default 100000),
-//! BENCH_QUERIES (iterations per query, default 200), BENCH_BULK (docs per _bulk, default 500).
+//! BENCH_QUERIES (iterations per query, default 200), BENCH_BULK (docs per _bulk, default 500),
+//! BENCH_SKIP_PG=1 (skip the PostgreSQL-only baseline).
 
 #[path = "../tests/common/pg.rs"]
 mod pg;
@@ -323,6 +324,20 @@ async fn main() {
     svc.await.unwrap().unwrap();
     stats.size_bytes = larder_search::index::dir_size(&cfg.index_dir);
 
+    if std::env::var("BENCH_SKIP_PG").is_ok_and(|v| v == "1") {
+        print_larder(
+            n_docs,
+            avg_json,
+            avg_content,
+            durable,
+            searchable,
+            settled,
+            &stats,
+            iters,
+            &larder_rows,
+        );
+        return;
+    }
     // PostgreSQL alone: trigram GIN over " " || content (token boundaries are spaces).
     eprintln!("building pg_trgm GIN index ...");
     let c = larder_search::pg::connect(&server.target(), "larder_search")
@@ -411,6 +426,48 @@ async fn main() {
         println!(
             "| {} | PostgreSQL pg_trgm (SQL, {pg_iters} runs) | {} | {:.2} | {:.2} |",
             p.name, p.hits, p.p50, p.p99
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn print_larder(
+    n_docs: usize,
+    avg_json: usize,
+    avg_content: usize,
+    durable: Duration,
+    searchable: Duration,
+    settled: Duration,
+    stats: &larder_search::IndexStats,
+    iters: usize,
+    rows: &[Row],
+) {
+    println!("### Search benchmark ({n_docs} node documents, avg {avg_json} B JSON / {avg_content} B flattened), Larder only\n");
+    println!("| metric | value |\n|---|---|");
+    println!(
+        "| durable `_bulk` indexing (200 = committed in PostgreSQL) | {:.0} docs/s ({:.1} s) |",
+        n_docs as f64 / durable.as_secs_f64(),
+        durable.as_secs_f64()
+    );
+    println!(
+        "| until searchable (`_refresh` returned) | {:.0} docs/s ({:.1} s) |",
+        n_docs as f64 / searchable.as_secs_f64(),
+        searchable.as_secs_f64()
+    );
+    println!(
+        "| background merges settled after | {:.1} s |",
+        settled.as_secs_f64()
+    );
+    println!(
+        "| tantivy index size | {:.0} MiB |",
+        stats.size_bytes as f64 / 1048576.0
+    );
+    println!();
+    println!("| query | engine | hits | p50 ms | p99 ms |\n|---|---|---|---|---|");
+    for l in rows {
+        println!(
+            "| {} | Larder (tantivy, over HTTP, {iters} runs) | {} | {:.2} | {:.2} |",
+            l.name, l.hits, l.p50, l.p99
         );
     }
 }
