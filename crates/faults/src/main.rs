@@ -222,9 +222,9 @@ fn label(c: &Common) -> String {
     }
 }
 
-fn start_cluster(c: &Common, disk_mb: u64) -> Result<Box<dyn Cluster>> {
+fn start_cluster(c: &Common, disk_mb: u64, out: &std::path::Path) -> Result<Box<dyn Cluster>> {
     let mut net = TestNet::create(c.nodes).context("creating test hosts")?;
-    net.keep_logs = Some(c.out.join(label(c)).join("logs"));
+    net.keep_logs = Some(out.join("logs"));
     eprintln!(
         "test hosts: bridge {} subnet 10.213.{}.0/24, dir {}",
         net.bridge.name,
@@ -272,7 +272,7 @@ fn bench(c: &Common, trials: u32, scenarios: &[String], idle_secs: u64) -> Resul
     let out = c.out.join(label(c));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let started = std::time::Instant::now();
-    let mut cluster = start_cluster(c, 0)?;
+    let mut cluster = start_cluster(c, 0, &out)?;
     let leader = cluster.wait_healthy(Duration::from_secs(300))?;
     eprintln!("{}: healthy, leader n{}", cluster.label(), leader + 1);
     let idle = cluster.agent_pid(leader).and_then(|pid| {
@@ -370,7 +370,7 @@ fn bench(c: &Common, trials: u32, scenarios: &[String], idle_secs: u64) -> Resul
 fn fault_run(c: &Common, plan: schedule::Plan, disk_mb: u64, writers: u32) -> Result<()> {
     let out = c.out.join(format!("{}-faults", label(c)));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let mut cluster = start_cluster(c, disk_mb)?;
+    let mut cluster = start_cluster(c, disk_mb, &out)?;
     let opts = ClientOptions {
         writers,
         interval: Duration::from_millis(c.interval_ms),
