@@ -49,14 +49,12 @@ struct Common {
     /// Number of cluster nodes.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// The `larder` binary.
-    #[arg(
-        long,
-        env = "LARDER_BIN",
-        default_value = "/work/target-faults/debug/larder"
-    )]
-    larder_bin: PathBuf,
-    /// Leader lease Larder runs with (sizes the "longer than the lease" freezes).
+    /// The `larder` binary (default: the one next to this executable, i.e. the same cargo
+    /// target directory and profile).
+    #[arg(long, env = "LARDER_BIN")]
+    larder_bin: Option<PathBuf>,
+    /// Leader lease assumed for Larder when its larder.toml cannot be read (sizes the
+    /// "longer than the lease" faults; the configured value wins).
     #[arg(long, default_value_t = 10)]
     larder_lease_secs: u64,
     /// Python venv holding patroni and patronictl.
@@ -214,6 +212,15 @@ fn main() -> Result<()> {
     }
 }
 
+fn larder_bin(c: &Common) -> PathBuf {
+    c.larder_bin.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("larder")))
+            .unwrap_or_else(|| PathBuf::from("larder"))
+    })
+}
+
 fn label(c: &Common) -> String {
     match (c.system, c.settings) {
         (System::Larder, _) => "larder".into(),
@@ -253,7 +260,7 @@ fn start_cluster(c: &Common, disk_mb: u64, out: &std::path::Path) -> Result<Box<
             LarderCluster::start(
                 net,
                 LarderConfig {
-                    bin: c.larder_bin.clone(),
+                    bin: larder_bin(c),
                     label: label(c),
                     lease: Duration::from_secs(c.larder_lease_secs),
                     disk_mb,
@@ -328,7 +335,7 @@ fn bench(c: &Common, trials: u32, scenarios: &[String], idle_secs: u64) -> Resul
         // The agent's CPU cost depends on how it was compiled; say which build was measured.
         "build": match c.system {
             System::Larder => {
-                let p = c.larder_bin.to_string_lossy();
+                let p = larder_bin(c).to_string_lossy().to_string();
                 if p.contains("/release/") { "release" } else if p.contains("/debug/") { "debug" } else { "unknown" }
             }
             System::Patroni => "pypi",
