@@ -114,6 +114,15 @@ pub struct HaLoop {
     intent: Intent,
 }
 
+/// Whether the leader's own status shows a promoted, writable PostgreSQL.
+fn leader_promoted(view: Option<&DcsView>, leader: &LeaderRecord) -> bool {
+    view.is_some_and(|v| {
+        v.members
+            .iter()
+            .any(|m| m.guid == leader.guid && m.pg == PgState::Primary)
+    })
+}
+
 pub fn rewind_failed_marker(node: &Node) -> std::path::PathBuf {
     node.paths.data_dir().join("rewind-failed")
 }
@@ -585,33 +594,14 @@ impl HaLoop {
                     self.intent.not_streaming_since = Some(Instant::now());
                 }
             }
-            Action::Rewind { leader } => {
-                // Rewind only against a leader that has really finished promotion.
-                let promoted = view
-                    .map(|v| {
-                        v.members
-                            .iter()
-                            .any(|m| m.guid == leader.guid && m.pg == PgState::Primary)
-                    })
-                    .unwrap_or(false);
-                if !promoted {
-                    return Ok(());
-                }
+            // Copy only from a leader that has really finished promotion.
+            Action::Rewind { leader } if leader_promoted(view, &leader) => {
                 self.spawn_copy(leader, false);
             }
-            Action::Basebackup { leader } => {
-                let promoted = view
-                    .map(|v| {
-                        v.members
-                            .iter()
-                            .any(|m| m.guid == leader.guid && m.pg == PgState::Primary)
-                    })
-                    .unwrap_or(false);
-                if !promoted {
-                    return Ok(());
-                }
+            Action::Basebackup { leader } if leader_promoted(view, &leader) => {
                 self.spawn_copy(leader, true);
             }
+            Action::Rewind { .. } | Action::Basebackup { .. } => {}
             Action::SetSyncStandbys { k, names } => {
                 let Some(client) = self.pg.as_ref() else {
                     return Ok(());

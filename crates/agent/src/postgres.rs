@@ -461,15 +461,19 @@ pub async fn apply_replication(
     Ok(())
 }
 
-/// `Database cluster state` from pg_controldata (e.g. "in production", "shut down in recovery").
-pub async fn control_state(node: &Node) -> Result<String, PgError> {
-    let out = run_tool(
+async fn controldata(node: &Node) -> Result<String, PgError> {
+    run_tool(
         node,
         bin(node, "pg_controldata"),
         &["-D".into(), node.paths.pg_data().display().to_string()],
         &[("LC_ALL", "C".into())],
     )
-    .await?;
+    .await
+}
+
+/// `Database cluster state` from pg_controldata (e.g. "in production", "shut down in recovery").
+pub async fn control_state(node: &Node) -> Result<String, PgError> {
+    let out = controldata(node).await?;
     Ok(controldata_field(&out, "Database cluster state").unwrap_or_default())
 }
 
@@ -482,13 +486,7 @@ pub fn controldata_field(out: &str, field: &str) -> Option<String> {
 
 /// Latest checkpoint position (after a clean shutdown: the shutdown checkpoint).
 pub async fn checkpoint_position(node: &Node) -> Result<WalPosition, PgError> {
-    let out = run_tool(
-        node,
-        bin(node, "pg_controldata"),
-        &["-D".into(), node.paths.pg_data().display().to_string()],
-        &[("LC_ALL", "C".into())],
-    )
-    .await?;
+    let out = controldata(node).await?;
     let lsn = controldata_field(&out, "Latest checkpoint location")
         .and_then(|s| Lsn::parse(&s))
         .ok_or_else(|| PgError::Command("pg_controldata: no checkpoint location".into()))?;

@@ -23,7 +23,7 @@ fn count(n: &Node) -> Option<u64> {
 }
 
 #[test]
-fn three_nodes_replicate_fail_over_switch_over_and_rejoin() {
+fn three_nodes_replicate_fail_over_and_rejoin() {
     let c = Cluster::with_nodes(21, 3);
     let l = c.wait_leader(None, T);
     assert_eq!(l.name, "n1");
@@ -58,6 +58,23 @@ fn three_nodes_replicate_fail_over_switch_over_and_rejoin() {
         "{st}"
     );
 
+    // Search: documents acknowledged by _bulk on the leader survive its loss (checked below).
+    let es = format!("{}:9200", l.ip);
+    wait_until(T, "search service", || {
+        (http_json(&es, "GET", "/", "").0 == 200).then_some(())
+    });
+    let (code, _) = http_json(&es, "PUT", "/chef", "{}");
+    assert!(code == 200 || code == 400, "PUT /chef: {code}");
+    let mut bulk = String::new();
+    for i in 0..50 {
+        bulk.push_str(&format!(
+            "{{\"index\":{{\"_index\":\"chef\",\"_id\":\"n{i}\"}}}}\n"
+        ));
+        bulk.push_str(&format!("{{\"content\":\"X_CHEF_id_CHEF_X__=__n{i} name__=__web{i} \",\"X_CHEF_id_CHEF_X\":\"n{i}\",\"X_CHEF_database_CHEF_X\":\"chef_db1\",\"X_CHEF_type_CHEF_X\":\"node\"}}\n"));
+    }
+    let (code, body) = http_json(&es, "POST", "/_bulk", &bulk);
+    assert_eq!(code, 200, "{body}");
+
     // kill -9 of the leader's agent (its PostgreSQL dies with it): a new leader, no loss.
     let pg = c.nodes[0].pg_pid().unwrap();
     c.nodes[0].kill_agent();
@@ -70,6 +87,21 @@ fn three_nodes_replicate_fail_over_switch_over_and_rejoin() {
         Some(200),
         "acknowledged writes lost on {}",
         l2.name
+    );
+    let es2 = format!("{}:9200", l2.ip);
+    wait_until(
+        T,
+        "all acknowledged documents searchable on the new leader",
+        || {
+            let (code, body) = http_json(
+                &es2,
+                "POST",
+                "/chef/_search",
+                r#"{"stored_fields":"_id","size":100,"query":{"query_string":{"query":"content:name__=__web*"}}}"#,
+            );
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (code == 200 && v["hits"]["total"]["value"] == 50).then_some(())
+        },
     );
     write_rows(l2, 200, 300);
 
@@ -90,28 +122,65 @@ fn three_nodes_replicate_fail_over_switch_over_and_rejoin() {
         log.contains("pg_rewind"),
         "n1 did not rejoin through pg_rewind"
     );
+}
 
-    // Planned switchover back to n1: zero loss.
-    c.nodes[2].ok(&["promote", "n1"]);
+#[test]
+fn promote_and_demote_lose_nothing() {
+    let c = Cluster::with_nodes(25, 3);
+    let l = c.wait_leader(None, T);
+    l.sql("CREATE TABLE acked (id int primary key)").unwrap();
+    write_rows(l, 0, 300);
+    wait_until(T, "followers streaming", || {
+        c.nodes
+            .iter()
+            .filter(|n| {
+                n.status_json()
+                    .is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")
+            })
+            .count()
+            .eq(&2)
+            .then_some(())
+    });
+    c.nodes[2].ok(&["promote", "n2"]);
     let l3 = c.wait_leader(None, T);
-    assert_eq!(l3.name, "n1");
+    assert_eq!(l3.name, "n2");
     assert_eq!(count(l3), Some(300));
     write_rows(l3, 300, 310);
-
     // demote: the leader steps down and a follower takes over.
     wait_until(T, "followers streaming", || {
-        c.nodes[1..]
+        c.nodes
             .iter()
+            .filter(|n| n.name != "n2")
             .all(|n| {
                 n.status_json()
                     .is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")
             })
             .then_some(())
     });
-    c.nodes[0].ok(&["demote"]);
-    let l4 = c.wait_leader(Some("n1"), T);
+    c.nodes[1].ok(&["demote"]);
+    let l4 = c.wait_leader(Some("n2"), T);
     assert_eq!(count(l4), Some(310));
+}
 
+#[test]
+fn failover_off_blocks_promotion_until_enabled() {
+    let c = Cluster::with_nodes(26, 3);
+    let l = c.wait_leader(None, T);
+    l.sql("CREATE TABLE acked (id int primary key)").unwrap();
+    write_rows(l, 0, 300);
+    wait_until(T, "followers streaming", || {
+        c.nodes
+            .iter()
+            .filter(|n| {
+                n.status_json()
+                    .is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")
+            })
+            .count()
+            .eq(&2)
+            .then_some(())
+    });
+    write_rows(l, 300, 310);
+    let l4 = l;
     // Failover off: killing the leader elects nobody.
     c.nodes[0].ok(&["set-cluster-failover", "off"]);
     wait_until(T, "failover flag in cluster-status", || {
@@ -144,9 +213,15 @@ fn three_nodes_replicate_fail_over_switch_over_and_rejoin() {
     let l5 = c.wait_leader(Some(&dead), T);
     assert_eq!(count(l5), Some(310));
     d.ok(&["start"]);
+}
 
-    // Full stop of every node, restart in another order: a leader is elected.
-    wait_until(T, "all streaming before full stop", || {
+#[test]
+fn full_stop_and_restart_elects_a_leader() {
+    let c = Cluster::with_nodes(27, 3);
+    let l = c.wait_leader(None, T);
+    l.sql("CREATE TABLE acked (id int primary key)").unwrap();
+    write_rows(l, 0, 300);
+    wait_until(T, "followers streaming", || {
         c.nodes
             .iter()
             .filter(|n| {
@@ -157,6 +232,8 @@ fn three_nodes_replicate_fail_over_switch_over_and_rejoin() {
             .eq(&2)
             .then_some(())
     });
+    write_rows(l, 300, 310);
+    // Full stop of every node, restart in another order: a leader is elected.
     for n in &c.nodes {
         n.ok(&["uninstall"]);
     }
