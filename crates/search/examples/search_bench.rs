@@ -265,6 +265,21 @@ async fn main() {
         durable.as_secs_f64(),
         searchable.as_secs_f64()
     );
+    // Background segment merges after a bulk load compete with queries for the two cores;
+    // measure latency once they are done (the index size stops changing) and report when.
+    let mut last = 0;
+    let mut stable_since = Instant::now();
+    while stable_since.elapsed() < Duration::from_secs(3)
+        && t0.elapsed() < Duration::from_secs(1800)
+    {
+        let size = larder_search::index::dir_size(&cfg.index_dir);
+        if size != last {
+            last = size;
+            stable_since = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let settled = t0.elapsed().saturating_sub(Duration::from_secs(3));
 
     let fq = format!("+X_CHEF_database_CHEF_X:{db} +X_CHEF_type_CHEF_X:node");
     let chef_body = |q: &str, from: usize| {
@@ -402,6 +417,10 @@ async fn main() {
         "| until searchable (`_refresh` returned) | {:.0} docs/s ({:.1} s) |",
         n_docs as f64 / searchable.as_secs_f64(),
         searchable.as_secs_f64()
+    );
+    println!(
+        "| background merges settled after | {:.1} s |",
+        settled.as_secs_f64()
     );
     println!(
         "| tantivy index size | {:.0} MiB |",

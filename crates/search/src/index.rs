@@ -219,6 +219,8 @@ impl LocalIndex {
     ) -> Result<(usize, Vec<Hit>), SearchErrorOrQuery> {
         let q = build(ast, &self.fields)?;
         let searcher = self.reader.searcher();
+        // Never size collectors beyond what can match.
+        let size = size.min(searcher.num_docs() as usize);
         if size == 0 {
             return Ok((searcher.search(&q, &Count)?, Vec::new()));
         }

@@ -7,6 +7,9 @@ use super::{Ast, Occur, Pat, QueryError};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
+/// Largest `from + size` accepted.
+pub const MAX_RESULT_WINDOW: usize = 1_000_000;
+
 /// Result ordering Larder supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SortSpec {
@@ -66,6 +69,14 @@ pub fn search_request(
     };
     let from = num("from", 0)?;
     let size = num("size", 10)?;
+    // ES's index.max_result_window is 10,000; Chef pages deeper through big orgs, so allow more,
+    // but refuse windows that would only exhaust memory.
+    if from.saturating_add(size) > MAX_RESULT_WINDOW {
+        return Err(bad(format!(
+            "Result window is too large, from + size must be less than or equal to: [{MAX_RESULT_WINDOW}] but was [{}]",
+            from.saturating_add(size)
+        )));
+    }
     let sort = match params.get("sort") {
         Some(s) => sort_param(s)?,
         None => match obj.get("sort") {
