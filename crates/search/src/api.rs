@@ -45,6 +45,8 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// Set once the `chef` index definition is known to exist (saves a round trip per bulk).
     pub index_known: std::sync::atomic::AtomicBool,
+    /// Asks the indexer to commit as soon as it can (someone waits for the index).
+    pub flush: Arc<std::sync::atomic::AtomicBool>,
 }
 
 type St = State<Arc<AppState>>;
@@ -221,8 +223,12 @@ impl AppState {
         self.wait_applied(target).await
     }
     async fn wait_applied(&self, target: i64) -> Result<(), EsError> {
-        self.wake.notify_one();
         let mut rx = self.applied.clone();
+        if *rx.borrow() >= target {
+            return Ok(());
+        }
+        self.flush.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
         let res = tokio::time::timeout(REFRESH_DEADLINE, rx.wait_for(|p| *p >= target)).await;
         match res {
             Ok(Ok(_)) => Ok(()),

@@ -10,6 +10,7 @@
 use crate::index::{CommitMeta, LocalIndex, SCHEMA_VERSION};
 use crate::log::LogRow;
 use crate::SearchError;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,10 +49,13 @@ pub struct Indexer {
 
 impl Indexer {
     /// Takes the index writer (fails if another process holds it) and starts the thread.
+    /// `flush` is set by a reader waiting for the index (`_refresh`, `?refresh=`): the next
+    /// commit then happens as soon as the queue runs dry, whatever the spacing policy says.
     pub fn spawn(
         ix: Arc<LocalIndex>,
         meta: CommitMeta,
         applied: watch::Sender<i64>,
+        flush: Arc<AtomicBool>,
     ) -> Result<Indexer, SearchError> {
         let writer: IndexWriter = ix
             .index
@@ -59,7 +63,7 @@ impl Indexer {
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let thread = std::thread::Builder::new()
             .name("larder-indexer".into())
-            .spawn(move || run(ix, writer, meta, applied, rx))
+            .spawn(move || run(ix, writer, meta, applied, rx, flush))
             .map_err(|e| SearchError::Other(format!("cannot start indexer thread: {e}")))?;
         Ok(Indexer { tx, thread })
     }
@@ -113,6 +117,7 @@ fn run(
     mut meta: CommitMeta,
     applied: watch::Sender<i64>,
     rx: Receiver<IndexerMsg>,
+    flush: Arc<AtomicBool>,
 ) -> Result<(), SearchError> {
     meta.schema_version = SCHEMA_VERSION;
     let mut dirty_since: Option<Instant> = None;
@@ -170,7 +175,10 @@ fn run(
             Err(TryRecvError::Disconnected) => true,
         };
         let now = Instant::now();
-        let wait = if behind {
+        let forced = flush.load(Ordering::Relaxed);
+        let wait = if forced {
+            Duration::ZERO
+        } else if behind {
             MAX_COMMIT_DELAY
         } else if since.saturating_duration_since(last_commit) < STREAM_GAP {
             STREAM_COMMIT_DELAY
@@ -179,6 +187,10 @@ fn run(
         };
         let due = now >= since + wait && now >= last_commit + MIN_COMMIT_INTERVAL;
         if (idle && due) || now >= since + MAX_COMMIT_DELAY {
+            if forced {
+                // Cleared before committing: a request arriving meanwhile keeps its flag.
+                flush.store(false, Ordering::Relaxed);
+            }
             if let Err(e) = commit(&ix, &mut writer, &meta, &applied) {
                 break Err(e);
             }

@@ -31,7 +31,9 @@ pub async fn serve(
     }
     let ix = Arc::new(ix);
     let (applied_tx, applied_rx) = watch::channel(meta.applied_position);
-    let Indexer { tx, thread } = Indexer::spawn(ix.clone(), meta.clone(), applied_tx)?;
+    let flush = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let Indexer { tx, thread } =
+        Indexer::spawn(ix.clone(), meta.clone(), applied_tx, flush.clone())?;
     let wake = Arc::new(Notify::new());
     let shared = Arc::new(Shared::default());
     let tail_stop = CancellationToken::new();
@@ -52,6 +54,7 @@ pub async fn serve(
         shared,
         wake,
         index_known: Default::default(),
+        flush,
     });
     let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
