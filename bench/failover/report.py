@@ -39,8 +39,9 @@ def table(results):
         rss = f"{idle['rss_bytes'] / 1048576:.1f} MB" if idle else "–"
         for s in r["scenarios"]:
             name = r["label"] + (f" ({r['build']} build)" if r.get("build") in ("debug", "release") else "")
+            trials = f"{s['trials']}" + (f" (+{s['void_trials']} void)" if s.get("void_trials") else "")
             lines.append(
-                f"| {name} | {s['scenario']} | {s['trials']} | {fmt(s['p50_s'])} | {fmt(s['p90_s'])} "
+                f"| {name} | {s['scenario']} | {trials} | {fmt(s['p50_s'])} | {fmt(s['p90_s'])} "
                 f"| {fmt(s['max_s'])} | {r['lost']} | {cpu} | {rss} |"
             )
     notes = []
@@ -53,6 +54,11 @@ def table(results):
         )
         for v in r["violations"]:
             notes.append(f"  - {v['kind']}: {v['message']}")
+    if any(s.get("void_trials") for r in results for s in r["scenarios"]):
+        notes.append(
+            "- *void*: the switchover command returned success but the same node was still the "
+            "leader afterwards (no hand-over happened); such trials are listed, not averaged in."
+        )
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
@@ -72,7 +78,12 @@ def plots(results_dir, results, png_prefix):
     for ax, sc in zip(axes[0], scen):
         data, labels = [], []
         for r in results:
-            w = [t["window_s"] for t in r["trials"] if scenario_name(t["scenario"]) == sc]
+            w = [
+                t["window_s"]
+                for t in r["trials"]
+                if scenario_name(t["scenario"]) == sc
+                and not (t["scenario"] == "switchover" and t.get("leader_after") == t["leader_before"])
+            ]
             if w:
                 data.append(w)
                 labels.append(r["label"])

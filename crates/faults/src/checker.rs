@@ -93,6 +93,22 @@ pub fn longest_gap(entries: &[Entry], from_us: u64, to_us: u64) -> (u64, u64) {
     best
 }
 
+/// Longest gap between consecutive acknowledged client writes whose later write ended in
+/// `(from_us, to_us]`: the outage a fault at `from_us` caused, when `to_us` is the next
+/// fault (whose own outage ends after it) or the end of the history.
+pub fn longest_gap_ending_in(entries: &[Entry], from_us: u64, to_us: u64) -> u64 {
+    let mut ends: Vec<u64> = ops(entries)
+        .filter(|o| o.kind == OpKind::Write && o.outcome == Outcome::Ok)
+        .map(|o| o.end_us)
+        .collect();
+    ends.sort_unstable();
+    ends.windows(2)
+        .filter(|w| w[1] > from_us && w[1] <= to_us)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(0)
+}
+
 pub fn check(entries: &[Entry], finals: &FinalState, dual_leader_tolerance_us: u64) -> Report {
     let mut r = Report::default();
     for o in ops(entries) {
@@ -402,6 +418,26 @@ mod tests {
         split.push(op(OpKind::Probe, 4, 30, 35, Outcome::Ok, "a", Some(1)));
         let r = check(&split, &vec![("b".into(), all(&[1, 2, 3, 4]))], 0);
         assert_eq!(r.violations[0].kind, "stale-term-write");
+    }
+
+    #[test]
+    fn outage_after_the_action_returned_is_still_measured() {
+        // fault at 100; writes still succeed at 150 and 160, then the outage 160..2000; the
+        // next fault at 3000 starts an outage that ends after it and must not count.
+        let h = vec![
+            op(OpKind::Write, 1, 0, 90, Outcome::Ok, "a", Some(1)),
+            op(OpKind::Write, 2, 100, 150, Outcome::Ok, "a", Some(1)),
+            op(OpKind::Write, 6, 152, 160, Outcome::Ok, "a", Some(1)),
+            op(OpKind::Write, 3, 1990, 2000, Outcome::Ok, "b", Some(2)),
+            op(OpKind::Write, 4, 2990, 2995, Outcome::Ok, "b", Some(2)),
+            op(OpKind::Write, 5, 9000, 9010, Outcome::Ok, "c", Some(3)),
+        ];
+        assert_eq!(
+            longest_gap(&h, 100, 150).0,
+            60,
+            "the old, undercounting view"
+        );
+        assert_eq!(longest_gap_ending_in(&h, 100, 3000), 1840);
     }
 
     #[test]

@@ -79,6 +79,9 @@ struct Common {
 enum Cmd {
     /// Remove leftovers of killed runs (namespaces, links, mounts named lf*).
     Cleanup,
+    /// Re-measure the trial windows of a saved benchmark directory (result.json +
+    /// history.jsonl) over whole trial periods, as `bench` now does.
+    Remeasure { dir: PathBuf },
     /// Re-run the history checks that need no final state (split brain by term, dual
     /// leaders) on a saved history file.
     Check { history: PathBuf },
@@ -149,6 +152,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Remeasure { dir } => remeasure_saved(&dir),
         Cmd::Check { history } => {
             let entries = larder_faults::history::load(&history)?;
             let report = checker::check(&entries, &Vec::new(), DUAL_LEADER_TOLERANCE_US);
@@ -314,22 +318,8 @@ fn bench(c: &Common, trials: u32, scenarios: &[String], idle_secs: u64) -> Resul
     cl.stop();
     let finals = clients::final_state(cluster.as_ref(), &cl.rec, Duration::from_secs(60));
     let report = checker::check(&cl.rec.entries(), &finals, DUAL_LEADER_TOLERANCE_US);
-    let mut per = Vec::new();
-    for s in &scenarios {
-        let w: Vec<f64> = all
-            .iter()
-            .filter(|t| t.scenario == *s)
-            .map(|t| t.window_s)
-            .collect();
-        per.push(serde_json::json!({
-            "scenario": s.name(),
-            "trials": w.len(),
-            "p50_s": stats::percentile(&w, 50.0),
-            "p90_s": stats::percentile(&w, 90.0),
-            "p99_s": stats::percentile(&w, 99.0),
-            "max_s": stats::percentile(&w, 100.0),
-        }));
-    }
+    scenario::remeasure(&cl.rec.entries(), &mut all);
+    let per = summarize(&scenarios, &all);
     let result = serde_json::json!({
         "label": label(c),
         // The agent's CPU cost depends on how it was compiled; say which build was measured.
@@ -371,6 +361,55 @@ fn bench(c: &Common, trials: u32, scenarios: &[String], idle_secs: u64) -> Resul
     if !report.ok() {
         bail!("{} checker violation(s)", report.violations.len());
     }
+    Ok(())
+}
+
+fn summarize(scenarios: &[Scenario], all: &[scenario::Trial]) -> Vec<serde_json::Value> {
+    scenarios
+        .iter()
+        .map(|s| {
+            let of_s: Vec<&scenario::Trial> = all.iter().filter(|t| t.scenario == *s).collect();
+            // A switchover the tool acknowledged but that left the leader in place measured
+            // nothing: such trials are counted, not averaged in.
+            let void = |t: &&&scenario::Trial| {
+                *s == Scenario::Switchover
+                    && t.leader_after.as_deref() == Some(t.leader_before.as_str())
+            };
+            let w: Vec<f64> = of_s
+                .iter()
+                .filter(|t| !void(t))
+                .map(|t| t.window_s)
+                .collect();
+            serde_json::json!({
+                "scenario": s.name(),
+                "trials": w.len(),
+                "void_trials": of_s.iter().filter(|t| void(t)).count(),
+                "p50_s": stats::percentile(&w, 50.0),
+                "p90_s": stats::percentile(&w, 90.0),
+                "p99_s": stats::percentile(&w, 99.0),
+                "max_s": stats::percentile(&w, 100.0),
+            })
+        })
+        .collect()
+}
+
+/// Applies [`scenario::remeasure`] to a saved benchmark (result.json + history.jsonl).
+fn remeasure_saved(dir: &std::path::Path) -> Result<()> {
+    let path = dir.join("result.json");
+    let mut result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let entries = larder_faults::history::load(&dir.join("history.jsonl"))?;
+    let mut trials: Vec<scenario::Trial> = serde_json::from_value(result["trials"].clone())?;
+    scenario::remeasure(&entries, &mut trials);
+    let mut scenarios: Vec<Scenario> = Vec::new();
+    for t in &trials {
+        if !scenarios.contains(&t.scenario) {
+            scenarios.push(t.scenario);
+        }
+    }
+    result["scenarios"] = serde_json::Value::Array(summarize(&scenarios, &trials));
+    result["trials"] = serde_json::to_value(&trials)?;
+    std::fs::write(&path, serde_json::to_string_pretty(&result)?)?;
+    println!("{}", serde_json::to_string_pretty(&result["scenarios"])?);
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::nemesis;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
     /// (a) kill -9 every process of the leader's host, restart it after writes resume.
@@ -47,7 +47,7 @@ impl Scenario {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Trial {
     pub scenario: Scenario,
     pub trial: u32,
@@ -166,4 +166,25 @@ fn one_trial(
         gap as f64 / 1e6
     );
     Ok(t)
+}
+
+/// Re-measures every trial's window over its whole trial period: from its fault to the next
+/// trial's fault (or the end of the history). The window taken while the trial ran ends at the
+/// first acknowledged write after the fault action returned, which undercounts when the outage
+/// starts *after* the action returned (a `patronictl switchover` that returns before the
+/// hand-over, backends that outlive a killed postmaster for a moment). The whole period
+/// always contains the full outage, and each trial first waits for a healthy cluster with
+/// writes flowing, so nothing of the previous trial leaks in.
+pub fn remeasure(entries: &[crate::history::Entry], trials: &mut [Trial]) {
+    let end = crate::checker::ops(entries)
+        .map(|o| o.end_us)
+        .max()
+        .unwrap_or(0);
+    let mut starts: Vec<u64> = trials.iter().map(|t| (t.fault_at_s * 1e6) as u64).collect();
+    starts.sort_unstable();
+    for t in trials.iter_mut() {
+        let from = (t.fault_at_s * 1e6) as u64;
+        let to = starts.iter().copied().find(|s| *s > from).unwrap_or(end);
+        t.window_s = checker::longest_gap_ending_in(entries, from, to) as f64 / 1e6;
+    }
 }
