@@ -22,6 +22,28 @@ fn count(n: &Node) -> Option<u64> {
         .and_then(|s| s.parse().ok())
 }
 
+/// Three nodes, 300 acknowledged rows in `acked`, both followers streaming.
+fn cluster_with_rows(subnet: u8) -> Cluster {
+    let c = Cluster::with_nodes(subnet, 3);
+    {
+        let l = c.wait_leader(None, T);
+        l.sql("CREATE TABLE acked (id int primary key)").unwrap();
+        write_rows(l, 0, 300);
+    }
+    wait_until(T, "followers streaming", || {
+        c.nodes
+            .iter()
+            .filter(|n| {
+                n.status_json()
+                    .is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")
+            })
+            .count()
+            .eq(&2)
+            .then_some(())
+    });
+    c
+}
+
 #[test]
 fn three_nodes_replicate_fail_over_and_rejoin() {
     let c = Cluster::with_nodes(21, 3);
@@ -126,21 +148,8 @@ fn three_nodes_replicate_fail_over_and_rejoin() {
 
 #[test]
 fn promote_and_demote_lose_nothing() {
-    let c = Cluster::with_nodes(25, 3);
+    let c = cluster_with_rows(25);
     let l = c.wait_leader(None, T);
-    l.sql("CREATE TABLE acked (id int primary key)").unwrap();
-    write_rows(l, 0, 300);
-    wait_until(T, "followers streaming", || {
-        c.nodes
-            .iter()
-            .filter(|n| {
-                n.status_json()
-                    .is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")
-            })
-            .count()
-            .eq(&2)
-            .then_some(())
-    });
     c.nodes[2].ok(&["promote", "n2"]);
     let l3 = c.wait_leader(None, T);
     assert_eq!(l3.name, "n2");
@@ -164,21 +173,8 @@ fn promote_and_demote_lose_nothing() {
 
 #[test]
 fn failover_off_blocks_promotion_until_enabled() {
-    let c = Cluster::with_nodes(26, 3);
+    let c = cluster_with_rows(26);
     let l = c.wait_leader(None, T);
-    l.sql("CREATE TABLE acked (id int primary key)").unwrap();
-    write_rows(l, 0, 300);
-    wait_until(T, "followers streaming", || {
-        c.nodes
-            .iter()
-            .filter(|n| {
-                n.status_json()
-                    .is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")
-            })
-            .count()
-            .eq(&2)
-            .then_some(())
-    });
     write_rows(l, 300, 310);
     let l4 = l;
     // Failover off: killing the leader elects nobody.
@@ -217,21 +213,8 @@ fn failover_off_blocks_promotion_until_enabled() {
 
 #[test]
 fn full_stop_and_restart_elects_a_leader() {
-    let c = Cluster::with_nodes(27, 3);
+    let c = cluster_with_rows(27);
     let l = c.wait_leader(None, T);
-    l.sql("CREATE TABLE acked (id int primary key)").unwrap();
-    write_rows(l, 0, 300);
-    wait_until(T, "followers streaming", || {
-        c.nodes
-            .iter()
-            .filter(|n| {
-                n.status_json()
-                    .is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")
-            })
-            .count()
-            .eq(&2)
-            .then_some(())
-    });
     write_rows(l, 300, 310);
     // Full stop of every node, restart in another order: a leader is elected.
     for n in &c.nodes {
