@@ -149,7 +149,6 @@ fn three_nodes_replicate_fail_over_and_rejoin() {
 #[test]
 fn promote_and_demote_lose_nothing() {
     let c = cluster_with_rows(25);
-    let l = c.wait_leader(None, T);
     c.nodes[2].ok(&["promote", "n2"]);
     let l3 = c.wait_leader(None, T);
     assert_eq!(l3.name, "n2");
