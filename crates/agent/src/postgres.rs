@@ -552,7 +552,10 @@ async fn finish_crash_recovery(node: &Node) -> Result<(), PgError> {
             "-c listen_addresses='' -c unix_socket_directories='{}'",
             node.paths.pg_socket_dir().display()
         );
-        run_tool(
+        // A standby that needs WAL it never received cannot become consistent on its own:
+        // give it a short while, then let the caller fall back to a fresh base backup. The
+        // instance is stopped in every case (a timed-out `pg_ctl start` leaves it running).
+        let started = run_tool(
             node,
             bin(node, "pg_ctl"),
             &[
@@ -560,28 +563,27 @@ async fn finish_crash_recovery(node: &Node) -> Result<(), PgError> {
                 data.clone(),
                 "-w".into(),
                 "-t".into(),
-                "120".into(),
+                "20".into(),
                 "-o".into(),
                 opts,
                 "start".into(),
             ],
             &[],
         )
-        .await?;
-        run_tool(
-            node,
-            bin(node, "pg_ctl"),
-            &[
-                "-D".into(),
-                data,
-                "-m".into(),
-                "fast".into(),
-                "-w".into(),
-                "stop".into(),
-            ],
-            &[],
-        )
-        .await?;
+        .await;
+        for mode in ["fast", "immediate"] {
+            let args: Vec<String> = ["-D", data.as_str(), "-m", mode, "-w", "-t", "30", "stop"]
+                .iter()
+                .map(|x| x.to_string())
+                .collect();
+            if run_tool(node, bin(node, "pg_ctl"), &args, &[])
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
+        started?;
         return Ok(());
     }
     let had_standby = standby_signal(node).exists();
