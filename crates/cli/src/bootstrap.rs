@@ -607,12 +607,7 @@ async fn join_locked(
         Duration::from_secs(3600),
         "PostgreSQL to stream from the leader",
         |s| {
-            if let Some(p) = s["ha"]["copy_progress"].as_object() {
-                bar.update(
-                    p["done_kb"].as_u64().unwrap_or(0),
-                    p["total_kb"].as_u64().unwrap_or(0),
-                );
-            }
+            bar.update_from_status(s);
             s["ha"]["postgresql"]["state"] == "streaming"
         },
     )

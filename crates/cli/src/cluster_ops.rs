@@ -215,12 +215,7 @@ pub async fn pgsql_follow(paths: &Paths, force_basebackup: bool) -> anyhow::Resu
         Duration::from_secs(3600),
         "PostgreSQL to stream from the leader",
         |s| {
-            if let Some(p) = s["ha"]["copy_progress"].as_object() {
-                bar.update(
-                    p["done_kb"].as_u64().unwrap_or(0),
-                    p["total_kb"].as_u64().unwrap_or(0),
-                );
-            }
+            bar.update_from_status(s);
             if s["ha"]["role"] == "syncing" {
                 saw_copy = true;
             }
