@@ -4,7 +4,7 @@
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
-    MemberAddOptions, PutOptions, TlsOptions, Txn, TxnOp,
+    MemberAddOptions, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -215,6 +215,39 @@ impl Dcs {
             }
         }
         Err(DcsError::Unreachable(last))
+    }
+
+    /// The member the last successful call went to.
+    pub fn current_url(&self) -> String {
+        self.current.lock().unwrap().clone()
+    }
+
+    /// Watch every key under `prefix` on the member calls currently go to (the first member
+    /// in call order). Returns that member's URL with the stream, so a watcher can re-open
+    /// its watch when calls move to another member.
+    pub async fn watch_prefix(&self, prefix: &str) -> Result<(String, WatchStream), DcsError> {
+        let urls = self.urls();
+        let i = *self
+            .order()
+            .first()
+            .ok_or_else(|| DcsError::Unreachable("no endpoints".into()))?;
+        let url = urls
+            .get(i)
+            .cloned()
+            .ok_or_else(|| DcsError::Unreachable("member list changed".into()))?;
+        let mut c = self.client(i).await?;
+        let opts = WatchOptions::new().with_prefix();
+        match tokio::time::timeout(self.timeout, c.watch(prefix, Some(opts))).await {
+            Ok(Ok(stream)) => Ok((url, stream)),
+            Ok(Err(e)) => {
+                self.forget(i).await;
+                Err(DcsError::Etcd(e.to_string()))
+            }
+            Err(_) => {
+                self.forget(i).await;
+                Err(DcsError::Timeout(self.timeout))
+            }
+        }
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Kv>, DcsError> {

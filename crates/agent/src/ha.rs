@@ -112,6 +112,9 @@ pub struct HaLoop {
     epoch: Instant,
     pg: Option<tokio_postgres::Client>,
     intent: Intent,
+    /// Run the next iteration now instead of after `loop_interval_ms` (etcd watch events, and
+    /// steps of a leadership change that have a next step).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// Whether the leader's own status shows a promoted, writable PostgreSQL.
@@ -160,6 +163,7 @@ impl HaLoop {
             epoch: Instant::now(),
             pg: None,
             intent: Intent::default(),
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -173,6 +177,14 @@ impl HaLoop {
 
     pub async fn run(mut self, shutdown: CancellationToken) {
         let interval = Duration::from_millis(self.node.cfg.leaderl.loop_interval_ms);
+        tokio::spawn(crate::wake::run(
+            self.dcs.clone(),
+            self.shared.clone(),
+            self.wake.clone(),
+            shutdown.clone(),
+        ));
+        // Floor between two iterations, so a burst of wake-ups cannot spin the loop.
+        let min_gap = Duration::from_millis(20);
         loop {
             let started = Instant::now();
             if let Err(e) = self.iterate().await {
@@ -184,6 +196,11 @@ impl HaLoop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+            }
+            let gap = min_gap.saturating_sub(started.elapsed());
+            if !gap.is_zero() {
+                tokio::time::sleep(gap).await;
             }
         }
         // Leaving: hand leadership over at once instead of making the cluster wait for the TTL.
@@ -550,6 +567,8 @@ impl HaLoop {
                         fence_deadline: sent + Duration::from_secs(ttl as u64) - margin,
                     });
                     self.intent.roles_ready = false;
+                    // Next step (promote) right away, not one loop interval later.
+                    self.wake.notify_one();
                 } else {
                     let _ = self.dcs.lease_revoke(id).await;
                 }
@@ -564,10 +583,13 @@ impl HaLoop {
                 mark_diverged(&node, false);
                 self.intent.following = None;
                 tracing::info!("promoted PostgreSQL to primary");
+                // Observe the primary now, so /leader answers 200 without waiting a loop.
+                self.wake.notify_one();
             }
             Action::StartPrimary => {
                 postgres::write_follow_conf(&node, None)?;
                 self.sup.start(postgres::SERVICE)?;
+                self.wake.notify_one();
             }
             Action::StartStandby => {
                 postgres::write_follow_conf(&node, None)?;
@@ -834,6 +856,7 @@ impl HaLoop {
         self.intent.following = None;
         self.dcs.delete_if_lease(dcs::K_LEADER, lease.id).await?;
         let _ = self.dcs.lease_revoke(lease.id).await;
+        self.wake.notify_one();
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 //! - [`etcd`], [`postgres`]: the two supervised databases
 //! - [`dcs`]: etcd client with per-call deadlines and member failover; key layout
 //! - [`ha`]: the HA loop around the pure decision engine (`larder_core::decide`)
+//! - [`wake`]: etcd watch that wakes the HA loop on changes needing a decision now
 //! - [`api`]: the health API on port 7331
 //! - [`control`]: the root-only control socket
 //! - [`pki`]: cluster CA and node certificates
@@ -22,3 +23,4 @@ pub mod node;
 pub mod pki;
 pub mod postgres;
 pub mod supervisor;
+pub mod wake;

@@ -14,7 +14,8 @@
 //!    gone — by a majority of voters. In quorum mode every acknowledged commit sits on a
 //!    majority, and any two majorities intersect, so the winner holds every acknowledged commit.
 //! 4. **Planned switchovers lose nothing:** only the named target (holding the old leader's
-//!    shutdown checkpoint) may acquire while a switchover record is live.
+//!    shutdown checkpoint) may acquire while a switchover record is live — and it may do so at
+//!    once, since that checkpoint is the last record the old leader wrote.
 
 use crate::config::SyncMode;
 use crate::model::{LeaderRecord, MemberStatus, NodeRole, PgState, Switchover, WalPosition};
@@ -395,6 +396,17 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
                             ),
                         );
                     }
+                    // The old leader stopped cleanly and its shutdown checkpoint is the last
+                    // record it ever wrote: holding it means holding every acknowledged
+                    // commit, so no majority of positions is needed (that wait would cost a
+                    // loop or two of write unavailability). The CAS on the term still lets
+                    // only one candidate win.
+                    actions.push(Action::AcquireLeadership { term: dcs.term + 1 });
+                    return Decision::new(
+                        NodeRole::WaitingForLeader,
+                        actions,
+                        "switchover: holding the old leader's final checkpoint: acquiring",
+                    );
                 }
             }
         }

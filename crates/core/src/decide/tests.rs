@@ -442,6 +442,49 @@ fn switchover_only_target_with_checkpoint_may_acquire() {
 }
 
 #[test]
+fn switchover_target_holding_the_checkpoint_needs_no_majority_of_posts() {
+    // Nobody has posted a fresh position yet (statuses still show the old leader): the named
+    // target holding the final checkpoint acquires anyway, others still wait.
+    let mut v = view(
+        None,
+        4,
+        vec![
+            member("a", 100, 4, Some("a")),
+            member("b", 100, 4, Some("a")),
+        ],
+        &["a", "b", "c"],
+    );
+    v.switchover = Some(Switchover {
+        target: Some("c".into()),
+        term: 4,
+        min_position: pos(101),
+        from: "a".into(),
+        deadline_unix_ms: 2_000_000,
+    });
+    let d = decide(&obs(
+        "c",
+        local(PgState::Standby, 101),
+        Some(v.clone()),
+        None,
+    ));
+    assert_eq!(d.actions, vec![Action::AcquireLeadership { term: 5 }]);
+    assert!(!acquires(&decide(&obs(
+        "b",
+        local(PgState::Standby, 101),
+        Some(v.clone()),
+        None
+    ))));
+    // A switchover record of an older term (someone acquired since) grants nothing.
+    v.term = 5;
+    assert!(!acquires(&decide(&obs(
+        "c",
+        local(PgState::Standby, 101),
+        Some(v),
+        None
+    ))));
+}
+
+#[test]
 fn own_stale_key_is_not_treated_as_leadership() {
     let v = view(Some(leader("a", 4)), 4, vec![], &["a", "b", "c"]);
     let d = decide(&obs("a", local(PgState::Standby, 100), Some(v), None));
