@@ -435,6 +435,42 @@ impl Dcs {
             .map(|_| ())
     }
 
+    /// Run `f` on the member at `url` only (no failover): for calls that are about that
+    /// member itself.
+    async fn call_at<T, F, Fut>(&self, url: &str, f: F) -> Result<T, DcsError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let i = self
+            .urls()
+            .iter()
+            .position(|u| u == url)
+            .ok_or_else(|| DcsError::Unreachable(format!("{url} is not a known member")))?;
+        let c = self.client(i).await?;
+        match tokio::time::timeout(self.timeout, f(c)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(DcsError::Etcd(e.to_string())),
+            Err(_) => Err(DcsError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Raft view of the member at `url`: (its own member id, the raft leader's member id).
+    pub async fn member_raft_status(&self, url: &str) -> Result<(u64, u64), DcsError> {
+        let r = self
+            .call_at(url, |mut c| async move { c.status().await })
+            .await?;
+        let me = r.header().map(|h| h.member_id()).unwrap_or(0);
+        Ok((me, r.leader()))
+    }
+
+    /// Ask the raft leader at `url` to hand raft leadership to member `target`.
+    pub async fn move_leader(&self, url: &str, target: u64) -> Result<(), DcsError> {
+        self.call_at(url, |mut c| async move { c.move_leader(target).await })
+            .await
+            .map(|_| ())
+    }
+
     pub async fn member_remove(&self, id: u64) -> Result<(), DcsError> {
         self.call(|mut c| async move { c.member_remove(id).await })
             .await

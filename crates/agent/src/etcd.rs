@@ -30,6 +30,8 @@ pub fn service_spec(node: &Node) -> ServiceSpec {
         format!("--heartbeat-interval={}", e.heartbeat_interval),
         format!("--election-timeout={}", e.election_timeout),
         format!("--snapshot-count={}", e.snapshot_count),
+        // A member that only missed heartbeats (a slow link) must not depose a healthy leader.
+        "--pre-vote=true".into(),
         "--enable-v2=true".into(),
         "--logger=zap".into(),
         "--log-outputs=stderr".into(),

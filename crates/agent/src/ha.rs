@@ -101,6 +101,13 @@ struct Intent {
     etcd_failures: u32,
     voter: bool,
     roles_ready: bool,
+    /// Timeline of the WAL the receiver last flushed, kept after it disconnects: a standby's
+    /// other timeline sources (last restartpoint) lag behind a timeline switch, and a
+    /// switchover target that just received the old leader's final checkpoint would otherwise
+    /// look one timeline behind until it reconnects somewhere.
+    received_tli: Option<u32>,
+    /// Last check that etcd's raft leader is not on this (leader) node; see `raft_placement`.
+    raft_placement: Option<(Instant, tokio::task::JoinHandle<()>)>,
 }
 
 pub struct HaLoop {
@@ -227,6 +234,7 @@ impl HaLoop {
             .unwrap_or(false);
         if !running {
             self.pg = None;
+            self.intent.received_tli = None;
             return None;
         }
         if self.pg.as_ref().map(|c| c.is_closed()).unwrap_or(true) {
@@ -234,7 +242,20 @@ impl HaLoop {
         }
         let client = self.pg.as_ref()?;
         match tokio::time::timeout(self.timeout(), postgres::observe(client)).await {
-            Ok(Ok(o)) => Some(o),
+            Ok(Ok(mut o)) => {
+                match o.state {
+                    PgState::Streaming => self.intent.received_tli = Some(o.position.timeline),
+                    PgState::Standby => {
+                        if let Some(t) = self.intent.received_tli {
+                            o.position.timeline = o.position.timeline.max(t);
+                        }
+                    }
+                    PgState::Primary | PgState::Stopped | PgState::Empty => {
+                        self.intent.received_tli = None
+                    }
+                }
+                Some(o)
+            }
             _ => {
                 self.pg = None;
                 None
@@ -411,7 +432,32 @@ impl HaLoop {
         if view.is_some() {
             self.publish(decision.role, &pg, view.as_ref()).await;
         }
+        if decision.role == NodeRole::Leader {
+            self.place_raft_leader();
+        }
         Ok(())
+    }
+
+    /// Every few seconds while leader, in the background (never stalls the loop): move etcd's
+    /// raft leader to another node if it sits here.
+    fn place_raft_leader(&mut self) {
+        let due = match &self.intent.raft_placement {
+            Some((at, task)) => task.is_finished() && at.elapsed() >= Duration::from_secs(5),
+            None => true,
+        };
+        if !due {
+            return;
+        }
+        let dcs = self.dcs.clone();
+        let url = self.node.etcd_client_url();
+        let task = tokio::spawn(async move {
+            match crate::raft_placement::move_raft_leader_away(&dcs, &url).await {
+                Ok(Some(to)) => tracing::info!("moved etcd's raft leader to {to}"),
+                Ok(None) => {}
+                Err(e) => tracing::debug!("raft leader placement: {e}"),
+            }
+        });
+        self.intent.raft_placement = Some((Instant::now(), task));
     }
 
     fn syncing_now(&self) -> bool {

@@ -5,6 +5,7 @@
 //! - [`etcd`], [`postgres`]: the two supervised databases
 //! - [`dcs`]: etcd client with per-call deadlines and member failover; key layout
 //! - [`ha`]: the HA loop around the pure decision engine (`larder_core::decide`)
+//! - [`raft_placement`]: keeps etcd's raft leader off the Larder leader's node
 //! - [`wake`]: etcd watch that wakes the HA loop on changes needing a decision now
 //! - [`api`]: the health API on port 7331
 //! - [`control`]: the root-only control socket
@@ -22,5 +23,6 @@ pub mod ha;
 pub mod node;
 pub mod pki;
 pub mod postgres;
+pub mod raft_placement;
 pub mod supervisor;
 pub mod wake;

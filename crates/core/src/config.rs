@@ -191,7 +191,9 @@ impl Default for EtcdConfig {
             client_port: 2379,
             peer_port: 2380,
             heartbeat_interval: 100,
-            election_timeout: 1000,
+            // With heartbeats every 100 ms a member is declared lost after 0.5–1 s; pre-vote
+            // keeps a member that merely missed heartbeats from disrupting a healthy leader.
+            election_timeout: 500,
             snapshot_count: 5000,
             binary: "/usr/bin/etcd".into(),
         }
@@ -516,6 +518,23 @@ impl Config {
                 ),
             ));
         }
+        // The raft leader lives on another node than the Larder leader (see the agent's
+        // raft_placement), so losing that node pauses lease renewals for one etcd election
+        // (up to 2 x election_timeout): the leader must ride it out without fencing.
+        let ride_out = ttl_ms
+            .saturating_sub(l.fence_margin_ms)
+            .saturating_sub(l.loop_interval_ms);
+        if ride_out < 2 * self.etcd.election_timeout {
+            return Err(bad(
+                "leaderl.leader_ttl_seconds",
+                format!(
+                    "lease of {} ms leaves {} ms (after leaderl.fence_margin_ms and one leaderl.loop_interval_ms) to ride out an etcd election, which can take 2 x etcd.election_timeout = {} ms; raise the lease or lower etcd.election_timeout",
+                    ttl_ms,
+                    ride_out,
+                    2 * self.etcd.election_timeout
+                ),
+            ));
+        }
         if l.fence_margin_ms < 200 {
             return Err(bad(
                 "leaderl.fence_margin_ms",
@@ -751,6 +770,10 @@ mod tests {
             ("[postgresql]\nport = 2379\n", "etcd.client_port"),
             ("[elasticsearch]\nport = 0\n", "elasticsearch.port"),
             ("[etcd]\nelection_timeout = 200\n", "etcd.election_timeout"),
+            (
+                "[etcd]\nelection_timeout = 1000\n",
+                "leaderl.leader_ttl_seconds",
+            ),
             (
                 "[leaderl]\nleader_ttl_seconds = 1\n",
                 "leaderl.leader_ttl_seconds",
