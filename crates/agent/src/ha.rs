@@ -637,6 +637,16 @@ impl HaLoop {
                 self.sup.start(postgres::SERVICE)?;
                 self.wake.notify_one();
             }
+            Action::Detach => {
+                postgres::write_follow_conf(&node, None)?;
+                // primary_conninfo is reloadable: the WAL receiver stops, the standby stays up.
+                self.sup
+                    .signal(postgres::SERVICE, nix::sys::signal::Signal::SIGHUP)?;
+                self.intent.following = None;
+                self.intent.not_streaming_since = None;
+                // Post the final position as soon as the receiver is gone.
+                self.wake.notify_one();
+            }
             Action::StartStandby => {
                 postgres::write_follow_conf(&node, None)?;
                 postgres::set_standby(&node, true)?;

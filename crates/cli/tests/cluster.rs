@@ -514,3 +514,65 @@ fn back_to_back_failovers_keep_every_write_and_the_wal_intact() {
         });
     }
 }
+
+/// A frozen agent cannot fence its PostgreSQL, which keeps accepting writes after the lease
+/// lapsed. Standbys must stop acknowledging its WAL before posting election positions, or a
+/// write acknowledged by the old primary after the posts would be missing on the new leader.
+#[test]
+fn frozen_leader_agent_loses_no_acknowledged_write() {
+    let c = cluster_with_rows(29);
+    let old = c.wait_leader(None, T).name.clone();
+    let d = c.node(&old);
+    let agent = d.agent_pid().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let acked: Vec<u32> = std::thread::scope(|s| {
+        // Keep writing straight to the old primary (not through /leader) the whole time.
+        let w = s.spawn(|| {
+            let mut ok = Vec::new();
+            let mut i = 100_000;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if d.sql(&format!("INSERT INTO acked VALUES ({i})")).is_some() {
+                    ok.push(i);
+                }
+                i += 1;
+            }
+            ok
+        });
+        let _ = std::process::Command::new("kill")
+            .args(["-STOP", &agent.to_string()])
+            .status();
+        let l = c.wait_leader(Some(&old), T);
+        // Give the old primary every chance to get more commits acknowledged.
+        let settle = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < settle {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &agent.to_string()])
+            .status();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let ok = w.join().unwrap();
+        let missing: Vec<u32> = ok
+            .iter()
+            .copied()
+            .filter(|i| {
+                l.sql(&format!("SELECT count(*) FROM acked WHERE id = {i}"))
+                    .as_deref()
+                    != Some("1")
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "writes acknowledged by the frozen leader's PostgreSQL are missing on {}: {missing:?}",
+            l.name
+        );
+        ok
+    });
+    assert!(!acked.is_empty(), "no write reached the old primary");
+    // The old leader fences itself once its agent runs again and never answers /leader 200.
+    wait_until(T, "old leader read-only", || {
+        d.sql("INSERT INTO acked VALUES (999999)")
+            .is_none()
+            .then_some(())
+    });
+}

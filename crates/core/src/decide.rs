@@ -11,7 +11,7 @@
 //! 2. **Never two writers.** A node that is not the leader never runs PostgreSQL as a primary.
 //! 3. **Never lose an acknowledged commit.** A candidate acquires leadership only when it holds
 //!    the most advanced WAL position among positions posted — after the posters saw the leader
-//!    gone — by a majority of voters. In quorum mode every acknowledged commit sits on a
+//!    gone and stopped receiving WAL — by a majority of voters. In quorum mode every acknowledged commit sits on a
 //!    majority, and any two majorities intersect, so the winner holds every acknowledged commit.
 //! 4. **Planned switchovers lose nothing:** only the named target (holding the old leader's
 //!    shutdown checkpoint) may acquire while a switchover record is live — and it may do so at
@@ -96,6 +96,10 @@ pub enum Action {
     Follow { leader: LeaderRecord },
     /// Run as a standby with no upstream while no leader exists, so the position is known.
     StartStandby,
+    /// Stop receiving WAL (clear the upstream, keep running as a standby): a position posted
+    /// for an election must be final, and an old primary whose agent is frozen may still be
+    /// running and sending WAL that a streaming standby would acknowledge.
+    Detach,
     /// `pg_rewind` from the leader, then follow it.
     Rewind { leader: LeaderRecord },
     /// Re-clone from the leader with `pg_basebackup`.
@@ -361,6 +365,16 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
         // Run as a standby without upstream so our position is current and ready to promote.
         actions.push(Action::StartStandby);
     }
+    if obs.local.pg == PgState::Streaming {
+        // The key is gone but WAL still flows (the old primary's agent may be frozen while its
+        // PostgreSQL runs): acknowledging more of it after posting a position would let a
+        // commit exist that the elected candidate never saw.
+        return Decision::new(
+            NodeRole::WaitingForLeader,
+            vec![Action::Detach],
+            "no leader: detaching from the old upstream so the posted position is final",
+        );
+    }
     if let Some(why) = ineligibility(obs, dcs) {
         return Decision::new(
             NodeRole::WaitingForLeader,
@@ -424,6 +438,8 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
                 && m.term == dcs.term
                 && m.leader_seen.is_none()
                 && m.pg != PgState::Empty
+                // still receiving WAL: the position may yet grow (see Action::Detach)
+                && m.pg != PgState::Streaming
         })
         .collect();
     let need = majority(dcs.voters.len());

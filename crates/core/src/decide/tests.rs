@@ -485,6 +485,37 @@ fn switchover_target_holding_the_checkpoint_needs_no_majority_of_posts() {
 }
 
 #[test]
+fn streaming_standby_detaches_before_its_position_counts() {
+    // The key is gone but this standby still receives WAL (old primary's agent frozen).
+    let v = view(
+        None,
+        4,
+        vec![member("b", 100, 4, None), member("c", 100, 4, None)],
+        &["a", "b", "c"],
+    );
+    let d = decide(&obs("a", local(PgState::Streaming, 200), Some(v.clone()), None));
+    assert_eq!(d.actions, vec![Action::Detach]);
+    // A member that posted while still streaming is not a final position: with only one
+    // other final post, a majority is missing.
+    let mut streaming = member("b", 100, 4, None);
+    streaming.pg = PgState::Streaming;
+    let v2 = view(None, 4, vec![streaming], &["a", "b", "c"]);
+    assert!(!acquires(&decide(&obs(
+        "a",
+        local(PgState::Standby, 200),
+        Some(v2),
+        None
+    ))));
+    // Detached (Standby) posts count.
+    assert!(acquires(&decide(&obs(
+        "a",
+        local(PgState::Standby, 200),
+        Some(v),
+        None
+    ))));
+}
+
+#[test]
 fn own_stale_key_is_not_treated_as_leadership() {
     let v = view(Some(leader("a", 4)), 4, vec![], &["a", "b", "c"]);
     let d = decide(&obs("a", local(PgState::Standby, 100), Some(v), None));
