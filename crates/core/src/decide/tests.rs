@@ -493,7 +493,12 @@ fn streaming_standby_detaches_before_its_position_counts() {
         vec![member("b", 100, 4, None), member("c", 100, 4, None)],
         &["a", "b", "c"],
     );
-    let d = decide(&obs("a", local(PgState::Streaming, 200), Some(v.clone()), None));
+    let d = decide(&obs(
+        "a",
+        local(PgState::Streaming, 200),
+        Some(v.clone()),
+        None,
+    ));
     assert_eq!(d.actions, vec![Action::Detach]);
     // A member that posted while still streaming is not a final position: with only one
     // other final post, a majority is missing.
