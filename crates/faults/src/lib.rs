@@ -29,6 +29,7 @@ pub mod http;
 pub mod inns;
 pub mod larder;
 pub mod nemesis;
+pub mod delay;
 pub mod netem;
 pub mod netns;
 pub mod partition;
