@@ -246,7 +246,10 @@ impl Delayer {
         self.stop.store(true, Ordering::Relaxed);
         match self.thread.take().map(|t| t.join()) {
             Some(Ok(Err(e))) => Err(e),
-            Some(Err(_)) => Err(Error::Invalid(format!("delay thread of {} panicked", self.ns))),
+            Some(Err(_)) => Err(Error::Invalid(format!(
+                "delay thread of {} panicked",
+                self.ns
+            ))),
             _ => Ok(()),
         }
     }
@@ -330,13 +333,7 @@ pub fn supported(probe_ns_name: &str) -> bool {
 }
 
 /// The thread's loop: receive packets, hold each until its release time, verdict.
-fn serve(
-    q: &mut Nfq,
-    spec: DelaySpec,
-    seed: u64,
-    stop: &AtomicBool,
-    c: &Counters,
-) -> Result<()> {
+fn serve(q: &mut Nfq, spec: DelaySpec, seed: u64, stop: &AtomicBool, c: &Counters) -> Result<()> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     // (release time, arrival sequence, packet id): ties keep arrival order.
     let mut held: BinaryHeap<Reverse<(Instant, u64, u32)>> = BinaryHeap::new();

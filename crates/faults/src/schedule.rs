@@ -311,7 +311,10 @@ fn heal(cluster: &mut dyn Cluster, rec: &crate::history::Recorder, active: Activ
             if !dead.is_empty() {
                 rec.event(
                     "note",
-                    format!("delayer thread died on {} (link ran undelayed)", dead.join(",")),
+                    format!(
+                        "delayer thread died on {} (link ran undelayed)",
+                        dead.join(",")
+                    ),
                 );
             }
             for (host, st) in imp.clear()? {

@@ -56,7 +56,9 @@ fn echo_rtts(from: &Netns, to: &Netns, n: usize) -> Vec<f64> {
     });
     let addr = format!("{}:7000", to.ip);
     let v = inns::block_on(&from.name, move || async move {
-        let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
         s.set_nodelay(true).unwrap();
         let mut v = Vec::new();
         let mut b = [0u8; 1];
@@ -101,8 +103,8 @@ fn fifty_ms_jitter_ten_on_one_link() {
     let (base_mean, _) = mean_sd(&base);
     assert!(base_mean < 5.0, "baseline RTT {base_mean:.2} ms");
 
-    let imp = netem::apply_all(std::slice::from_ref(n1), Netem::jitter(50, 10), backend)
-        .expect("apply");
+    let imp =
+        netem::apply_all(std::slice::from_ref(n1), Netem::jitter(50, 10), backend).expect("apply");
     eprintln!("applied: {}", imp.describe());
 
     // client -> n1: only n1's answer crosses an impaired egress: one delay per round trip.
