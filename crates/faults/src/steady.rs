@@ -306,17 +306,43 @@ impl Pgbench {
     pub fn init(&self, client: &Netns, log: &Path) -> Result<()> {
         let t = self.target.clone();
         let db = self.dbname.clone();
+        // Retried like the suite's own schema setup: until haproxy's first checks have run it
+        // may route to a follower (read-only).
         crate::inns::block_on(&client.name, move || async move {
-            let c = crate::pg::connect(&t, Duration::from_secs(10)).await?;
-            let _ = c
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let r = async {
+                    // Six fresh connections in a row must land on the primary: haproxy has
+                    // run its checks and routes to the leader only.
+                    for _ in 0..6 {
+                        let c = crate::pg::connect(&t, Duration::from_secs(10)).await?;
+                        let row = c
+                            .query_one("SELECT pg_is_in_recovery()", &[])
+                            .await
+                            .map_err(|source| Error::Postgres {
+                                target: t.describe(),
+                                source,
+                            })?;
+                        if row.get::<_, bool>(0) {
+                            return Err(Error::Invalid("haproxy routed to a standby".into()));
+                        }
+                    }
+                    let c = crate::pg::connect(&t, Duration::from_secs(10)).await?;
+                    let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {db}")).await;
+                    c.batch_execute(&format!("CREATE DATABASE {db}"))
+                        .await
+                        .map_err(|source| Error::Postgres {
+                            target: t.describe(),
+                            source,
+                        })
+                }
                 .await;
-            c.batch_execute(&format!("CREATE DATABASE {db}"))
-                .await
-                .map_err(|source| Error::Postgres {
-                    target: t.describe(),
-                    source,
-                })
+                match r {
+                    Ok(()) => return Ok(()),
+                    Err(e) if Instant::now() > deadline => return Err(e),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
         })?;
         let scale = self.scale.to_string();
         let out = self
