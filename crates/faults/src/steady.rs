@@ -78,7 +78,7 @@ impl StatusSampler {
                             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
                                 n.role = v["role"].as_str().map(str::to_string);
                                 n.term = v["term"].as_u64();
-                                n.leader = v["leader"].as_str().map(str::to_string);
+                                n.leader = v["leader"]["name"].as_str().map(str::to_string);
                             }
                         }
                         n
