@@ -328,7 +328,9 @@ impl Pgbench {
                         }
                     }
                     let c = crate::pg::connect(&t, Duration::from_secs(10)).await?;
-                    let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {db}")).await;
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+                        .await;
                     c.batch_execute(&format!("CREATE DATABASE {db}"))
                         .await
                         .map_err(|source| Error::Postgres {
