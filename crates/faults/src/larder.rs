@@ -19,6 +19,42 @@ pub struct LarderConfig {
     pub lease: Duration,
     /// Size of a loop filesystem mounted at each node's root (0 = none).
     pub disk_mb: u64,
+    /// larder.toml settings that differ from Larder's defaults, as (dotted key, TOML value),
+    /// e.g. ("leaderl.leader_ttl_seconds", "2"). Empty = the CLI generates the file.
+    pub overrides: Vec<(String, String)>,
+}
+
+/// Parses `KEY=VALUE` (`leaderl.leader_ttl_seconds=2`) into a [`LarderConfig::overrides`]
+/// entry; the value is written into TOML as given (numbers, booleans, "quoted strings").
+pub fn parse_override(s: &str) -> Result<(String, String)> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| Error::Invalid(format!("{s:?}: expected KEY=VALUE")))?;
+    let (k, v) = (k.trim(), v.trim());
+    if k.is_empty() || v.is_empty() || k.starts_with('.') || k.ends_with('.') {
+        return Err(Error::Invalid(format!("{s:?}: expected KEY=VALUE")));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// A node's larder.toml: identity (what `create-cluster`/`join-cluster` would generate from
+/// their flags) plus the overrides, grouped into their tables.
+pub fn render_config(fqdn: &str, ip: &str, overrides: &[(String, String)]) -> String {
+    let mut top = format!("fqdn = \"{fqdn}\"\npublish_address = \"{ip}\"\nip_version = \"ipv4\"\n");
+    let mut tables: std::collections::BTreeMap<&str, Vec<(&str, &str)>> = Default::default();
+    for (k, v) in overrides {
+        match k.rsplit_once('.') {
+            Some((table, key)) => tables.entry(table).or_default().push((key, v)),
+            None => top.push_str(&format!("{k} = {v}\n")),
+        }
+    }
+    for (table, kv) in tables {
+        top.push_str(&format!("\n[{table}]\n"));
+        for (k, v) in kv {
+            top.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    top
 }
 
 pub struct LarderCluster {
@@ -74,6 +110,15 @@ impl LarderCluster {
                 net.add_disk(&format!("root-n{}", i + 1), &root, cfg.disk_mb)?;
             } else {
                 std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+            }
+        }
+        if !cfg.overrides.is_empty() {
+            for (i, node) in net.nodes.iter().enumerate() {
+                let dir = net.dir.join(format!("n{}/etc/larder", i + 1));
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                let file = dir.join("larder.toml");
+                let text = render_config(&format!("n{}", i + 1), &node.ip, &cfg.overrides);
+                std::fs::write(&file, text).map_err(|e| Error::io(&file, e))?;
             }
         }
         let mut c = LarderCluster {
@@ -268,5 +313,25 @@ impl Drop for LarderCluster {
                 let _ = std::fs::copy(&src, self.net.dir.join(name));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_land_in_their_tables() {
+        let o = vec![
+            parse_override("leaderl.leader_ttl_seconds=2").unwrap(),
+            parse_override("etcd.election_timeout = 500").unwrap(),
+            parse_override("leaderl.loop_interval_ms=200").unwrap(),
+        ];
+        let t = render_config("n1", "10.213.5.1", &o);
+        assert!(t.starts_with("fqdn = \"n1\"\npublish_address = \"10.213.5.1\"\n"));
+        assert!(t.contains("\n[leaderl]\nleader_ttl_seconds = 2\nloop_interval_ms = 200\n"));
+        assert!(t.contains("\n[etcd]\nelection_timeout = 500\n"));
+        assert!(parse_override("nokey").is_err());
+        assert!(parse_override("x=").is_err());
     }
 }

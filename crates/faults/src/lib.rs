@@ -5,7 +5,8 @@
 //!   namespace) built on [`bridge`] and [`netns`]; [`teardown`] removes them on drop, on
 //!   SIGINT/SIGTERM and for `larder-faults cleanup`.
 //! - Faults: [`nemesis`] (kill -9, SIGSTOP/SIGCONT of processes and whole hosts),
-//!   [`partition`] (nftables drops, also one-way), [`netem`] (latency/jitter/loss),
+//!   [`partition`] (nftables drops, also one-way), [`netem`] (latency/jitter/loss with tc
+//!   netem, or without `sch_netem` the NFQUEUE delayer of [`delay`]),
 //!   [`disk`] (a small loop-mounted filesystem to fill).
 //! - Client side: [`haproxy`] configured as a Chef frontend, [`workload`] (paced inserts),
 //!   [`sampler`] (health endpoints + direct writes on every node), [`history`] (JSON lines),
@@ -13,13 +14,14 @@
 //! - Clusters under test: [`patroni`] (the baseline: etcd 3.4 + Patroni + PostgreSQL 15) and
 //!   [`larder`] (the `larder` binary), both behind [`cluster::Cluster`].
 //! - [`scenario`] runs the failover benchmark trials, [`schedule`] the randomized fault
-//!   schedule.
+//!   schedule, [`steady`] the no-spurious-failover run (delay on every link + pgbench).
 
 pub mod bridge;
 pub mod checker;
 pub mod clients;
 pub mod cluster;
 pub mod command;
+pub mod delay;
 pub mod disk;
 pub mod error;
 pub mod haproxy;
@@ -38,6 +40,7 @@ pub mod sampler;
 pub mod scenario;
 pub mod schedule;
 pub mod stats;
+pub mod steady;
 pub mod teardown;
 pub mod workload;
 

@@ -33,6 +33,18 @@ enum System {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Dist {
+    Uniform,
+    Normal,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Dir {
+    Egress,
+    Both,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
 enum Settings {
     Defaults,
     Aggressive,
@@ -73,6 +85,10 @@ struct Common {
     /// Output directory (history, results).
     #[arg(long, default_value = "target/larder-faults")]
     out: PathBuf,
+    /// larder.toml setting for every node instead of Larder's default, e.g.
+    /// `--larder-set leaderl.leader_ttl_seconds=2 --larder-set etcd.election_timeout=500`.
+    #[arg(long = "larder-set", value_name = "KEY=VALUE")]
+    larder_set: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -121,6 +137,36 @@ enum Cmd {
         disk_mb: u64,
         #[arg(long, default_value_t = 3)]
         writers: u32,
+    },
+    /// No spurious failover (issue 5 §6): delay and jitter on every node's link, pgbench
+    /// through haproxy for N minutes, every node's /leader and /status sampled; reports
+    /// leader and term changes (exit 1 on any leader change or checker violation).
+    Steady {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Delay ± jitter per packet, e.g. 50ms±50ms (or 50ms+-50ms).
+        #[arg(long, default_value = "50ms±50ms")]
+        jitter: String,
+        /// Jitter distribution.
+        #[arg(long, value_enum, default_value = "uniform")]
+        distribution: Dist,
+        /// egress: what each node sends (one delay per hop, netem's usual setup);
+        /// both: also what it receives.
+        #[arg(long, value_enum, default_value = "egress")]
+        direction: Dir,
+        #[arg(long, default_value_t = 0.0)]
+        loss_percent: f32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 8)]
+        pgbench_clients: u32,
+        #[arg(long, default_value_t = 10)]
+        pgbench_scale: u32,
+        /// Milliseconds between two samples of every node's /leader and /status.
+        #[arg(long, default_value_t = 500)]
+        sample_ms: u64,
     },
     /// Short fixed-seed pass over every fault (CI).
     Ci {
@@ -203,6 +249,40 @@ fn main() -> Result<()> {
             disk_mb,
             writers,
         ),
+        Cmd::Steady {
+            common,
+            minutes,
+            jitter,
+            distribution,
+            direction,
+            loss_percent,
+            seed,
+            pgbench_clients,
+            pgbench_scale,
+            sample_ms,
+        } => {
+            let mut spec = larder_faults::netem::Netem::parse(&jitter)?;
+            spec.distribution = match distribution {
+                Dist::Uniform => larder_faults::netem::Distribution::Uniform,
+                Dist::Normal => larder_faults::netem::Distribution::Normal,
+            };
+            spec.direction = match direction {
+                Dir::Egress => larder_faults::netem::Direction::Egress,
+                Dir::Both => larder_faults::netem::Direction::Both,
+            };
+            spec.loss_percent = loss_percent;
+            spec.seed = seed;
+            steady(
+                &common,
+                SteadyArgs {
+                    minutes,
+                    spec,
+                    pgbench_clients,
+                    pgbench_scale,
+                    sample: Duration::from_millis(sample_ms),
+                },
+            )
+        }
         Cmd::Ci {
             common,
             disk_mb,
@@ -234,6 +314,9 @@ fn label(c: &Common) -> String {
 }
 
 fn start_cluster(c: &Common, disk_mb: u64, out: &std::path::Path) -> Result<Box<dyn Cluster>> {
+    if !c.larder_set.is_empty() && c.system != System::Larder {
+        bail!("--larder-set applies to --system larder only");
+    }
     let mut net = TestNet::create(c.nodes).context("creating test hosts")?;
     net.keep_logs = Some(out.join("logs"));
     eprintln!(
@@ -268,6 +351,11 @@ fn start_cluster(c: &Common, disk_mb: u64, out: &std::path::Path) -> Result<Box<
                     label: label(c),
                     lease: Duration::from_secs(c.larder_lease_secs),
                     disk_mb,
+                    overrides: c
+                        .larder_set
+                        .iter()
+                        .map(|s| larder_faults::larder::parse_override(s))
+                        .collect::<std::result::Result<_, _>>()?,
                 },
             )
             .context("starting the Larder cluster")?,
@@ -505,6 +593,243 @@ fn fault_run(c: &Common, plan: schedule::Plan, disk_mb: u64, writers: u32) -> Re
             "{} checker violation(s), see above",
             report.violations.len()
         );
+    }
+    Ok(())
+}
+
+struct SteadyArgs {
+    minutes: u64,
+    spec: larder_faults::netem::Netem,
+    pgbench_clients: u32,
+    pgbench_scale: u32,
+    sample: Duration,
+}
+
+/// `larder-faults steady`: see [`larder_faults::steady`].
+fn steady(c: &Common, a: SteadyArgs) -> Result<()> {
+    use larder_faults::netem;
+    use larder_faults::steady::{self, Pgbench, StatusSampler};
+    if c.system != System::Larder {
+        bail!("steady samples Larder's /status; use --system larder");
+    }
+    let out = c.out.join(format!("{}-steady", label(c)));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let command_line: Vec<String> = std::env::args().collect();
+    let started = std::time::Instant::now();
+    let cluster = start_cluster(c, 0, &out)?;
+    let leader = cluster.wait_healthy(Duration::from_secs(300))?;
+    eprintln!("healthy, leader n{}", leader + 1);
+    let names: Vec<String> = (1..=cluster.node_count())
+        .map(|i| format!("n{i}"))
+        .collect();
+    // The paced writer and direct probes of the fault suite run too (one writer, 100 ms), so
+    // the checker vouches for durability and single-writer under the same delay.
+    let opts = ClientOptions {
+        writers: 1,
+        interval: Duration::from_millis(100),
+        op_timeout: Duration::from_millis(c.op_timeout_ms),
+        sample_period: Duration::from_millis(500),
+        proxy_search: false,
+    };
+    let history = out.join("history.jsonl");
+    let mut cl = Clients::start(cluster.as_ref(), &opts, &history)?;
+    let client = cluster.net().client.clone();
+    let bench = Pgbench {
+        bin: c.pg_bin.join("pgbench"),
+        target: cluster.pg_target(),
+        dbname: "larder_pgbench".into(),
+        clients: a.pgbench_clients,
+        scale: a.pgbench_scale,
+    };
+    eprintln!("pgbench -i -s {} through haproxy", a.pgbench_scale);
+    bench
+        .init(&client, &out.join("pgbench-init.log"))
+        .context("pgbench -i")?;
+    let probe = format!(
+        "{}{}-netemprobe",
+        larder_faults::hosts::PREFIX,
+        cluster.net().run
+    );
+    let backend = netem::Backend::detect(&probe)?;
+    let nodes = cluster.net().nodes.clone();
+    let ips: Vec<String> = nodes.iter().map(|n| n.ip.clone()).collect();
+    let mut sampler = StatusSampler::start(
+        &client.name,
+        ips,
+        7331,
+        a.sample,
+        out.join("status-samples.jsonl"),
+    )?;
+    // A few healthy samples first, so the analysis starts from a known leader and term.
+    std::thread::sleep(Duration::from_secs(3));
+    let imp = netem::apply_all(&nodes, a.spec, backend)?;
+    let what = imp.describe();
+    cl.rec
+        .event("note", format!("steady: {what} on every node"));
+    eprintln!(
+        "{what} on every node; pgbench -c {} for {} min",
+        a.pgbench_clients, a.minutes
+    );
+    let pg = bench.run(
+        &client,
+        Duration::from_secs(a.minutes * 60),
+        &out.join("pgbench.log"),
+    );
+    let dead = imp.dead();
+    let delay_stats = imp.clear().context("removing the delay")?;
+    cl.rec.event("note", "steady: delay removed");
+    let samples = sampler.stop();
+    let pg = pg?;
+    let an = steady::analyze(&samples, &names);
+    let healthy = cluster.wait_healthy(Duration::from_secs(120)).is_ok();
+    cl.stop();
+    let finals = clients::final_state(cluster.as_ref(), &cl.rec, Duration::from_secs(60));
+    let report = checker::check(&cl.rec.entries(), &finals, DUAL_LEADER_TOLERANCE_US);
+
+    let mut t = comfy_table::Table::new();
+    t.set_header(vec!["steady run", "value"]);
+    let rows: Vec<(&str, String)> = vec![
+        ("delay (every node)", what.clone()),
+        ("duration", format!("{} min", a.minutes)),
+        (
+            "pgbench",
+            format!(
+                "-c {} -s {}: {} tps, latency avg {} ms (sd {}), {} transactions, {} failed, exit {}",
+                a.pgbench_clients,
+                a.pgbench_scale,
+                pg.tps.map_or("?".into(), |x| format!("{x:.1}")),
+                pg.latency_avg_ms.map_or("?".into(), |x| format!("{x:.1}")),
+                pg.latency_stddev_ms.map_or("?".into(), |x| format!("{x:.1}")),
+                pg.transactions.map_or("?".into(), |x| x.to_string()),
+                pg.failed.map_or("?".into(), |x| x.to_string()),
+                if pg.exit_ok { "ok" } else { "FAILED" }
+            ),
+        ),
+        (
+            "status samples",
+            format!("{} (every {} ms)", an.samples, a.sample.as_millis()),
+        ),
+        ("leader changes", an.leader_changes.to_string()),
+        (
+            "leader first / last",
+            format!(
+                "{} / {}",
+                an.first_leader.as_deref().unwrap_or("?"),
+                an.last_leader.as_deref().unwrap_or("?")
+            ),
+        ),
+        (
+            "term changes (first -> last)",
+            format!(
+                "{} ({} -> {})",
+                an.term_changes,
+                an.first_term.map_or("?".into(), |x| x.to_string()),
+                an.last_term.map_or("?".into(), |x| x.to_string())
+            ),
+        ),
+        (
+            "samples: no node /leader 200",
+            format!(
+                "{} (longest run {:.1} s)",
+                an.no_leader, an.longest_leaderless_s
+            ),
+        ),
+        ("samples: several /leader 200", an.several_leaders.to_string()),
+        (
+            "samples: a node did not answer",
+            an.unanswered.to_string(),
+        ),
+        (
+            "writer ops ok/failed/unknown",
+            format!(
+                "{}/{}/{}",
+                report.writes.ok, report.writes.failed, report.writes.unknown
+            ),
+        ),
+        ("lost acknowledged writes", report.lost.to_string()),
+        (
+            "longest write gap",
+            format!("{:.3} s", report.longest_gap_us as f64 / 1e6),
+        ),
+        ("checker violations", report.violations.len().to_string()),
+    ];
+    for (k, v) in rows {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    for (h, s) in &delay_stats {
+        t.add_row(vec![format!("delayer {h}"), s.describe()]);
+    }
+    println!("{t}");
+    for (ts, from, to) in &an.changes {
+        println!("leader change at {ts:.1}s: {from} -> {to}");
+    }
+    for (ts, old, new) in &an.term_steps {
+        println!("term change at {ts:.1}s: {old} -> {new}");
+    }
+    let result = serde_json::json!({
+        "command": command_line.join(" "),
+        "label": label(c),
+        "larder_set": c.larder_set,
+        "build": if larder_bin(c).to_string_lossy().contains("/release/") { "release" } else { "debug" },
+        "delay": what,
+        "backend": backend.name(),
+        "minutes": a.minutes,
+        "pgbench": pg,
+        "pgbench_clients": a.pgbench_clients,
+        "pgbench_scale": a.pgbench_scale,
+        "analysis": an,
+        "delayers": delay_stats,
+        "dead_delayers": dead,
+        "writes": {"ok": report.writes.ok, "failed": report.writes.failed, "unknown": report.writes.unknown},
+        "lost": report.lost,
+        "longest_write_gap_s": report.longest_gap_us as f64 / 1e6,
+        "violations": report.violations.iter().map(|v| serde_json::json!({"kind": v.kind, "message": v.message})).collect::<Vec<_>>(),
+        "healthy_at_end": healthy,
+        "elapsed_s": started.elapsed().as_secs_f64(),
+    });
+    let path = out.join("result.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&result)?)?;
+    println!(
+        "results in {} (status samples: status-samples.jsonl, history: history.jsonl, logs/)",
+        path.display()
+    );
+    for v in &report.violations {
+        eprintln!("VIOLATION {}: {}\n{}", v.kind, v.message, v.excerpt);
+    }
+    if !an.changes.is_empty() || !an.term_steps.is_empty() {
+        let from = an
+            .changes
+            .first()
+            .map(|c| c.0)
+            .into_iter()
+            .chain(an.term_steps.first().map(|s| s.0))
+            .fold(f64::MAX, f64::min);
+        let excerpt: Vec<String> = samples
+            .iter()
+            .filter(|s| s.t_s >= from - 5.0 && s.t_s <= from + 10.0)
+            .map(|s| serde_json::to_string(s).unwrap_or_default())
+            .collect();
+        eprintln!(
+            "status samples around the first change:\n{}",
+            excerpt.join("\n")
+        );
+    }
+    drop(cl);
+    drop(cluster);
+    if !dead.is_empty() {
+        bail!(
+            "delayer died on {} (those links ran undelayed)",
+            dead.join(",")
+        );
+    }
+    if an.leader_changes > 0 {
+        bail!("{} leader change(s) under {what}", an.leader_changes);
+    }
+    if !report.ok() {
+        bail!("{} checker violation(s)", report.violations.len());
+    }
+    if !pg.exit_ok {
+        bail!("pgbench failed (see pgbench.log)");
     }
     Ok(())
 }

@@ -127,7 +127,7 @@ enum Active {
     StartNodes(Vec<usize>),
     Heal,
     FreeDisk(crate::disk::LoopDisk),
-    ClearNetem,
+    ClearNetem(netem::Impaired),
 }
 
 fn other_nodes(n: usize, leader: usize) -> Vec<usize> {
@@ -281,25 +281,19 @@ fn inject(
         }
         Fault::Netem => {
             let probe = format!("{}{}-netemprobe", crate::hosts::PREFIX, cluster.net().run);
-            if !netem::supported(&probe) {
-                return Err(Error::Unsupported(
-                    "tc netem: this kernel has no sch_netem qdisc".into(),
-                ));
-            }
-            let spec = netem::Netem {
-                delay_ms: 50,
-                jitter_ms: 50,
-                loss_percent: 0.0,
-            };
-            for node in &nodes {
-                netem::apply(node, spec)?;
-            }
-            (Active::ClearNetem, spec.describe(), Duration::from_secs(30))
+            let backend = netem::Backend::detect(&probe)?;
+            let spec = netem::Netem::jitter(50, 50);
+            let imp = netem::apply_all(&nodes, spec, backend)?;
+            let what = imp.describe();
+            clients
+                .rec
+                .event("note", format!("netem on every node: {what}"));
+            (Active::ClearNetem(imp), what, Duration::from_secs(30))
         }
     })
 }
 
-fn heal(cluster: &mut dyn Cluster, active: Active) -> Result<()> {
+fn heal(cluster: &mut dyn Cluster, rec: &crate::history::Recorder, active: Active) -> Result<()> {
     match active {
         Active::Nothing => Ok(()),
         Active::Thaw(pids) => nemesis::thaw_pids(&pids),
@@ -312,9 +306,19 @@ fn heal(cluster: &mut dyn Cluster, active: Active) -> Result<()> {
         }
         Active::Heal => partition::heal(&cluster.net().nodes),
         Active::FreeDisk(d) => d.free(),
-        Active::ClearNetem => {
-            for n in &cluster.net().nodes {
-                netem::clear(n);
+        Active::ClearNetem(imp) => {
+            let dead = imp.dead();
+            if !dead.is_empty() {
+                rec.event(
+                    "note",
+                    format!(
+                        "delayer thread died on {} (link ran undelayed)",
+                        dead.join(",")
+                    ),
+                );
+            }
+            for (host, st) in imp.clear()? {
+                rec.event("note", format!("delayer {host}: {}", st.describe()));
             }
             Ok(())
         }
@@ -388,7 +392,7 @@ pub fn run(
         // Holding the fault is the experiment itself, not a wait for a condition.
         std::thread::sleep(hold);
         let heal_at = rec.now_us();
-        if let Err(e) = heal(cluster, active) {
+        if let Err(e) = heal(cluster, rec, active) {
             return (results, Some(format!("healing {}: {e}", fault.name())));
         }
         rec.event("heal", format!("#{k} {}", fault.name()));
