@@ -12,7 +12,8 @@
 //! | anything else | never | 503 |
 
 use crate::ha::Shared;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,6 +21,7 @@ use axum::{Json, Router};
 use larder_core::model::PgState;
 use serde_json::json;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -48,7 +50,8 @@ pub async fn serve(
     state: ApiState,
     shutdown: CancellationToken,
 ) {
-    let _ = axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
 }
@@ -61,8 +64,20 @@ fn code(ok: bool) -> StatusCode {
     }
 }
 
-async fn leader(State(st): State<ApiState>) -> Response {
-    let s = st.shared.lock().unwrap();
+async fn leader(
+    State(st): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let mut s = st.shared.lock().unwrap();
+    // Remember who checks us and when: a planned switchover to this node is timed by the
+    // frontends' check rhythm (larder_core::check_phase). One client = address + user agent.
+    let agent = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    s.checks
+        .record(&format!("{} {agent}", peer.ip()), crate::ha::unix_ms());
     let ok = s.is_writable_leader(st.required_followers);
     (
         code(ok),
@@ -122,6 +137,8 @@ pub fn status_json(s: &Shared, name: &str, guid: &str, required: u32) -> serde_j
         "copy_progress": s.copy,
         "last_error": s.last_error,
         "loop_age_ms": s.last_loop.map(|t| t.elapsed().as_millis() as u64),
+        // Frontends' /leader check rhythm as seen here (times planned switchovers).
+        "frontend_checks": s.checks.phases(crate::ha::unix_ms()),
     })
 }
 

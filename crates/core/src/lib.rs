@@ -4,10 +4,12 @@
 //! - [`secrets`]: the shared secrets file and the masked [`secrets::Secret`] type
 //! - [`paths`]: every file location, derived from one root
 //! - [`model`]: WAL positions, roles, what nodes post to etcd
+//! - [`check_phase`]: frontends' health-check rhythm and switchover timing
 //! - [`decide`]: the HA decision engine (observation in, actions out)
 //! - [`pgconf`]: `pg_hba.conf` / `postgresql.conf` rendering
 //! - [`status`]: the `status` / `cluster-status` tables
 
+pub mod check_phase;
 pub mod config;
 pub mod decide;
 pub mod model;

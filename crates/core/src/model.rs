@@ -107,6 +107,10 @@ pub struct MemberStatus {
     /// Agent's own monotonic-free counter, so readers can tell a fresh post from a stale one.
     pub seq: u64,
     pub updated_unix_ms: u64,
+    /// Rhythm of the frontends' `/leader` checks seen by this node (planned switchovers time
+    /// the hand-over by it, see `check_phase`).
+    #[serde(default)]
+    pub check_phases: Vec<crate::check_phase::CheckPhase>,
 }
 
 /// Value of the leader key (bound to the leader's lease).

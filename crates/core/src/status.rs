@@ -247,6 +247,7 @@ mod tests {
             etcd_ok: true,
             seq: 1,
             updated_unix_ms: 0,
+            check_phases: vec![],
         }
     }
 

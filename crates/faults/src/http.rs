@@ -4,6 +4,10 @@
 
 use std::time::Duration;
 
+/// Sent with every request, so the agents can tell the suite's samplers from the frontend
+/// haproxy's checks (whose rhythm they learn; see `larder_core::check_phase`).
+const AGENT: &str = "larder-faults";
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -14,7 +18,7 @@ pub async fn get_status(addr: &str, path: &str, timeout: Duration) -> Option<u16
         let mut s = TcpStream::connect(addr).await.ok()?;
         let port = addr.rsplit(':').next().unwrap_or("80");
         let req =
-            format!("GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n");
+            format!("GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nUser-Agent: {AGENT}\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = Vec::with_capacity(256);
         let mut chunk = [0u8; 256];
@@ -40,7 +44,7 @@ pub async fn get(addr: &str, path: &str, timeout: Duration) -> Option<(u16, Stri
         let mut s = TcpStream::connect(addr).await.ok()?;
         let port = addr.rsplit(':').next().unwrap_or("80");
         let req =
-            format!("GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n");
+            format!("GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nUser-Agent: {AGENT}\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];

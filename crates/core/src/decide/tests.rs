@@ -30,6 +30,7 @@ fn member(guid: &str, p: u64, term: u64, leader_seen: Option<&str>) -> MemberSta
         etcd_ok: true,
         seq: 1,
         updated_unix_ms: 0,
+        check_phases: vec![],
     }
 }
 
