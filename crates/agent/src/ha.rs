@@ -210,7 +210,11 @@ impl HaLoop {
                 self.shared.lock().unwrap().last_error = Some(format!("{e:#}"));
             }
             self.shared.lock().unwrap().last_loop = Some(Instant::now());
-            let wait = interval.saturating_sub(started.elapsed());
+            let mut wait = interval.saturating_sub(started.elapsed());
+            // Wake exactly at the fencing deadline, not up to one interval after it.
+            if let Some(l) = self.shared.lock().unwrap().lease {
+                wait = wait.min(l.fence_deadline.saturating_duration_since(Instant::now()));
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
