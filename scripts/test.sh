@@ -14,3 +14,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Integration tests start several real clusters; three at a time fit two cores.
 cargo test --workspace -- --test-threads="${LARDER_TEST_THREADS:-3}"
+# Fault-injection suite, short fixed-seed pass over every fault (network namespaces, haproxy as
+# a Chef frontend; needs root). Prints a table and fails on any lost write or split brain.
+cargo build -p larder-cli -p larder-faults
+"${CARGO_TARGET_DIR:-target}/debug/larder-faults" ci --out "${CARGO_TARGET_DIR:-target}/larder-faults-ci"
