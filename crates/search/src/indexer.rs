@@ -57,15 +57,58 @@ impl Indexer {
         applied: watch::Sender<i64>,
         flush: Arc<AtomicBool>,
     ) -> Result<Indexer, SearchError> {
-        let writer: IndexWriter = ix
-            .index
-            .writer_with_num_threads(WRITER_THREADS, WRITER_MEMORY)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("larder-indexer".into())
-            .spawn(move || run(ix, writer, meta, applied, rx, flush))
+            .spawn(move || {
+                // Background priority, set before the writer exists so that tantivy's indexing
+                // and merge threads (created with it) inherit it.
+                lower_thread_priority();
+                let writer: IndexWriter = match ix
+                    .index
+                    .writer_with_num_threads(WRITER_THREADS, WRITER_MEMORY)
+                {
+                    Ok(w) => {
+                        let _ = ready_tx.send(Ok(()));
+                        w
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        let _ = ready_tx.send(Err(e));
+                        return Err(SearchError::Other(msg));
+                    }
+                };
+                run(ix, writer, meta, applied, rx, flush)
+            })
             .map_err(|e| SearchError::Other(format!("cannot start indexer thread: {e}")))?;
-        Ok(Indexer { tx, thread })
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Indexer { tx, thread }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e.into())
+            }
+            Err(_) => Err(SearchError::Other("indexer thread died at start".into())),
+        }
+    }
+}
+
+/// Niceness of the indexer and of tantivy's indexing and merge threads. The index is a cache
+/// filled in the background: on a busy node the CPU goes first to what clients wait for
+/// (`_bulk` acknowledgements, i.e. the PostgreSQL commit path, and queries); the index catches
+/// up when the load drops, and `_refresh` / `?refresh=` wait for it.
+pub const INDEXER_NICE: i32 = 10;
+
+fn lower_thread_priority() {
+    // On Linux, niceness is per thread (PRIO_PROCESS with a thread id) and inherited by the
+    // threads it creates.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let cur = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if cur < INDEXER_NICE {
+            libc::setpriority(libc::PRIO_PROCESS, tid, INDEXER_NICE);
+        }
     }
 }
 

@@ -86,6 +86,8 @@ pub async fn ensure_schema(client: &Client) -> Result<(), SearchError> {
                 db text, type text, data_bag text,
                 content text {compression} NOT NULL DEFAULT '');
              CREATE UNIQUE INDEX IF NOT EXISTS search_log_pos ON search_log (pos);
+             ALTER TABLE search_log ADD COLUMN IF NOT EXISTS content_z bytea;
+             ALTER TABLE search_log ALTER COLUMN content_z SET STORAGE EXTERNAL;
              COMMIT;"
         )
     };
@@ -102,11 +104,14 @@ pub async fn ensure_schema(client: &Client) -> Result<(), SearchError> {
     Ok(())
 }
 
-/// True once the schema exists (on a standby: once it has been replicated).
+/// True once the schema exists (on a standby: once it has been replicated), including the
+/// `content_z` column a log created by an older version gets from the leader's service.
 pub async fn schema_ready(client: &Client) -> Result<bool, SearchError> {
     let row = client
         .query_one(
-            "SELECT to_regclass('search_log') IS NOT NULL AND to_regclass('search_meta') IS NOT NULL",
+            "SELECT to_regclass('search_meta') IS NOT NULL AND EXISTS (
+                 SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('search_log')
+                 AND attname = 'content_z' AND NOT attisdropped)",
             &[],
         )
         .await?;
@@ -137,23 +142,48 @@ pub async fn fetch_after(
 ) -> Result<Vec<LogRow>, SearchError> {
     let rows = client
         .query(
-            "SELECT pos, id, deleted, db, type, data_bag, content FROM search_log
+            "SELECT pos, id, deleted, db, type, data_bag, content, content_z FROM search_log
              WHERE pos > $1 ORDER BY pos LIMIT $2",
             &[&after, &limit],
         )
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| LogRow {
-            pos: r.get(0),
-            id: r.get(1),
-            deleted: r.get(2),
-            database: r.get(3),
-            object_type: r.get(4),
-            data_bag: r.get(5),
-            content: r.get(6),
-        })
-        .collect())
+    rows.into_iter().map(|r| log_row(&r)).collect()
+}
+
+fn log_row(r: &tokio_postgres::Row) -> Result<LogRow, SearchError> {
+    let z: Option<&[u8]> = r.get(7);
+    Ok(LogRow {
+        pos: r.get(0),
+        id: r.get(1),
+        deleted: r.get(2),
+        database: r.get(3),
+        object_type: r.get(4),
+        data_bag: r.get(5),
+        content: match z {
+            Some(z) => crate::codec::decode(z).map_err(|e| {
+                SearchError::Other(format!(
+                    "search_log content of {}: {e}",
+                    r.get::<_, &str>(1)
+                ))
+            })?,
+            None => r.get(6),
+        },
+    })
+}
+
+/// Compresses every content, off the async executor when it is a multi-thread one (a `_bulk`
+/// of 500 Chef nodes is ~25 MB of text, tens of ms of CPU).
+fn compress_all(contents: &[&str]) -> Vec<Option<Vec<u8>>> {
+    let work = || {
+        contents
+            .iter()
+            .map(|t| (!t.is_empty()).then(|| crate::codec::encode(t)))
+            .collect()
+    };
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
 }
 
 /// Commits a batch of changes in one transaction with one multi-row statement; when it returns
@@ -203,6 +233,8 @@ pub async fn write(client: &mut Client, changes: &[Change]) -> Result<Vec<Applie
             }
         }
     }
+    // Compressed before the transaction: the writer lock is held only for the statements.
+    let zs = compress_all(&contents);
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])
         .await?;
@@ -217,15 +249,15 @@ pub async fn write(client: &mut Client, changes: &[Change]) -> Result<Vec<Applie
         .collect();
     let rows = tx
         .query(
-            "INSERT INTO search_log (id, pos, deleted, db, type, data_bag, content)
-             SELECT u.id, nextval('search_pos'), u.del, u.db, u.typ, u.bag, u.content
-             FROM unnest($1::text[], $2::bool[], $3::text[], $4::text[], $5::text[], $6::text[])
-                  AS u(id, del, db, typ, bag, content)
+            "INSERT INTO search_log (id, pos, deleted, db, type, data_bag, content, content_z)
+             SELECT u.id, nextval('search_pos'), u.del, u.db, u.typ, u.bag, '', u.z
+             FROM unnest($1::text[], $2::bool[], $3::text[], $4::text[], $5::text[], $6::bytea[])
+                  AS u(id, del, db, typ, bag, z)
              ON CONFLICT (id) DO UPDATE SET pos = EXCLUDED.pos, deleted = EXCLUDED.deleted,
                  db = EXCLUDED.db, type = EXCLUDED.type, data_bag = EXCLUDED.data_bag,
-                 content = EXCLUDED.content
+                 content = '', content_z = EXCLUDED.content_z
              RETURNING id, pos",
-            &[&ids, &deleted, &dbs, &types, &bags, &contents],
+            &[&ids, &deleted, &dbs, &types, &bags, &zs],
         )
         .await?;
     tx.commit().await?;
@@ -253,7 +285,7 @@ pub async fn delete_all(client: &mut Client) -> Result<u64, SearchError> {
         .await?;
     let n = tx
         .execute(
-            "UPDATE search_log SET deleted = true, content = '', db = NULL, type = NULL,
+            "UPDATE search_log SET deleted = true, content = '', content_z = NULL, db = NULL, type = NULL,
                  data_bag = NULL, pos = nextval('search_pos')
              WHERE NOT deleted",
             &[],
@@ -268,20 +300,12 @@ pub async fn delete_all(client: &mut Client) -> Result<u64, SearchError> {
 pub async fn get_doc(client: &Client, id: &str) -> Result<Option<LogRow>, SearchError> {
     let row = client
         .query_opt(
-            "SELECT pos, id, deleted, db, type, data_bag, content FROM search_log
+            "SELECT pos, id, deleted, db, type, data_bag, content, content_z FROM search_log
              WHERE id = $1 AND NOT deleted",
             &[&id],
         )
         .await?;
-    Ok(row.map(|r| LogRow {
-        pos: r.get(0),
-        id: r.get(1),
-        deleted: r.get(2),
-        database: r.get(3),
-        object_type: r.get(4),
-        data_bag: r.get(5),
-        content: r.get(6),
-    }))
+    row.as_ref().map(log_row).transpose()
 }
 
 /// The definition sent with `PUT /<index>`, when the index exists.
