@@ -474,7 +474,7 @@ async fn main() {
         stats.size_bytes as f64 / 1048576.0
     );
     println!(
-        "| PostgreSQL `search_log` size (Larder's log, content zstd-compressed) | {:.0} MiB |",
+        "| PostgreSQL `search_log` size (Larder's log, content front-coded + LZ4) | {:.0} MiB |",
         log_size as f64 / 1048576.0
     );
     println!(
@@ -534,7 +534,7 @@ fn print_larder(
         stats.size_bytes as f64 / 1048576.0
     );
     println!(
-        "| PostgreSQL `search_log` size (content zstd-compressed) | {:.0} MiB |",
+        "| PostgreSQL `search_log` size (content front-coded + LZ4) | {:.0} MiB |",
         log_size as f64 / 1048576.0
     );
     println!();

@@ -26,6 +26,8 @@ const STREAM_COMMIT_DELAY: Duration = Duration::from_secs(1);
 /// segments that must be merged later, and Chef node documents flatten to tens of KB each.
 const MAX_COMMIT_DELAY: Duration = Duration::from_secs(10);
 const WRITER_THREADS: usize = 2;
+/// How often an idle indexer looks for merges to make visible.
+const MERGE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const WRITER_MEMORY: usize = 600_000_000;
 
 /// Work for the writer thread.
@@ -149,8 +151,25 @@ pub fn commit(
     let mut prepared = writer.prepare_commit()?;
     prepared.set_payload(&serde_json::to_string(meta).expect("meta serializes"));
     prepared.commit()?;
-    ix.reader.reload()?;
+    ix.reload()?;
     applied.send_replace(meta.applied_position);
+    Ok(())
+}
+
+/// Background merges publish new segments without a commit of ours; with a manually reloaded
+/// reader, searches would keep using the many small pre-merge segments. Reload when the
+/// searchable segments differ from the reader's.
+fn reload_if_merged(ix: &LocalIndex) -> Result<(), SearchError> {
+    let published = ix.index.searchable_segment_ids()?;
+    let searcher = ix.reader.searcher();
+    let current: std::collections::HashSet<_> = searcher
+        .segment_readers()
+        .iter()
+        .map(|s| s.segment_id())
+        .collect();
+    if published.len() != current.len() || published.iter().any(|id| !current.contains(id)) {
+        ix.reload()?;
+    }
     Ok(())
 }
 
@@ -167,11 +186,12 @@ fn run(
     let mut behind = false;
     let mut last_commit = Instant::now() - MIN_COMMIT_INTERVAL;
     let mut peeked: Option<IndexerMsg> = None;
+    let mut last_merge_check = Instant::now();
     let result = loop {
         let msg = match peeked.take() {
             Some(m) => Ok(m),
             None => match dirty_since {
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                None => rx.recv_timeout(MERGE_CHECK_INTERVAL),
                 Some(_) => rx.recv_timeout(Duration::from_millis(50)),
             },
         };
@@ -207,7 +227,15 @@ fn run(
                 break Ok(());
             }
         }
-        let Some(since) = dirty_since else { continue };
+        let Some(since) = dirty_since else {
+            if last_merge_check.elapsed() >= MERGE_CHECK_INTERVAL {
+                last_merge_check = Instant::now();
+                if let Err(e) = reload_if_merged(&ix) {
+                    tracing::warn!(error = %e, "search index reload after merges failed");
+                }
+            }
+            continue;
+        };
         // Keep absorbing queued batches unless a commit is overdue.
         let idle = match rx.try_recv() {
             Ok(m) => {
