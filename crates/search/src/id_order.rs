@@ -122,6 +122,7 @@ pub struct IdPageSegment {
     hits: Vec<u32>,
     /// Matches without an `_id` value (none in practice; counted, never returned).
     unkeyed: usize,
+    buf: Vec<Option<u64>>,
 }
 
 impl Collector for IdPage {
@@ -139,6 +140,7 @@ impl Collector for IdPage {
             segment: ord as usize,
             hits: Vec::new(),
             unkeyed: 0,
+            buf: Vec::new(),
         })
     }
 
@@ -166,6 +168,24 @@ impl SegmentCollector for IdPageSegment {
         match self.column.as_ref().and_then(|c| c.ords().first(doc)) {
             Some(o) => self.hits.push(self.ranks.ranks[self.segment][o as usize]),
             None => self.unkeyed += 1,
+        }
+    }
+
+    /// Blocks of matches (segments without deletions): one batched ordinal lookup per block.
+    fn collect_block(&mut self, docs: &[DocId]) {
+        let Some(column) = self.column.as_ref() else {
+            self.unkeyed += docs.len();
+            return;
+        };
+        self.buf.clear();
+        self.buf.resize(docs.len(), None);
+        column.ords().first_vals(docs, &mut self.buf);
+        let ranks = &self.ranks.ranks[self.segment];
+        for o in &self.buf {
+            match o {
+                Some(o) => self.hits.push(ranks[*o as usize]),
+                None => self.unkeyed += 1,
+            }
         }
     }
 
