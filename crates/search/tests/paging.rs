@@ -19,7 +19,7 @@ const ENVS: [&str; 3] = ["prod", "dev", "prodx"];
 fn row(pos: i64, i: usize, generation: usize) -> LogRow {
     let id = format!("{}-{:04}", KINDS[i % KINDS.len()], (i * 7919) % 1000);
     let env = ENVS[(i / 7 + generation) % ENVS.len()];
-    let role = if i % 3 == 0 { "base" } else { "other" };
+    let role = if i.is_multiple_of(3) { "base" } else { "other" };
     LogRow {
         pos,
         content: format!(
@@ -53,7 +53,7 @@ fn build(dir: &std::path::Path) -> LocalIndex {
         for i in range {
             pos += 1;
             let mut r = row(pos, i, generation);
-            if generation == 4 && i % 2 == 0 {
+            if generation == 4 && i.is_multiple_of(2) {
                 r.deleted = true;
             }
             rows.push(r);
