@@ -290,6 +290,11 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let settled = t0.elapsed().saturating_sub(Duration::from_secs(3));
+    let segments = tantivy::Index::open_in_dir(&cfg.index_dir)
+        .and_then(|ix| ix.searchable_segment_ids())
+        .map(|ids| ids.len())
+        .unwrap_or(0);
+    eprintln!("{segments} searchable segments once merges settled");
 
     let fq = format!("+X_CHEF_database_CHEF_X:{db} +X_CHEF_type_CHEF_X:node");
     let chef_body = |q: &str, from: usize| {
