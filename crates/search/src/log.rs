@@ -176,7 +176,7 @@ fn log_row(r: &tokio_postgres::Row) -> Result<LogRow, SearchError> {
 
 /// One write, ready for PostgreSQL: one row per distinct id (the last change of each id wins)
 /// with its content already compressed, plus what the per-change outcomes need. Built by
-/// [`prepare`], which is CPU work (~0.05 ms per 47 KB node document): run it off the async
+/// [`prepare`], which is CPU work (~0.1 ms per 47 KB node document): run it off the async
 /// executor for big batches, so that PostgreSQL connections and HTTP keep being served.
 pub struct Prepared {
     /// Per input change, in order: its id and whether it indexes (false: deletes).
