@@ -137,6 +137,17 @@ fn node(i: usize, rng: &mut Rng) -> (String, Value) {
     (name, obj)
 }
 
+/// Calls `f(id, node object, flattened content)` for each of the `n_docs` generated documents,
+/// always the same ones (fixed seed).
+fn for_each_doc(n_docs: usize, db: &str, mut f: impl FnMut(String, &Value, String)) {
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    for i in 0..n_docs {
+        let (name, obj) = node(i, &mut rng);
+        let content = larder_search::flatten_chef(&name, db, "node", &obj);
+        f(name, &obj, content);
+    }
+}
+
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0
@@ -166,25 +177,24 @@ async fn main() {
     let per_bulk = env_usize("BENCH_BULK", 500);
     eprintln!("generating {n_docs} node documents ...");
     let t = Instant::now();
-    let mut rng = Rng(0x9e3779b97f4a7c15);
     let db = "chef_0123456789abcdef0123456789abcdef";
     let mut bodies: Vec<String> = Vec::new();
     let mut json_bytes = 0usize;
     let mut content_bytes = 0usize;
     let mut body = String::new();
-    for i in 0..n_docs {
-        let (name, obj) = node(i, &mut rng);
+    let mut i = 0;
+    for_each_doc(n_docs, db, |name, obj, content| {
         json_bytes += obj.to_string().len();
-        let content = larder_search::flatten_chef(&name, db, "node", &obj);
         content_bytes += content.len();
         body.push_str(&json!({"index": {"_index": "chef", "_id": name}}).to_string());
         body.push('\n');
         body.push_str(&json!({"content": content, "X_CHEF_id_CHEF_X": name, "X_CHEF_database_CHEF_X": db, "X_CHEF_type_CHEF_X": "node"}).to_string());
         body.push('\n');
-        if (i + 1) % per_bulk == 0 || i + 1 == n_docs {
+        i += 1;
+        if i % per_bulk == 0 || i == n_docs {
             bodies.push(std::mem::take(&mut body));
         }
-    }
+    });
     let avg_json = json_bytes / n_docs.max(1);
     let avg_content = content_bytes / n_docs.max(1);
     eprintln!(
@@ -280,6 +290,11 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let settled = t0.elapsed().saturating_sub(Duration::from_secs(3));
+    let segments = tantivy::Index::open_in_dir(&cfg.index_dir)
+        .and_then(|ix| ix.searchable_segment_ids())
+        .map(|ids| ids.len())
+        .unwrap_or(0);
+    eprintln!("{segments} searchable segments once merges settled");
 
     let fq = format!("+X_CHEF_database_CHEF_X:{db} +X_CHEF_type_CHEF_X:node");
     let chef_body = |q: &str, from: usize| {
@@ -338,6 +353,14 @@ async fn main() {
     stop.cancel();
     svc.await.unwrap().unwrap();
     stats.size_bytes = larder_search::index::dir_size(&cfg.index_dir);
+    let c = larder_search::pg::connect(&server.target(), "larder_search")
+        .await
+        .unwrap();
+    let log_size: i64 = c
+        .query_one("SELECT pg_total_relation_size('search_log')", &[])
+        .await
+        .unwrap()
+        .get(0);
 
     if std::env::var("BENCH_SKIP_PG").is_ok_and(|v| v == "1") {
         print_larder(
@@ -348,34 +371,63 @@ async fn main() {
             searchable,
             settled,
             &stats,
+            log_size,
             iters,
             &larder_rows,
         );
         return;
     }
-    // PostgreSQL alone: trigram GIN over " " || content (token boundaries are spaces).
-    eprintln!("building pg_trgm GIN index ...");
-    let c = larder_search::pg::connect(&server.target(), "larder_search")
+    // PostgreSQL alone: the token text in a plain text column (lz4 TOAST), the shape Larder's
+    // log had before it stored content zstd-compressed, with a trigram GIN over " " || content
+    // (token boundaries are spaces). Filled with the same generated documents.
+    eprintln!("loading the PostgreSQL-only table ...");
+    c.batch_execute(
+        "CREATE TABLE pg_only (id text PRIMARY KEY, deleted boolean NOT NULL DEFAULT false,
+             db text, type text, content text COMPRESSION lz4 NOT NULL)",
+    )
+    .await
+    .unwrap();
+    let insert = c
+        .prepare(
+            "INSERT INTO pg_only (id, db, type, content)
+             SELECT u.id, $1, 'node', u.content FROM unnest($2::text[], $3::text[]) AS u(id, content)",
+        )
         .await
         .unwrap();
+    let (mut ids, mut contents) = (Vec::new(), Vec::new());
+    let mut pending = Vec::new();
+    for_each_doc(n_docs, db, |name, _, content| {
+        ids.push(name);
+        contents.push(content);
+        if ids.len() == per_bulk {
+            pending.push((std::mem::take(&mut ids), std::mem::take(&mut contents)));
+        }
+    });
+    pending.push((ids, contents));
+    for (ids, contents) in pending {
+        if !ids.is_empty() {
+            c.execute(&insert, &[&db, &ids, &contents]).await.unwrap();
+        }
+    }
+    eprintln!("building pg_trgm GIN index ...");
     c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_trgm; SET maintenance_work_mem = '1GB'")
         .await
         .unwrap();
     let t = Instant::now();
-    c.batch_execute("CREATE INDEX search_log_trgm ON search_log USING gin ((' ' || content) gin_trgm_ops); ANALYZE search_log").await.unwrap();
+    c.batch_execute("CREATE INDEX pg_only_trgm ON pg_only USING gin ((' ' || content) gin_trgm_ops); ANALYZE search_log").await.unwrap();
     let gin_build = t.elapsed();
     let sizes = c
         .query_one(
-            "SELECT pg_total_relation_size('search_log'), pg_relation_size('search_log_trgm')",
+            "SELECT pg_total_relation_size('pg_only'), pg_relation_size('pg_only_trgm')",
             &[],
         )
         .await
         .unwrap();
     let (table_size, gin_size): (i64, i64) = (sizes.get(0), sizes.get(1));
     let pg_queries: Vec<(&str, String, bool)> = vec![
-        ("`name:web*`", "SELECT id, count(*) OVER () FROM search_log WHERE NOT deleted AND db = $1 AND type = 'node' AND (' ' || content) LIKE '% name__=__web%' ORDER BY id LIMIT 1000".into(), false),
-        ("`role:base AND chef_environment:prod`", "SELECT id, count(*) OVER () FROM search_log WHERE NOT deleted AND db = $1 AND type = 'node' AND (' ' || content) LIKE '% role__=__base %' AND (' ' || content) LIKE '% chef_environment__=__prod %' ORDER BY id LIMIT 1000".into(), false),
-        ("paginated `*:*`", "SELECT id, count(*) OVER () FROM search_log WHERE NOT deleted AND db = $1 AND type = 'node' ORDER BY id OFFSET $2 LIMIT 1000".into(), true),
+        ("`name:web*`", "SELECT id, count(*) OVER () FROM pg_only WHERE NOT deleted AND db = $1 AND type = 'node' AND (' ' || content) LIKE '% name__=__web%' ORDER BY id LIMIT 1000".into(), false),
+        ("`role:base AND chef_environment:prod`", "SELECT id, count(*) OVER () FROM pg_only WHERE NOT deleted AND db = $1 AND type = 'node' AND (' ' || content) LIKE '% role__=__base %' AND (' ' || content) LIKE '% chef_environment__=__prod %' ORDER BY id LIMIT 1000".into(), false),
+        ("paginated `*:*`", "SELECT id, count(*) OVER () FROM pg_only WHERE NOT deleted AND db = $1 AND type = 'node' ORDER BY id OFFSET $2 LIMIT 1000".into(), true),
     ];
     let mut pg_rows = Vec::new();
     let pg_iters = iters.min(50);
@@ -427,7 +479,11 @@ async fn main() {
         stats.size_bytes as f64 / 1048576.0
     );
     println!(
-        "| PostgreSQL `search_log` size (with TOAST, lz4) | {:.0} MiB |",
+        "| PostgreSQL `search_log` size (Larder's log, content front-coded + LZ4) | {:.0} MiB |",
+        log_size as f64 / 1048576.0
+    );
+    println!(
+        "| PostgreSQL-only table size (text with lz4 TOAST, without the GIN index) | {:.0} MiB |",
         (table_size - gin_size.min(table_size)) as f64 / 1048576.0
     );
     println!(
@@ -458,6 +514,7 @@ fn print_larder(
     searchable: Duration,
     settled: Duration,
     stats: &larder_search::IndexStats,
+    log_size: i64,
     iters: usize,
     rows: &[Row],
 ) {
@@ -480,6 +537,10 @@ fn print_larder(
     println!(
         "| tantivy index size | {:.0} MiB |",
         stats.size_bytes as f64 / 1048576.0
+    );
+    println!(
+        "| PostgreSQL `search_log` size (content front-coded + LZ4) | {:.0} MiB |",
+        log_size as f64 / 1048576.0
     );
     println!();
     println!("| query | engine | hits | p50 ms | p99 ms |\n|---|---|---|---|---|");

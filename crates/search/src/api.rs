@@ -394,9 +394,18 @@ async fn write_changes(
     changes: &[Change],
     refresh: bool,
 ) -> Result<Vec<log::Applied>, EsError> {
+    write_prepared(st, log::prepare(changes.to_vec()), refresh).await
+}
+
+/// [`write_changes`] of a batch already prepared (off the async executor).
+async fn write_prepared(
+    st: &AppState,
+    prepared: log::Prepared,
+    refresh: bool,
+) -> Result<Vec<log::Applied>, EsError> {
     let applied = {
         let mut c = st.pool.get().await?;
-        log::write(&mut c, changes).await?
+        log::write_prepared(&mut c, prepared).await?
     };
     st.wake.notify_one();
     if refresh {
@@ -433,33 +442,48 @@ async fn do_bulk(
     body: Bytes,
 ) -> R {
     let started = Instant::now();
-    let mut items = bulk::parse(&body, index.as_deref())
-        .map_err(|e| EsError::new(StatusCode::BAD_REQUEST, "illegal_argument_exception", e))?;
-    let mut changes = Vec::with_capacity(items.len());
-    let mut slot = Vec::with_capacity(items.len());
-    for it in &mut items {
-        if it.index != INDEX || it.op == Op::Update {
-            slot.push(None);
-            continue;
+    // Parsing and compressing a bulk is CPU work (tens of ms for erchef's 5 MB batches, more for
+    // big node documents): done on a blocking thread so the async workers keep serving
+    // PostgreSQL connections (a slow poll there stretches the time the log writer lock is held)
+    // and other requests.
+    let (items, slot, prepared) = tokio::task::spawn_blocking(move || {
+        let mut items = bulk::parse(&body, index.as_deref())?;
+        let mut changes = Vec::with_capacity(items.len());
+        let mut slot = Vec::with_capacity(items.len());
+        for it in &mut items {
+            if it.index != INDEX || it.op == Op::Update {
+                slot.push(None);
+                continue;
+            }
+            slot.push(Some(changes.len()));
+            // Move the (large) sources into the change list; responses only need the ids.
+            changes.push(match it.source.take() {
+                Some(s) => Change::Index {
+                    id: it.id.clone(),
+                    database: s.database,
+                    object_type: s.object_type,
+                    data_bag: s.data_bag,
+                    content: s.content,
+                },
+                None => Change::Delete { id: it.id.clone() },
+            });
         }
-        slot.push(Some(changes.len()));
-        // Move the (large) sources into the change list; responses only need the ids.
-        changes.push(match it.source.take() {
-            Some(s) => Change::Index {
-                id: it.id.clone(),
-                database: s.database,
-                object_type: s.object_type,
-                data_bag: s.data_bag,
-                content: s.content,
-            },
-            None => Change::Delete { id: it.id.clone() },
-        });
-    }
-    drop(body);
-    if !changes.is_empty() {
+        drop(body);
+        Ok::<_, String>((items, slot, log::prepare(changes)))
+    })
+    .await
+    .map_err(|e| {
+        EsError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exception",
+            e.to_string(),
+        )
+    })?
+    .map_err(|e| EsError::new(StatusCode::BAD_REQUEST, "illegal_argument_exception", e))?;
+    if !prepared.is_empty() {
         ensure_index_exists(&st).await?;
     }
-    let applied = write_changes(&st, &changes, wants_refresh(&params)).await?;
+    let applied = write_prepared(&st, prepared, wants_refresh(&params)).await?;
     let mut errors = false;
     let out: Vec<Value> = items
         .iter()

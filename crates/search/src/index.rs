@@ -2,13 +2,14 @@
 //! searching and stats. It is a cache of the PostgreSQL change log; the log position it has
 //! applied is stored atomically with each tantivy commit, in the commit payload.
 
-use crate::id_order::IdPage;
+use crate::id_order::{IdPage, IdRanks};
 use crate::query::build::build;
 use crate::query::dsl::SortSpec;
 use crate::query::{Ast, QueryError};
 use crate::SearchError;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, STORED, STRING,
@@ -106,6 +107,8 @@ pub struct LocalIndex {
     pub index: Index,
     pub reader: IndexReader,
     pub fields: Fields,
+    /// Merged id order of the current searcher generation (see `id_order`).
+    id_ranks: std::sync::Mutex<Option<Arc<IdRanks>>>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SearchError + '_ {
@@ -179,6 +182,7 @@ impl LocalIndex {
                 index,
                 reader,
                 fields,
+                id_ranks: Default::default(),
             },
             meta,
         ))
@@ -201,6 +205,7 @@ impl LocalIndex {
             index,
             reader,
             fields,
+            id_ranks: Default::default(),
         })
     }
 
@@ -226,12 +231,14 @@ impl LocalIndex {
         }
         match sort {
             SortSpec::Id { descending } => {
+                let ranks = self.id_ranks(&searcher)?;
                 let (total, ids) = searcher.search(
                     &q,
                     &IdPage {
                         from,
                         size,
                         descending,
+                        ranks,
                     },
                 )?;
                 let hits = ids.into_iter().map(|id| Hit { id, score: None }).collect();
@@ -252,6 +259,26 @@ impl LocalIndex {
                 Ok((total, hits))
             }
         }
+    }
+
+    /// The merged id order of `searcher`'s generation, built on first use and cached.
+    pub fn id_ranks(&self, searcher: &tantivy::Searcher) -> Result<Arc<IdRanks>, SearchError> {
+        let mut cached = self.id_ranks.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = searcher.generation().generation_id();
+        if let Some(r) = cached.as_ref().filter(|r| r.generation == generation) {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(IdRanks::build(searcher)?);
+        *cached = Some(r.clone());
+        Ok(r)
+    }
+
+    /// Reloads the reader and prepares the id order of the new generation, so that the first
+    /// search after a commit does not pay for it.
+    pub fn reload(&self) -> Result<(), SearchError> {
+        self.reader.reload()?;
+        self.id_ranks(&self.reader.searcher())?;
+        Ok(())
     }
 
     /// Counts matches.

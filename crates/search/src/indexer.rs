@@ -26,6 +26,8 @@ const STREAM_COMMIT_DELAY: Duration = Duration::from_secs(1);
 /// segments that must be merged later, and Chef node documents flatten to tens of KB each.
 const MAX_COMMIT_DELAY: Duration = Duration::from_secs(10);
 const WRITER_THREADS: usize = 2;
+/// How often an idle indexer looks for merges to make visible.
+const MERGE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const WRITER_MEMORY: usize = 600_000_000;
 
 /// Work for the writer thread.
@@ -57,15 +59,58 @@ impl Indexer {
         applied: watch::Sender<i64>,
         flush: Arc<AtomicBool>,
     ) -> Result<Indexer, SearchError> {
-        let writer: IndexWriter = ix
-            .index
-            .writer_with_num_threads(WRITER_THREADS, WRITER_MEMORY)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("larder-indexer".into())
-            .spawn(move || run(ix, writer, meta, applied, rx, flush))
+            .spawn(move || {
+                // Background priority, set before the writer exists so that tantivy's indexing
+                // and merge threads (created with it) inherit it.
+                lower_thread_priority();
+                let writer: IndexWriter = match ix
+                    .index
+                    .writer_with_num_threads(WRITER_THREADS, WRITER_MEMORY)
+                {
+                    Ok(w) => {
+                        let _ = ready_tx.send(Ok(()));
+                        w
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        let _ = ready_tx.send(Err(e));
+                        return Err(SearchError::Other(msg));
+                    }
+                };
+                run(ix, writer, meta, applied, rx, flush)
+            })
             .map_err(|e| SearchError::Other(format!("cannot start indexer thread: {e}")))?;
-        Ok(Indexer { tx, thread })
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Indexer { tx, thread }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e.into())
+            }
+            Err(_) => Err(SearchError::Other("indexer thread died at start".into())),
+        }
+    }
+}
+
+/// Niceness of the indexer and of tantivy's indexing and merge threads. The index is a cache
+/// filled in the background: on a busy node the CPU goes first to what clients wait for
+/// (`_bulk` acknowledgements, i.e. the PostgreSQL commit path, and queries); the index catches
+/// up when the load drops, and `_refresh` / `?refresh=` wait for it.
+pub const INDEXER_NICE: i32 = 10;
+
+fn lower_thread_priority() {
+    // On Linux, niceness is per thread (PRIO_PROCESS with a thread id) and inherited by the
+    // threads it creates.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let cur = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if cur < INDEXER_NICE {
+            libc::setpriority(libc::PRIO_PROCESS, tid, INDEXER_NICE);
+        }
     }
 }
 
@@ -106,8 +151,25 @@ pub fn commit(
     let mut prepared = writer.prepare_commit()?;
     prepared.set_payload(&serde_json::to_string(meta).expect("meta serializes"));
     prepared.commit()?;
-    ix.reader.reload()?;
+    ix.reload()?;
     applied.send_replace(meta.applied_position);
+    Ok(())
+}
+
+/// Background merges publish new segments without a commit of ours; with a manually reloaded
+/// reader, searches would keep using the many small pre-merge segments. Reload when the
+/// searchable segments differ from the reader's.
+fn reload_if_merged(ix: &LocalIndex) -> Result<(), SearchError> {
+    let published = ix.index.searchable_segment_ids()?;
+    let searcher = ix.reader.searcher();
+    let current: std::collections::HashSet<_> = searcher
+        .segment_readers()
+        .iter()
+        .map(|s| s.segment_id())
+        .collect();
+    if published.len() != current.len() || published.iter().any(|id| !current.contains(id)) {
+        ix.reload()?;
+    }
     Ok(())
 }
 
@@ -124,11 +186,12 @@ fn run(
     let mut behind = false;
     let mut last_commit = Instant::now() - MIN_COMMIT_INTERVAL;
     let mut peeked: Option<IndexerMsg> = None;
+    let mut last_merge_check = Instant::now();
     let result = loop {
         let msg = match peeked.take() {
             Some(m) => Ok(m),
             None => match dirty_since {
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                None => rx.recv_timeout(MERGE_CHECK_INTERVAL),
                 Some(_) => rx.recv_timeout(Duration::from_millis(50)),
             },
         };
@@ -164,7 +227,15 @@ fn run(
                 break Ok(());
             }
         }
-        let Some(since) = dirty_since else { continue };
+        let Some(since) = dirty_since else {
+            if last_merge_check.elapsed() >= MERGE_CHECK_INTERVAL {
+                last_merge_check = Instant::now();
+                if let Err(e) = reload_if_merged(&ix) {
+                    tracing::warn!(error = %e, "search index reload after merges failed");
+                }
+            }
+            continue;
+        };
         // Keep absorbing queued batches unless a commit is overdue.
         let idle = match rx.try_recv() {
             Ok(m) => {

@@ -86,6 +86,8 @@ pub async fn ensure_schema(client: &Client) -> Result<(), SearchError> {
                 db text, type text, data_bag text,
                 content text {compression} NOT NULL DEFAULT '');
              CREATE UNIQUE INDEX IF NOT EXISTS search_log_pos ON search_log (pos);
+             ALTER TABLE search_log ADD COLUMN IF NOT EXISTS content_z bytea;
+             ALTER TABLE search_log ALTER COLUMN content_z SET STORAGE EXTERNAL;
              COMMIT;"
         )
     };
@@ -102,11 +104,14 @@ pub async fn ensure_schema(client: &Client) -> Result<(), SearchError> {
     Ok(())
 }
 
-/// True once the schema exists (on a standby: once it has been replicated).
+/// True once the schema exists (on a standby: once it has been replicated), including the
+/// `content_z` column a log created by an older version gets from the leader's service.
 pub async fn schema_ready(client: &Client) -> Result<bool, SearchError> {
     let row = client
         .query_one(
-            "SELECT to_regclass('search_log') IS NOT NULL AND to_regclass('search_meta') IS NOT NULL",
+            "SELECT to_regclass('search_meta') IS NOT NULL AND EXISTS (
+                 SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('search_log')
+                 AND attname = 'content_z' AND NOT attisdropped)",
             &[],
         )
         .await?;
@@ -137,47 +142,79 @@ pub async fn fetch_after(
 ) -> Result<Vec<LogRow>, SearchError> {
     let rows = client
         .query(
-            "SELECT pos, id, deleted, db, type, data_bag, content FROM search_log
+            "SELECT pos, id, deleted, db, type, data_bag, content, content_z FROM search_log
              WHERE pos > $1 ORDER BY pos LIMIT $2",
             &[&after, &limit],
         )
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| LogRow {
-            pos: r.get(0),
-            id: r.get(1),
-            deleted: r.get(2),
-            database: r.get(3),
-            object_type: r.get(4),
-            data_bag: r.get(5),
-            content: r.get(6),
-        })
-        .collect())
+    // Decompressing a batch of node documents is CPU work: off the async executor.
+    tokio::task::spawn_blocking(move || rows.iter().map(log_row).collect())
+        .await
+        .map_err(|e| SearchError::Other(format!("log decoding task failed: {e}")))?
 }
 
-/// Commits a batch of changes in one transaction with one multi-row statement; when it returns
-/// Ok the changes are durable (and, with synchronous replication, on the standby quorum).
-/// Later changes to the same id win. Returns one outcome per input change.
-pub async fn write(client: &mut Client, changes: &[Change]) -> Result<Vec<Applied>, SearchError> {
-    if changes.is_empty() {
-        return Ok(Vec::new());
+fn log_row(r: &tokio_postgres::Row) -> Result<LogRow, SearchError> {
+    let z: Option<&[u8]> = r.get(7);
+    Ok(LogRow {
+        pos: r.get(0),
+        id: r.get(1),
+        deleted: r.get(2),
+        database: r.get(3),
+        object_type: r.get(4),
+        data_bag: r.get(5),
+        content: match z {
+            Some(z) => crate::codec::decode(z).map_err(|e| {
+                SearchError::Other(format!(
+                    "search_log content of {}: {e}",
+                    r.get::<_, &str>(1)
+                ))
+            })?,
+            None => r.get(6),
+        },
+    })
+}
+
+/// One write, ready for PostgreSQL: one row per distinct id (the last change of each id wins)
+/// with its content already compressed, plus what the per-change outcomes need. Built by
+/// [`prepare`], which is CPU work (~0.1 ms per 47 KB node document): run it off the async
+/// executor for big batches, so that PostgreSQL connections and HTTP keep being served.
+pub struct Prepared {
+    /// Per input change, in order: its id and whether it indexes (false: deletes).
+    order: Vec<(String, bool)>,
+    ids: Vec<String>,
+    deleted: Vec<bool>,
+    dbs: Vec<Option<String>>,
+    types: Vec<Option<String>>,
+    bags: Vec<Option<String>>,
+    zs: Vec<Option<Vec<u8>>>,
+}
+
+impl Prepared {
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
     }
+}
+
+/// Builds the statement columns of `changes`, compressing each kept content.
+pub fn prepare(changes: Vec<Change>) -> Prepared {
     // One row per id in the statement (ON CONFLICT cannot touch a row twice): keep the last.
-    let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut last: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::with_capacity(changes.len());
     for (i, c) in changes.iter().enumerate() {
-        last.insert(c.id(), i);
+        last.insert(c.id().to_string(), i);
     }
-    let mut ids: Vec<&str> = Vec::with_capacity(last.len());
-    let mut deleted = Vec::with_capacity(last.len());
-    let mut dbs = Vec::with_capacity(last.len());
-    let mut types = Vec::with_capacity(last.len());
-    let mut bags = Vec::with_capacity(last.len());
-    let mut contents: Vec<&str> = Vec::with_capacity(last.len());
-    for (i, c) in changes.iter().enumerate() {
-        if last[c.id()] != i {
-            continue;
-        }
+    let n = last.len();
+    let mut p = Prepared {
+        order: Vec::with_capacity(changes.len()),
+        ids: Vec::with_capacity(n),
+        deleted: Vec::with_capacity(n),
+        dbs: Vec::with_capacity(n),
+        types: Vec::with_capacity(n),
+        bags: Vec::with_capacity(n),
+        zs: Vec::with_capacity(n),
+    };
+    for (i, c) in changes.into_iter().enumerate() {
+        let kept = last[c.id()] == i;
         match c {
             Change::Index {
                 id,
@@ -186,22 +223,43 @@ pub async fn write(client: &mut Client, changes: &[Change]) -> Result<Vec<Applie
                 data_bag,
                 content,
             } => {
-                ids.push(id);
-                deleted.push(false);
-                dbs.push(database.as_deref());
-                types.push(object_type.as_deref());
-                bags.push(data_bag.as_deref());
-                contents.push(content);
+                p.order.push((id.clone(), true));
+                if kept {
+                    p.ids.push(id);
+                    p.deleted.push(false);
+                    p.dbs.push(database);
+                    p.types.push(object_type);
+                    p.bags.push(data_bag);
+                    p.zs.push((!content.is_empty()).then(|| crate::codec::encode(&content)));
+                }
             }
             Change::Delete { id } => {
-                ids.push(id);
-                deleted.push(true);
-                dbs.push(None);
-                types.push(None);
-                bags.push(None);
-                contents.push("");
+                p.order.push((id.clone(), false));
+                if kept {
+                    p.ids.push(id);
+                    p.deleted.push(true);
+                    p.dbs.push(None);
+                    p.types.push(None);
+                    p.bags.push(None);
+                    p.zs.push(None);
+                }
             }
         }
+    }
+    p
+}
+
+/// Commits a batch of changes in one transaction with one multi-row statement; when it returns
+/// Ok the changes are durable (and, with synchronous replication, on the standby quorum).
+/// Later changes to the same id win. Returns one outcome per input change.
+pub async fn write(client: &mut Client, changes: &[Change]) -> Result<Vec<Applied>, SearchError> {
+    write_prepared(client, prepare(changes.to_vec())).await
+}
+
+/// [`write`] of a batch already [`prepare`]d.
+pub async fn write_prepared(client: &mut Client, p: Prepared) -> Result<Vec<Applied>, SearchError> {
+    if p.is_empty() {
+        return Ok(Vec::new());
     }
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])
@@ -209,7 +267,7 @@ pub async fn write(client: &mut Client, changes: &[Change]) -> Result<Vec<Applie
     let live: std::collections::HashSet<String> = tx
         .query(
             "SELECT id FROM search_log WHERE id = ANY($1) AND NOT deleted",
-            &[&ids],
+            &[&p.ids],
         )
         .await?
         .into_iter()
@@ -217,15 +275,15 @@ pub async fn write(client: &mut Client, changes: &[Change]) -> Result<Vec<Applie
         .collect();
     let rows = tx
         .query(
-            "INSERT INTO search_log (id, pos, deleted, db, type, data_bag, content)
-             SELECT u.id, nextval('search_pos'), u.del, u.db, u.typ, u.bag, u.content
-             FROM unnest($1::text[], $2::bool[], $3::text[], $4::text[], $5::text[], $6::text[])
-                  AS u(id, del, db, typ, bag, content)
+            "INSERT INTO search_log (id, pos, deleted, db, type, data_bag, content, content_z)
+             SELECT u.id, nextval('search_pos'), u.del, u.db, u.typ, u.bag, '', u.z
+             FROM unnest($1::text[], $2::bool[], $3::text[], $4::text[], $5::text[], $6::bytea[])
+                  AS u(id, del, db, typ, bag, z)
              ON CONFLICT (id) DO UPDATE SET pos = EXCLUDED.pos, deleted = EXCLUDED.deleted,
                  db = EXCLUDED.db, type = EXCLUDED.type, data_bag = EXCLUDED.data_bag,
-                 content = EXCLUDED.content
+                 content = '', content_z = EXCLUDED.content_z
              RETURNING id, pos",
-            &[&ids, &deleted, &dbs, &types, &bags, &contents],
+            &[&p.ids, &p.deleted, &p.dbs, &p.types, &p.bags, &p.zs],
         )
         .await?;
     tx.commit().await?;
@@ -233,14 +291,14 @@ pub async fn write(client: &mut Client, changes: &[Change]) -> Result<Vec<Applie
         rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
     // Within the batch, an id's earlier changes see the state its previous changes left.
     let mut state: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
-    Ok(changes
+    Ok(p.order
         .iter()
-        .map(|c| {
-            let before = *state.get(c.id()).unwrap_or(&live.contains(c.id()));
-            state.insert(c.id(), matches!(c, Change::Index { .. }));
+        .map(|(id, is_index)| {
+            let before = *state.get(id.as_str()).unwrap_or(&live.contains(id));
+            state.insert(id, *is_index);
             Applied {
                 existed: before,
-                pos: pos.get(c.id()).copied().unwrap_or(0),
+                pos: pos.get(id).copied().unwrap_or(0),
             }
         })
         .collect())
@@ -253,7 +311,7 @@ pub async fn delete_all(client: &mut Client) -> Result<u64, SearchError> {
         .await?;
     let n = tx
         .execute(
-            "UPDATE search_log SET deleted = true, content = '', db = NULL, type = NULL,
+            "UPDATE search_log SET deleted = true, content = '', content_z = NULL, db = NULL, type = NULL,
                  data_bag = NULL, pos = nextval('search_pos')
              WHERE NOT deleted",
             &[],
@@ -268,20 +326,12 @@ pub async fn delete_all(client: &mut Client) -> Result<u64, SearchError> {
 pub async fn get_doc(client: &Client, id: &str) -> Result<Option<LogRow>, SearchError> {
     let row = client
         .query_opt(
-            "SELECT pos, id, deleted, db, type, data_bag, content FROM search_log
+            "SELECT pos, id, deleted, db, type, data_bag, content, content_z FROM search_log
              WHERE id = $1 AND NOT deleted",
             &[&id],
         )
         .await?;
-    Ok(row.map(|r| LogRow {
-        pos: r.get(0),
-        id: r.get(1),
-        deleted: r.get(2),
-        database: r.get(3),
-        object_type: r.get(4),
-        data_bag: r.get(5),
-        content: r.get(6),
-    }))
+    row.as_ref().map(log_row).transpose()
 }
 
 /// The definition sent with `PUT /<index>`, when the index exists.

@@ -355,3 +355,91 @@ async fn concurrent_writers_nothing_skipped() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A log written by a version that stored `content` as plain text (no `content_z` column):
+/// the service adds the column, indexes and serves the old rows from `content`, and stores new
+/// writes compressed, returning them unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_of_the_plain_text_version_is_read_and_upgraded() {
+    let pg = PgServer::start();
+    let target = pg.target();
+    let admin = larder_search::pg::connect(&target, "postgres")
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {}", target.dbname))
+        .await
+        .unwrap();
+    let c = larder_search::pg::connect(&target, &target.dbname)
+        .await
+        .unwrap();
+    let old_content = larder_search::flatten_chef(
+        "old1",
+        "chef_o1",
+        "node",
+        &json!({"name": "old1", "roles": ["base"]}),
+    );
+    // The schema as the previous version created it.
+    c.batch_execute(
+        "CREATE TABLE search_meta (key text PRIMARY KEY, value text NOT NULL);
+         INSERT INTO search_meta VALUES ('log_epoch', 'e-old');
+         CREATE SEQUENCE search_pos;
+         CREATE TABLE search_index_def (name text PRIMARY KEY, definition jsonb NOT NULL);
+         INSERT INTO search_index_def VALUES ('chef', '{}');
+         CREATE TABLE search_log (id text PRIMARY KEY, pos bigint NOT NULL,
+             deleted boolean NOT NULL DEFAULT false, db text, type text, data_bag text,
+             content text NOT NULL DEFAULT '');
+         CREATE UNIQUE INDEX search_log_pos ON search_log (pos);",
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "INSERT INTO search_log (id, pos, db, type, content)
+         VALUES ('old1', nextval('search_pos'), 'chef_o1', 'node', $1)",
+        &[&old_content],
+    )
+    .await
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(config(target, &dir.path().join("index"), 7)).await;
+    let u = svc.url.clone();
+    let new_content = "name__=__new1 odd  spacing__=__kept \u{e9}t\u{e9} ".to_string();
+    let (st, v) = call(
+        "POST",
+        &format!("{u}/_bulk?refresh=true"),
+        Some(&bulk_body(
+            7,
+            &[(
+                "new1".to_string(),
+                "chef_o1".to_string(),
+                "node".to_string(),
+                new_content.clone(),
+            )],
+        )),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let (_, v) = call(
+        "GET",
+        &format!("{u}/chef/_search"),
+        Some(&chef_search(7, "content:name__=__*", None, 0, 10)),
+    )
+    .await;
+    assert_eq!(ids(&v), vec!["new1".to_string(), "old1".to_string()]);
+    for (id, content) in [("old1", &old_content), ("new1", &new_content)] {
+        let (st, v) = call("GET", &format!("{u}/chef/_doc/{id}"), None).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["_source"]["content"], json!(content), "{id}");
+    }
+    let row = c
+        .query_one(
+            "SELECT content, content_z IS NOT NULL FROM search_log WHERE id = 'new1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), "");
+    assert!(row.get::<_, bool>(1), "new writes are stored compressed");
+    svc.stop().await;
+}

@@ -1,16 +1,16 @@
 //! Compiles the query AST into tantivy queries over Larder's index schema.
 //!
 //! `content` holds whitespace tokens (`key__=__value`), so a term is one exact token, a phrase is
-//! consecutive tokens, and a wildcard is a regex over the token dictionary (the FST walk stays
-//! cheap when the pattern starts with a literal prefix, which Chef's `name__=__web*` always does).
+//! consecutive tokens, and a wildcard is a range of the term dictionary when it is a literal
+//! prefix with one trailing `*` (Chef's `name__=__web*`), otherwise a regex over the dictionary.
 //! The keyword fields match their whole value exactly.
 
 use super::{Ast, Occur, Pat, QueryError};
 use crate::index::Fields;
 use std::ops::Bound;
 use tantivy::query::{
-    AllQuery, BooleanQuery, BoostQuery, EmptyQuery, FuzzyTermQuery, Occur as TOccur, PhraseQuery,
-    Query, RangeQuery, RegexQuery, TermQuery,
+    AllQuery, BooleanQuery, BoostQuery, EmptyQuery, FuzzyTermQuery, InvertedIndexRangeQuery,
+    Occur as TOccur, PhraseQuery, Query, RangeQuery, RegexQuery, TermQuery,
 };
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::Term;
@@ -161,6 +161,9 @@ fn wildcard(t: Target, pattern: &[Pat]) -> Result<Q, QueryError> {
         Target::Keyword(f) => f,
         Target::Unknown => return Ok(Box::new(EmptyQuery)),
     };
+    if let Some(prefix) = literal_prefix(pattern) {
+        return Ok(prefix_query(f, &prefix));
+    }
     let mut re = String::with_capacity(pattern.len() + 8);
     for p in pattern {
         match p {
@@ -175,6 +178,42 @@ fn wildcard(t: Target, pattern: &[Pat]) -> Result<Q, QueryError> {
         }
     }
     regex(f, &re)
+}
+
+/// The literal part of a pattern that is literal characters followed by one trailing `*`
+/// (Chef's usual `name__=__web*`); `None` for any other shape.
+fn literal_prefix(pattern: &[Pat]) -> Option<String> {
+    let (last, lits) = pattern.split_last()?;
+    if !matches!(last, Pat::Star) || lits.is_empty() {
+        return None;
+    }
+    lits.iter()
+        .map(|p| match p {
+            Pat::Lit(c) => Some(*c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every term starting with `prefix`: the term-dictionary range `[prefix, prefix+1)`, where
+/// `prefix+1` is the smallest byte string greater than every string with that prefix. Same
+/// matches as the regex `prefix.*`, without running an automaton over each term's bytes.
+pub fn prefix_query(f: Field, prefix: &str) -> Q {
+    let mut upper = prefix.as_bytes().to_vec();
+    while upper.last() == Some(&0xff) {
+        upper.pop();
+    }
+    let upper = match upper.last_mut() {
+        Some(b) => {
+            *b += 1;
+            Bound::Excluded(Term::from_field_bytes(f, &upper))
+        }
+        None => Bound::Unbounded,
+    };
+    Box::new(InvertedIndexRangeQuery::new(
+        Bound::Included(Term::from_field_text(f, prefix)),
+        upper,
+    ))
 }
 
 fn regex(f: Field, re: &str) -> Result<Q, QueryError> {
