@@ -453,6 +453,12 @@ fn all_streaming(c: &Cluster, want: usize) {
 fn back_to_back_failovers_keep_every_write_and_the_wal_intact() {
     let c = cluster_with_rows(28);
     let mut rows = 300;
+    // Every acknowledged row is on the new leader; then 20 more are acknowledged there.
+    let check_and_write = |l: &Node, rows: &mut u64, what: &str| {
+        assert_eq!(count(l), Some(*rows), "lost writes after {what}");
+        write_rows(l, *rows as u32, *rows as u32 + 20);
+        *rows += 20;
+    };
     for round in 0..2 {
         // Unplanned: kill -9 of the leader's agent and PostgreSQL.
         let old = c.wait_leader(None, T).name.clone();
@@ -463,38 +469,19 @@ fn back_to_back_failovers_keep_every_write_and_the_wal_intact() {
             .args(["-9", &pg.to_string()])
             .status();
         let l = c.wait_leader(Some(&old), T);
-        assert_eq!(
-            count(l),
-            Some(rows),
-            "round {round}: lost writes after kill"
-        );
-        write_rows(l, rows as u32, rows as u32 + 20);
-        rows += 20;
+        check_and_write(l, &mut rows, &format!("kill in round {round}"));
         // The killed node rejoins; then a planned switchover back to it.
         d.ok(&["start"]);
         all_streaming(&c, 2);
-        let target = old.clone();
-        c.node(&l.name).ok(&["promote", &target]);
+        c.node(&l.name).ok(&["promote", &old]);
         let l = c.wait_leader(None, T);
-        assert_eq!(l.name, target);
-        assert_eq!(
-            count(l),
-            Some(rows),
-            "round {round}: lost writes after promote"
-        );
-        write_rows(l, rows as u32, rows as u32 + 20);
-        rows += 20;
+        assert_eq!(l.name, old);
+        check_and_write(l, &mut rows, &format!("promote in round {round}"));
         // demote right away: a follower takes over.
         all_streaming(&c, 2);
         l.ok(&["demote"]);
-        let l = c.wait_leader(Some(&target), T);
-        assert_eq!(
-            count(l),
-            Some(rows),
-            "round {round}: lost writes after demote"
-        );
-        write_rows(l, rows as u32, rows as u32 + 20);
-        rows += 20;
+        let l = c.wait_leader(Some(&old), T);
+        check_and_write(l, &mut rows, &format!("demote in round {round}"));
         all_streaming(&c, 2);
     }
     let logs = pg_logs(&c);
