@@ -134,17 +134,26 @@ pub async fn switchover(paths: &Paths, target: Option<String>) -> anyhow::Result
         None => None,
     };
     // Check first: a switchover needs a streaming, failover-enabled follower to hand over to.
-    let statuses: Vec<MemberStatus> = dcs
-        .get_prefix("/larder/status/")
-        .await?
-        .iter()
-        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-        .collect();
+    // Right after a failover or switchover followers re-attach within seconds: wait for that
+    // (bounded) rather than refuse a command that would succeed a moment later.
     let ready =
         |m: &MemberStatus| m.guid != old.guid && m.pg == PgState::Streaming && m.failover_enabled;
-    let ok = match &target_guid {
-        Some(t) => statuses.iter().any(|m| &m.guid == t && ready(m)),
-        None => statuses.iter().any(ready),
+    let attach_deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let ok = loop {
+        let statuses: Vec<MemberStatus> = dcs
+            .get_prefix("/larder/status/")
+            .await?
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect();
+        let ok = match &target_guid {
+            Some(t) => statuses.iter().any(|m| &m.guid == t && ready(m)),
+            None => statuses.iter().any(ready),
+        };
+        if ok || std::time::Instant::now() >= attach_deadline {
+            break ok;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
     if !ok {
         bail!("no streaming, failover-enabled follower {}to hand over to yet; wait until `larder cluster-status` shows it as follower and retry", target.as_deref().map(|t| format!("({t}) ")).unwrap_or_default());

@@ -425,6 +425,14 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
             }
         }
     }
+    if obs.local.pg != PgState::Standby {
+        // Our own position is unknown until PostgreSQL runs (it was just started above).
+        return Decision::new(
+            NodeRole::WaitingForLeader,
+            actions,
+            "no leader; waiting for the local PostgreSQL to report its position",
+        );
+    }
     // Rule 3: positions are trusted only from voters that are alive, posted in this term and
     // saw no leader when posting (so nothing acknowledged can arrive after their post).
     let me = &obs.me;
@@ -437,9 +445,10 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
                 && dcs.voters.contains(&m.guid)
                 && m.term == dcs.term
                 && m.leader_seen.is_none()
-                && m.pg != PgState::Empty
-                // still receiving WAL: the position may yet grow (see Action::Detach)
-                && m.pg != PgState::Streaming
+                // A known, final position only: not receiving WAL any more (see
+                // Action::Detach), and PostgreSQL running (a stopped node posts 0/0, which
+                // says nothing about the WAL on its disk).
+                && matches!(m.pg, PgState::Standby | PgState::Primary)
         })
         .collect();
     let need = majority(dcs.voters.len());

@@ -522,6 +522,24 @@ fn streaming_standby_detaches_before_its_position_counts() {
 }
 
 #[test]
+fn stopped_members_positions_do_not_count() {
+    // Full restart: b's PostgreSQL is not up yet, so its post says 0/0 — not its real WAL.
+    let mut stopped = member("b", 0, 4, None);
+    stopped.pg = PgState::Stopped;
+    let v = view(None, 4, vec![stopped], &["a", "b", "c"]);
+    assert!(!acquires(&decide(&obs(
+        "a",
+        local(PgState::Standby, 100),
+        Some(v),
+        None
+    ))));
+    // Nor may a node whose own PostgreSQL is stopped run: it starts it and waits.
+    let v = view(None, 4, vec![member("b", 50, 4, None)], &["a", "b", "c"]);
+    let d = decide(&obs("a", local(PgState::Stopped, 0), Some(v), None));
+    assert_eq!(d.actions, vec![Action::StartStandby]);
+}
+
+#[test]
 fn own_stale_key_is_not_treated_as_leadership() {
     let v = view(Some(leader("a", 4)), 4, vec![], &["a", "b", "c"]);
     let d = decide(&obs("a", local(PgState::Standby, 100), Some(v), None));
