@@ -135,6 +135,48 @@ pub struct HaLoop {
     wake: Arc<tokio::sync::Notify>,
 }
 
+/// Renew the leader lease (if held) every `interval`, in its own task: a renewal must never
+/// wait behind the HA loop's other etcd calls, which on a slow network can together take
+/// longer than the fencing deadline leaves (`/leader` would flap to 503 in between).
+async fn renew_lease_forever(
+    dcs: Dcs,
+    shared: Arc<Mutex<Shared>>,
+    interval: Duration,
+    margin: Duration,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let started = Instant::now();
+        let lease = shared.lock().unwrap().lease;
+        if let Some(l) = lease {
+            let sent = Instant::now();
+            match dcs.lease_keep_alive(l.id).await {
+                Ok(ttl) if ttl > 0 => {
+                    let deadline = sent + Duration::from_secs(ttl as u64) - margin;
+                    if let Some(cur) = shared.lock().unwrap().lease.as_mut() {
+                        if cur.id == l.id && deadline > cur.fence_deadline {
+                            cur.fence_deadline = deadline;
+                        }
+                    }
+                }
+                Ok(_) => {
+                    // etcd says the lease is gone: no longer leader, whatever our clock says.
+                    if let Some(cur) = shared.lock().unwrap().lease.as_mut() {
+                        if cur.id == l.id {
+                            cur.fence_deadline = sent;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("lease renewal failed: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(interval.saturating_sub(started.elapsed())) => {}
+        }
+    }
+}
+
 /// Whether the leader's own status shows a promoted, writable PostgreSQL.
 fn leader_promoted(view: Option<&DcsView>, leader: &LeaderRecord) -> bool {
     view.is_some_and(|v| {
@@ -199,6 +241,13 @@ impl HaLoop {
             self.dcs.clone(),
             self.shared.clone(),
             self.wake.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(renew_lease_forever(
+            self.dcs.clone(),
+            self.shared.clone(),
+            interval,
+            Duration::from_millis(self.node.cfg.leaderl.fence_margin_ms),
             shutdown.clone(),
         ));
         // Floor between two iterations, so a burst of wake-ups cannot spin the loop.
@@ -278,31 +327,6 @@ impl HaLoop {
         }
     }
 
-    async fn renew_lease(&mut self) {
-        let Some(l) = self.shared.lock().unwrap().lease else {
-            return;
-        };
-        let sent = Instant::now();
-        match self.dcs.lease_keep_alive(l.id).await {
-            Ok(ttl) if ttl > 0 => {
-                let margin = Duration::from_millis(self.node.cfg.leaderl.fence_margin_ms);
-                let deadline = sent + Duration::from_secs(ttl as u64) - margin;
-                if let Some(cur) = self.shared.lock().unwrap().lease.as_mut() {
-                    if cur.id == l.id {
-                        cur.fence_deadline = deadline;
-                    }
-                }
-            }
-            Ok(_) => {
-                // etcd says the lease is gone: we are no longer leader, whatever our clock says.
-                if let Some(cur) = self.shared.lock().unwrap().lease.as_mut() {
-                    cur.fence_deadline = sent;
-                }
-            }
-            Err(e) => tracing::warn!("lease renewal failed: {e}"),
-        }
-    }
-
     async fn read_dcs(
         &mut self,
     ) -> Result<(DcsView, Vec<NodeRecord>, Option<SwitchoverRequest>), dcs::DcsError> {
@@ -365,7 +389,6 @@ impl HaLoop {
             tracing::info!("initialising PostgreSQL data directory");
             postgres::initdb(&node).await?;
         }
-        self.renew_lease().await;
         let pg = self.observe_pg().await;
         let dcs_read = self.read_dcs().await;
         let etcd_ok = dcs_read.is_ok();
