@@ -30,17 +30,7 @@ fn cluster_with_rows(subnet: u8) -> Cluster {
         l.sql("CREATE TABLE acked (id int primary key)").unwrap();
         write_rows(l, 0, 300);
     }
-    wait_until(T, "followers streaming", || {
-        c.nodes
-            .iter()
-            .filter(|n| {
-                n.status_json()
-                    .is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")
-            })
-            .count()
-            .eq(&2)
-            .then_some(())
-    });
+    all_streaming(&c, 2);
     c
 }
 
