@@ -1,10 +1,11 @@
 //! The unauthenticated health API on port 7331. It never changes state and answers from the
 //! loop's cached state (never waiting on etcd or PostgreSQL), because haproxy checks it every
-//! two seconds and one slow answer flips a backend. Status codes:
+//! two seconds and one failed check flips a backend. The only wait is deliberate and bounded:
+//! `/leader` is held while its answer is about to change (`leader_check`). Status codes:
 //!
 //! | path | 200 when | otherwise |
 //! |---|---|---|
-//! | `GET /leader` | writable leader, lease valid, `required_active_followers` streaming | 503 |
+//! | `GET /leader[?wait=0]` | writable leader, lease valid, `required_active_followers` streaming (held up to 1.5 s while about to change, see `leader_check`) | 503 |
 //! | `GET /replica[?lag=N]` | streaming follower (lag ≤ N bytes) | 503 |
 //! | `GET /health` | PostgreSQL is running (any role) | 503 |
 //! | `GET /status`, `/cluster` | always (JSON) | — |
@@ -12,6 +13,7 @@
 //! | anything else | never | 503 |
 
 use crate::ha::Shared;
+use crate::leader_check;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
@@ -67,21 +69,28 @@ fn code(ok: bool) -> StatusCode {
 async fn leader(
     State(st): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let mut s = st.shared.lock().unwrap();
-    // Remember who checks us and when: a planned switchover to this node is timed by the
-    // frontends' check rhythm (larder_core::check_phase). One client = address + user agent.
-    let agent = headers
-        .get(axum::http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    s.checks
-        .record(&format!("{} {agent}", peer.ip()), crate::ha::unix_ms());
-    let ok = s.is_writable_leader(st.required_followers);
+    {
+        // Remember who checks us and when: a planned switchover to this node is timed by the
+        // frontends' check rhythm (larder_core::check_phase). One client = address + user agent.
+        let agent = headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        st.shared
+            .lock()
+            .unwrap()
+            .checks
+            .record(&format!("{} {agent}", peer.ip()), crate::ha::unix_ms());
+    }
+    let may_hold = q.get("wait").map(|w| w != "0").unwrap_or(true);
+    let ok = leader_check::answer(&st.shared, &st.guid, st.required_followers, may_hold).await;
+    let term = st.shared.lock().unwrap().term;
     (
         code(ok),
-        Json(json!({"leader": ok, "node": st.name, "term": s.term})),
+        Json(json!({"leader": ok, "node": st.name, "term": term})),
     )
         .into_response()
 }

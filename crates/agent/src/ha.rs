@@ -40,6 +40,10 @@ pub struct Shared {
     pub etcd_members: Vec<dcs::Member>,
     /// `/leader` check arrivals per frontend (see `larder_core::check_phase`).
     pub checks: larder_core::check_phase::CheckTracker,
+    /// Last switchover request seen in etcd: its target and when (see `leader_check`).
+    pub switchover_seen: Option<(Option<String>, Instant)>,
+    /// When this leader's accepted switchover starts (see `leader_check`).
+    pub switchover_starts: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -83,9 +87,10 @@ pub struct SwitchoverRequest {
 pub const K_SWITCHOVER_REQUEST: &str = "/larder/switchover-request";
 
 /// Expected time from the old leader stopping PostgreSQL to the target answering `/leader`
-/// 200 (measured 0.35–0.55 s on the benchmark cluster), with some slack: finishing a little
-/// early costs that much, finishing after the check costs a whole check interval.
-const SWITCHOVER_HANDOVER_MS: u64 = 650;
+/// 200 (measured 0.35–0.55 s on the benchmark cluster). The target holds the frontends' checks
+/// until it is writable (`leader_check`), so a hand-over that runs long costs only its overrun;
+/// one that finishes early costs the difference: the median is the right estimate.
+const SWITCHOVER_HANDOVER_MS: u64 = 450;
 /// Longest a switchover start is delayed for timing (a bit over haproxy's 2 s interval).
 const SWITCHOVER_MAX_WAIT_MS: u64 = 2_500;
 /// Why the leader refused the last switchover request (read and cleared by the CLI).
@@ -402,7 +407,13 @@ impl HaLoop {
         let now = Instant::now();
         self.track_pg(&pg, view.as_ref(), now);
 
-        let lease = self.shared.lock().unwrap().lease;
+        let lease = {
+            let mut s = self.shared.lock().unwrap();
+            if let Some(r) = &request {
+                s.switchover_seen = Some((r.target.clone(), now));
+            }
+            s.lease
+        };
         // Planned switchover requested through etcd: only the leader acts on it.
         if let (Some(req), Some(l), Some(v)) = (&request, lease, view.as_ref()) {
             if now < l.fence_deadline && self.switchover_is_due(req, v) {
@@ -412,6 +423,7 @@ impl HaLoop {
             }
         } else {
             self.intent.switchover_due = None;
+            self.shared.lock().unwrap().switchover_starts = None;
         }
 
         let local = self.local_state(&pg, view.as_ref(), now);
@@ -501,8 +513,11 @@ impl HaLoop {
             &target_checks,
             now,
             SWITCHOVER_HANDOVER_MS,
+            crate::leader_check::HOLD_MAX.as_millis() as u64,
             SWITCHOVER_MAX_WAIT_MS,
         );
+        let at = Instant::now() + Duration::from_millis(delay);
+        self.shared.lock().unwrap().switchover_starts = Some(at);
         if delay == 0 {
             return true;
         }
@@ -510,7 +525,6 @@ impl HaLoop {
             delay_ms = delay,
             "switchover timed to the frontends' health checks of the target"
         );
-        let at = Instant::now() + Duration::from_millis(delay);
         self.intent.switchover_due = Some((req.clone(), at));
         let wake = self.wake.clone();
         tokio::spawn(async move {
@@ -971,7 +985,11 @@ impl HaLoop {
             return Ok(());
         }
         tracing::info!(target = ?req.target, "planned switchover");
-        self.shared.lock().unwrap().role = Some(NodeRole::DeposedLeader);
+        {
+            let mut s = self.shared.lock().unwrap();
+            s.role = Some(NodeRole::DeposedLeader);
+            s.switchover_starts = None;
+        }
         self.sup
             .stop(postgres::SERVICE, Duration::from_secs(30))
             .await?;

@@ -20,6 +20,7 @@ pub mod dcs;
 pub mod disk;
 pub mod etcd;
 pub mod ha;
+pub mod leader_check;
 pub mod node;
 pub mod pki;
 pub mod postgres;

@@ -148,10 +148,19 @@ fn next_check(p: &CheckPhase, t: u64) -> u64 {
     p.last_unix_ms + k * p.period_ms
 }
 
+/// When a check of `p` sees a state that changes at `ready`, for a node that holds checks
+/// arriving up to `hold_ms` before the change (and after `known`, when it learned of it) and
+/// answers them at the change: the first check at or after `ready`, or the change itself if a
+/// check is held for it.
+fn answered_at(p: &CheckPhase, ready: u64, hold_ms: u64, known: u64) -> u64 {
+    next_check(p, known.max(ready.saturating_sub(hold_ms))).max(ready)
+}
+
 /// How long to wait before starting a hand-over that takes `handover_ms`, given the checks
-/// the old leader (`old`) and the target (`new`) receive. A frontend has moved when its check
-/// of the old leader has seen 503 (until then its pooled sessions stay there, failing) *and*
-/// its check of the target has seen 200 after the hand-over. The delay minimises the sum over
+/// the old leader (`old`) and the target (`new`) receive, both holding checks up to `hold_ms`
+/// before their answer changes (0: no holding). A frontend has moved when its check of the
+/// old leader has seen 503 (until then its pooled sessions stay there, failing) *and* its
+/// check of the target has seen 200 after the hand-over. The delay minimises the sum over
 /// frontends of that time from the start; never more than `max_wait_ms`; 0 when nothing is
 /// known about the target's checks.
 pub fn handover_delay_ms(
@@ -159,6 +168,7 @@ pub fn handover_delay_ms(
     new: &[CheckPhase],
     now_unix_ms: u64,
     handover_ms: u64,
+    hold_ms: u64,
     max_wait_ms: u64,
 ) -> u64 {
     if new.is_empty() {
@@ -167,28 +177,30 @@ pub fn handover_delay_ms(
     let mut clients: Vec<&str> = new.iter().map(|p| p.client.as_str()).collect();
     clients.sort_unstable();
     clients.dedup();
+    let now = now_unix_ms;
     let cost = |d: u64| -> u64 {
-        let start = now_unix_ms + d;
+        let start = now + d;
         clients
             .iter()
             .map(|c| {
                 let moved_off = old
                     .iter()
                     .filter(|p| p.client == *c)
-                    .map(|p| next_check(p, start + OLD_LEAD_MS))
+                    .map(|p| answered_at(p, start + OLD_LEAD_MS, hold_ms, now))
                     .max()
                     .unwrap_or(start);
                 let moved_on = new
                     .iter()
                     .filter(|p| p.client == *c)
-                    .map(|p| next_check(p, start + handover_ms))
+                    .map(|p| answered_at(p, start + handover_ms, hold_ms, now))
                     .max()
                     .unwrap_or(start);
                 moved_off.max(moved_on) - start
             })
             .sum()
     };
-    // The cost only changes where a start lands just before a check: try those points.
+    // The cost only changes where a change lands on a check (it is seen at once) or a hold
+    // just reaches back to one: try those starts.
     let mut candidates = vec![0];
     for p in old.iter().chain(new.iter()) {
         let lead = if new.contains(p) {
@@ -196,10 +208,15 @@ pub fn handover_delay_ms(
         } else {
             OLD_LEAD_MS
         };
-        let mut at = next_check(p, now_unix_ms + lead);
-        while at - lead - now_unix_ms <= max_wait_ms {
-            candidates.push(at - lead - now_unix_ms);
-            at += p.period_ms;
+        for back in [0, hold_ms] {
+            // Starts `d` with now + d + lead - back = a check.
+            let mut at = next_check(p, now + lead.saturating_sub(back));
+            while at + back <= now + lead + max_wait_ms {
+                if at + back >= now + lead {
+                    candidates.push(at + back - lead - now);
+                }
+                at += p.period_ms;
+            }
         }
     }
     let mut best = (cost(0), 0);
@@ -294,20 +311,23 @@ mod tests {
 
     #[test]
     fn no_rhythm_means_no_wait() {
-        assert_eq!(handover_delay_ms(&[], &[], 1_000, 500, 2_500), 0);
-        assert_eq!(handover_delay_ms(&[ph("fe", 0)], &[], 1_000, 500, 2_500), 0);
+        assert_eq!(handover_delay_ms(&[], &[], 1_000, 500, 0, 2_500), 0);
+        assert_eq!(
+            handover_delay_ms(&[ph("fe", 0)], &[], 1_000, 500, 0, 2_500),
+            0
+        );
     }
 
     #[test]
     fn target_checks_only_the_hand_over_ends_just_before_its_check() {
         // Target checked at ...,10_000, 12_000; now 10_100; hand-over 500 ms.
-        let d = handover_delay_ms(&[], &[ph("fe", 10_000)], 10_100, 500, 2_500);
+        let d = handover_delay_ms(&[], &[ph("fe", 10_000)], 10_100, 500, 0, 2_500);
         assert_eq!(d, 1_400); // start 11_500, writable 12_000 = the check
         assert_eq!(
-            handover_delay_ms(&[], &[ph("fe", 10_000)], 11_500, 500, 2_500),
+            handover_delay_ms(&[], &[ph("fe", 10_000)], 11_500, 500, 0, 2_500),
             0
         );
-        assert!(handover_delay_ms(&[], &[ph("fe", 10_000)], 10_100, 500, 1_000) <= 1_000);
+        assert!(handover_delay_ms(&[], &[ph("fe", 10_000)], 10_100, 500, 0, 1_000) <= 1_000);
     }
 
     #[test]
@@ -319,7 +339,7 @@ mod tests {
         let old = [ph("fe", 10_000)];
         let new = [ph("fe", 10_300)];
         let now = 10_050;
-        let d = handover_delay_ms(&old, &new, now, 500, 2_500);
+        let d = handover_delay_ms(&old, &new, now, 500, 0, 2_500);
         let window = |d: u64| {
             let s = now + d;
             next_check(&old[0], s + OLD_LEAD_MS).max(next_check(&new[0], s + 500)) - s
@@ -328,6 +348,48 @@ mod tests {
         for other in 0..=2_500 {
             assert!(window(other) >= window(d), "start {other} beats {d}");
         }
+    }
+
+    #[test]
+    fn held_checks_let_the_hand_over_be_seen_as_it_happens() {
+        // Old leader checked at 10_300 + 2k, target at 10_000 + 2k (10_000 already passed);
+        // hand-over 500 ms; both hold checks up to 1_500 ms. A start at 11_500 has the old
+        // leader's check of 10_300 held until 11_650 and the target's check of 12_000 answered
+        // on arrival right as it becomes writable: the frontend moves in exactly the hand-over.
+        let old = [ph("fe", 10_300)];
+        let new = [ph("fe", 10_000)];
+        let now = 10_050;
+        let d = handover_delay_ms(&old, &new, now, 500, 1_500, 2_500);
+        assert_eq!(d, 1_450);
+        let window = |d: u64| {
+            let s = now + d;
+            answered_at(&old[0], s + OLD_LEAD_MS, 1_500, now).max(answered_at(
+                &new[0],
+                s + 500,
+                1_500,
+                now,
+            )) - s
+        };
+        assert_eq!(window(d), 500);
+        for other in 0..=2_500 {
+            assert!(window(other) >= window(d), "start {other} beats {d}");
+        }
+        // Without holding, the best start leaves a longer window.
+        let d0 = handover_delay_ms(&old, &new, now, 500, 0, 2_500);
+        let s0 = now + d0;
+        assert!(
+            next_check(&old[0], s0 + OLD_LEAD_MS).max(next_check(&new[0], s0 + 500)) - s0 > 500
+        );
+    }
+
+    #[test]
+    fn a_check_before_the_request_was_known_is_not_held() {
+        // The target's check at 10_000 came before the request (now 10_050): it was answered
+        // long ago, so only its next one, at 12_000, can see the hand-over.
+        let p = ph("fe", 10_000);
+        assert_eq!(answered_at(&p, 10_600, 1_500, 10_050), 12_000);
+        assert_eq!(answered_at(&p, 10_600, 1_500, 9_900), 10_600);
+        assert_eq!(answered_at(&p, 10_600, 0, 9_900), 12_000);
     }
 
     #[test]
@@ -346,7 +408,7 @@ mod tests {
                 })
                 .sum()
         };
-        let d = handover_delay_ms(&old, &new, now, 500, 2_500);
+        let d = handover_delay_ms(&old, &new, now, 500, 0, 2_500);
         for other in 0..=2_500 {
             assert!(total(other) >= total(d), "start {other} beats {d}");
         }

@@ -48,7 +48,7 @@ pub trait Cluster {
             .iter()
             .map(|n| format!("{}:{}", n.ip, check.port))
             .collect();
-        let path = check.path.clone();
+        let path = check.sample_path.clone();
         let statuses = crate::inns::block_on(&self.net().client.name.clone(), move || async move {
             let mut v = Vec::new();
             for a in &addrs {

@@ -16,6 +16,9 @@ pub struct HealthCheck {
     pub path: String,
     /// 7331 for Larder, 8008 for Patroni's REST API.
     pub port: u16,
+    /// What the suite's own samplers ask: the same check, answered at once (Larder holds a
+    /// `/leader` check whose answer is about to change; samplers want the state right now).
+    pub sample_path: String,
 }
 
 impl HealthCheck {
@@ -23,12 +26,14 @@ impl HealthCheck {
         HealthCheck {
             path: "/leader".into(),
             port: 7331,
+            sample_path: "/leader?wait=0".into(),
         }
     }
     pub fn patroni() -> Self {
         HealthCheck {
             path: "/primary".into(),
             port: 8008,
+            sample_path: "/primary".into(),
         }
     }
 }

@@ -420,6 +420,7 @@ fn bench(c: &Common, trials: u32, scenarios: &[String], idle_secs: u64) -> Resul
         },
         "nodes": c.nodes,
         "interval_ms": c.interval_ms,
+        "resume_deadline_s": bopts.resume_deadline.as_secs_f64(),
         "elapsed_s": started.elapsed().as_secs_f64(),
         "scenarios": per,
         "trials": all,
@@ -476,6 +477,10 @@ fn summarize(scenarios: &[Scenario], all: &[scenario::Trial]) -> Vec<serde_json:
                 "p90_s": stats::percentile(&w, 90.0),
                 "p99_s": stats::percentile(&w, 99.0),
                 "max_s": stats::percentile(&w, 100.0),
+                // Windows of trials without recovery are lower bounds; the report prints any
+                // percentile at or above the shortest of them as "no recovery".
+                "no_recovery": of_s.iter().filter(|t| !t.recovered).count(),
+                "no_recovery_min_s": of_s.iter().filter(|t| !t.recovered).map(|t| t.window_s).reduce(f64::min),
             })
         })
         .collect()

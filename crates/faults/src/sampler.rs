@@ -51,7 +51,8 @@ async fn node_loop(idx: u32, ip: String, cfg: SamplerConfig, rec: Recorder, stop
         tick.tick().await;
         // Health sample.
         let start_us = rec.now_us();
-        let status = crate::http::get_status(&health_addr, &cfg.check.path, cfg.timeout).await;
+        let status =
+            crate::http::get_status(&health_addr, &cfg.check.sample_path, cfg.timeout).await;
         rec.op(Op {
             kind: OpKind::Health,
             id: 0,

@@ -57,8 +57,17 @@ pub struct Trial {
     pub fault_at_s: f64,
     /// End of the first acknowledged write that started after the fault.
     pub resumed_at_s: f64,
-    /// Longest gap between acknowledged writes around the fault: what the client saw.
+    /// Longest gap between acknowledged writes around the fault: what the client saw. For a
+    /// trial that did not recover, the time waited (a lower bound).
     pub window_s: f64,
+    /// Whether writes came back within the resume deadline. A system that stays down is a
+    /// result too: such a trial is recorded and the cluster healed for the next one.
+    #[serde(default = "recovered_default")]
+    pub recovered: bool,
+}
+
+fn recovered_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone)]
@@ -70,9 +79,11 @@ pub struct BenchOptions {
     pub heal_deadline: Duration,
 }
 
-/// Runs `trials` of `scenario`. A trial whose writes never resume, or a cluster that does not
-/// heal between trials, ends the scenario with an error next to the trials completed so far
-/// (the history shows why); nothing is silently dropped from the statistics.
+/// Runs `trials` of `scenario`. A trial whose writes do not resume within the deadline is
+/// recorded as not recovered and the cluster is healed (the killed node restarted, then if
+/// need be every node) before the next one; only a cluster that cannot be healed at all ends
+/// the scenario, with an error next to the trials completed so far (the history shows why).
+/// Nothing is silently dropped from the statistics.
 pub fn run(
     cluster: &mut dyn Cluster,
     clients: &Clients,
@@ -97,7 +108,7 @@ fn one_trial(
     opts: &BenchOptions,
 ) -> Result<Trial> {
     let rec = &clients.rec;
-    let leader = cluster.wait_healthy(opts.heal_deadline)?;
+    let leader = heal(cluster, opts)?;
     // Writes must be flowing through haproxy before the fault, or the window would also
     // measure haproxy catching up with the previous trial.
     let now = rec.now_us();
@@ -136,7 +147,39 @@ fn one_trial(
     // a switchover command returns once the new leader is up, and writes that the old
     // leader still accepted while the command ran say nothing about the hand-over.
     let action_done = rec.now_us();
-    let resumed = clients.wait_write_after(action_done, opts.resume_deadline)?;
+    let resumed = match clients.wait_write_after(action_done, opts.resume_deadline) {
+        Ok(at) => at,
+        Err(Error::Timeout { .. }) => {
+            let waited = rec.now_us().saturating_sub(fault_at);
+            rec.event(
+                "heal",
+                format!(
+                    "trial {trial}: no acknowledged write within {:.0}s of the fault; healing",
+                    opts.resume_deadline.as_secs_f64()
+                ),
+            );
+            eprintln!(
+                "  {} trial {trial}/{}: NO RECOVERY within {:.0}s",
+                scenario.name(),
+                opts.trials,
+                opts.resume_deadline.as_secs_f64()
+            );
+            if scenario == Scenario::KillLeaderNode {
+                cluster.start_node(leader)?;
+            }
+            return Ok(Trial {
+                scenario,
+                trial,
+                leader_before: leader_name,
+                leader_after: cluster.leader().map(|l| format!("n{}", l + 1)),
+                fault_at_s: fault_at as f64 / 1e6,
+                resumed_at_s: rec.now_us() as f64 / 1e6,
+                window_s: waited as f64 / 1e6,
+                recovered: false,
+            });
+        }
+        Err(e) => return Err(e),
+    };
     let (gap, _) = checker::longest_gap(&rec.entries(), fault_at, resumed);
     let leader_after = cluster.leader().map(|l| format!("n{}", l + 1));
     rec.event(
@@ -158,6 +201,7 @@ fn one_trial(
         fault_at_s: fault_at as f64 / 1e6,
         resumed_at_s: resumed as f64 / 1e6,
         window_s: gap as f64 / 1e6,
+        recovered: true,
     };
     eprintln!(
         "  {} trial {trial}/{}: window {:.3}s",
@@ -166,6 +210,25 @@ fn one_trial(
         gap as f64 / 1e6
     );
     Ok(t)
+}
+
+/// Waits for one leader with every replica streaming and writes flowing; a cluster stuck
+/// after an unrecovered trial gets every node restarted once (kill -9 and start, as an
+/// operator would) before giving up.
+fn heal(cluster: &mut dyn Cluster, opts: &BenchOptions) -> Result<usize> {
+    match cluster.wait_healthy(opts.heal_deadline) {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            eprintln!("  cluster did not heal ({e}); restarting every node");
+            for i in 0..cluster.node_count() {
+                nemesis::kill_host(&cluster.net().nodes[i])?;
+            }
+            for i in 0..cluster.node_count() {
+                cluster.start_node(i)?;
+            }
+            cluster.wait_healthy(opts.heal_deadline)
+        }
+    }
 }
 
 /// Re-measures every trial's window over its whole trial period: from its fault to the next
@@ -182,7 +245,8 @@ pub fn remeasure(entries: &[crate::history::Entry], trials: &mut [Trial]) {
         .unwrap_or(0);
     let mut starts: Vec<u64> = trials.iter().map(|t| (t.fault_at_s * 1e6) as u64).collect();
     starts.sort_unstable();
-    for t in trials.iter_mut() {
+    // An unrecovered trial keeps the time it waited: its outage lasted until the heal.
+    for t in trials.iter_mut().filter(|t| t.recovered) {
         let from = (t.fault_at_s * 1e6) as u64;
         let to = starts.iter().copied().find(|s| *s > from).unwrap_or(end);
         t.window_s = checker::longest_gap_ending_in(entries, from, to) as f64 / 1e6;

@@ -67,7 +67,7 @@ impl StatusSampler {
                     let addr = format!("{ip}:{port}");
                     async move {
                         let (l, s) = tokio::join!(
-                            crate::http::get_status(&addr, "/leader", timeout),
+                            crate::http::get_status(&addr, "/leader?wait=0", timeout),
                             crate::http::get(&addr, "/status", timeout)
                         );
                         let mut n = NodeSample {
