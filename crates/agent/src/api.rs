@@ -72,21 +72,22 @@ async fn leader(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    {
-        // Remember who checks us and when: a planned switchover to this node is timed by the
-        // frontends' check rhythm (larder_core::check_phase). One client = address + user agent.
-        let agent = headers
-            .get(axum::http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        st.shared
-            .lock()
-            .unwrap()
-            .checks
-            .record(&format!("{} {agent}", peer.ip()), crate::ha::unix_ms());
-    }
+    let arrived = crate::ha::unix_ms();
     let may_hold = q.get("wait").map(|w| w != "0").unwrap_or(true);
-    let ok = leader_check::answer(&st.shared, &st.guid, st.required_followers, may_hold).await;
+    let ok =
+        leader_check::answer_logged(&st.shared, &st.guid, st.required_followers, may_hold).await;
+    // Remember who checks us, when, and when we answered: a planned switchover to this node is
+    // timed by the frontends' check rhythm (larder_core::check_phase), and haproxy schedules
+    // its next check from the answer. One client = address + user agent.
+    let agent = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    st.shared.lock().unwrap().checks.record_answered(
+        &format!("{} {agent}", peer.ip()),
+        arrived,
+        crate::ha::unix_ms(),
+    );
     let term = st.shared.lock().unwrap().term;
     (
         code(ok),

@@ -40,10 +40,13 @@ pub struct Shared {
     pub etcd_members: Vec<dcs::Member>,
     /// `/leader` check arrivals per frontend (see `larder_core::check_phase`).
     pub checks: larder_core::check_phase::CheckTracker,
-    /// Last switchover request seen in etcd: its target and when (see `leader_check`).
-    pub switchover_seen: Option<(Option<String>, Instant)>,
+    /// The leader's published plan for a switchover (see `leader_check`).
+    pub switchover_plan: Option<SwitchoverPlan>,
     /// When this leader's accepted switchover starts (see `leader_check`).
     pub switchover_starts: Option<Instant>,
+    /// When the current leader's lease can first run out, as it last posted (see
+    /// `leader_check`); `None` when this node leads or nothing was posted.
+    pub leader_lease_expires_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +88,17 @@ pub struct SwitchoverRequest {
 }
 
 pub const K_SWITCHOVER_REQUEST: &str = "/larder/switchover-request";
+
+/// When the leader will start an accepted switchover, published (bound to its lease) so the
+/// target can hold the frontends' checks that will see it take over (`leader_check`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SwitchoverPlan {
+    pub target: Option<String>,
+    /// When the target is expected to be writable: the planned start plus the hand-over.
+    pub ready_unix_ms: u64,
+}
+
+pub const K_SWITCHOVER_PLAN: &str = "/larder/switchover-plan";
 
 /// Expected time from the old leader stopping PostgreSQL to the target answering `/leader`
 /// 200 (measured 0.35–0.55 s on the benchmark cluster). The target holds the frontends' checks
@@ -348,6 +362,7 @@ impl HaLoop {
         };
         let mut nodes = Vec::new();
         let mut request = None;
+        let mut plan = None;
         for kv in kvs {
             let v = &kv.value;
             let k = kv.key.as_str();
@@ -361,6 +376,8 @@ impl HaLoop {
                 view.switchover = serde_json::from_slice(v).ok();
             } else if k == K_SWITCHOVER_REQUEST {
                 request = serde_json::from_slice(v).ok();
+            } else if k == K_SWITCHOVER_PLAN {
+                plan = serde_json::from_slice(v).ok();
             } else if let Some(g) = k.strip_prefix("/larder/status/") {
                 if let Ok(m) = serde_json::from_slice::<MemberStatus>(v) {
                     if m.guid == g {
@@ -381,6 +398,7 @@ impl HaLoop {
         }
         // Voters that were removed from the cluster no longer count.
         view.voters.retain(|g| nodes.iter().any(|n| &n.guid == g));
+        self.shared.lock().unwrap().switchover_plan = plan;
         Ok((view, nodes, request))
     }
 
@@ -407,13 +425,7 @@ impl HaLoop {
         let now = Instant::now();
         self.track_pg(&pg, view.as_ref(), now);
 
-        let lease = {
-            let mut s = self.shared.lock().unwrap();
-            if let Some(r) = &request {
-                s.switchover_seen = Some((r.target.clone(), now));
-            }
-            s.lease
-        };
+        let lease = self.shared.lock().unwrap().lease;
         // Planned switchover requested through etcd: only the leader acts on it.
         if let (Some(req), Some(l), Some(v)) = (&request, lease, view.as_ref()) {
             if now < l.fence_deadline && self.switchover_is_due(req, v) {
@@ -461,6 +473,12 @@ impl HaLoop {
                 s.cluster_failover = v.cluster_failover;
                 s.node_failover = v.node_failover;
                 s.nodes = nodes.clone();
+                s.leader_lease_expires_unix_ms = v
+                    .leader
+                    .as_ref()
+                    .filter(|l| l.guid != node.state.guid)
+                    .and_then(|l| v.members.iter().find(|m| m.guid == l.guid))
+                    .and_then(|m| m.lease_expires_unix_ms);
             }
         }
         // No action may stall the loop: status must keep flowing and the lease keep renewing.
@@ -513,18 +531,21 @@ impl HaLoop {
             &target_checks,
             now,
             SWITCHOVER_HANDOVER_MS,
-            crate::leader_check::HOLD_MAX.as_millis() as u64,
+            crate::leader_check::PLANNED_HOLD.as_millis() as u64,
             SWITCHOVER_MAX_WAIT_MS,
         );
         let at = Instant::now() + Duration::from_millis(delay);
         self.shared.lock().unwrap().switchover_starts = Some(at);
+        self.publish_switchover_plan(req, now + delay + SWITCHOVER_HANDOVER_MS);
+        tracing::info!(
+            delay_ms = delay,
+            target_checkers = target_checks.len(),
+            own_checkers = own_checks.len(),
+            "switchover timed to the frontends' health checks"
+        );
         if delay == 0 {
             return true;
         }
-        tracing::info!(
-            delay_ms = delay,
-            "switchover timed to the frontends' health checks of the target"
-        );
         self.intent.switchover_due = Some((req.clone(), at));
         let wake = self.wake.clone();
         tokio::spawn(async move {
@@ -532,6 +553,27 @@ impl HaLoop {
             wake.notify_one();
         });
         false
+    }
+
+    /// Publishes when the switchover starts, bound to the leader lease (it vanishes with the
+    /// hand-over or the leader). In the background: the plan only tunes health-check timing,
+    /// and a failed write just loses that.
+    fn publish_switchover_plan(&self, req: &SwitchoverRequest, ready_unix_ms: u64) {
+        let Some(lease) = self.shared.lock().unwrap().lease else {
+            return;
+        };
+        let plan = SwitchoverPlan {
+            target: req.target.clone(),
+            ready_unix_ms,
+        };
+        let dcs = self.dcs.clone();
+        tokio::spawn(async move {
+            if let Ok(v) = serde_json::to_vec(&plan) {
+                if let Err(e) = dcs.put(K_SWITCHOVER_PLAN, &v, Some(lease.id)).await {
+                    tracing::debug!("publishing the switchover plan: {e}");
+                }
+            }
+        });
     }
 
     /// Every few seconds while leader, in the background (never stalls the loop): move etcd's
@@ -908,7 +950,18 @@ impl HaLoop {
             None => PgState::Empty,
         };
         let failover = view.map(|v| v.node_failover).unwrap_or(true);
-        let search_ok = self.shared.lock().unwrap().search_ok;
+        // One lock for everything read from the shared state (a second lock() inside the
+        // struct literal below would deadlock on the first one's temporary guard).
+        let (search_ok, check_phases, lease_expires_unix_ms) = {
+            let s = self.shared.lock().unwrap();
+            let expires = s.lease.map(|l| {
+                // fence_deadline = renewal sent + TTL - margin.
+                let margin = Duration::from_millis(node.cfg.leaderl.fence_margin_ms);
+                let left = (l.fence_deadline + margin).saturating_duration_since(Instant::now());
+                unix_ms() + left.as_millis() as u64
+            });
+            (s.search_ok, s.checks.phases(unix_ms()), expires)
+        };
         let status = MemberStatus {
             guid: node.state.guid.clone(),
             name: node.cfg.fqdn.clone(),
@@ -934,7 +987,8 @@ impl HaLoop {
             etcd_ok: self.intent.etcd_failures < node.cfg.leaderl.health_check.max_etcd_failures,
             seq: self.intent.seq,
             updated_unix_ms: unix_ms(),
-            check_phases: self.shared.lock().unwrap().checks.phases(unix_ms()),
+            check_phases,
+            lease_expires_unix_ms,
         };
         if let Ok(b) = serde_json::to_vec(&status) {
             let _ = self
@@ -990,6 +1044,9 @@ impl HaLoop {
             s.role = Some(NodeRole::DeposedLeader);
             s.switchover_starts = None;
         }
+        // Let held health checks see the 503 before PostgreSQL stops: a frontend that still
+        // routes here once connections are refused stalls a whole haproxy retry (1 s).
+        tokio::time::sleep(crate::leader_check::POLL * 3).await;
         self.sup
             .stop(postgres::SERVICE, Duration::from_secs(30))
             .await?;

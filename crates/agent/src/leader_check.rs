@@ -4,11 +4,18 @@
 //! moves traffic only on a check's answer. However fast an election or a hand-over, a frontend
 //! starts using the new leader at its next check of it: on average a second later, up to two.
 //! So when this node's answer is about to change — no leader is elected and this node may
-//! win, this node leads but its PostgreSQL is not writable yet, a switchover to this node was
-//! requested, or this leader's planned hand-over starts within the hold — a check is held open
-//! and answered as soon as the answer changes, or after [`HOLD_MAX`] with whatever is true
-//! then. haproxy's check timeout is `inter` (2 s) when `timeout check` is unset, as in Chef's
-//! configuration, so a held check never times out.
+//! win, the leader stopped renewing and its lease is about to run out, this node leads but its PostgreSQL is not writable yet, the leader's published switchover plan
+//! makes this node writable shortly, or this leader's planned hand-over starts within the
+//! hold — a check is held open and answered as soon as the answer changes, or after
+//! [`HOLD_MAX`] with whatever is true then. haproxy's check timeout is `inter` (2 s) when
+//! `timeout check` is unset, as in Chef's configuration, so a held check never times out.
+//!
+//! Holding is not free: haproxy schedules the next check `inter` after the previous one
+//! *completed* (measured with haproxy 2.6), so a hold that ends without a change pushes that
+//! node's next check back by the hold. Holds therefore start only shortly before the change
+//! is expected (a switchover's planned ready time, the lease expiry the leader last posted) or
+//! while it is imminent (an election under way). A live leader posts a new expiry every loop,
+//! so its followers never come near it.
 //!
 //! Safety does not depend on this: every answer is the writable-leader test evaluated when it
 //! is sent ([`Shared::is_writable_leader`]); holding only changes *when* a frontend learns it.
@@ -24,10 +31,21 @@ use std::time::{Duration, Instant};
 pub const HOLD_MAX: Duration = Duration::from_millis(1_500);
 /// How often a held check re-reads the loop's state. Polling, not a notification: the answer
 /// depends on state written from several tasks (loop, lease renewal) and on the clock.
-const POLL: Duration = Duration::from_millis(20);
-/// How long a seen switchover request keeps the target holding checks: it is deleted when the
-/// hand-over starts, and the old leader's record of it only appears after PostgreSQL stopped.
-const REQUEST_MEMORY: Duration = Duration::from_secs(2);
+pub const POLL: Duration = Duration::from_millis(20);
+/// How long before a switchover's planned ready time the target starts holding checks; the
+/// planner (`check_phase::handover_delay_ms`) assumes the same. Less than [`HOLD_MAX`], so a
+/// hand-over somewhat slower than planned is still answered within the hold.
+pub const PLANNED_HOLD: Duration = Duration::from_millis(1_200);
+/// After its planned ready time, how long a switchover plan still makes the target hold.
+const PLAN_LATE: Duration = Duration::from_secs(3);
+
+/// Window around the lease expiry a leader last posted in which a follower holds checks: the
+/// lease may have been renewed once more after that post (up to a loop, 300 ms), etcd removes
+/// an expired lease on its next 500 ms scan, and the election plus promotion take ~150 ms; so
+/// the new leader is writable 0–1 s after the posted expiry. Holds start 400 ms before it, so
+/// one held from the start still ends after the latest expected promotion.
+const EXPIRY_HOLD_BEFORE_MS: u64 = 400;
+const EXPIRY_HOLD_AFTER_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hold {
@@ -40,7 +58,7 @@ pub enum Hold {
 }
 
 /// Whether a check arriving now should wait for the answer to change.
-pub fn hold(s: &Shared, me: &str, required_followers: u32, now: Instant) -> Hold {
+pub fn hold(s: &Shared, me: &str, required_followers: u32, now: Instant, now_unix_ms: u64) -> Hold {
     if s.is_writable_leader(required_followers) {
         return match s.switchover_starts {
             Some(at) if at <= now + HOLD_MAX => Hold::UntilNotWritable,
@@ -56,14 +74,24 @@ pub fn hold(s: &Shared, me: &str, required_followers: u32, now: Instant) -> Hold
     let electing = s.leader.is_none() && running && s.cluster_failover && s.node_failover;
     let targeted = !leader_is_me
         && running
-        && s.switchover_seen
+        && s.switchover_plan
             .as_ref()
-            .map(|(target, at)| {
-                target.as_deref().map(|t| t == me).unwrap_or(true)
-                    && now.duration_since(*at) <= REQUEST_MEMORY
+            .map(|p| {
+                p.target.as_deref().map(|t| t == me).unwrap_or(true)
+                    && now_unix_ms + PLANNED_HOLD.as_millis() as u64 >= p.ready_unix_ms
+                    && now_unix_ms <= p.ready_unix_ms + PLAN_LATE.as_millis() as u64
             })
             .unwrap_or(false);
-    if electing || targeted {
+    let lease_ending = !leader_is_me
+        && running
+        && s.node_failover
+        && s.cluster_failover
+        && s.leader_lease_expires_unix_ms
+            .map(|e| {
+                now_unix_ms + EXPIRY_HOLD_BEFORE_MS >= e && now_unix_ms <= e + EXPIRY_HOLD_AFTER_MS
+            })
+            .unwrap_or(false);
+    if electing || targeted || lease_ending {
         Hold::UntilWritable
     } else {
         Hold::No
@@ -71,6 +99,26 @@ pub fn hold(s: &Shared, me: &str, required_followers: u32, now: Instant) -> Hold
 }
 
 /// The `/leader` answer (writable leader or not), held per [`hold`] when `may_hold`.
+pub async fn answer_logged(
+    shared: &Mutex<Shared>,
+    me: &str,
+    required_followers: u32,
+    may_hold: bool,
+) -> bool {
+    let start = Instant::now();
+    let ok = answer(shared, me, required_followers, may_hold).await;
+    let held = start.elapsed();
+    if held >= POLL {
+        // Rare (only around a change of leader) and what explains a frontend's timing.
+        tracing::info!(
+            held_ms = held.as_millis() as u64,
+            leader = ok,
+            "answered a held /leader check"
+        );
+    }
+    ok
+}
+
 pub async fn answer(
     shared: &Mutex<Shared>,
     me: &str,
@@ -85,7 +133,7 @@ pub async fn answer(
             (
                 s.is_writable_leader(required_followers),
                 if may_hold {
-                    hold(&s, me, required_followers, now)
+                    hold(&s, me, required_followers, now, crate::ha::unix_ms())
                 } else {
                     Hold::No
                 },
@@ -160,41 +208,76 @@ mod tests {
 
     #[test]
     fn follower_of_a_live_leader_answers_at_once() {
-        assert_eq!(hold(&standby(), "me", 0, Instant::now()), Hold::No);
+        assert_eq!(hold(&standby(), "me", 0, Instant::now(), 0), Hold::No);
     }
 
     #[test]
     fn running_standby_holds_while_no_leader_is_elected() {
         let mut s = standby();
         s.leader = None;
-        assert_eq!(hold(&s, "me", 0, Instant::now()), Hold::UntilWritable);
+        assert_eq!(hold(&s, "me", 0, Instant::now(), 0), Hold::UntilWritable);
         // Not if it cannot win: PostgreSQL down, or failover disabled.
         let mut down = s.clone();
         down.pg = None;
-        assert_eq!(hold(&down, "me", 0, Instant::now()), Hold::No);
+        assert_eq!(hold(&down, "me", 0, Instant::now(), 0), Hold::No);
         let mut off = s.clone();
         off.node_failover = false;
-        assert_eq!(hold(&off, "me", 0, Instant::now()), Hold::No);
+        assert_eq!(hold(&off, "me", 0, Instant::now(), 0), Hold::No);
     }
 
     #[test]
-    fn switchover_target_holds_only_for_its_own_recent_request() {
+    fn switchover_target_holds_shortly_before_the_planned_ready_time() {
+        let now = Instant::now();
+        let ready = 100_000;
+        let plan = |target: Option<&str>| {
+            Some(crate::ha::SwitchoverPlan {
+                target: target.map(str::to_string),
+                ready_unix_ms: ready,
+            })
+        };
+        let mut s = standby();
+        s.switchover_plan = plan(Some("me"));
+        let early = ready - PLANNED_HOLD.as_millis() as u64 - 1;
+        assert_eq!(hold(&s, "me", 0, now, early), Hold::No, "too early");
+        assert_eq!(hold(&s, "me", 0, now, early + 1), Hold::UntilWritable);
+        assert_eq!(hold(&s, "me", 0, now, ready + 500), Hold::UntilWritable);
+        let stale = ready + PLAN_LATE.as_millis() as u64 + 1;
+        assert_eq!(hold(&s, "me", 0, now, stale), Hold::No, "plan went stale");
+        s.switchover_plan = plan(None);
+        assert_eq!(hold(&s, "me", 0, now, ready), Hold::UntilWritable, "demote");
+        s.switchover_plan = plan(Some("third"));
+        assert_eq!(hold(&s, "me", 0, now, ready), Hold::No, "someone else's");
+    }
+
+    #[test]
+    fn follower_holds_only_near_the_expiry_of_a_leader_that_stopped_renewing() {
         let now = Instant::now();
         let mut s = standby();
-        s.switchover_seen = Some((Some("me".into()), now));
-        assert_eq!(hold(&s, "me", 0, now), Hold::UntilWritable);
-        s.switchover_seen = Some((None, now));
+        let e = 100_000;
+        s.leader_lease_expires_unix_ms = Some(e);
+        // A live leader's posted expiry stays ~TTL ahead: no hold.
+        assert_eq!(hold(&s, "me", 0, now, e - 2_700), Hold::No);
         assert_eq!(
-            hold(&s, "me", 0, now),
-            Hold::UntilWritable,
-            "demote: any follower"
-        );
-        s.switchover_seen = Some((Some("third".into()), now));
-        assert_eq!(hold(&s, "me", 0, now), Hold::No);
-        s.switchover_seen = Some((Some("me".into()), now));
-        assert_eq!(
-            hold(&s, "me", 0, now + REQUEST_MEMORY + Duration::from_millis(1)),
+            hold(&s, "me", 0, now, e - EXPIRY_HOLD_BEFORE_MS - 1),
             Hold::No
+        );
+        assert_eq!(
+            hold(&s, "me", 0, now, e - EXPIRY_HOLD_BEFORE_MS),
+            Hold::UntilWritable
+        );
+        assert_eq!(
+            hold(&s, "me", 0, now, e + EXPIRY_HOLD_AFTER_MS),
+            Hold::UntilWritable
+        );
+        assert_eq!(
+            hold(&s, "me", 0, now, e + EXPIRY_HOLD_AFTER_MS + 1),
+            Hold::No
+        );
+        s.pg = None;
+        assert_eq!(
+            hold(&s, "me", 0, now, e),
+            Hold::No,
+            "cannot win without PostgreSQL"
         );
     }
 
@@ -202,21 +285,21 @@ mod tests {
     fn leader_holds_only_right_before_its_hand_over() {
         let now = Instant::now();
         let mut s = writable_leader();
-        assert_eq!(hold(&s, "me", 0, now), Hold::No);
+        assert_eq!(hold(&s, "me", 0, now, 0), Hold::No);
         s.switchover_starts = Some(now + HOLD_MAX + Duration::from_millis(200));
-        assert_eq!(hold(&s, "me", 0, now), Hold::No);
+        assert_eq!(hold(&s, "me", 0, now, 0), Hold::No);
         s.switchover_starts = Some(now + Duration::from_millis(300));
-        assert_eq!(hold(&s, "me", 0, now), Hold::UntilNotWritable);
+        assert_eq!(hold(&s, "me", 0, now, 0), Hold::UntilNotWritable);
         // Once it stepped down, the deposed leader answers at once.
         s.role = Some(NodeRole::DeposedLeader);
-        assert_eq!(hold(&s, "me", 0, now), Hold::No);
+        assert_eq!(hold(&s, "me", 0, now, 0), Hold::No);
     }
 
     #[test]
     fn leader_not_yet_writable_holds() {
         let mut s = writable_leader();
         s.pg = pg(PgState::Standby);
-        assert_eq!(hold(&s, "me", 0, Instant::now()), Hold::UntilWritable);
+        assert_eq!(hold(&s, "me", 0, Instant::now(), 0), Hold::UntilWritable);
     }
 
     #[tokio::test]

@@ -12,7 +12,8 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 
-/// One periodic checker (a frontend's haproxy) as seen by a node: its last check and period.
+/// One periodic checker (a frontend's haproxy) as seen by a node: when its last check was
+/// answered and its period (the next check arrives one period after that answer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckPhase {
     /// Who checks (address and user agent): the same frontend checks every node.
@@ -26,9 +27,20 @@ pub struct CheckPhase {
 ///
 /// One client may run several checkers: a Chef frontend's haproxy checks `/leader` from both
 /// its PostgreSQL and its search backend, each every 2 s, at unrelated phases.
+///
+/// Each check is kept as (arrival, answer) times: haproxy schedules a server's next check
+/// `inter` after the previous one *completed*, so a check this node held open pushes the next
+/// one back. Predicting from answers keeps the rhythm known across held checks.
 #[derive(Debug, Default, Clone)]
 pub struct CheckTracker {
-    streams: HashMap<String, VecDeque<u64>>,
+    streams: HashMap<String, VecDeque<Check>>,
+}
+
+/// One check as seen by the node: when it arrived and when it was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Check {
+    arrived: u64,
+    answered: u64,
 }
 
 /// Arrivals kept per client: enough for a few rounds of several interleaved checkers.
@@ -40,41 +52,66 @@ const TOLERANCE_MS: u64 = 50;
 /// Checkers one client may run: a Chef frontend checks from two backends. A client with more
 /// "checkers" is a fast poller whose arrivals happen to fit a slower grid, not haproxy.
 const MAX_CHECKERS_PER_CLIENT: usize = 3;
-/// How long before a check of the old leader the hand-over must have begun for that check to
-/// see 503 (the loop wakes and flips its role with some latency; a check that still sees 200
-/// keeps the frontend on the old leader for a whole period).
-const OLD_LEAD_MS: u64 = 150;
+/// How soon after the start the old leader answers 503 (its loop flips the role; a held check
+/// is answered at the next poll). It stops PostgreSQL only after that.
+const OLD_LEAD_MS: u64 = 50;
+/// What a frontend loses when its haproxy still routes to the old leader after PostgreSQL
+/// stopped there: a refused connection is retried on the same server after haproxy's 1 s
+/// turn-around, so the client's write stalls about that long.
+const REFUSED_RETRY_MS: u64 = 1_000;
+/// How long after the start is decided the nodes can be counted on to hold checks: the plan
+/// reaches the target through etcd. A check predicted earlier is assumed answered at once.
+const NOTICE_MS: u64 = 100;
+/// Margin between the hold the nodes apply and the hold the plan counts on: a check predicted
+/// right at the edge of a hold may arrive a few milliseconds outside it.
+const HOLD_MARGIN_MS: u64 = 200;
 /// Shortest period taken for a health-check rhythm (Chef frontends use 2 s).
 const MIN_PERIOD_MS: u64 = 1_000;
 
 impl CheckTracker {
+    /// A check answered at once.
     pub fn record(&mut self, client: &str, unix_ms: u64) {
+        self.record_answered(client, unix_ms, unix_ms);
+    }
+
+    /// A check that arrived at `arrived_unix_ms` and was answered at `answered_unix_ms`.
+    pub fn record_answered(&mut self, client: &str, arrived_unix_ms: u64, answered_unix_ms: u64) {
         if !self.streams.contains_key(client) && self.streams.len() >= MAX_CLIENTS {
             // Forget the client heard from least recently.
             if let Some(oldest) = self
                 .streams
                 .iter()
-                .min_by_key(|(_, v)| v.back().copied().unwrap_or(0))
+                .min_by_key(|(_, v)| v.back().map(|c| c.answered).unwrap_or(0))
                 .map(|(k, _)| k.clone())
             {
                 self.streams.remove(&oldest);
             }
         }
         let v = self.streams.entry(client.to_string()).or_default();
-        v.push_back(unix_ms);
+        let check = Check {
+            arrived: arrived_unix_ms,
+            answered: answered_unix_ms.max(arrived_unix_ms),
+        };
+        // Kept in answer order: a held check may be answered after a later one arrived.
+        let at = v
+            .iter()
+            .rposition(|c| c.answered <= check.answered)
+            .map_or(0, |i| i + 1);
+        v.insert(at, check);
         while v.len() > KEEP {
             v.pop_front();
         }
     }
 
     /// The checkers that keep a steady period between 1 and 10 s, heard from within the
-    /// last three periods: each one's latest check and period.
+    /// last three periods: each one's latest answer and period (the next check comes one
+    /// period after the latest answer).
     pub fn phases(&self, now_unix_ms: u64) -> Vec<CheckPhase> {
         let mut out: Vec<CheckPhase> = self
             .streams
             .iter()
             .flat_map(|(client, v)| {
-                let a: Vec<u64> = v.iter().copied().collect();
+                let a: Vec<Check> = v.iter().copied().collect();
                 let mut p = steady_phases(&a, now_unix_ms);
                 for c in &mut p {
                     c.client = client.clone();
@@ -87,46 +124,45 @@ impl CheckTracker {
     }
 }
 
-/// Whether some arrival lies within the tolerance of `t`.
-fn has_arrival_near(arrivals: &[u64], t: u64) -> bool {
-    arrivals.iter().any(|a| a.abs_diff(t) <= TOLERANCE_MS)
+/// Whether some check was answered within the tolerance of `t`.
+fn has_answer_near(checks: &[Check], t: u64) -> bool {
+    checks
+        .iter()
+        .any(|c| c.answered.abs_diff(t) <= TOLERANCE_MS)
 }
 
-/// Split one client's arrivals into checkers sharing a period: the smallest period `p` such
-/// that every arrival (with room for it) has a predecessor `p` earlier, seen over at least
-/// three rounds; then one checker per arrival in the last round.
-fn steady_phases(arrivals: &[u64], now: u64) -> Vec<CheckPhase> {
-    let Some(&last) = arrivals.last() else {
+/// Split one client's checks into checkers sharing a period: the smallest period `p` such
+/// that every check (with room for it) arrived `p` after an earlier check was answered, seen
+/// over at least three rounds; then one checker per check not yet followed by another.
+fn steady_phases(checks: &[Check], now: u64) -> Vec<CheckPhase> {
+    let Some(last) = checks.iter().map(|c| c.arrived).max() else {
         return vec![];
     };
-    let first = arrivals[0];
-    let mut candidates: Vec<u64> = arrivals
+    let first = checks.iter().map(|c| c.answered).min().unwrap_or(last);
+    let mut candidates: Vec<u64> = checks
         .iter()
-        .map(|a| last - a)
+        .filter(|c| c.answered <= last)
+        .map(|c| last - c.answered)
         .filter(|d| (MIN_PERIOD_MS..=10_000).contains(d))
         .collect();
     candidates.sort_unstable();
     candidates.dedup();
     for p in candidates {
         // At least three full rounds observed.
-        if last - first < 3 * p {
+        if last.saturating_sub(first) < 3 * p {
             continue;
         }
-        let with_room: Vec<u64> = arrivals
+        let all_follow = checks
             .iter()
-            .copied()
-            .filter(|a| *a >= first + p - TOLERANCE_MS.min(p))
-            .collect();
-        if with_room
-            .iter()
-            .all(|a| has_arrival_near(arrivals, a.saturating_sub(p)))
-        {
-            let round: Vec<CheckPhase> = arrivals
+            .filter(|c| c.arrived >= first + p - TOLERANCE_MS.min(p))
+            .all(|c| has_answer_near(checks, c.arrived.saturating_sub(p)));
+        if all_follow {
+            let round: Vec<CheckPhase> = checks
                 .iter()
-                .filter(|a| **a + p > last + TOLERANCE_MS)
-                .map(|a| CheckPhase {
+                .filter(|c| c.answered + p > last + TOLERANCE_MS)
+                .map(|c| CheckPhase {
                     client: String::new(),
-                    last_unix_ms: *a,
+                    last_unix_ms: c.answered,
                     period_ms: p,
                 })
                 .collect();
@@ -178,6 +214,8 @@ pub fn handover_delay_ms(
     clients.sort_unstable();
     clients.dedup();
     let now = now_unix_ms;
+    let known = now + NOTICE_MS;
+    let hold_ms = hold_ms.saturating_sub(HOLD_MARGIN_MS);
     let cost = |d: u64| -> u64 {
         let start = now + d;
         clients
@@ -186,13 +224,20 @@ pub fn handover_delay_ms(
                 let moved_off = old
                     .iter()
                     .filter(|p| p.client == *c)
-                    .map(|p| answered_at(p, start + OLD_LEAD_MS, hold_ms, now))
+                    .map(|p| {
+                        let at = answered_at(p, start + OLD_LEAD_MS, hold_ms, known);
+                        if at > start + OLD_LEAD_MS {
+                            at + REFUSED_RETRY_MS
+                        } else {
+                            at
+                        }
+                    })
                     .max()
                     .unwrap_or(start);
                 let moved_on = new
                     .iter()
                     .filter(|p| p.client == *c)
-                    .map(|p| answered_at(p, start + handover_ms, hold_ms, now))
+                    .map(|p| answered_at(p, start + handover_ms, hold_ms, known))
                     .max()
                     .unwrap_or(start);
                 moved_off.max(moved_on) - start
@@ -292,6 +337,57 @@ mod tests {
     }
 
     #[test]
+    fn a_held_check_shifts_the_rhythm_without_losing_it() {
+        // haproxy: next check = previous answer + 2_000. The fourth check was held 700 ms.
+        let mut t = CheckTracker::default();
+        let mut at = 1_000;
+        for i in 0..6 {
+            let held = if i == 3 { 700 } else { 0 };
+            t.record_answered("fe", at, at + held);
+            at += held + 2_000;
+        }
+        // Answers: 1_000, 3_000, 5_000, 7_700, 9_700, 11_700.
+        assert_eq!(
+            t.phases(12_000),
+            vec![CheckPhase {
+                client: "fe".into(),
+                last_unix_ms: 11_700,
+                period_ms: 2_000
+            }]
+        );
+        assert_eq!(next_check(&t.phases(12_000)[0], 12_000), 13_700);
+    }
+
+    #[test]
+    fn two_jittered_checkers_of_one_frontend_are_both_found() {
+        // haproxy's PostgreSQL and search backends both check /leader, 700 ms apart, each
+        // every 2 s plus a few ms of scheduling jitter.
+        let mut t = CheckTracker::default();
+        let (mut a, mut b) = (1_000u64, 1_700u64);
+        let mut seed = 7u64;
+        let mut jitter = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (seed >> 33) % 7
+        };
+        let mut arrivals = vec![];
+        for _ in 0..12 {
+            arrivals.push(a);
+            arrivals.push(b);
+            a += 2_000 + jitter();
+            b += 2_000 + jitter();
+        }
+        arrivals.sort_unstable();
+        for at in &arrivals {
+            t.record_answered("fe", *at, *at + 1);
+        }
+        let phases = t.phases(arrivals.last().unwrap() + 100);
+        assert_eq!(phases.len(), 2, "{phases:?}");
+        assert!(phases
+            .iter()
+            .all(|p| (2_000..=2_007).contains(&p.period_ms)));
+    }
+
+    #[test]
     fn tracker_memory_is_bounded() {
         let mut t = CheckTracker::default();
         for i in 0..1_000u64 {
@@ -353,21 +449,23 @@ mod tests {
     #[test]
     fn held_checks_let_the_hand_over_be_seen_as_it_happens() {
         // Old leader checked at 10_300 + 2k, target at 10_000 + 2k (10_000 already passed);
-        // hand-over 500 ms; both hold checks up to 1_500 ms. A start at 11_500 has the old
+        // hand-over 500 ms; both hold checks up to 1_700 ms, of which the plan counts on 1_500
+        // (HOLD_MARGIN_MS). A start at 11_500 has the old
         // leader's check of 10_300 held until 11_650 and the target's check of 12_000 answered
         // on arrival right as it becomes writable: the frontend moves in exactly the hand-over.
         let old = [ph("fe", 10_300)];
         let new = [ph("fe", 10_000)];
         let now = 10_050;
-        let d = handover_delay_ms(&old, &new, now, 500, 1_500, 2_500);
+        let d = handover_delay_ms(&old, &new, now, 500, 1_700, 2_500);
         assert_eq!(d, 1_450);
+        let known = now + NOTICE_MS;
         let window = |d: u64| {
             let s = now + d;
-            answered_at(&old[0], s + OLD_LEAD_MS, 1_500, now).max(answered_at(
+            answered_at(&old[0], s + OLD_LEAD_MS, 1_500, known).max(answered_at(
                 &new[0],
                 s + 500,
                 1_500,
-                now,
+                known,
             )) - s
         };
         assert_eq!(window(d), 500);
@@ -380,6 +478,24 @@ mod tests {
         assert!(
             next_check(&old[0], s0 + OLD_LEAD_MS).max(next_check(&new[0], s0 + 500)) - s0 > 500
         );
+    }
+
+    #[test]
+    fn a_check_at_the_edge_of_the_hold_is_not_counted_on() {
+        // Target checked at 10_000 + 2k; now 9_500; hand-over 500; hold 1_200 of which 1_000
+        // counts: every start whose ready time holds the 10_000 check for more than 1_000 ms
+        // is scored as waiting for the 12_000 check.
+        let new = [ph("fe", 8_000)];
+        let known = 9_500 + NOTICE_MS;
+        for d in 0..=2_500u64 {
+            let ready = 9_500 + d + 500;
+            let seen = answered_at(&new[0], ready, 1_000, known);
+            if ready > 11_000 && ready < 12_000 {
+                assert_eq!(seen, 12_000, "ready {ready}");
+            }
+        }
+        let d = handover_delay_ms(&[], &new, 9_500, 500, 1_200, 2_500);
+        assert!(9_500 + d + 500 <= 11_000, "d {d}");
     }
 
     #[test]

@@ -111,6 +111,11 @@ pub struct MemberStatus {
     /// the hand-over by it, see `check_phase`).
     #[serde(default)]
     pub check_phases: Vec<crate::check_phase::CheckPhase>,
+    /// Leader only: the earliest wall-clock time its leadership lease can run out in etcd
+    /// (last renewal sent + TTL). A standby that stops seeing it move expects an election
+    /// then and holds the frontends' checks around it (agent `leader_check`).
+    #[serde(default)]
+    pub lease_expires_unix_ms: Option<u64>,
 }
 
 /// Value of the leader key (bound to the leader's lease).

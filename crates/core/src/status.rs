@@ -248,6 +248,7 @@ mod tests {
             seq: 1,
             updated_unix_ms: 0,
             check_phases: vec![],
+            lease_expires_unix_ms: None,
         }
     }
 

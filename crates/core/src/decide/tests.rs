@@ -31,6 +31,7 @@ fn member(guid: &str, p: u64, term: u64, leader_seen: Option<&str>) -> MemberSta
         seq: 1,
         updated_unix_ms: 0,
         check_phases: vec![],
+        lease_expires_unix_ms: None,
     }
 }
 
