@@ -463,7 +463,7 @@ async fn do_bulk(
                     database: s.database,
                     object_type: s.object_type,
                     data_bag: s.data_bag,
-                    content: s.content,
+                    content_z: s.content_z,
                 },
                 None => Change::Delete { id: it.id.clone() },
             });
@@ -774,7 +774,7 @@ async fn doc(
                     database: src.database,
                     object_type: src.object_type,
                     data_bag: src.data_bag,
-                    content: src.content,
+                    content_z: src.content_z,
                 }
             };
             let is_delete = method == Method::DELETE;

@@ -30,7 +30,9 @@ pub struct LogRow {
     pub content: String,
 }
 
-/// A document write requested by `_bulk` (or the single-document endpoints).
+/// A document write requested by `_bulk` (or the single-document endpoints). The content is
+/// already in its stored form ([`crate::codec::encode_content`]; `None` when empty): it is
+/// encoded as the request is parsed, so the text is never copied.
 #[derive(Debug, Clone)]
 pub enum Change {
     Index {
@@ -38,7 +40,7 @@ pub enum Change {
         database: Option<String>,
         object_type: Option<String>,
         data_bag: Option<String>,
-        content: String,
+        content_z: Option<Vec<u8>>,
     },
     Delete {
         id: String,
@@ -174,10 +176,8 @@ fn log_row(r: &tokio_postgres::Row) -> Result<LogRow, SearchError> {
     })
 }
 
-/// One write, ready for PostgreSQL: one row per distinct id (the last change of each id wins)
-/// with its content already compressed, plus what the per-change outcomes need. Built by
-/// [`prepare`], which is CPU work (~0.1 ms per 47 KB node document): run it off the async
-/// executor for big batches, so that PostgreSQL connections and HTTP keep being served.
+/// One write, ready for PostgreSQL: one row per distinct id (the last change of each id wins),
+/// plus what the per-change outcomes need. Built by [`prepare`].
 pub struct Prepared {
     /// Per input change, in order: its id and whether it indexes (false: deletes).
     order: Vec<(String, bool)>,
@@ -195,7 +195,7 @@ impl Prepared {
     }
 }
 
-/// Builds the statement columns of `changes`, compressing each kept content.
+/// Builds the statement columns of `changes`.
 pub fn prepare(changes: Vec<Change>) -> Prepared {
     // One row per id in the statement (ON CONFLICT cannot touch a row twice): keep the last.
     let mut last: std::collections::HashMap<String, usize> =
@@ -221,7 +221,7 @@ pub fn prepare(changes: Vec<Change>) -> Prepared {
                 database,
                 object_type,
                 data_bag,
-                content,
+                content_z,
             } => {
                 p.order.push((id.clone(), true));
                 if kept {
@@ -230,7 +230,7 @@ pub fn prepare(changes: Vec<Change>) -> Prepared {
                     p.dbs.push(database);
                     p.types.push(object_type);
                     p.bags.push(data_bag);
-                    p.zs.push((!content.is_empty()).then(|| crate::codec::encode(&content)));
+                    p.zs.push(content_z);
                 }
             }
             Change::Delete { id } => {
