@@ -136,12 +136,48 @@ pub async fn latest_position(client: &impl GenericClient) -> Result<i64, SearchE
     Ok(row.get(0))
 }
 
+/// A change as stored: its content still in the stored form. Decoding 47 KB node documents is
+/// CPU work, left to whoever needs the text: the indexer thread, at background priority.
+#[derive(Debug, Clone)]
+pub struct StoredRow {
+    pub pos: i64,
+    pub id: String,
+    pub deleted: bool,
+    pub database: Option<String>,
+    pub object_type: Option<String>,
+    pub data_bag: Option<String>,
+    /// The text of rows written before `content_z` existed (and of rows with no content).
+    content: String,
+    content_z: Option<Vec<u8>>,
+}
+
+impl StoredRow {
+    /// The change with its content text; `Err` when the stored content is damaged.
+    pub fn decode(self) -> Result<LogRow, SearchError> {
+        let content = match &self.content_z {
+            Some(z) => crate::codec::decode(z).map_err(|e| {
+                SearchError::Other(format!("search_log content of {}: {e}", self.id))
+            })?,
+            None => self.content,
+        };
+        Ok(LogRow {
+            pos: self.pos,
+            id: self.id,
+            deleted: self.deleted,
+            database: self.database,
+            object_type: self.object_type,
+            data_bag: self.data_bag,
+            content,
+        })
+    }
+}
+
 /// Reads up to `limit` changes after `after`, in position order.
 pub async fn fetch_after(
     client: &Client,
     after: i64,
     limit: i64,
-) -> Result<Vec<LogRow>, SearchError> {
+) -> Result<Vec<StoredRow>, SearchError> {
     let rows = client
         .query(
             "SELECT pos, id, deleted, db, type, data_bag, content, content_z FROM search_log
@@ -149,31 +185,20 @@ pub async fn fetch_after(
             &[&after, &limit],
         )
         .await?;
-    // Decompressing a batch of node documents is CPU work: off the async executor.
-    tokio::task::spawn_blocking(move || rows.iter().map(log_row).collect())
-        .await
-        .map_err(|e| SearchError::Other(format!("log decoding task failed: {e}")))?
+    Ok(rows.iter().map(stored_row).collect())
 }
 
-fn log_row(r: &tokio_postgres::Row) -> Result<LogRow, SearchError> {
-    let z: Option<&[u8]> = r.get(7);
-    Ok(LogRow {
+fn stored_row(r: &tokio_postgres::Row) -> StoredRow {
+    StoredRow {
         pos: r.get(0),
         id: r.get(1),
         deleted: r.get(2),
         database: r.get(3),
         object_type: r.get(4),
         data_bag: r.get(5),
-        content: match z {
-            Some(z) => crate::codec::decode(z).map_err(|e| {
-                SearchError::Other(format!(
-                    "search_log content of {}: {e}",
-                    r.get::<_, &str>(1)
-                ))
-            })?,
-            None => r.get(6),
-        },
-    })
+        content: r.get(6),
+        content_z: r.get(7),
+    }
 }
 
 /// One write, ready for PostgreSQL: one row per distinct id (the last change of each id wins),
@@ -331,7 +356,7 @@ pub async fn get_doc(client: &Client, id: &str) -> Result<Option<LogRow>, Search
             &[&id],
         )
         .await?;
-    row.as_ref().map(log_row).transpose()
+    row.as_ref().map(|r| stored_row(r).decode()).transpose()
 }
 
 /// The definition sent with `PUT /<index>`, when the index exists.

@@ -122,7 +122,7 @@ pub async fn rebuild_index(cfg: &SearchConfig) -> Result<IndexStats, SearchError
         };
         let ix2 = ix.clone();
         writer = tokio::task::spawn_blocking(move || {
-            indexer::apply(&ix2, &writer, &rows).map(|_| writer)
+            indexer::apply_stored(&ix2, &writer, rows).map(|_| writer)
         })
         .await
         .map_err(|e| SearchError::Other(e.to_string()))??;
