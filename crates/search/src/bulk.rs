@@ -179,73 +179,142 @@ fn lines(body: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
         .filter(|(_, l)| l.iter().any(|b| !b.is_ascii_whitespace()))
 }
 
-/// Parses a bulk body. A malformed line fails the whole request (ES answers 400 too).
+/// Bodies with less source text than this are parsed on the calling thread alone.
+const PARALLEL_MIN_BYTES: usize = 1 << 20;
+/// Most threads one body's source lines are spread over.
+const MAX_PARSE_THREADS: usize = 4;
+
+/// Parses a bulk body. A malformed line fails the whole request (ES answers 400 too), with the
+/// error of the first malformed line.
 pub fn parse(body: &[u8], default_index: Option<&str>) -> Result<Vec<BulkItem>, String> {
     let mut lines = lines(body);
     let mut items = Vec::new();
+    // Each item's action line number and source line, parsed once all actions are read.
+    let mut sources = Vec::new();
+    let mut action_error = None;
     while let Some((n, line)) = lines.next() {
-        let action: Value = serde_json::from_slice(line)
-            .map_err(|e| format!("Malformed action/metadata line [{}]: {e}", n + 1))?;
-        let obj = action.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
-            format!(
-                "Malformed action/metadata line [{}], expected one action",
-                n + 1
-            )
-        })?;
-        let (name, meta) = obj.iter().next().expect("one key");
-        let op = match name.as_str() {
-            "index" => Op::Index,
-            "create" => Op::Create,
-            "delete" => Op::Delete,
-            "update" => Op::Update,
-            other => {
-                return Err(format!(
-                    "Malformed action/metadata line [{}], expected one of [create, delete, index, update] but found [{other}]",
-                    n + 1
-                ))
+        match action(n, line, default_index, &mut lines) {
+            Ok((item, source)) => {
+                items.push(item);
+                sources.push((n, source));
             }
-        };
-        let meta = meta
-            .as_object()
-            .ok_or_else(|| format!("Malformed action/metadata line [{}]", n + 1))?;
-        let s = |k: &str| meta.get(k).and_then(Value::as_str).map(str::to_string);
-        let index = s("_index")
-            .or_else(|| default_index.map(str::to_string))
-            .ok_or_else(|| format!("action line [{}]: index is missing", n + 1))?;
-        let id = match meta.get("_id") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Number(x)) => x.to_string(),
-            _ if op == Op::Index || op == Op::Create => generate_id(),
-            _ => return Err(format!("action line [{}]: id is missing", n + 1)),
-        };
-        let source = if op == Op::Delete {
-            None
-        } else {
-            let (_, src) = lines
-                .next()
-                .ok_or_else(|| format!("action line [{}] has no source line", n + 1))?;
-            let raw: RawSource = serde_json::from_slice(src).map_err(|e| {
-                format!(
-                    "Malformed source line after line [{}] (expected an object): {e}",
-                    n + 1
-                )
-            })?;
-            Some(Source {
-                content_z: raw.content.and_then(Scalar::encoded),
-                database: raw.database.and_then(Scalar::text),
-                object_type: raw.object_type.and_then(Scalar::text),
-                data_bag: raw.data_bag.and_then(Scalar::text),
-            })
-        };
-        items.push(BulkItem {
-            op,
-            index,
-            id,
-            doc_type: s("_type"),
-            source,
-        });
+            Err(e) => {
+                // Source lines before it are reported first, as they come first.
+                action_error = Some(e);
+                break;
+            }
+        }
     }
-    Ok(items)
+    for (item, source) in items.iter_mut().zip(parse_sources(&sources)) {
+        item.source = source?;
+    }
+    match action_error {
+        Some(e) => Err(e),
+        None => Ok(items),
+    }
+}
+
+/// Parses an action line (`n` is its 0-based number) into an item without its source, and
+/// takes the source line that follows it when the action has one.
+fn action<'a>(
+    n: usize,
+    line: &[u8],
+    default_index: Option<&str>,
+    lines: &mut impl Iterator<Item = (usize, &'a [u8])>,
+) -> Result<(BulkItem, Option<&'a [u8]>), String> {
+    let action: Value = serde_json::from_slice(line)
+        .map_err(|e| format!("Malformed action/metadata line [{}]: {e}", n + 1))?;
+    let obj = action.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
+        format!(
+            "Malformed action/metadata line [{}], expected one action",
+            n + 1
+        )
+    })?;
+    let (name, meta) = obj.iter().next().expect("one key");
+    let op = match name.as_str() {
+        "index" => Op::Index,
+        "create" => Op::Create,
+        "delete" => Op::Delete,
+        "update" => Op::Update,
+        other => {
+            return Err(format!(
+                "Malformed action/metadata line [{}], expected one of [create, delete, index, update] but found [{other}]",
+                n + 1
+            ))
+        }
+    };
+    let meta = meta
+        .as_object()
+        .ok_or_else(|| format!("Malformed action/metadata line [{}]", n + 1))?;
+    let s = |k: &str| meta.get(k).and_then(Value::as_str).map(str::to_string);
+    let index = s("_index")
+        .or_else(|| default_index.map(str::to_string))
+        .ok_or_else(|| format!("action line [{}]: index is missing", n + 1))?;
+    let id = match meta.get("_id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(x)) => x.to_string(),
+        _ if op == Op::Index || op == Op::Create => generate_id(),
+        _ => return Err(format!("action line [{}]: id is missing", n + 1)),
+    };
+    let source = if op == Op::Delete {
+        None
+    } else {
+        let (_, src) = lines
+            .next()
+            .ok_or_else(|| format!("action line [{}] has no source line", n + 1))?;
+        Some(src)
+    };
+    let item = BulkItem {
+        op,
+        index,
+        id,
+        doc_type: s("_type"),
+        source: None,
+    };
+    Ok((item, source))
+}
+
+/// Parses and encodes the source lines, in order. Encoding the content is most of a bulk's CPU
+/// work, so a big body's lines are spread over the cores: while one request is parsed, the
+/// other requests in flight mostly wait for PostgreSQL, and the cores would otherwise go to the
+/// background indexer.
+fn parse_sources(lines: &[(usize, Option<&[u8]>)]) -> Vec<Result<Option<Source>, String>> {
+    let parse_one =
+        |(n, line): &(usize, Option<&[u8]>)| line.map(|l| source_line(*n, l)).transpose();
+    let bytes: usize = lines.iter().filter_map(|(_, l)| l.map(<[u8]>::len)).sum();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_PARSE_THREADS);
+    if threads <= 1 || bytes < PARALLEL_MIN_BYTES {
+        return lines.iter().map(parse_one).collect();
+    }
+    let per_thread = lines.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = lines
+            .chunks(per_thread)
+            .map(|part| scope.spawn(move || part.iter().map(parse_one).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("source parsing thread panicked"))
+            .collect()
+    })
+}
+
+/// Parses the source line of the action on line `n`, encoding its content.
+fn source_line(n: usize, line: &[u8]) -> Result<Source, String> {
+    let raw: RawSource = serde_json::from_slice(line).map_err(|e| {
+        format!(
+            "Malformed source line after line [{}] (expected an object): {e}",
+            n + 1
+        )
+    })?;
+    Ok(Source {
+        content_z: raw.content.and_then(Scalar::encoded),
+        database: raw.database.and_then(Scalar::text),
+        object_type: raw.object_type.and_then(Scalar::text),
+        data_bag: raw.data_bag.and_then(Scalar::text),
+    })
 }
 
 #[cfg(test)]
@@ -299,6 +368,37 @@ mod tests {
         let s = items[1].source.as_ref().unwrap();
         assert_eq!(s.content_z, None);
         assert_eq!(s.data_bag.as_deref(), Some("1.5"));
+    }
+
+    #[test]
+    fn big_bodies_parse_alike_and_report_the_first_error() {
+        let doc = |i: usize| {
+            format!(
+                "{{\"index\":{{\"_index\":\"chef\",\"_id\":\"d{i}\"}}}}\n{{\"content\":\"{}\",\"X_CHEF_type_CHEF_X\":\"node\"}}\n",
+                format!("k{i}__=__v ").repeat(2000)
+            )
+        };
+        let body: String = (0..200).map(doc).collect();
+        assert!(body.len() > PARALLEL_MIN_BYTES);
+        let items = parse(body.as_bytes(), None).unwrap();
+        assert_eq!(items.len(), 200);
+        for (i, it) in items.iter().enumerate() {
+            assert_eq!(it.id, format!("d{i}"));
+            let z = it.source.as_ref().unwrap().content_z.as_deref().unwrap();
+            assert_eq!(
+                crate::codec::decode(z).unwrap(),
+                format!("k{i}__=__v ").repeat(2000)
+            );
+        }
+        // A bad source line (line 120) before a bad action line (line 301): the source's error.
+        let mut lines: Vec<String> = body.lines().map(str::to_string).collect();
+        lines[119] = "{\"content\": nope}".into();
+        lines[300] = "{\"frob\":{}}".into();
+        let err = parse(lines.join("\n").as_bytes(), None).unwrap_err();
+        assert!(err.contains("after line [119]"), "{err}");
+        lines[119] = body.lines().nth(119).unwrap().to_string();
+        let err = parse(lines.join("\n").as_bytes(), None).unwrap_err();
+        assert!(err.contains("line [301]"), "{err}");
     }
 
     #[test]
