@@ -17,8 +17,8 @@ use crate::query::dsl::{self, SearchRequest, SortSpec};
 use crate::query::QueryError;
 use crate::tailer::{Role, Shared};
 use crate::SearchError;
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::body::{Bytes, HttpBody};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -41,6 +41,8 @@ pub struct AppState {
     pub index: Arc<LocalIndex>,
     pub applied: watch::Receiver<i64>,
     pub pool: Pool,
+    /// Buffers for `_bulk` bodies.
+    pub bodies: crate::buffers::BufferPool,
     pub shared: Arc<Shared>,
     pub wake: Arc<Notify>,
     /// Set once the `chef` index definition is known to exist (saves a round trip per bulk).
@@ -427,21 +429,64 @@ async fn ensure_index_exists(st: &AppState) -> Result<(), EsError> {
     Ok(())
 }
 
-async fn bulk_root(State(st): St, params: Params, body: Bytes) -> R {
-    do_bulk(st, None, params.0, body).await
+async fn bulk_root(State(st): St, params: Params, req: Request) -> R {
+    do_bulk(st, None, params.0, req).await
 }
 
-async fn bulk_in(State(st): St, Path(index): Path<String>, params: Params, body: Bytes) -> R {
-    do_bulk(st, Some(index), params.0, body).await
+async fn bulk_in(State(st): St, Path(index): Path<String>, params: Params, req: Request) -> R {
+    do_bulk(st, Some(index), params.0, req).await
+}
+
+/// Reads a request body into one of the pooled buffers (see [`crate::buffers`]), refusing
+/// bodies over [`MAX_BODY`] as the other routes' body limit does.
+async fn read_body(st: &AppState, req: Request) -> Result<Vec<u8>, EsError> {
+    let too_large = || {
+        EsError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "content_too_long_exception",
+            format!("request body is larger than {MAX_BODY} bytes"),
+        )
+    };
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    if announced > MAX_BODY {
+        return Err(too_large());
+    }
+    let mut body = req.into_body();
+    let mut buf = st.bodies.take(announced);
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+    {
+        let frame = frame.map_err(|e| {
+            EsError::new(
+                StatusCode::BAD_REQUEST,
+                "parse_exception",
+                format!("cannot read the request body: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
 }
 
 async fn do_bulk(
     st: Arc<AppState>,
     index: Option<String>,
     params: HashMap<String, String>,
-    body: Bytes,
+    req: Request,
 ) -> R {
     let started = Instant::now();
+    let body = read_body(&st, req).await?;
+    let st2 = st.clone();
     // Parsing and compressing a bulk is CPU work (tens of ms for erchef's 5 MB batches, more for
     // big node documents): done on a blocking thread so the async workers keep serving
     // PostgreSQL connections (a slow poll there stretches the time the log writer lock is held)
@@ -463,12 +508,12 @@ async fn do_bulk(
                     database: s.database,
                     object_type: s.object_type,
                     data_bag: s.data_bag,
-                    content: s.content,
+                    content_z: s.content_z,
                 },
                 None => Change::Delete { id: it.id.clone() },
             });
         }
-        drop(body);
+        st2.bodies.give(body);
         Ok::<_, String>((items, slot, log::prepare(changes)))
     })
     .await
@@ -774,7 +819,7 @@ async fn doc(
                     database: src.database,
                     object_type: src.object_type,
                     data_bag: src.data_bag,
-                    content: src.content,
+                    content_z: src.content_z,
                 }
             };
             let is_delete = method == Method::DELETE;

@@ -1,7 +1,9 @@
 //! Parsing of `_bulk` NDJSON bodies into actions, in every shape erchef sends (with or without
 //! `_type`, `{"delete":{... }}` with its odd spacing) and what ES client libraries send.
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,9 +26,11 @@ impl Op {
 }
 
 /// The indexed part of a source line. Other source fields are not indexed (Chef sends none).
+/// `content` is kept only in its stored form ([`crate::codec`]), `None` when empty: it is
+/// encoded while the source line is parsed, straight from the request body.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Source {
-    pub content: String,
+    pub content_z: Option<Vec<u8>>,
     pub database: Option<String>,
     pub object_type: Option<String>,
     pub data_bag: Option<String>,
@@ -42,31 +46,90 @@ pub struct BulkItem {
 }
 
 /// The fields of a source line Larder indexes; serde skips the rest without building a map
-/// (source lines are tens of KB each).
+/// (source lines are tens of KB each). `content` borrows from the body when it has no escapes,
+/// so the biggest field of a node document is never copied before it is encoded.
 #[derive(serde::Deserialize)]
-struct RawSource {
-    content: Option<Scalar>,
-    #[serde(rename = "X_CHEF_database_CHEF_X")]
-    database: Option<Scalar>,
-    #[serde(rename = "X_CHEF_type_CHEF_X")]
-    object_type: Option<Scalar>,
-    data_bag: Option<Scalar>,
+struct RawSource<'a> {
+    #[serde(borrow)]
+    content: Option<Scalar<'a>>,
+    #[serde(borrow, rename = "X_CHEF_database_CHEF_X")]
+    database: Option<Scalar<'a>>,
+    #[serde(borrow, rename = "X_CHEF_type_CHEF_X")]
+    object_type: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    data_bag: Option<Scalar<'a>>,
 }
 
-/// A string, or any other JSON value kept as its JSON text.
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum Scalar {
-    Text(String),
-    Other(Value),
+/// A string (borrowed from the body when unescaped), or any other JSON value kept as its JSON
+/// text; `Null` is no value.
+enum Scalar<'a> {
+    Text(Cow<'a, str>),
+    Null,
 }
 
-impl Scalar {
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor(std::marker::PhantomData))
+    }
+}
+
+struct ScalarVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for ScalarVisitor<'a> {
+    type Value = Scalar<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(v.to_string())))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(v.to_string())))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(v.to_string())))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        // Through Value, so the text is what serde_json writes for the number.
+        Ok(Scalar::Text(Cow::Owned(Value::from(v).to_string())))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+        let v = Value::deserialize(serde::de::value::SeqAccessDeserializer::new(a))?;
+        Ok(Scalar::Text(Cow::Owned(v.to_string())))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+        let v = Value::deserialize(serde::de::value::MapAccessDeserializer::new(a))?;
+        Ok(Scalar::Text(Cow::Owned(v.to_string())))
+    }
+}
+
+impl<'a> Scalar<'a> {
     fn text(self) -> Option<String> {
         match self {
-            Scalar::Text(s) => Some(s),
-            Scalar::Other(Value::Null) => None,
-            Scalar::Other(v) => Some(v.to_string()),
+            Scalar::Text(s) => Some(s.into_owned()),
+            Scalar::Null => None,
+        }
+    }
+    fn encoded(self) -> Option<Vec<u8>> {
+        match self {
+            Scalar::Text(s) => crate::codec::encode_content(&s),
+            Scalar::Null => None,
         }
     }
 }
@@ -79,7 +142,7 @@ pub fn source(m: &Map<String, Value>) -> Source {
         Some(other) => Some(other.to_string()),
     };
     Source {
-        content: text("content").unwrap_or_default(),
+        content_z: text("content").and_then(|c| crate::codec::encode_content(&c)),
         database: text("X_CHEF_database_CHEF_X"),
         object_type: text("X_CHEF_type_CHEF_X"),
         data_bag: text("data_bag"),
@@ -100,76 +163,158 @@ pub fn generate_id() -> String {
     )
 }
 
-/// Parses a bulk body. A malformed line fails the whole request (ES answers 400 too).
-pub fn parse(body: &[u8], default_index: Option<&str>) -> Result<Vec<BulkItem>, String> {
-    let mut lines = body
-        .split(|b| *b == b'\n')
+/// The non-blank lines of `body` with their 0-based numbers. The newlines are found with
+/// memchr: source lines are tens of KB, and a byte-at-a-time split was a visible part of the
+/// parsing time.
+fn lines(body: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', body)
+        .chain(std::iter::once(body.len()))
         .enumerate()
-        .filter(|(_, l)| l.iter().any(|b| !b.is_ascii_whitespace()));
+        .map(move |(n, end)| {
+            let line = &body[start..end];
+            start = end + 1;
+            (n, line)
+        })
+        .filter(|(_, l)| l.iter().any(|b| !b.is_ascii_whitespace()))
+}
+
+/// Bodies with less source text than this are parsed on the calling thread alone.
+const PARALLEL_MIN_BYTES: usize = 1 << 20;
+/// Most threads one body's source lines are spread over.
+const MAX_PARSE_THREADS: usize = 4;
+
+/// Parses a bulk body. A malformed line fails the whole request (ES answers 400 too), with the
+/// error of the first malformed line.
+pub fn parse(body: &[u8], default_index: Option<&str>) -> Result<Vec<BulkItem>, String> {
+    let mut lines = lines(body);
     let mut items = Vec::new();
+    // Each item's action line number and source line, parsed once all actions are read.
+    let mut sources = Vec::new();
+    let mut action_error = None;
     while let Some((n, line)) = lines.next() {
-        let action: Value = serde_json::from_slice(line)
-            .map_err(|e| format!("Malformed action/metadata line [{}]: {e}", n + 1))?;
-        let obj = action.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
-            format!(
-                "Malformed action/metadata line [{}], expected one action",
-                n + 1
-            )
-        })?;
-        let (name, meta) = obj.iter().next().expect("one key");
-        let op = match name.as_str() {
-            "index" => Op::Index,
-            "create" => Op::Create,
-            "delete" => Op::Delete,
-            "update" => Op::Update,
-            other => {
-                return Err(format!(
-                    "Malformed action/metadata line [{}], expected one of [create, delete, index, update] but found [{other}]",
-                    n + 1
-                ))
+        match action(n, line, default_index, &mut lines) {
+            Ok((item, source)) => {
+                items.push(item);
+                sources.push((n, source));
             }
-        };
-        let meta = meta
-            .as_object()
-            .ok_or_else(|| format!("Malformed action/metadata line [{}]", n + 1))?;
-        let s = |k: &str| meta.get(k).and_then(Value::as_str).map(str::to_string);
-        let index = s("_index")
-            .or_else(|| default_index.map(str::to_string))
-            .ok_or_else(|| format!("action line [{}]: index is missing", n + 1))?;
-        let id = match meta.get("_id") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Number(x)) => x.to_string(),
-            _ if op == Op::Index || op == Op::Create => generate_id(),
-            _ => return Err(format!("action line [{}]: id is missing", n + 1)),
-        };
-        let source = if op == Op::Delete {
-            None
-        } else {
-            let (_, src) = lines
-                .next()
-                .ok_or_else(|| format!("action line [{}] has no source line", n + 1))?;
-            let raw: RawSource = serde_json::from_slice(src).map_err(|e| {
-                format!(
-                    "Malformed source line after line [{}] (expected an object): {e}",
-                    n + 1
-                )
-            })?;
-            Some(Source {
-                content: raw.content.and_then(Scalar::text).unwrap_or_default(),
-                database: raw.database.and_then(Scalar::text),
-                object_type: raw.object_type.and_then(Scalar::text),
-                data_bag: raw.data_bag.and_then(Scalar::text),
-            })
-        };
-        items.push(BulkItem {
-            op,
-            index,
-            id,
-            doc_type: s("_type"),
-            source,
-        });
+            Err(e) => {
+                // Source lines before it are reported first, as they come first.
+                action_error = Some(e);
+                break;
+            }
+        }
     }
-    Ok(items)
+    for (item, source) in items.iter_mut().zip(parse_sources(&sources)) {
+        item.source = source?;
+    }
+    match action_error {
+        Some(e) => Err(e),
+        None => Ok(items),
+    }
+}
+
+/// Parses an action line (`n` is its 0-based number) into an item without its source, and
+/// takes the source line that follows it when the action has one.
+fn action<'a>(
+    n: usize,
+    line: &[u8],
+    default_index: Option<&str>,
+    lines: &mut impl Iterator<Item = (usize, &'a [u8])>,
+) -> Result<(BulkItem, Option<&'a [u8]>), String> {
+    let action: Value = serde_json::from_slice(line)
+        .map_err(|e| format!("Malformed action/metadata line [{}]: {e}", n + 1))?;
+    let obj = action.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
+        format!(
+            "Malformed action/metadata line [{}], expected one action",
+            n + 1
+        )
+    })?;
+    let (name, meta) = obj.iter().next().expect("one key");
+    let op = match name.as_str() {
+        "index" => Op::Index,
+        "create" => Op::Create,
+        "delete" => Op::Delete,
+        "update" => Op::Update,
+        other => {
+            return Err(format!(
+                "Malformed action/metadata line [{}], expected one of [create, delete, index, update] but found [{other}]",
+                n + 1
+            ))
+        }
+    };
+    let meta = meta
+        .as_object()
+        .ok_or_else(|| format!("Malformed action/metadata line [{}]", n + 1))?;
+    let s = |k: &str| meta.get(k).and_then(Value::as_str).map(str::to_string);
+    let index = s("_index")
+        .or_else(|| default_index.map(str::to_string))
+        .ok_or_else(|| format!("action line [{}]: index is missing", n + 1))?;
+    let id = match meta.get("_id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(x)) => x.to_string(),
+        _ if op == Op::Index || op == Op::Create => generate_id(),
+        _ => return Err(format!("action line [{}]: id is missing", n + 1)),
+    };
+    let source = if op == Op::Delete {
+        None
+    } else {
+        let (_, src) = lines
+            .next()
+            .ok_or_else(|| format!("action line [{}] has no source line", n + 1))?;
+        Some(src)
+    };
+    let item = BulkItem {
+        op,
+        index,
+        id,
+        doc_type: s("_type"),
+        source: None,
+    };
+    Ok((item, source))
+}
+
+/// Parses and encodes the source lines, in order. Encoding the content is most of a bulk's CPU
+/// work, so a big body's lines are spread over the cores: while one request is parsed, the
+/// other requests in flight mostly wait for PostgreSQL, and the cores would otherwise go to the
+/// background indexer.
+fn parse_sources(lines: &[(usize, Option<&[u8]>)]) -> Vec<Result<Option<Source>, String>> {
+    let parse_one =
+        |(n, line): &(usize, Option<&[u8]>)| line.map(|l| source_line(*n, l)).transpose();
+    let bytes: usize = lines.iter().filter_map(|(_, l)| l.map(<[u8]>::len)).sum();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_PARSE_THREADS);
+    if threads <= 1 || bytes < PARALLEL_MIN_BYTES {
+        return lines.iter().map(parse_one).collect();
+    }
+    let per_thread = lines.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = lines
+            .chunks(per_thread)
+            .map(|part| scope.spawn(move || part.iter().map(parse_one).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("source parsing thread panicked"))
+            .collect()
+    })
+}
+
+/// Parses the source line of the action on line `n`, encoding its content.
+fn source_line(n: usize, line: &[u8]) -> Result<Source, String> {
+    let raw: RawSource = serde_json::from_slice(line).map_err(|e| {
+        format!(
+            "Malformed source line after line [{}] (expected an object): {e}",
+            n + 1
+        )
+    })?;
+    Ok(Source {
+        content_z: raw.content.and_then(Scalar::encoded),
+        database: raw.database.and_then(Scalar::text),
+        object_type: raw.object_type.and_then(Scalar::text),
+        data_bag: raw.data_bag.and_then(Scalar::text),
+    })
 }
 
 #[cfg(test)]
@@ -195,6 +340,65 @@ mod tests {
             Some("bag")
         );
         assert_eq!(items[3].id, "a4");
+    }
+
+    #[test]
+    fn line_numbers_and_blank_lines() {
+        let ls: Vec<_> = lines(b"a\n\n  \nb\r\nc").collect();
+        assert_eq!(ls, vec![(0, &b"a"[..]), (3, &b"b\r"[..]), (4, &b"c"[..])]);
+        assert_eq!(lines(b"").count(), 0);
+        assert_eq!(lines(b"x\n").count(), 1);
+    }
+
+    #[test]
+    fn source_values() {
+        let body = concat!(
+            "{\"index\":{\"_index\":\"chef\",\"_id\":\"a\"}}\n",
+            "{\"content\":\"k__=__v\\u0041 x\",\"X_CHEF_database_CHEF_X\":7,\"X_CHEF_type_CHEF_X\":null,\"data_bag\":[1,{\"b\":true}]}\n",
+            "{\"index\":{\"_index\":\"chef\",\"_id\":\"b\"}}\n",
+            "{\"content\":\"\",\"data_bag\":1.5}\n",
+        );
+        let items = parse(body.as_bytes(), None).unwrap();
+        let s = items[0].source.as_ref().unwrap();
+        let z = s.content_z.as_deref().unwrap();
+        assert_eq!(crate::codec::decode(z).unwrap(), "k__=__vA x");
+        assert_eq!(s.database.as_deref(), Some("7"));
+        assert_eq!(s.object_type, None);
+        assert_eq!(s.data_bag.as_deref(), Some("[1,{\"b\":true}]"));
+        let s = items[1].source.as_ref().unwrap();
+        assert_eq!(s.content_z, None);
+        assert_eq!(s.data_bag.as_deref(), Some("1.5"));
+    }
+
+    #[test]
+    fn big_bodies_parse_alike_and_report_the_first_error() {
+        let doc = |i: usize| {
+            format!(
+                "{{\"index\":{{\"_index\":\"chef\",\"_id\":\"d{i}\"}}}}\n{{\"content\":\"{}\",\"X_CHEF_type_CHEF_X\":\"node\"}}\n",
+                format!("k{i}__=__v ").repeat(2000)
+            )
+        };
+        let body: String = (0..200).map(doc).collect();
+        assert!(body.len() > PARALLEL_MIN_BYTES);
+        let items = parse(body.as_bytes(), None).unwrap();
+        assert_eq!(items.len(), 200);
+        for (i, it) in items.iter().enumerate() {
+            assert_eq!(it.id, format!("d{i}"));
+            let z = it.source.as_ref().unwrap().content_z.as_deref().unwrap();
+            assert_eq!(
+                crate::codec::decode(z).unwrap(),
+                format!("k{i}__=__v ").repeat(2000)
+            );
+        }
+        // A bad source line (line 120) before a bad action line (line 301): the source's error.
+        let mut lines: Vec<String> = body.lines().map(str::to_string).collect();
+        lines[119] = "{\"content\": nope}".into();
+        lines[300] = "{\"frob\":{}}".into();
+        let err = parse(lines.join("\n").as_bytes(), None).unwrap_err();
+        assert!(err.contains("after line [119]"), "{err}");
+        lines[119] = body.lines().nth(119).unwrap().to_string();
+        let err = parse(lines.join("\n").as_bytes(), None).unwrap_err();
+        assert!(err.contains("line [301]"), "{err}");
     }
 
     #[test]

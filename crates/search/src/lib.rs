@@ -9,6 +9,7 @@
 //! - [`config`]: `SearchConfig`, `PgTarget`.
 //! - [`api`]: HTTP routes and ES-shaped responses for majors 5, 6, 7; routing decision for writes.
 //! - [`bulk`]: NDJSON `_bulk` parsing.
+//! - [`buffers`]: request-body buffers kept for reuse.
 //! - [`codec`]: compact encoding of `content` in the change log.
 //! - [`query`]: Lucene query-string parser ([`query::parser`]), ES JSON DSL ([`query::dsl`]),
 //!   compilation to tantivy ([`query::build`]).
@@ -23,6 +24,7 @@
 //! - [`errors`]: the `SearchError` type.
 
 pub mod api;
+pub mod buffers;
 pub mod bulk;
 pub mod codec;
 pub mod config;

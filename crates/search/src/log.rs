@@ -9,10 +9,14 @@
 //! Ordering: positions come from a sequence, which is assigned before commit, so two concurrent
 //! writers could commit out of position order and a tailer could skip the earlier-numbered,
 //! later-committed row. Every writer therefore takes one transaction-scoped advisory lock before
-//! it draws positions, and keeps it until commit: commit order equals position order, on the
-//! primary and, since standbys replay commits in WAL order, on every standby.
+//! it draws the final positions of its rows, and keeps it until commit: commit order equals
+//! position order, on the primary and, since standbys replay commits in WAL order, on every
+//! standby. The rows themselves are written before, outside the lock, with provisional
+//! (negative) positions that only their own transaction can see (see `upsert_and_commit`).
 
 use crate::SearchError;
+use std::collections::{HashMap, HashSet};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient};
 
 /// Advisory lock key serializing log writers ("lard" in ASCII).
@@ -30,7 +34,9 @@ pub struct LogRow {
     pub content: String,
 }
 
-/// A document write requested by `_bulk` (or the single-document endpoints).
+/// A document write requested by `_bulk` (or the single-document endpoints). The content is
+/// already in its stored form ([`crate::codec::encode_content`]; `None` when empty): it is
+/// encoded as the request is parsed, so the text is never copied.
 #[derive(Debug, Clone)]
 pub enum Change {
     Index {
@@ -38,7 +44,7 @@ pub enum Change {
         database: Option<String>,
         object_type: Option<String>,
         data_bag: Option<String>,
-        content: String,
+        content_z: Option<Vec<u8>>,
     },
     Delete {
         id: String,
@@ -134,12 +140,48 @@ pub async fn latest_position(client: &impl GenericClient) -> Result<i64, SearchE
     Ok(row.get(0))
 }
 
+/// A change as stored: its content still in the stored form. Decoding 47 KB node documents is
+/// CPU work, left to whoever needs the text: the indexer thread, at background priority.
+#[derive(Debug, Clone)]
+pub struct StoredRow {
+    pub pos: i64,
+    pub id: String,
+    pub deleted: bool,
+    pub database: Option<String>,
+    pub object_type: Option<String>,
+    pub data_bag: Option<String>,
+    /// The text of rows written before `content_z` existed (and of rows with no content).
+    content: String,
+    content_z: Option<Vec<u8>>,
+}
+
+impl StoredRow {
+    /// The change with its content text; `Err` when the stored content is damaged.
+    pub fn decode(self) -> Result<LogRow, SearchError> {
+        let content = match &self.content_z {
+            Some(z) => crate::codec::decode(z).map_err(|e| {
+                SearchError::Other(format!("search_log content of {}: {e}", self.id))
+            })?,
+            None => self.content,
+        };
+        Ok(LogRow {
+            pos: self.pos,
+            id: self.id,
+            deleted: self.deleted,
+            database: self.database,
+            object_type: self.object_type,
+            data_bag: self.data_bag,
+            content,
+        })
+    }
+}
+
 /// Reads up to `limit` changes after `after`, in position order.
 pub async fn fetch_after(
     client: &Client,
     after: i64,
     limit: i64,
-) -> Result<Vec<LogRow>, SearchError> {
+) -> Result<Vec<StoredRow>, SearchError> {
     let rows = client
         .query(
             "SELECT pos, id, deleted, db, type, data_bag, content, content_z FROM search_log
@@ -147,37 +189,24 @@ pub async fn fetch_after(
             &[&after, &limit],
         )
         .await?;
-    // Decompressing a batch of node documents is CPU work: off the async executor.
-    tokio::task::spawn_blocking(move || rows.iter().map(log_row).collect())
-        .await
-        .map_err(|e| SearchError::Other(format!("log decoding task failed: {e}")))?
+    Ok(rows.iter().map(stored_row).collect())
 }
 
-fn log_row(r: &tokio_postgres::Row) -> Result<LogRow, SearchError> {
-    let z: Option<&[u8]> = r.get(7);
-    Ok(LogRow {
+fn stored_row(r: &tokio_postgres::Row) -> StoredRow {
+    StoredRow {
         pos: r.get(0),
         id: r.get(1),
         deleted: r.get(2),
         database: r.get(3),
         object_type: r.get(4),
         data_bag: r.get(5),
-        content: match z {
-            Some(z) => crate::codec::decode(z).map_err(|e| {
-                SearchError::Other(format!(
-                    "search_log content of {}: {e}",
-                    r.get::<_, &str>(1)
-                ))
-            })?,
-            None => r.get(6),
-        },
-    })
+        content: r.get(6),
+        content_z: r.get(7),
+    }
 }
 
-/// One write, ready for PostgreSQL: one row per distinct id (the last change of each id wins)
-/// with its content already compressed, plus what the per-change outcomes need. Built by
-/// [`prepare`], which is CPU work (~0.1 ms per 47 KB node document): run it off the async
-/// executor for big batches, so that PostgreSQL connections and HTTP keep being served.
+/// One write, ready for PostgreSQL: one row per distinct id (the last change of each id wins),
+/// plus what the per-change outcomes need. Built by [`prepare`].
 pub struct Prepared {
     /// Per input change, in order: its id and whether it indexes (false: deletes).
     order: Vec<(String, bool)>,
@@ -195,11 +224,10 @@ impl Prepared {
     }
 }
 
-/// Builds the statement columns of `changes`, compressing each kept content.
+/// Builds the statement columns of `changes`.
 pub fn prepare(changes: Vec<Change>) -> Prepared {
     // One row per id in the statement (ON CONFLICT cannot touch a row twice): keep the last.
-    let mut last: std::collections::HashMap<String, usize> =
-        std::collections::HashMap::with_capacity(changes.len());
+    let mut last: HashMap<String, usize> = HashMap::with_capacity(changes.len());
     for (i, c) in changes.iter().enumerate() {
         last.insert(c.id().to_string(), i);
     }
@@ -221,7 +249,7 @@ pub fn prepare(changes: Vec<Change>) -> Prepared {
                 database,
                 object_type,
                 data_bag,
-                content,
+                content_z,
             } => {
                 p.order.push((id.clone(), true));
                 if kept {
@@ -230,7 +258,7 @@ pub fn prepare(changes: Vec<Change>) -> Prepared {
                     p.dbs.push(database);
                     p.types.push(object_type);
                     p.bags.push(data_bag);
-                    p.zs.push((!content.is_empty()).then(|| crate::codec::encode(&content)));
+                    p.zs.push(content_z);
                 }
             }
             Change::Delete { id } => {
@@ -249,52 +277,44 @@ pub fn prepare(changes: Vec<Change>) -> Prepared {
     p
 }
 
-/// Commits a batch of changes in one transaction with one multi-row statement; when it returns
-/// Ok the changes are durable (and, with synchronous replication, on the standby quorum).
-/// Later changes to the same id win. Returns one outcome per input change.
+/// Commits a batch of changes in one transaction; when it returns Ok the changes are durable
+/// (and, with synchronous replication, on the standby quorum). Later changes to the same id win.
+/// Returns one outcome per input change.
 pub async fn write(client: &mut Client, changes: &[Change]) -> Result<Vec<Applied>, SearchError> {
     write_prepared(client, prepare(changes.to_vec())).await
 }
+
+/// How often a write deadlocked with another is retried (nothing of it was committed). Bulks
+/// lock their rows in id order and cannot deadlock with each other; a concurrent delete of
+/// the whole index can.
+const DEADLOCK_RETRIES: usize = 3;
 
 /// [`write`] of a batch already [`prepare`]d.
 pub async fn write_prepared(client: &mut Client, p: Prepared) -> Result<Vec<Applied>, SearchError> {
     if p.is_empty() {
         return Ok(Vec::new());
     }
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])
-        .await?;
-    let live: std::collections::HashSet<String> = tx
-        .query(
-            "SELECT id FROM search_log WHERE id = ANY($1) AND NOT deleted",
-            &[&p.ids],
-        )
-        .await?
-        .into_iter()
-        .map(|r| r.get(0))
-        .collect();
-    let rows = tx
-        .query(
-            "INSERT INTO search_log (id, pos, deleted, db, type, data_bag, content, content_z)
-             SELECT u.id, nextval('search_pos'), u.del, u.db, u.typ, u.bag, '', u.z
-             FROM unnest($1::text[], $2::bool[], $3::text[], $4::text[], $5::text[], $6::bytea[])
-                  AS u(id, del, db, typ, bag, z)
-             ON CONFLICT (id) DO UPDATE SET pos = EXCLUDED.pos, deleted = EXCLUDED.deleted,
-                 db = EXCLUDED.db, type = EXCLUDED.type, data_bag = EXCLUDED.data_bag,
-                 content = '', content_z = EXCLUDED.content_z
-             RETURNING id, pos",
-            &[&p.ids, &p.deleted, &p.dbs, &p.types, &p.bags, &p.zs],
-        )
-        .await?;
-    tx.commit().await?;
-    let pos: std::collections::HashMap<String, i64> =
-        rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut attempt = 0;
+    let (existed, pos) = loop {
+        match upsert_and_commit(client, &p).await {
+            Err(SearchError::Pg(e))
+                if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+                    && attempt < DEADLOCK_RETRIES =>
+            {
+                attempt += 1;
+                tracing::debug!(attempt, "search log write deadlocked; retrying");
+            }
+            r => break r?,
+        }
+    };
     // Within the batch, an id's earlier changes see the state its previous changes left.
-    let mut state: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
+    let mut state: HashMap<&str, bool> = HashMap::new();
     Ok(p.order
         .iter()
         .map(|(id, is_index)| {
-            let before = *state.get(id.as_str()).unwrap_or(&live.contains(id));
+            let before = *state
+                .get(id.as_str())
+                .unwrap_or(&existed.contains(id.as_str()));
             state.insert(id, *is_index);
             Applied {
                 existed: before,
@@ -304,22 +324,112 @@ pub async fn write_prepared(client: &mut Client, p: Prepared) -> Result<Vec<Appl
         .collect())
 }
 
-/// Tombstones every live document (DELETE of the whole index).
-pub async fn delete_all(client: &mut Client) -> Result<u64, SearchError> {
+/// One attempt of a write: the ids whose row was live before it, and the final position of
+/// each id.
+///
+/// The upsert, which is most of the work (hundreds of rows of several KB), runs *outside* the
+/// writer lock with provisional positions: negative, so that they are below every committed
+/// position, and nobody can see them before commit anyway. Then, under the lock, the batch's
+/// rows get their final positions (a small update: the content stays in TOAST) and the
+/// transaction commits, so position order still equals commit order (see the module comment)
+/// while the upserts of concurrent bulks proceed in parallel on their own backends.
+///
+/// Two writers of the same id: the second one's upsert waits for the first one's row lock,
+/// i.e. for its commit, and then updates the committed row; so it also commits, and draws its
+/// final position, after the first. A writer never waits for a row lock while it holds the
+/// writer lock (it renumbers only rows it has already locked), so the lock cannot be part of a
+/// deadlock between bulks, and rows are upserted in id order so that bulks do not deadlock on
+/// rows either.
+///
+/// The previous state of each row (live or not, for `created` / `updated`) must be the one
+/// the upsert actually replaced, which a separate SELECT outside the lock could miss (two
+/// first writes of one id). The upsert reports it in the parity of the provisional position:
+/// `-2·n` for a row that was missing or a tombstone, `-2·n - 1` for a live one (n from the
+/// sequence, so all provisional positions are distinct).
+async fn upsert_and_commit(
+    client: &mut Client,
+    p: &Prepared,
+) -> Result<(HashSet<String>, HashMap<String, i64>), SearchError> {
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])
-        .await?;
-    let n = tx
-        .execute(
-            "UPDATE search_log SET deleted = true, content = '', content_z = NULL, db = NULL, type = NULL,
-                 data_bag = NULL, pos = nextval('search_pos')
-             WHERE NOT deleted",
-            &[],
+    let provisional = tx
+        .query(
+            "INSERT INTO search_log (id, pos, deleted, db, type, data_bag, content, content_z)
+             SELECT u.id, -2 * nextval('search_pos'), u.del, u.db, u.typ, u.bag, '', u.z
+             FROM unnest($1::text[], $2::bool[], $3::text[], $4::text[], $5::text[], $6::bytea[])
+                  AS u(id, del, db, typ, bag, z)
+             ORDER BY u.id
+             ON CONFLICT (id) DO UPDATE SET
+                 pos = EXCLUDED.pos - (NOT search_log.deleted)::int, deleted = EXCLUDED.deleted,
+                 db = EXCLUDED.db, type = EXCLUDED.type, data_bag = EXCLUDED.data_bag,
+                 content = '', content_z = EXCLUDED.content_z
+             RETURNING id, pos",
+            &[&p.ids, &p.deleted, &p.dbs, &p.types, &p.bags, &p.zs],
         )
         .await?;
-    tx.execute("DELETE FROM search_index_def", &[]).await?;
+    let existed: HashSet<String> = provisional
+        .into_iter()
+        .filter(|r| r.get::<_, i64>(1) % 2 != 0)
+        .map(|r| r.get(0))
+        .collect();
+    let pos = renumber_and_commit(tx, &p.ids).await?;
+    Ok((existed, pos))
+}
+
+/// Takes the writer lock, gives the rows `ids` this transaction wrote with provisional
+/// positions their final ones, and commits. (By id, through the primary key: the plan stays an
+/// index lookup of the batch whatever the table's statistics say.)
+async fn renumber_and_commit(
+    tx: tokio_postgres::Transaction<'_>,
+    ids: &[String],
+) -> Result<HashMap<String, i64>, SearchError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])
+        .await?;
+    let rows = tx
+        .query(
+            "UPDATE search_log SET pos = nextval('search_pos') WHERE id = ANY($1)
+             RETURNING id, pos",
+            &[&ids],
+        )
+        .await?;
     tx.commit().await?;
-    Ok(n)
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Tombstones every live document (DELETE of the whole index).
+pub async fn delete_all(client: &mut Client) -> Result<u64, SearchError> {
+    let mut attempt = 0;
+    loop {
+        match delete_all_once(client).await {
+            Err(SearchError::Pg(e))
+                if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+                    && attempt < DEADLOCK_RETRIES =>
+            {
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn delete_all_once(client: &mut Client) -> Result<u64, SearchError> {
+    let tx = client.transaction().await?;
+    // Provisional positions and renumbering under the lock, as for bulks (see
+    // `upsert_and_commit`), so that the lock is never held while waiting for row locks.
+    let ids: Vec<String> = tx
+        .query(
+            "UPDATE search_log SET deleted = true, content = '', content_z = NULL, db = NULL, type = NULL,
+                 data_bag = NULL, pos = -2 * nextval('search_pos')
+             WHERE NOT deleted
+             RETURNING id",
+            &[],
+        )
+        .await?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.execute("DELETE FROM search_index_def", &[]).await?;
+    renumber_and_commit(tx, &ids).await?;
+    Ok(ids.len() as u64)
 }
 
 /// A stored document (for `GET /chef/_doc/<id>`), read from PostgreSQL, the source of truth.
@@ -331,7 +441,7 @@ pub async fn get_doc(client: &Client, id: &str) -> Result<Option<LogRow>, Search
             &[&id],
         )
         .await?;
-    row.as_ref().map(log_row).transpose()
+    row.as_ref().map(|r| stored_row(r).decode()).transpose()
 }
 
 /// The definition sent with `PUT /<index>`, when the index exists.

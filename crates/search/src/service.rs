@@ -2,6 +2,7 @@
 //! HTTP until shutdown; and the operator's offline rebuild.
 
 use crate::api::{self, AppState};
+use crate::buffers::BufferPool;
 use crate::config::SearchConfig;
 use crate::index::{self, IndexStats, LocalIndex};
 use crate::indexer::{self, Indexer};
@@ -14,6 +15,8 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 const POOL_SIZE: usize = 4;
+/// Idle `_bulk` body buffers kept: one per connection of the pool covers concurrent bulks.
+const BODY_BUFFERS: usize = POOL_SIZE;
 
 /// Serves the ES API on an already-bound listener until `shutdown` is cancelled.
 pub async fn serve(
@@ -48,6 +51,7 @@ pub async fn serve(
     ));
     let state = Arc::new(AppState {
         pool: Pool::new(cfg.pg.clone(), POOL_SIZE),
+        bodies: BufferPool::new(BODY_BUFFERS),
         cfg,
         index: ix,
         applied: applied_rx,
@@ -118,7 +122,7 @@ pub async fn rebuild_index(cfg: &SearchConfig) -> Result<IndexStats, SearchError
         };
         let ix2 = ix.clone();
         writer = tokio::task::spawn_blocking(move || {
-            indexer::apply(&ix2, &writer, &rows).map(|_| writer)
+            indexer::apply_stored(&ix2, &writer, rows).map(|_| writer)
         })
         .await
         .map_err(|e| SearchError::Other(e.to_string()))??;

@@ -6,7 +6,7 @@
 
 use crate::config::PgTarget;
 use crate::indexer::IndexerMsg;
-use crate::log::{self, LogRow};
+use crate::log::{self, StoredRow};
 use crate::pg;
 use crate::SearchError;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
@@ -184,7 +184,7 @@ async fn follow(
             }
             role_checked = Instant::now();
         }
-        let rows: Vec<LogRow> = log::fetch_after(&client, *fetched, BATCH).await?;
+        let rows: Vec<StoredRow> = log::fetch_after(&client, *fetched, BATCH).await?;
         let Some(last) = rows.last().map(|r| r.pos) else {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),

@@ -356,6 +356,107 @@ async fn concurrent_writers_nothing_skipped() {
     b.stop().await;
 }
 
+/// Concurrent bulks over the same ids, through both services' connection pools (8 PostgreSQL
+/// backends), in different orders, with deletes. Replaying every acknowledged item in `_seq_no`
+/// (log position) order must reproduce each item's `result` (so positions follow commit order
+/// and `created`/`updated`/`deleted`/`not_found` reflect what the write replaced), and both
+/// indexes must end with exactly one document per live id, in its latest version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_concurrent_bulks_commit_in_position_order() {
+    const IDS: usize = 12;
+    const WRITERS: usize = 6;
+    const ROUNDS: usize = 10;
+    let pg = PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Service::start(config(pg.target(), &dir.path().join("a"), 7)).await;
+    let b = Service::start(config(pg.target(), &dir.path().join("b"), 7)).await;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let url = if w % 2 == 0 { &a.url } else { &b.url }.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for round in 0..ROUNDS {
+                // Each writer walks the ids in its own rotation and direction, so concurrent
+                // bulks meet the same rows in different orders; some actions are deletes.
+                let mut order: Vec<usize> = (0..IDS).map(|k| (k + w * 5 + round) % IDS).collect();
+                if w % 3 == 1 {
+                    order.reverse();
+                }
+                let mut body = String::new();
+                for (j, k) in order.into_iter().enumerate() {
+                    let id = format!("n{k:02}");
+                    if (j + w + round) % 4 == 0 {
+                        body.push_str(
+                            &json!({"delete": {"_index": "chef", "_id": id}}).to_string(),
+                        );
+                        body.push('\n');
+                    } else {
+                        let content = format!("X_CHEF_id_CHEF_X__=__{id} ver__=__{id}w{w}r{round}");
+                        body.push_str(&bulk_body(
+                            7,
+                            &[(id, "chef_o1".into(), "node".into(), content)],
+                        ));
+                    }
+                }
+                let (st, v) = call("POST", &format!("{url}/_bulk"), Some(&body)).await;
+                assert_eq!(st, 200, "{v}");
+                for item in v["items"].as_array().unwrap() {
+                    let (op, r) = item.as_object().unwrap().iter().next().unwrap();
+                    acked.push((
+                        r["_seq_no"].as_i64().unwrap(),
+                        r["_id"].as_str().unwrap().to_string(),
+                        op == "index",
+                        r["result"].as_str().unwrap().to_string(),
+                        format!("ver__=__{}w{w}r{round}", r["_id"].as_str().unwrap()),
+                    ));
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    acked.sort_by_key(|x| x.0);
+    let positions: std::collections::HashSet<i64> = acked.iter().map(|x| x.0).collect();
+    assert_eq!(
+        positions.len(),
+        acked.len(),
+        "every write has its own position"
+    );
+    let mut live: std::collections::HashMap<String, Option<String>> = Default::default();
+    for (pos, id, is_index, result, version) in &acked {
+        let was_live = live.get(id).is_some_and(Option::is_some);
+        let expected = match (is_index, was_live) {
+            (true, false) => "created",
+            (true, true) => "updated",
+            (false, true) => "deleted",
+            (false, false) => "not_found",
+        };
+        assert_eq!(result, expected, "{id} at position {pos}");
+        live.insert(id.clone(), is_index.then(|| version.clone()));
+    }
+    let latest: Vec<&String> = live.values().flatten().collect();
+    assert!(
+        !latest.is_empty() && latest.len() < IDS,
+        "the test needs both live and deleted ids at the end: {latest:?}"
+    );
+    for svc in [&a, &b] {
+        let (st, _) = call("POST", &format!("{}/_refresh", svc.url), None).await;
+        assert_eq!(st, 200);
+        let (_, v) = call("GET", &format!("{}/chef/_count", svc.url), None).await;
+        assert_eq!(v["count"], latest.len(), "{}", svc.url);
+        for version in &latest {
+            let q = chef_search(7, &format!("content:{version}"), None, 0, 10);
+            let (_, v) = call("POST", &format!("{}/chef/_search", svc.url), Some(&q)).await;
+            assert_eq!(ids(&v).len(), 1, "{version} on {}: {v}", svc.url);
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
 /// A log written by a version that stored `content` as plain text (no `content_z` column):
 /// the service adds the column, indexes and serves the old rows from `content`, and stores new
 /// writes compressed, returning them unchanged.
