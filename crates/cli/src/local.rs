@@ -204,6 +204,7 @@ fn search_config(paths: &Paths) -> anyhow::Result<larder_search::SearchConfig> {
         es_major: node.cfg.elasticsearch.major_version,
         cluster_name: node.secrets.elasticsearch.cluster_name.clone(),
         node_name: node.cfg.fqdn.clone(),
+        bulk_piece_bytes: larder_search::SearchConfig::DEFAULT_BULK_PIECE_BYTES,
     })
 }
 

@@ -3,7 +3,9 @@
 //!
 //! Run through bench/search/run.sh. Options (env): BENCH_DOCS (default 100000),
 //! BENCH_QUERIES (iterations per query, default 200), BENCH_BULK (docs per _bulk, default 500),
-//! BENCH_SKIP_PG=1 (skip the PostgreSQL-only baseline).
+//! BENCH_SKIP_PG=1 (skip the PostgreSQL-only baseline); for experiments BENCH_CLIENTS
+//! (concurrent bulk clients, default 2), BENCH_PIECE_BYTES (the service's bulk piece size) and
+//! BENCH_DURABLE_ONLY=1 (stop after the durable phase).
 
 #[path = "../tests/common/pg.rs"]
 mod pg;
@@ -210,6 +212,10 @@ async fn main() {
         es_major: 7,
         cluster_name: "bench".into(),
         node_name: "bench".into(),
+        bulk_piece_bytes: env_usize(
+            "BENCH_PIECE_BYTES",
+            larder_search::SearchConfig::DEFAULT_BULK_PIECE_BYTES,
+        ),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -226,12 +232,17 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Durable bulk indexing: 2 concurrent clients (erchef posts batches concurrently).
-    eprintln!("bulk indexing {} requests ...", bodies.len());
+    // Durable bulk indexing: 2 concurrent clients by default (erchef posts batches
+    // concurrently); BENCH_CLIENTS changes it for experiments.
+    let clients = env_usize("BENCH_CLIENTS", 2);
+    eprintln!(
+        "bulk indexing {} requests from {clients} clients ...",
+        bodies.len()
+    );
     let t0 = Instant::now();
     let queue = std::sync::Arc::new(std::sync::Mutex::new(bodies));
     let mut tasks = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..clients {
         let (q, http, url) = (queue.clone(), http.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             loop {
@@ -254,9 +265,15 @@ async fn main() {
     }
     let durable = t0.elapsed();
     eprintln!(
-        "durable in {:.1}s; waiting for the index to catch up ...",
-        durable.as_secs_f64()
+        "durable in {:.1}s ({:.0} docs/s); waiting for the index to catch up ...",
+        durable.as_secs_f64(),
+        n_docs as f64 / durable.as_secs_f64()
     );
+    if std::env::var("BENCH_DURABLE_ONLY").is_ok_and(|v| v == "1") {
+        stop.cancel();
+        let _ = svc.await;
+        return;
+    }
     // `_refresh` waits at most 60 s per call for the index to catch up; a 100k backlog takes longer.
     loop {
         let r = http.post(format!("{url}/_refresh")).send().await.unwrap();

@@ -486,49 +486,39 @@ async fn do_bulk(
 ) -> R {
     let started = Instant::now();
     let body = read_body(&st, req).await?;
-    let st2 = st.clone();
     // Parsing and compressing a bulk is CPU work (tens of ms for erchef's 5 MB batches, more for
     // big node documents): done on a blocking thread so the async workers keep serving
-    // PostgreSQL connections (a slow poll there stretches the time the log writer lock is held)
-    // and other requests.
-    let (items, slot, prepared) = tokio::task::spawn_blocking(move || {
-        let mut items = bulk::parse(&body, index.as_deref())?;
-        let mut changes = Vec::with_capacity(items.len());
-        let mut slot = Vec::with_capacity(items.len());
-        for it in &mut items {
-            if it.index != INDEX || it.op == Op::Update {
-                slot.push(None);
-                continue;
-            }
-            slot.push(Some(changes.len()));
-            // Move the (large) sources into the change list; responses only need the ids.
-            changes.push(match it.source.take() {
-                Some(s) => Change::Index {
-                    id: it.id.clone(),
-                    database: s.database,
-                    object_type: s.object_type,
-                    data_bag: s.data_bag,
-                    content_z: s.content_z,
-                },
-                None => Change::Delete { id: it.id.clone() },
-            });
-        }
+    // PostgreSQL connections and other requests; its pieces go to the writer as they are ready.
+    let (pieces, mut rx) = tokio::sync::mpsc::channel(2);
+    let st2 = st.clone();
+    let piece_bytes = st.cfg.bulk_piece_bytes;
+    let parser = tokio::task::spawn_blocking(move || {
+        let r = parse_into_pieces(&body, index.as_deref(), piece_bytes, &pieces);
         st2.bodies.give(body);
-        Ok::<_, String>((items, slot, log::prepare(changes)))
-    })
-    .await
-    .map_err(|e| {
-        EsError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "exception",
-            e.to_string(),
-        )
-    })?
-    .map_err(|e| EsError::new(StatusCode::BAD_REQUEST, "illegal_argument_exception", e))?;
-    if !prepared.is_empty() {
-        ensure_index_exists(&st).await?;
+        r
+    });
+    let applied = match rx.recv().await {
+        Some(first @ log::Piece::Rows(_)) => {
+            ensure_index_exists(&st).await?;
+            let mut c = st.pool.get().await?;
+            log::write_pieces(&mut c, first, &mut rx).await?
+        }
+        Some(log::Piece::End) => Some(Vec::new()),
+        // The parser stopped early: it reports why below.
+        None => None,
+    };
+    let internal = |e: String| EsError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", e);
+    let (items, slot) = parser
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .map_err(|e| EsError::new(StatusCode::BAD_REQUEST, "illegal_argument_exception", e))?;
+    let applied = applied.ok_or_else(|| internal("bulk parsing ended early".into()))?;
+    st.wake.notify_one();
+    if wants_refresh(&params) {
+        if let Some(max) = applied.iter().map(|a| a.pos).max() {
+            st.wait_applied(max).await?;
+        }
     }
-    let applied = write_prepared(&st, prepared, wants_refresh(&params)).await?;
     let mut errors = false;
     let out: Vec<Value> = items
         .iter()
@@ -539,6 +529,62 @@ async fn do_bulk(
         Json(json!({"took": started.elapsed().as_millis() as u64, "errors": errors, "items": out}))
             .into_response(),
     )
+}
+
+/// Parses a `_bulk` body piece by piece (`piece_bytes` of source text each), sending each piece's changes to the
+/// writer as soon as it is parsed, then [`log::Piece::End`]. Returns the items (for the
+/// response) and, per item, the number of its change (`None`: not written). On a malformed
+/// body it returns the first error without sending `End`, so nothing is committed.
+fn parse_into_pieces(
+    body: &[u8],
+    index: Option<&str>,
+    piece_bytes: usize,
+    pieces: &tokio::sync::mpsc::Sender<log::Piece>,
+) -> Result<(Vec<BulkItem>, Vec<Option<usize>>), String> {
+    let actions = bulk::parse_actions(body, index);
+    if let Some(e) = actions.error {
+        // The request fails; a malformed source line before the bad action line comes first.
+        for r in bulk::parse_sources(&actions.sources) {
+            r?;
+        }
+        return Err(e);
+    }
+    let items = actions.items;
+    let mut slot = Vec::with_capacity(items.len());
+    let mut written = 0;
+    for range in bulk::chunk_ranges(&actions.sources, piece_bytes) {
+        let sources = bulk::parse_sources(&actions.sources[range.clone()]);
+        let mut changes = Vec::with_capacity(range.len());
+        for (it, source) in items[range].iter().zip(sources) {
+            let source = source?;
+            if it.index != INDEX || it.op == Op::Update {
+                slot.push(None);
+                continue;
+            }
+            slot.push(Some(written));
+            written += 1;
+            changes.push(match source {
+                Some(s) => Change::Index {
+                    id: it.id.clone(),
+                    database: s.database,
+                    object_type: s.object_type,
+                    data_bag: s.data_bag,
+                    content_z: s.content_z,
+                },
+                None => Change::Delete { id: it.id.clone() },
+            });
+        }
+        if !changes.is_empty()
+            && pieces
+                .blocking_send(log::Piece::Rows(log::prepare(changes)))
+                .is_err()
+        {
+            return Err("the request was abandoned".into());
+        }
+    }
+    // The writer may have gone (failed); its error is what the client gets.
+    let _ = pieces.blocking_send(log::Piece::End);
+    Ok((items, slot))
 }
 
 fn item_result(

@@ -179,39 +179,75 @@ fn lines(body: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
         .filter(|(_, l)| l.iter().any(|b| !b.is_ascii_whitespace()))
 }
 
-/// Bodies with less source text than this are parsed on the calling thread alone.
-const PARALLEL_MIN_BYTES: usize = 1 << 20;
-/// Most threads one body's source lines are spread over.
-const MAX_PARSE_THREADS: usize = 4;
-
 /// Parses a bulk body. A malformed line fails the whole request (ES answers 400 too), with the
 /// error of the first malformed line.
 pub fn parse(body: &[u8], default_index: Option<&str>) -> Result<Vec<BulkItem>, String> {
+    let actions = parse_actions(body, default_index);
+    let mut items = actions.items;
+    for (item, source) in items.iter_mut().zip(parse_sources(&actions.sources)) {
+        item.source = source?;
+    }
+    match actions.error {
+        Some(e) => Err(e),
+        None => Ok(items),
+    }
+}
+
+/// The action lines of a body, parsed, with each item's source line still unparsed: the
+/// cheap first pass over a body, which fixes the items and where their sources are.
+pub struct Actions<'a> {
+    /// The items up to the first malformed action line, without their sources.
+    pub items: Vec<BulkItem>,
+    /// Per item: the number of its action line and its source line (none for deletes).
+    pub sources: Vec<SourceLine<'a>>,
+    /// The first malformed action line's error (`items` stop before it). Malformed source lines
+    /// before it come first in the body, so their errors are reported first.
+    pub error: Option<String>,
+}
+
+/// An item's source line: the 0-based number of its action line and the line itself.
+pub type SourceLine<'a> = (usize, Option<&'a [u8]>);
+
+/// Parses the action lines of `body` (see [`Actions`]).
+pub fn parse_actions<'a>(body: &'a [u8], default_index: Option<&str>) -> Actions<'a> {
     let mut lines = lines(body);
-    let mut items = Vec::new();
-    // Each item's action line number and source line, parsed once all actions are read.
-    let mut sources = Vec::new();
-    let mut action_error = None;
+    let mut out = Actions {
+        items: Vec::new(),
+        sources: Vec::new(),
+        error: None,
+    };
     while let Some((n, line)) = lines.next() {
         match action(n, line, default_index, &mut lines) {
             Ok((item, source)) => {
-                items.push(item);
-                sources.push((n, source));
+                out.items.push(item);
+                out.sources.push((n, source));
             }
             Err(e) => {
-                // Source lines before it are reported first, as they come first.
-                action_error = Some(e);
+                out.error = Some(e);
                 break;
             }
         }
     }
-    for (item, source) in items.iter_mut().zip(parse_sources(&sources)) {
-        item.source = source?;
+    out
+}
+
+/// Splits items into consecutive runs of at least `min_bytes` of source text (the last may have
+/// less), as ranges of item numbers: the pieces in which a big body is parsed and written, so
+/// that PostgreSQL stores the first piece while the next is parsed.
+pub fn chunk_ranges(sources: &[SourceLine<'_>], min_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (k, (_, line)) in sources.iter().enumerate() {
+        bytes += line.map_or(0, <[u8]>::len);
+        if bytes >= min_bytes {
+            out.push(start..k + 1);
+            (start, bytes) = (k + 1, 0);
+        }
     }
-    match action_error {
-        Some(e) => Err(e),
-        None => Ok(items),
+    if start < sources.len() {
+        out.push(start..sources.len());
     }
+    out
 }
 
 /// Parses an action line (`n` is its 0-based number) into an item without its source, and
@@ -274,31 +310,14 @@ fn action<'a>(
     Ok((item, source))
 }
 
-/// Parses and encodes the source lines, in order. Encoding the content is most of a bulk's CPU
-/// work, so a big body's lines are spread over the cores: while one request is parsed, the
-/// other requests in flight mostly wait for PostgreSQL, and the cores would otherwise go to the
-/// background indexer.
-fn parse_sources(lines: &[(usize, Option<&[u8]>)]) -> Vec<Result<Option<Source>, String>> {
-    let parse_one =
-        |(n, line): &(usize, Option<&[u8]>)| line.map(|l| source_line(*n, l)).transpose();
-    let bytes: usize = lines.iter().filter_map(|(_, l)| l.map(<[u8]>::len)).sum();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_PARSE_THREADS);
-    if threads <= 1 || bytes < PARALLEL_MIN_BYTES {
-        return lines.iter().map(parse_one).collect();
-    }
-    let per_thread = lines.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = lines
-            .chunks(per_thread)
-            .map(|part| scope.spawn(move || part.iter().map(parse_one).collect::<Vec<_>>()))
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|p| p.join().expect("source parsing thread panicked"))
-            .collect()
-    })
+/// Parses and encodes the source lines, in order (encoding the content is most of a bulk's
+/// CPU work). One thread per request is enough: a big body is parsed piece by piece while
+/// PostgreSQL stores the previous piece ([`chunk_ranges`]), which keeps a second core busy.
+pub fn parse_sources(lines: &[SourceLine<'_>]) -> Vec<Result<Option<Source>, String>> {
+    lines
+        .iter()
+        .map(|(n, line)| line.map(|l| source_line(*n, l)).transpose())
+        .collect()
 }
 
 /// Parses the source line of the action on line `n`, encoding its content.
@@ -371,7 +390,7 @@ mod tests {
     }
 
     #[test]
-    fn big_bodies_parse_alike_and_report_the_first_error() {
+    fn big_bodies_parse_and_report_the_first_error() {
         let doc = |i: usize| {
             format!(
                 "{{\"index\":{{\"_index\":\"chef\",\"_id\":\"d{i}\"}}}}\n{{\"content\":\"{}\",\"X_CHEF_type_CHEF_X\":\"node\"}}\n",
@@ -379,7 +398,6 @@ mod tests {
             )
         };
         let body: String = (0..200).map(doc).collect();
-        assert!(body.len() > PARALLEL_MIN_BYTES);
         let items = parse(body.as_bytes(), None).unwrap();
         assert_eq!(items.len(), 200);
         for (i, it) in items.iter().enumerate() {
@@ -399,6 +417,23 @@ mod tests {
         lines[119] = body.lines().nth(119).unwrap().to_string();
         let err = parse(lines.join("\n").as_bytes(), None).unwrap_err();
         assert!(err.contains("line [301]"), "{err}");
+    }
+
+    #[test]
+    fn chunk_ranges_cover_every_item_once() {
+        let (a, b) = (vec![b'x'; 600], vec![b'y'; 300]);
+        let s: Vec<SourceLine> = vec![
+            (0, Some(&a[..])),
+            (2, None),
+            (3, Some(&b[..])),
+            (5, Some(&b[..])),
+            (7, Some(&a[..])),
+            (9, None),
+        ];
+        assert_eq!(chunk_ranges(&s, 800), vec![0..3, 3..5, 5..6]);
+        assert_eq!(chunk_ranges(&s, 1), vec![0..1, 1..3, 3..4, 4..5, 5..6]);
+        assert_eq!(chunk_ranges(&s, usize::MAX), vec![0..6]);
+        assert!(chunk_ranges(&[], 10).is_empty());
     }
 
     #[test]

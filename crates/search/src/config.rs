@@ -62,11 +62,18 @@ pub struct SearchConfig {
     pub es_major: u8,
     pub cluster_name: String,
     pub node_name: String,
+    /// Source text per piece of a `_bulk` body: a body is parsed and written to PostgreSQL
+    /// piece by piece, so one piece is stored while the next is parsed (see `log::write_pieces`).
+    pub bulk_piece_bytes: usize,
 }
 
 impl SearchConfig {
     /// Default ES major impersonated.
     pub const DEFAULT_ES_MAJOR: u8 = 7;
+    /// Default [`SearchConfig::bulk_piece_bytes`]: 4 MiB, about 80 Chef node documents. Measured
+    /// on 24 MB bodies of 500 nodes (docs/benchmarks.md, run 5): 1 MiB pieces were slower than
+    /// not streaming at all (per-statement and per-thread costs), 4 and 8 MiB alike and best.
+    pub const DEFAULT_BULK_PIECE_BYTES: usize = 4 << 20;
 
     /// A config with the defaults (ES 7, cluster/node names "larder").
     pub fn new(pg: PgTarget, index_dir: PathBuf) -> SearchConfig {
@@ -76,6 +83,7 @@ impl SearchConfig {
             es_major: Self::DEFAULT_ES_MAJOR,
             cluster_name: "larder".into(),
             node_name: "larder".into(),
+            bulk_piece_bytes: Self::DEFAULT_BULK_PIECE_BYTES,
         }
     }
 
@@ -86,6 +94,11 @@ impl SearchConfig {
                 "search.es_major = {}: only 5, 6 and 7 are supported",
                 self.es_major
             )));
+        }
+        if self.bulk_piece_bytes == 0 {
+            return Err(crate::SearchError::Config(
+                "bulk_piece_bytes must be at least 1".into(),
+            ));
         }
         if self.pg.dbname.is_empty() {
             return Err(crate::SearchError::Config(

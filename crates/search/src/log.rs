@@ -222,6 +222,42 @@ impl Prepared {
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }
+
+    /// The pieces of one batch as one: their changes in order, one row per id (the last wins).
+    pub fn merge(parts: Vec<Prepared>) -> Prepared {
+        let mut out = Prepared {
+            order: Vec::new(),
+            ids: Vec::new(),
+            deleted: Vec::new(),
+            dbs: Vec::new(),
+            types: Vec::new(),
+            bags: Vec::new(),
+            zs: Vec::new(),
+        };
+        let mut row_of: HashMap<String, usize> = HashMap::new();
+        for p in parts {
+            out.order.extend(p.order);
+            let rows = p.ids.into_iter().zip(p.deleted).zip(p.dbs).zip(p.types);
+            for ((((id, del), db), typ), (bag, z)) in rows.zip(p.bags.into_iter().zip(p.zs)) {
+                match row_of.get(&id) {
+                    Some(&r) => {
+                        (out.deleted[r], out.dbs[r], out.types[r]) = (del, db, typ);
+                        (out.bags[r], out.zs[r]) = (bag, z);
+                    }
+                    None => {
+                        row_of.insert(id.clone(), out.ids.len());
+                        out.ids.push(id);
+                        out.deleted.push(del);
+                        out.dbs.push(db);
+                        out.types.push(typ);
+                        out.bags.push(bag);
+                        out.zs.push(z);
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Builds the statement columns of `changes`.
@@ -307,9 +343,18 @@ pub async fn write_prepared(client: &mut Client, p: Prepared) -> Result<Vec<Appl
             r => break r?,
         }
     };
-    // Within the batch, an id's earlier changes see the state its previous changes left.
+    Ok(outcomes(&p.order, &existed, &pos))
+}
+
+/// One outcome per input change. Within a batch, an id's later changes see the state its
+/// earlier changes left; its first one sees the state before the batch (`existed`).
+fn outcomes(
+    order: &[(String, bool)],
+    existed: &HashSet<String>,
+    pos: &HashMap<String, i64>,
+) -> Vec<Applied> {
     let mut state: HashMap<&str, bool> = HashMap::new();
-    Ok(p.order
+    order
         .iter()
         .map(|(id, is_index)| {
             let before = *state
@@ -321,7 +366,126 @@ pub async fn write_prepared(client: &mut Client, p: Prepared) -> Result<Vec<Appl
                 pos: pos.get(id).copied().unwrap_or(0),
             }
         })
-        .collect())
+        .collect()
+}
+
+/// How long a streamed write's upsert may wait for another transaction's row lock before the
+/// write is redone in id order (see [`write_pieces`]).
+pub const STREAM_LOCK_TIMEOUT: &str = "50ms";
+
+/// What a streamed write ([`write_pieces`]) receives: the rows of the next piece of the batch,
+/// or the end of the batch.
+pub enum Piece {
+    Rows(Prepared),
+    End,
+}
+
+/// Writes a batch that arrives in pieces (a big `_bulk` still being parsed) in one transaction:
+/// each piece is upserted as it arrives, outside the writer lock with provisional positions, so
+/// PostgreSQL stores the first part of the body while the rest is parsed; after [`Piece::End`]
+/// the rows are renumbered and committed as in [`write_prepared`]. Nothing is committed unless
+/// `End` arrives: when the pieces stop without it (the body turned out malformed, the request
+/// went away) the transaction is rolled back and `Ok(None)` returned.
+///
+/// Pieces come in body order, not id order, so two streamed writes of overlapping ids could
+/// deadlock on row locks, which PostgreSQL detects only after `deadlock_timeout` (1 s), and
+/// then again with the redo. So a streamed write never waits long for a row lock: its upserts
+/// run under [`STREAM_LOCK_TIMEOUT`]; when that expires (or a deadlock is reported anyway) it
+/// rolls back, collects its remaining pieces and is redone as one id-ordered statement
+/// ([`write_prepared`]). Id-ordered writes cannot form a cycle among themselves, and a
+/// streamed one in a cycle gives up within the timeout, so crossed bulks cost tens of
+/// milliseconds, not seconds.
+pub async fn write_pieces(
+    client: &mut Client,
+    first: Piece,
+    rest: &mut tokio::sync::mpsc::Receiver<Piece>,
+) -> Result<Option<Vec<Applied>>, SearchError> {
+    match stream_pieces(client, first, rest).await? {
+        Streamed::Committed(applied) => Ok(Some(applied)),
+        Streamed::Abandoned => Ok(None),
+        Streamed::Deadlocked(pieces) => write_prepared(client, Prepared::merge(pieces))
+            .await
+            .map(Some),
+    }
+}
+
+/// How [`stream_pieces`] ended.
+enum Streamed {
+    Committed(Vec<Applied>),
+    /// The pieces stopped without `End`; rolled back.
+    Abandoned,
+    /// Rolled back after a deadlock: all the pieces, to be redone in id order.
+    Deadlocked(Vec<Prepared>),
+}
+
+async fn stream_pieces(
+    client: &mut Client,
+    first: Piece,
+    rest: &mut tokio::sync::mpsc::Receiver<Piece>,
+) -> Result<Streamed, SearchError> {
+    let mut next = Some(first);
+    let mut pieces: Vec<Prepared> = Vec::new();
+    // Ids written so far in this transaction, and those among them whose row was live before.
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut existed: HashSet<String> = HashSet::new();
+    let t = client.transaction().await?;
+    t.batch_execute(&format!("SET LOCAL lock_timeout = '{STREAM_LOCK_TIMEOUT}'"))
+        .await?;
+    let mut tx = Some(t);
+    loop {
+        let piece = match next.take() {
+            Some(p) => p,
+            None => match rest.recv().await {
+                Some(p) => p,
+                None => return Ok(Streamed::Abandoned),
+            },
+        };
+        let p = match piece {
+            Piece::End => break,
+            Piece::Rows(p) => p,
+        };
+        if let (Some(t), false) = (&tx, p.is_empty()) {
+            match upsert(t, &p).await {
+                Ok(rows) => {
+                    for (id, live) in rows {
+                        // Only an id's first write in the transaction saw the state before it.
+                        if !seen.contains(&id) {
+                            if live {
+                                existed.insert(id.clone());
+                            }
+                            seen.insert(id);
+                        }
+                    }
+                }
+                Err(SearchError::Pg(e))
+                    if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+                        || e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) =>
+                {
+                    tracing::debug!(
+                        "streamed search log write met a locked row; redoing it in id order"
+                    );
+                    tx = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        pieces.push(p);
+    }
+    let Some(t) = tx else {
+        return Ok(Streamed::Deadlocked(pieces));
+    };
+    if seen.is_empty() {
+        // Nothing to write (no piece had rows): no need for the writer lock.
+        t.rollback().await?;
+        return Ok(Streamed::Committed(Vec::new()));
+    }
+    // The writer lock is waited for as long as it takes (commits are short and never wait for
+    // anything while holding it).
+    t.batch_execute("SET LOCAL lock_timeout = 0").await?;
+    let ids: Vec<String> = seen.into_iter().collect();
+    let pos = renumber_and_commit(t, &ids).await?;
+    let order: Vec<(String, bool)> = pieces.into_iter().flat_map(|p| p.order).collect();
+    Ok(Streamed::Committed(outcomes(&order, &existed, &pos)))
 }
 
 /// One attempt of a write: the ids whose row was live before it, and the final position of
@@ -351,7 +515,23 @@ async fn upsert_and_commit(
     p: &Prepared,
 ) -> Result<(HashSet<String>, HashMap<String, i64>), SearchError> {
     let tx = client.transaction().await?;
-    let provisional = tx
+    let existed: HashSet<String> = upsert(&tx, p)
+        .await?
+        .into_iter()
+        .filter(|(_, live)| *live)
+        .map(|(id, _)| id)
+        .collect();
+    let pos = renumber_and_commit(tx, &p.ids).await?;
+    Ok((existed, pos))
+}
+
+/// Upserts the rows of `p` with provisional positions (see [`upsert_and_commit`]); returns each
+/// id with whether its row was live before.
+async fn upsert(
+    tx: &tokio_postgres::Transaction<'_>,
+    p: &Prepared,
+) -> Result<Vec<(String, bool)>, SearchError> {
+    let rows = tx
         .query(
             "INSERT INTO search_log (id, pos, deleted, db, type, data_bag, content, content_z)
              SELECT u.id, -2 * nextval('search_pos'), u.del, u.db, u.typ, u.bag, '', u.z
@@ -366,13 +546,13 @@ async fn upsert_and_commit(
             &[&p.ids, &p.deleted, &p.dbs, &p.types, &p.bags, &p.zs],
         )
         .await?;
-    let existed: HashSet<String> = provisional
+    Ok(rows
         .into_iter()
-        .filter(|r| r.get::<_, i64>(1) % 2 != 0)
-        .map(|r| r.get(0))
-        .collect();
-    let pos = renumber_and_commit(tx, &p.ids).await?;
-    Ok((existed, pos))
+        .map(|r| {
+            let live = r.get::<_, i64>(1) % 2 != 0;
+            (r.get(0), live)
+        })
+        .collect())
 }
 
 /// Takes the writer lock, gives the rows `ids` this transaction wrote with provisional

@@ -5,6 +5,7 @@ mod common;
 
 use common::pg::PgServer;
 use common::{bulk_body, call, chef_search, config, eventually, ids, Service};
+use larder_search::SearchConfig;
 use serde_json::{json, Value};
 
 fn docs(org: &str, ids: &[&str]) -> Vec<(String, String, String, String)> {
@@ -363,19 +364,34 @@ async fn concurrent_writers_nothing_skipped() {
 /// indexes must end with exactly one document per live id, in its latest version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_concurrent_bulks_commit_in_position_order() {
+    overlapping_concurrent_bulks(SearchConfig::DEFAULT_BULK_PIECE_BYTES, 10).await;
+}
+
+/// The same with every document of a bulk in its own piece (`bulk_piece_bytes` = 1): the rows
+/// of a bulk are then upserted in body order, one statement per document, so crossed bulks
+/// deadlock and are redone in id order (`log::write_pieces`); the guarantees stay the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_concurrent_streamed_bulks_commit_in_position_order() {
+    overlapping_concurrent_bulks(1, 4).await;
+}
+
+async fn overlapping_concurrent_bulks(piece_bytes: usize, rounds: usize) {
     const IDS: usize = 12;
     const WRITERS: usize = 6;
-    const ROUNDS: usize = 10;
     let pg = PgServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let a = Service::start(config(pg.target(), &dir.path().join("a"), 7)).await;
-    let b = Service::start(config(pg.target(), &dir.path().join("b"), 7)).await;
+    let cfg = |name: &str| SearchConfig {
+        bulk_piece_bytes: piece_bytes,
+        ..config(pg.target(), &dir.path().join(name), 7)
+    };
+    let a = Service::start(cfg("a")).await;
+    let b = Service::start(cfg("b")).await;
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
         let url = if w % 2 == 0 { &a.url } else { &b.url }.clone();
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
-            for round in 0..ROUNDS {
+            for round in 0..rounds {
                 // Each writer walks the ids in its own rotation and direction, so concurrent
                 // bulks meet the same rows in different orders; some actions are deletes.
                 let mut order: Vec<usize> = (0..IDS).map(|k| (k + w * 5 + round) % IDS).collect();
