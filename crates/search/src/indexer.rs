@@ -9,6 +9,7 @@
 
 use crate::index::{CommitMeta, LocalIndex, SCHEMA_VERSION};
 use crate::log::{LogRow, StoredRow};
+use crate::priority::lower_thread_priority;
 use crate::SearchError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
@@ -135,38 +136,6 @@ fn decode_batches(rx: Receiver<IndexerMsg>, tx: SyncSender<Decoded>) {
         };
         if tx.send(decoded).is_err() {
             return;
-        }
-    }
-}
-
-/// Niceness of the indexer and of tantivy's indexing and merge threads. The index is a cache
-/// filled in the background: on a busy node the CPU goes first to what clients wait for
-/// (`_bulk` acknowledgements, i.e. the PostgreSQL commit path, and queries); the index catches
-/// up when the load drops, and `_refresh` / `?refresh=` wait for it.
-pub const INDEXER_NICE: i32 = 10;
-
-/// Puts the calling thread (and the threads it creates later, which inherit it) in the
-/// background: niceness [`INDEXER_NICE`] and, on Linux, the `SCHED_IDLE` policy, under which it
-/// runs only on CPU time no normal thread wants. Niceness alone still let the indexer take a
-/// third of a busy 2-core node during a bulk load (a nice-10 thread keeps ~10 % of a contended
-/// core and every gap of the request path), which cost ~10 % of durable `_bulk` throughput
-/// (docs/benchmarks.md, run 5). The price is that a node whose CPUs are saturated for a long
-/// time lets its index fall behind until the load drops; its health says so (yellow while the
-/// index lags) and `_refresh` waits for it.
-fn lower_thread_priority() {
-    // On Linux, niceness and the scheduling policy are per thread (PRIO_PROCESS and
-    // sched_setscheduler with a thread id) and inherited by the threads it creates.
-    #[cfg(target_os = "linux")]
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        let cur = libc::getpriority(libc::PRIO_PROCESS, tid);
-        if cur < INDEXER_NICE {
-            libc::setpriority(libc::PRIO_PROCESS, tid, INDEXER_NICE);
-        }
-        // Lowering the policy needs no privilege; if it fails anyway, niceness still applies.
-        let param = libc::sched_param { sched_priority: 0 };
-        if libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_IDLE, &param) != 0 {
-            tracing::debug!("SCHED_IDLE refused for the indexer thread; nice {INDEXER_NICE} only");
         }
     }
 }

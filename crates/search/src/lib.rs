@@ -35,6 +35,7 @@ pub mod index;
 pub mod indexer;
 pub mod log;
 pub mod pg;
+pub mod priority;
 pub mod query;
 pub mod service;
 pub mod tailer;

@@ -49,6 +49,15 @@ pub async fn serve(
         shared.clone(),
         tail_stop.clone(),
     ));
+    // The index threads' scheduling policy follows readers waiting and the index's lag.
+    let prio = tokio::spawn(crate::priority::supervise(
+        crate::priority::Signals {
+            flush: flush.clone(),
+            shared: shared.clone(),
+            applied: applied_rx.clone(),
+        },
+        tail_stop.clone(),
+    ));
     let state = Arc::new(AppState {
         pool: Pool::new(cfg.pg.clone(), POOL_SIZE),
         bodies: BufferPool::new(BODY_BUFFERS),
@@ -67,6 +76,7 @@ pub async fn serve(
     // HTTP first, then the tailer; dropping its sender lets the indexer commit and exit.
     tail_stop.cancel();
     let _ = tail.await;
+    let _ = prio.await;
     let joined = tokio::task::spawn_blocking(move || thread.join())
         .await
         .map_err(|e| SearchError::Other(format!("indexer join failed: {e}")))?;
