@@ -223,22 +223,43 @@ impl Prepared {
         self.order.is_empty()
     }
 
+    fn with_capacity(changes: usize, rows: usize) -> Prepared {
+        Prepared {
+            order: Vec::with_capacity(changes),
+            ids: Vec::with_capacity(rows),
+            deleted: Vec::with_capacity(rows),
+            dbs: Vec::with_capacity(rows),
+            types: Vec::with_capacity(rows),
+            bags: Vec::with_capacity(rows),
+            zs: Vec::with_capacity(rows),
+        }
+    }
+
+    /// Appends a statement row.
+    fn push_row(&mut self, id: String, row: Row) {
+        let (del, db, typ, bag, z) = row;
+        self.ids.push(id);
+        self.deleted.push(del);
+        self.dbs.push(db);
+        self.types.push(typ);
+        self.bags.push(bag);
+        self.zs.push(z);
+    }
+
     /// The pieces of one batch as one: their changes in order, one row per id (the last wins).
     pub fn merge(parts: Vec<Prepared>) -> Prepared {
-        let mut out = Prepared {
-            order: Vec::new(),
-            ids: Vec::new(),
-            deleted: Vec::new(),
-            dbs: Vec::new(),
-            types: Vec::new(),
-            bags: Vec::new(),
-            zs: Vec::new(),
-        };
+        let mut out = Prepared::with_capacity(0, 0);
         let mut row_of: HashMap<String, usize> = HashMap::new();
         for p in parts {
             out.order.extend(p.order);
-            let rows = p.ids.into_iter().zip(p.deleted).zip(p.dbs).zip(p.types);
-            for ((((id, del), db), typ), (bag, z)) in rows.zip(p.bags.into_iter().zip(p.zs)) {
+            let rows = p
+                .deleted
+                .into_iter()
+                .zip(p.dbs)
+                .zip(p.types)
+                .zip(p.bags)
+                .zip(p.zs);
+            for (id, ((((del, db), typ), bag), z)) in p.ids.into_iter().zip(rows) {
                 match row_of.get(&id) {
                     Some(&r) => {
                         (out.deleted[r], out.dbs[r], out.types[r]) = (del, db, typ);
@@ -246,12 +267,7 @@ impl Prepared {
                     }
                     None => {
                         row_of.insert(id.clone(), out.ids.len());
-                        out.ids.push(id);
-                        out.deleted.push(del);
-                        out.dbs.push(db);
-                        out.types.push(typ);
-                        out.bags.push(bag);
-                        out.zs.push(z);
+                        out.push_row(id, (del, db, typ, bag, z));
                     }
                 }
             }
@@ -260,6 +276,15 @@ impl Prepared {
     }
 }
 
+/// A statement row without its id: deleted, db, type, data_bag, content_z.
+type Row = (
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+);
+
 /// Builds the statement columns of `changes`.
 pub fn prepare(changes: Vec<Change>) -> Prepared {
     // One row per id in the statement (ON CONFLICT cannot touch a row twice): keep the last.
@@ -267,16 +292,7 @@ pub fn prepare(changes: Vec<Change>) -> Prepared {
     for (i, c) in changes.iter().enumerate() {
         last.insert(c.id().to_string(), i);
     }
-    let n = last.len();
-    let mut p = Prepared {
-        order: Vec::with_capacity(changes.len()),
-        ids: Vec::with_capacity(n),
-        deleted: Vec::with_capacity(n),
-        dbs: Vec::with_capacity(n),
-        types: Vec::with_capacity(n),
-        bags: Vec::with_capacity(n),
-        zs: Vec::with_capacity(n),
-    };
+    let mut p = Prepared::with_capacity(changes.len(), last.len());
     for (i, c) in changes.into_iter().enumerate() {
         let kept = last[c.id()] == i;
         match c {
@@ -289,23 +305,13 @@ pub fn prepare(changes: Vec<Change>) -> Prepared {
             } => {
                 p.order.push((id.clone(), true));
                 if kept {
-                    p.ids.push(id);
-                    p.deleted.push(false);
-                    p.dbs.push(database);
-                    p.types.push(object_type);
-                    p.bags.push(data_bag);
-                    p.zs.push(content_z);
+                    p.push_row(id, (false, database, object_type, data_bag, content_z));
                 }
             }
             Change::Delete { id } => {
                 p.order.push((id.clone(), false));
                 if kept {
-                    p.ids.push(id);
-                    p.deleted.push(true);
-                    p.dbs.push(None);
-                    p.types.push(None);
-                    p.bags.push(None);
-                    p.zs.push(None);
+                    p.push_row(id, (true, None, None, None, None));
                 }
             }
         }
