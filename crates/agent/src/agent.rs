@@ -7,7 +7,7 @@ use crate::dcs::{self, Dcs};
 use crate::ha::{self, HaLoop, LeaseInfo, Shared};
 use crate::node::Node;
 use crate::supervisor::{ServiceSpec, Supervisor};
-use crate::{api, etcd, postgres};
+use crate::{api, etcd, postgres, search_service};
 use larder_core::model::{LeaderRecord, MemberStatus};
 use larder_core::paths::Paths;
 use serde_json::json;
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-pub const SEARCH_SERVICE: &str = "elasticsearch";
+pub const SEARCH_SERVICE: &str = search_service::SERVICE;
 
 /// etcd client URLs of the members known at bootstrap, own member first.
 fn initial_endpoints(node: &Node) -> Vec<String> {
@@ -35,27 +35,17 @@ fn initial_endpoints(node: &Node) -> Vec<String> {
     urls
 }
 
+/// The search service's spec, after preparing its account, directories and settings.
 fn search_spec(node: &Node) -> anyhow::Result<ServiceSpec> {
-    Ok(ServiceSpec {
-        name: SEARCH_SERVICE.into(),
-        program: std::env::current_exe()?,
-        args: vec![
-            "--root".into(),
-            node.paths.root().display().to_string(),
-            "search-service".into(),
-        ],
-        env: vec![],
-        user: None,
-        cwd: Some(node.paths.data_dir()),
-        stop_signal: nix::sys::signal::Signal::SIGTERM,
-        pre_start: None,
-        // Nothing of this node may outlive its agent: a restarted agent must find the
-        // ports free and start from a known state.
-        die_with_agent: true,
-        log_dir: node.paths.service_log_dir(SEARCH_SERVICE),
-        log_max_bytes: node.cfg.log_rotation.file_maxbytes,
-        log_keep: node.cfg.log_rotation.num_to_keep,
-    })
+    let account = search_service::prepare(node)?;
+    let program = search_service::program(node, account)?;
+    Ok(search_service::service_spec(node, account, program))
+}
+
+/// etcd's spec, after preparing its account, data directory and TLS copies.
+fn etcd_spec(node: &Node) -> anyhow::Result<ServiceSpec> {
+    let account = etcd::prepare(node)?;
+    Ok(etcd::service_spec(node, account))
 }
 
 pub async fn run(paths: Paths) -> anyhow::Result<()> {
@@ -77,7 +67,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
             ha::mark_diverged(&node, true);
         }
     }
-    sup.add(etcd::service_spec(&node), true);
+    sup.add(etcd_spec(&node)?, true);
     {
         // Decides primary vs standby on *every* start, including crash restarts: only a node
         // holding a live lease may start writable.
@@ -414,15 +404,25 @@ impl Ctx {
         }
         let grace = Duration::from_secs(30);
         if new.etcd != old.etcd || new.log_rotation != old.log_rotation {
-            let _ = self.sup.replace_spec(etcd::service_spec(&n));
+            match etcd_spec(&n) {
+                Ok(spec) => {
+                    let _ = self.sup.replace_spec(spec);
+                }
+                Err(e) => return Response::err(format!("cannot prepare etcd: {e:#}")),
+            }
             if let Err(e) = self.sup.restart(etcd::SERVICE, grace).await {
                 return Response::err(format!("cannot restart etcd: {e}"));
             }
             done.push("etcd: restarted".into());
         }
         if new.elasticsearch != old.elasticsearch || new.log_rotation != old.log_rotation {
-            if let Ok(spec) = search_spec(&n) {
-                let _ = self.sup.replace_spec(spec);
+            match search_spec(&n) {
+                Ok(spec) => {
+                    let _ = self.sup.replace_spec(spec);
+                }
+                Err(e) => {
+                    return Response::err(format!("cannot prepare the search service: {e:#}"))
+                }
             }
             if new.elasticsearch.enable {
                 let _ = self.sup.restart(SEARCH_SERVICE, grace).await;

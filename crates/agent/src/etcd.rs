@@ -1,13 +1,50 @@
 //! The supervised etcd 3.4 member: TLS with client-certificate auth on both client and peer
-//! ports, v2 API enabled (Chef frontends read `/v2/members`).
+//! ports, v2 API enabled (Chef frontends read `/v2/members`). It runs as its own unprivileged
+//! user ([`accounts::ETCD_USER`]) with a private copy of the node's certificate and key.
 
+use crate::accounts::{self, Account};
 use crate::node::Node;
 use crate::supervisor::ServiceSpec;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 
 pub const SERVICE: &str = "etcd";
 
-pub fn service_spec(node: &Node) -> ServiceSpec {
-    let tls = node.paths.tls_dir();
+/// etcd's copy of the node certificate, key and CA, owned by its user (it cannot read
+/// `/etc/larder`, which holds the secrets).
+fn tls_dir(node: &Node) -> PathBuf {
+    node.paths.data_dir().join("etcd-tls")
+}
+
+/// Create etcd's account, data directory and TLS copies, all owned by it. Runs before every
+/// agent start, so a node created before etcd ran unprivileged is migrated in place.
+pub fn prepare(node: &Node) -> anyhow::Result<Option<Account>> {
+    let account = accounts::ensure(accounts::ETCD_USER)?;
+    let data = node.paths.etcd_data();
+    std::fs::create_dir_all(&data)?;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
+    accounts::chown_tree(&data, account, accounts::ETCD_USER)?;
+    let dir = tls_dir(node);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let src = node.paths.tls_dir();
+    for f in ["node.crt", "node.key"] {
+        let data = std::fs::read(src.join(f))
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", src.join(f).display()))?;
+        accounts::write_owned(&dir.join(f), &data, account, accounts::ETCD_USER)?;
+    }
+    accounts::write_owned(
+        &dir.join("ca.crt"),
+        node.secrets.larder.ca_cert_pem.as_bytes(),
+        account,
+        accounts::ETCD_USER,
+    )?;
+    accounts::chown_tree(&dir, account, accounts::ETCD_USER)?;
+    Ok(account)
+}
+
+pub fn service_spec(node: &Node, account: Option<Account>) -> ServiceSpec {
+    let tls = tls_dir(node);
     let f = |n: &str| tls.join(n).display().to_string();
     let e = &node.cfg.etcd;
     let args = vec![
@@ -45,8 +82,8 @@ pub fn service_spec(node: &Node) -> ServiceSpec {
             "ETCD_INITIAL_CLUSTER_TOKEN".into(),
             node.secrets.etcd.initial_cluster_token.expose().to_string(),
         )],
-        user: None,
-        cwd: Some(node.paths.data_dir()),
+        user: account.map(|a| (a.uid, a.gid)),
+        cwd: Some(node.paths.etcd_data()),
         stop_signal: nix::sys::signal::Signal::SIGTERM,
         pre_start: None,
         // Nothing of this node may outlive its agent: a restarted agent must find the

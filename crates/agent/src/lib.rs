@@ -2,7 +2,9 @@
 //!
 //! - [`agent`]: `larder agent` — wires everything and shuts down in order
 //! - [`supervisor`]: runit-like process supervision with log rotation
-//! - [`etcd`], [`postgres`]: the two supervised databases
+//! - [`etcd`], [`postgres`]: the two supervised databases; [`search_service`]: the search
+//!   process
+//! - [`accounts`]: the unprivileged OS users etcd and the search service run as
 //! - [`dcs`]: etcd client with per-call deadlines and member failover; key layout
 //! - [`ha`]: the HA loop around the pure decision engine (`larder_core::decide`)
 //! - [`raft_placement`]: keeps etcd's raft leader off the Larder leader's node
@@ -13,6 +15,7 @@
 //! - [`node`]: node identity and loaded config/secrets
 //! - [`disk`]: free-space checks
 
+pub mod accounts;
 pub mod agent;
 pub mod api;
 pub mod control;
@@ -25,5 +28,6 @@ pub mod node;
 pub mod pki;
 pub mod postgres;
 pub mod raft_placement;
+pub mod search_service;
 pub mod supervisor;
 pub mod wake;

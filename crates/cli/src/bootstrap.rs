@@ -43,6 +43,7 @@ pub struct JoinArgs {
     secrets_file_path: String,
     #[arg(short = 'p', long)]
     publish_address: Option<String>,
+    /// Interface for a VIP that follows the leader (refused: not available yet).
     #[arg(short = 'i', long)]
     vip_interface: Option<String>,
     /// Re-join using this node's saved configuration after remove-node / cleanse.
@@ -180,42 +181,6 @@ fn write_config(paths: &Paths, cfg: &Config) -> anyhow::Result<()> {
 }
 
 /// Start `larder agent` detached (own session, output to its log), unless it already runs.
-pub fn agent_alive(paths: &Paths) -> bool {
-    std::fs::read_to_string(paths.agent_pid())
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-        .is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
-}
-
-pub fn start_agent(paths: &Paths) -> anyhow::Result<()> {
-    use std::os::unix::process::CommandExt;
-    if agent_alive(paths) {
-        return Ok(());
-    }
-    let log_dir = paths.service_log_dir("agent");
-    std::fs::create_dir_all(&log_dir)?;
-    std::fs::create_dir_all(paths.run_dir())?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_dir.join("current"))?;
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("--root")
-        .arg(paths.root())
-        .arg("agent")
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
-            Ok(())
-        });
-    }
-    cmd.spawn().context("cannot start the agent")?;
-    Ok(())
-}
-
 pub async fn agent_status(paths: &Paths) -> anyhow::Result<serde_json::Value> {
     let r = control::call(&paths.agent_socket(), &Request::Status).await?;
     if !r.ok {
@@ -281,12 +246,18 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
             "`create-cluster --quorum-loss-recovery` is not available yet in this Larder release"
         );
     }
-    let _ = a.yes;
     check_privileges(paths)?;
     refuse_if_configured(paths)?;
     let (cfg, generated) = resolve_config(paths, a.publish_address.as_deref(), a.fqdn.as_deref())?;
     check_address_is_local(&cfg.publish_address)?;
     check_ports(&cfg)?;
+    crate::prompt::confirm_on_terminal(
+        &format!(
+            "create a new Larder cluster with {} ({}) as its first node and leader?",
+            cfg.fqdn, cfg.publish_address
+        ),
+        a.yes,
+    )?;
 
     let mut steps = Steps::new(7);
     steps.step("writing configuration, secrets and certificates");
@@ -327,7 +298,7 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
     state.save(&paths.node_state_file())?;
 
     steps.step("starting the agent");
-    start_agent(paths)?;
+    crate::agent_process::start_agent(paths)?;
     wait_for(paths, Duration::from_secs(15), "the agent", |_| true).await?;
 
     steps.step("waiting for etcd");
@@ -426,7 +397,9 @@ fn restore_saved_config(paths: &Paths) -> anyhow::Result<()> {
 }
 
 pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
-    let _ = (a.yes, &a.vip_interface);
+    if let Some(iface) = &a.vip_interface {
+        bail!("-i/--vip-interface {iface}: a VIP that follows the leader is not available in this Larder release; join without -i (frontends find the leader through haproxy's /leader checks); nothing was changed");
+    }
     check_privileges(paths)?;
     let src = std::path::Path::new(&a.secrets_file_path);
     let secrets = Secrets::load(src)?;
@@ -486,6 +459,16 @@ pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
     if dcs.get(dcs::K_LEADER).await?.is_none() {
         bail!("the cluster has no leader right now; joins need a leader to copy from. Retry when `larder cluster-status` shows one; nothing was changed");
     }
+    crate::prompt::confirm_on_terminal(
+        &format!(
+            "join {} ({}) to the cluster at {} ({} nodes registered)? Its PostgreSQL will be copied from the leader",
+            cfg.fqdn,
+            cfg.publish_address,
+            a.peer,
+            nodes.len()
+        ),
+        a.yes,
+    )?;
 
     steps.step("taking the cluster's join lock");
     let lock_lease = dcs.lease_grant(30).await?;
@@ -583,7 +566,7 @@ async fn join_locked(
         .await?;
 
     steps.step("starting the agent and syncing etcd");
-    start_agent(paths)?;
+    crate::agent_process::start_agent(paths)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match dcs.member_promote(id).await {

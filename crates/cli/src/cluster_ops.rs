@@ -211,7 +211,28 @@ pub async fn force_leader(paths: &Paths) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn pgsql_follow(paths: &Paths, force_basebackup: bool) -> anyhow::Result<()> {
+/// `pgsql-follow [LEADER] [--force-basebackup] [--verbose]`. LEADER (name, address or GUID, as
+/// chef-backend-ctl took the leader's IP) must be the current leader: this node always follows
+/// the elected leader, so naming another one is refused rather than silently ignored.
+pub async fn pgsql_follow(
+    paths: &Paths,
+    leader_arg: Option<&str>,
+    force_basebackup: bool,
+    verbose: bool,
+) -> anyhow::Result<()> {
+    if let Some(want) = leader_arg {
+        let (_, dcs) = cli_dcs(paths)?;
+        let Some(l) = leader(&dcs).await? else {
+            bail!("there is no leader to follow right now; nothing was changed (see `larder cluster-status`)");
+        };
+        if want != l.name && want != l.address && want != l.guid {
+            bail!(
+                "{want} is not the leader: the leader is {} ({}); this node always follows the elected leader. Run `larder pgsql-follow` without an argument, or `larder promote {want}` first; nothing was changed",
+                l.name,
+                l.address
+            );
+        }
+    }
     let r = control::call(&paths.agent_socket(), &Request::Resync { force_basebackup }).await?;
     if !r.ok {
         bail!("{}", r.message);
@@ -219,12 +240,25 @@ pub async fn pgsql_follow(paths: &Paths, force_basebackup: bool) -> anyhow::Resu
     eprintln!("{}", r.message);
     let bar = crate::progress::CopyBar::new();
     let mut saw_copy = false;
+    let mut last_line: Option<String> = None;
     wait_for(
         paths,
         Duration::from_secs(3600),
         "PostgreSQL to stream from the leader",
         |s| {
             bar.update_from_status(s);
+            if verbose {
+                let line = format!(
+                    "role {} · postgresql {} · {}",
+                    s["ha"]["role"].as_str().unwrap_or("?"),
+                    s["ha"]["postgresql"]["state"].as_str().unwrap_or("?"),
+                    s["ha"]["reason"].as_str().unwrap_or("")
+                );
+                if last_line.as_deref() != Some(line.as_str()) {
+                    eprintln!("      {line}");
+                    last_line = Some(line);
+                }
+            }
             if s["ha"]["role"] == "syncing" {
                 saw_copy = true;
             }
@@ -237,7 +271,7 @@ pub async fn pgsql_follow(paths: &Paths, force_basebackup: bool) -> anyhow::Resu
     Ok(())
 }
 
-pub async fn remove_node(paths: &Paths, name: &str, _yes: bool) -> anyhow::Result<()> {
+pub async fn remove_node(paths: &Paths, name: &str, yes: bool) -> anyhow::Result<()> {
     let (me, dcs) = cli_dcs(paths)?;
     let all = nodes(&dcs).await?;
     let n = find(&all, name)?.clone();
@@ -250,6 +284,14 @@ pub async fn remove_node(paths: &Paths, name: &str, _yes: bool) -> anyhow::Resul
     if dcs.get(&dcs::k_status(&n.guid)).await?.is_some() {
         bail!("{} is still running (its agent posts status); stop it first (`larder uninstall` on that node), then retry", n.name);
     }
+    crate::prompt::confirm(
+        &format!(
+            "remove {} ({}, {}) from the cluster? It must then be cleansed before it can join again",
+            n.name, n.address, n.guid
+        ),
+        yes,
+        "--yes",
+    )?;
     let members = dcs.members().await?;
     if let Some(m) = members.iter().find(|m| {
         m.name == n.name

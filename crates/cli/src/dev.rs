@@ -130,7 +130,11 @@ pub async fn run(cmd: DevCmd) -> anyhow::Result<()> {
                 if root.join("var/opt/larder/node.json").exists()
                     || root.join("run/larder").exists()
                 {
-                    let _ = crate::local::stop_agent(&larder_core::paths::Paths::new(&root)).await;
+                    let _ = crate::agent_process::stop_agent(
+                        &larder_core::paths::Paths::new(&root),
+                        false,
+                    )
+                    .await;
                 }
             }
             std::fs::remove_dir_all(&dir)?;

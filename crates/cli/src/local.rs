@@ -1,23 +1,24 @@
 //! Verbs that act on this node only: service control, logs, configuration, cleanse,
 //! uninstall, and the search service process.
 
+use crate::agent_process::stop_agent;
 use crate::bootstrap::agent_status;
 use anyhow::{bail, Context};
 use larder_agent::control::{self, Request};
 use larder_core::config::Config;
 use larder_core::paths::Paths;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub async fn service_verb(
     paths: &Paths,
     verb: &str,
     service: Option<String>,
 ) -> anyhow::Result<()> {
-    if verb == "start" && service.is_none() && !crate::bootstrap::agent_alive(paths) {
+    if verb == "start" && service.is_none() && !crate::agent_process::agent_alive(paths) {
         if !paths.node_state_file().exists() {
             bail!("this node is not configured; run create-cluster or join-cluster first");
         }
-        crate::bootstrap::start_agent(paths)?;
+        crate::agent_process::start_agent(paths)?;
         crate::bootstrap::wait_for(paths, Duration::from_secs(15), "the agent", |_| true).await?;
         println!("agent started");
         return Ok(());
@@ -104,36 +105,8 @@ pub async fn reconfigure(paths: &Paths) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ask the agent to stop everything and wait until its processes are gone.
-pub async fn stop_agent(paths: &Paths) -> anyhow::Result<()> {
-    let pid = std::fs::read_to_string(paths.agent_pid())
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok());
-    if control::call(&paths.agent_socket(), &Request::Shutdown)
-        .await
-        .is_err()
-    {
-        if let Some(pid) = pid {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-    }
-    if let Some(pid) = pid {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
-            if Instant::now() > deadline {
-                bail!("the agent (pid {pid}) did not stop within 60s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    Ok(())
-}
-
 pub async fn uninstall(paths: &Paths) -> anyhow::Result<()> {
-    stop_agent(paths).await?;
+    stop_agent(paths, true).await?;
     println!(
         "stopped the agent and every service; data and configuration are kept under {}",
         paths.root().display()
@@ -145,7 +118,7 @@ pub async fn cleanse(paths: &Paths, yes: bool) -> anyhow::Result<()> {
     if !yes {
         bail!("cleanse removes this node's data and logs; re-run with --yes to confirm");
     }
-    stop_agent(paths).await?;
+    stop_agent(paths, true).await?;
     let stamp = larder_agent::ha::unix_ms() / 1000;
     let backup = paths.cleanse_backup_dir(&stamp.to_string());
     if paths.config_dir().exists() {
@@ -187,38 +160,37 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> 
 
 fn search_config(paths: &Paths) -> anyhow::Result<larder_search::SearchConfig> {
     let node = larder_agent::node::Node::load(paths)?;
-    Ok(larder_search::SearchConfig {
-        pg: larder_search::PgTarget {
-            host: node.paths.pg_socket_dir().display().to_string(),
-            port: node.cfg.postgresql.port,
-            user: node.cfg.postgresql.db_superuser.clone(),
-            password: node
-                .secrets
-                .postgresql
-                .db_superuser_password
-                .expose()
-                .to_string(),
-            dbname: "larder_search".into(),
-        },
-        index_dir: node.paths.search_index(),
-        es_major: node.cfg.elasticsearch.major_version,
-        cluster_name: node.secrets.elasticsearch.cluster_name.clone(),
-        node_name: node.cfg.fqdn.clone(),
-        bulk_piece_bytes: larder_search::SearchConfig::DEFAULT_BULK_PIECE_BYTES,
-    })
+    Ok(to_search_config(
+        larder_agent::search_service::Settings::of(&node),
+    ))
 }
 
-pub async fn search_service(paths: &Paths) -> anyhow::Result<()> {
-    let node = larder_agent::node::Node::load(paths)?;
-    let cfg = search_config(paths)?;
-    let addr = format!(
-        "{}:{}",
-        larder_agent::node::url_host(&node.cfg.publish_address),
-        node.cfg.elasticsearch.port
-    );
-    let listener = tokio::net::TcpListener::bind(&addr)
+fn to_search_config(s: larder_agent::search_service::Settings) -> larder_search::SearchConfig {
+    larder_search::SearchConfig {
+        pg: larder_search::PgTarget {
+            host: s.pg_host,
+            port: s.pg_port,
+            user: s.pg_user,
+            password: s.pg_password,
+            dbname: larder_search::PgTarget::DEFAULT_DBNAME.into(),
+        },
+        index_dir: s.index_dir,
+        es_major: s.es_major,
+        cluster_name: s.cluster_name,
+        node_name: s.node_name,
+        bulk_piece_bytes: larder_search::SearchConfig::DEFAULT_BULK_PIECE_BYTES,
+    }
+}
+
+/// The search service process. It runs as its own unprivileged user and reads only the settings
+/// file the agent wrote for it (it cannot read the secrets file).
+pub async fn search_service(settings: &std::path::Path) -> anyhow::Result<()> {
+    let s = larder_agent::search_service::Settings::load(settings)?;
+    let listen = s.listen.clone();
+    let cfg = to_search_config(s);
+    let listener = tokio::net::TcpListener::bind(&listen)
         .await
-        .with_context(|| format!("cannot bind the search API on {addr}"))?;
+        .with_context(|| format!("cannot bind the search API on {listen}"))?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let s2 = shutdown.clone();
     tokio::spawn(async move {
@@ -245,6 +217,8 @@ pub async fn reindex(paths: &Paths) -> anyhow::Result<()> {
         bail!("{}", r.message);
     }
     let res = larder_search::rebuild_index(&cfg).await;
+    // Rebuilt by root: give it back to the service's user before the service starts again.
+    let owned = larder_agent::search_service::own_index(&larder_agent::node::Node::load(paths)?);
     let _ = control::call(
         &paths.agent_socket(),
         &Request::Service {
@@ -254,6 +228,7 @@ pub async fn reindex(paths: &Paths) -> anyhow::Result<()> {
     )
     .await;
     let stats = res?;
+    owned?;
     println!(
         "index rebuilt: {} documents, {} bytes",
         stats.documents, stats.size_bytes

@@ -1,11 +1,14 @@
 //! `larder` — the chef-backend-ctl compatible operator CLI and the agent entry point.
 //! Invoked as `chef-backend-ctl` (a link) it behaves identically.
 
+mod agent_log;
+mod agent_process;
 mod bootstrap;
 mod cluster_ops;
 mod dev;
 mod local;
 mod progress;
+mod prompt;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +37,7 @@ pub enum Cmd {
     /// Remove a (down) node's etcd membership, replication slot and status.
     RemoveNode {
         node: String,
+        /// Do not ask for confirmation (required without a terminal).
         #[arg(short, long)]
         yes: bool,
     },
@@ -74,14 +78,17 @@ pub enum Cmd {
     Reconfigure,
     /// Re-sync this node's PostgreSQL from the leader (rewind, or full copy with --force-basebackup).
     PgsqlFollow {
+        /// The current leader (name, address or GUID); refused if it names another node.
         leader: Option<String>,
         #[arg(long)]
         force_basebackup: bool,
+        /// Print each state change of the re-sync.
         #[arg(long)]
         verbose: bool,
     },
     /// Stop everything and remove data and logs, keeping a copy of the configuration.
     Cleanse {
+        /// chef-backend-ctl's flag for external data; refused (Larder keeps none elsewhere).
         #[arg(long)]
         with_external: bool,
         #[arg(short, long)]
@@ -146,7 +153,11 @@ pub enum Cmd {
     },
     /// The search service process (started by the agent).
     #[command(hide = true)]
-    SearchService,
+    SearchService {
+        /// Settings file written by the agent.
+        #[arg(long)]
+        settings: String,
+    },
 }
 
 fn main() {
@@ -155,10 +166,19 @@ fn main() {
     let cli = Cli::parse();
     let paths = Paths::new(&cli.root);
     let filter = std::env::var("LARDER_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .init();
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter));
+    if matches!(cli.cmd, Cmd::Agent) {
+        // The agent's log is rotated like the service logs (and stamped the same way).
+        let log = agent_log::AgentLog::open(&paths);
+        builder
+            .without_time()
+            .with_ansi(false)
+            .with_writer(move || log.clone())
+            .init();
+    } else {
+        builder.with_writer(std::io::stderr).init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -204,14 +224,16 @@ async fn run(cmd: Cmd, paths: Paths) -> anyhow::Result<()> {
         Cmd::ShowConfig => local::show_config(&paths),
         Cmd::Reconfigure => local::reconfigure(&paths).await,
         Cmd::PgsqlFollow {
-            leader: _,
+            leader,
             force_basebackup,
-            verbose: _,
-        } => cluster_ops::pgsql_follow(&paths, force_basebackup).await,
-        Cmd::Cleanse {
-            with_external: _,
-            yes,
-        } => local::cleanse(&paths, yes).await,
+            verbose,
+        } => cluster_ops::pgsql_follow(&paths, leader.as_deref(), force_basebackup, verbose).await,
+        Cmd::Cleanse { with_external, yes } => {
+            if with_external {
+                anyhow::bail!("--with-external does not apply to Larder: every service's data (PostgreSQL, etcd, search) lives on this node and `cleanse` removes all of it; run `larder cleanse --yes`");
+            }
+            local::cleanse(&paths, yes).await
+        }
         Cmd::Uninstall => local::uninstall(&paths).await,
         Cmd::Reindex => local::reindex(&paths).await,
         Cmd::Upgrade { .. } => not_yet("upgrade"),
@@ -232,6 +254,8 @@ async fn run(cmd: Cmd, paths: Paths) -> anyhow::Result<()> {
         Cmd::ServiceList { service } => local::service_list(&paths, service.as_deref()).await,
         Cmd::Agent => larder_agent::agent::run(paths).await,
         Cmd::Dev { cmd } => dev::run(cmd).await,
-        Cmd::SearchService => local::search_service(&paths).await,
+        Cmd::SearchService { settings } => {
+            local::search_service(std::path::Path::new(&settings)).await
+        }
     }
 }

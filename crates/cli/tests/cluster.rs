@@ -90,9 +90,7 @@ fn three_nodes_replicate_fail_over_and_rejoin() {
     // kill -9 of the leader's agent (its PostgreSQL dies with it): a new leader, no loss.
     let pg = c.nodes[0].pg_pid().unwrap();
     c.nodes[0].kill_agent();
-    let _ = std::process::Command::new("kill")
-        .args(["-9", &pg.to_string()])
-        .status();
+    ensure_dead(pg);
     let l2 = c.wait_leader(Some("n1"), T);
     assert_eq!(
         count(l2),
@@ -177,9 +175,7 @@ fn failover_off_blocks_promotion_until_enabled() {
     let d = c.node(&dead);
     let pg = d.pg_pid().unwrap();
     d.kill_agent();
-    let _ = std::process::Command::new("kill")
-        .args(["-9", &pg.to_string()])
-        .status();
+    ensure_dead(pg);
     std::thread::sleep(Duration::from_secs(8)); // two lease TTLs: long enough for a failover to have happened
     assert!(
         c.leader().is_none(),
@@ -385,9 +381,7 @@ fn five_nodes_survive_losing_two() {
         let pg = v.pg_pid();
         v.kill_agent();
         if let Some(pg) = pg {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pg.to_string()])
-                .status();
+            ensure_dead(pg);
         }
     }
     let names: Vec<String> = victims.iter().map(|v| v.name.clone()).collect();
@@ -455,9 +449,7 @@ fn back_to_back_failovers_keep_every_write_and_the_wal_intact() {
         let d = c.node(&old);
         let pg = d.pg_pid().unwrap();
         d.kill_agent();
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &pg.to_string()])
-            .status();
+        ensure_dead(pg);
         let l = c.wait_leader(Some(&old), T);
         check_and_write(l, &mut rows, &format!("kill in round {round}"));
         // The killed node rejoins; then a planned switchover back to it.
@@ -515,18 +507,14 @@ fn frozen_leader_agent_loses_no_acknowledged_write() {
             }
             ok
         });
-        let _ = std::process::Command::new("kill")
-            .args(["-STOP", &agent.to_string()])
-            .status();
+        signal(agent, Signal::SIGSTOP);
         let l = c.wait_leader(Some(&old), T);
         // Give the old primary every chance to get more commits acknowledged.
         let settle = std::time::Instant::now() + Duration::from_secs(2);
         while std::time::Instant::now() < settle {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &agent.to_string()])
-            .status();
+        signal(agent, Signal::SIGCONT);
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let ok = w.join().unwrap();
         let missing: Vec<u32> = ok

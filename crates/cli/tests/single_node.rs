@@ -24,6 +24,13 @@ fn pid_of(n: &Node, svc: &str) -> Option<u64> {
     })
 }
 
+/// Real uid of a process, from /proc.
+fn process_uid(pid: u64) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 #[test]
 fn create_cluster_status_supervision_and_refusals() {
     let c = Cluster::create(11);
@@ -40,6 +47,26 @@ fn create_cluster_status_supervision_and_refusals() {
     }
     assert_eq!(n.http("/leader"), 200);
     assert_eq!(n.http("/replica"), 503);
+
+    // Least privilege: etcd and the search service run as their own unprivileged users,
+    // PostgreSQL as postgres; none of them as root.
+    let search = wait_until(Duration::from_secs(30), "the search service", || {
+        pid_of(n, "elasticsearch")
+    });
+    for (svc, pid, user) in [
+        ("etcd", pid_of(n, "etcd").unwrap(), "larder-etcd"),
+        ("elasticsearch", search, "larder-search"),
+        ("postgresql", pid_of(n, "postgresql").unwrap(), "postgres"),
+    ] {
+        let uid = process_uid(pid);
+        assert_ne!(uid, 0, "{svc} (pid {pid}) runs as root");
+        let want = nix::unistd::User::from_name(user).unwrap().unwrap().uid;
+        assert_eq!(
+            uid,
+            want.as_raw(),
+            "{svc} (pid {pid}) is not running as {user}"
+        );
+    }
     assert_eq!(n.http("/no-such-endpoint"), 503);
     let table = n.ok(&["status"]);
     assert!(table.starts_with("Service"), "{table}");
@@ -52,9 +79,7 @@ fn create_cluster_status_supervision_and_refusals() {
 
     // kill -9 of postgres: restarted by the supervisor with a new pid, time in state reset.
     let old = pid_of(n, "postgresql").unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-9", &old.to_string()])
-        .status();
+    signal(old, Signal::SIGKILL);
     let new = wait_until(Duration::from_secs(5), "postgresql restart", || {
         pid_of(n, "postgresql").filter(|p| *p != old)
     });
@@ -75,9 +100,7 @@ fn create_cluster_status_supervision_and_refusals() {
 
     // Same for etcd.
     let old = pid_of(n, "etcd").unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-9", &old.to_string()])
-        .status();
+    signal(old, Signal::SIGKILL);
     wait_until(Duration::from_secs(5), "etcd restart", || {
         pid_of(n, "etcd").filter(|p| *p != old)
     });

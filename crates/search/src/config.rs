@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// Where the node-local PostgreSQL listens. The search service only ever talks to the PostgreSQL
 /// of its own node: on the leader that is the writable primary, on a follower the hot standby
 /// whose replicated change log the index follows.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgTarget {
     /// An IP address, or a unix-socket directory when it starts with '/'.
     pub host: String,
@@ -25,6 +25,19 @@ impl Default for PgTarget {
             password: String::new(),
             dbname: Self::DEFAULT_DBNAME.into(),
         }
+    }
+}
+
+// By hand, so a logged config never shows the password.
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &"********")
+            .field("dbname", &self.dbname)
+            .finish()
     }
 }
 

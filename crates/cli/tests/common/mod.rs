@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -109,11 +110,38 @@ impl Node {
         }
     }
 
+    /// SIGKILL this node's agent; fails the test if there is none to kill.
     pub fn kill_agent(&self) {
-        if let Some(pid) = self.agent_pid() {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
+        let pid = self
+            .agent_pid()
+            .unwrap_or_else(|| panic!("{}: no running agent to kill", self.name));
+        signal(pid, Signal::SIGKILL);
     }
+}
+
+/// Send `sig` to `pid`; fails the test at once if the signal could not be sent (a test that
+/// goes on after a kill that never happened waits for a failover that cannot come).
+pub fn signal<P: TryInto<i32> + Copy + std::fmt::Display>(pid: P, sig: Signal) {
+    let raw = pid
+        .try_into()
+        .unwrap_or_else(|_| panic!("pid {pid} is out of range"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), sig)
+        .unwrap_or_else(|e| panic!("kill -{sig} {pid} failed: {e}"));
+}
+
+/// Make sure `pid` is dead: SIGKILL it (it may already be gone — a PostgreSQL dies with its
+/// agent) and fail the test unless it has disappeared within 5 s.
+pub fn ensure_dead(pid: i32) {
+    let p = nix::unistd::Pid::from_raw(pid);
+    match nix::sys::signal::kill(p, Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => panic!("kill -9 {pid} failed: {e}"),
+    }
+    wait_until(
+        Duration::from_secs(5),
+        &format!("pid {pid} to exit"),
+        || (nix::sys::signal::kill(p, None) == Err(nix::errno::Errno::ESRCH)).then_some(()),
+    );
 }
 
 /// HTTP request with a JSON body; returns (status, body). Status 0 when unreachable.

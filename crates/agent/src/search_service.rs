@@ -1,0 +1,161 @@
+//! The supervised search service: `larder search-service` run as its own unprivileged user
+//! ([`accounts::SEARCH_USER`]).
+//!
+//! That user cannot read `/etc/larder` (the secrets file, the node key), so the agent hands the
+//! service exactly what it needs in a settings file only the service's user can read, rewritten
+//! before every start.
+
+use crate::accounts::{self, Account};
+use crate::node::Node;
+use crate::supervisor::ServiceSpec;
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+pub const SERVICE: &str = "elasticsearch";
+
+/// What the search service process needs, and nothing more.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Settings {
+    pub listen: String,
+    pub pg_host: String,
+    pub pg_port: u16,
+    pub pg_user: String,
+    pub pg_password: String,
+    pub index_dir: PathBuf,
+    pub es_major: u8,
+    pub cluster_name: String,
+    pub node_name: String,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("pg_host", &self.pg_host)
+            .field("pg_user", &self.pg_user)
+            .field("pg_password", &"********")
+            .field("index_dir", &self.index_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    pub fn of(node: &Node) -> Settings {
+        Settings {
+            listen: format!(
+                "{}:{}",
+                crate::node::url_host(&node.cfg.publish_address),
+                node.cfg.elasticsearch.port
+            ),
+            pg_host: node.paths.pg_socket_dir().display().to_string(),
+            pg_port: node.cfg.postgresql.port,
+            pg_user: node.cfg.postgresql.db_superuser.clone(),
+            pg_password: node
+                .secrets
+                .postgresql
+                .db_superuser_password
+                .expose()
+                .to_string(),
+            index_dir: node.paths.search_index(),
+            es_major: node.cfg.elasticsearch.major_version,
+            cluster_name: node.secrets.elasticsearch.cluster_name.clone(),
+            node_name: node.cfg.fqdn.clone(),
+        }
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Settings> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the search service settings {}: {e} (the agent writes them before it starts the service)",
+                path.display()
+            )
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is corrupt: {e}", path.display()))
+    }
+}
+
+/// The settings file the agent writes for the service.
+pub fn settings_file(node: &Node) -> PathBuf {
+    node.paths.data_dir().join("search/service.json")
+}
+
+/// Create the account, the service's directories (owned by it) and its settings file.
+pub fn prepare(node: &Node) -> anyhow::Result<Option<Account>> {
+    let account = accounts::ensure(accounts::SEARCH_USER)?;
+    let dir = node.paths.data_dir().join("search");
+    std::fs::create_dir_all(node.paths.search_index())?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    accounts::chown_tree(&dir, account, accounts::SEARCH_USER)?;
+    let json = serde_json::to_vec_pretty(&Settings::of(node))?;
+    accounts::write_owned(&settings_file(node), &json, account, accounts::SEARCH_USER)?;
+    Ok(account)
+}
+
+/// Give the index (rebuilt by `larder reindex` as root) back to the service's user.
+pub fn own_index(node: &Node) -> anyhow::Result<()> {
+    let account = accounts::ensure(accounts::SEARCH_USER)?;
+    accounts::chown_tree(
+        &node.paths.data_dir().join("search"),
+        account,
+        accounts::SEARCH_USER,
+    )?;
+    Ok(())
+}
+
+/// True when every directory above `path` and the file itself can be searched/executed by
+/// anyone (the service's user is neither owner nor in the group of a build tree under /root).
+fn world_executable(path: &Path) -> bool {
+    let ok = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false)
+    };
+    ok(path) && path.ancestors().skip(1).all(ok)
+}
+
+/// The program the service runs: the agent's own executable. When the service's user cannot
+/// reach it (a build tree under a 0700 home), a copy in the node's run directory, so the service
+/// never needs to run as root.
+pub fn program(node: &Node, account: Option<Account>) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    if account.is_none() || world_executable(&exe) {
+        return Ok(exe);
+    }
+    let dir = node.paths.run_dir().join("bin");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let copy = dir.join("larder");
+    let tmp = dir.join("larder.tmp");
+    std::fs::copy(&exe, &tmp)
+        .map_err(|e| anyhow::anyhow!("cannot copy {} to {}: {e}", exe.display(), tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &copy)?;
+    Ok(copy)
+}
+
+pub fn service_spec(node: &Node, account: Option<Account>, program: PathBuf) -> ServiceSpec {
+    ServiceSpec {
+        name: SERVICE.into(),
+        program,
+        args: vec![
+            "--root".into(),
+            node.paths.root().display().to_string(),
+            "search-service".into(),
+            "--settings".into(),
+            settings_file(node).display().to_string(),
+        ],
+        env: vec![],
+        user: account.map(|a| (a.uid, a.gid)),
+        cwd: Some(node.paths.data_dir().join("search")),
+        stop_signal: nix::sys::signal::Signal::SIGTERM,
+        pre_start: None,
+        // Nothing of this node may outlive its agent: a restarted agent must find the
+        // ports free and start from a known state.
+        die_with_agent: true,
+        log_dir: node.paths.service_log_dir(SERVICE),
+        log_max_bytes: node.cfg.log_rotation.file_maxbytes,
+        log_keep: node.cfg.log_rotation.num_to_keep,
+    }
+}
