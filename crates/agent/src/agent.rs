@@ -3,12 +3,12 @@
 //! before PostgreSQL goes away).
 
 use crate::control::{self, Request, Response};
-use crate::dcs::{self, Dcs};
+use crate::dcs::{keys, Dcs};
 use crate::ha::{self, HaLoop, LeaseInfo, Shared};
 use crate::node::Node;
 use crate::supervisor::{ServiceSpec, Supervisor};
 use crate::{api, etcd, postgres, search_service};
-use larder_core::model::{LeaderRecord, MemberStatus};
+use larder_core::model::LeaderRecord;
 use larder_core::paths::Paths;
 use serde_json::json;
 use std::sync::atomic::AtomicBool;
@@ -442,23 +442,19 @@ impl Ctx {
     }
 
     async fn force_leader(&self) -> anyhow::Result<String> {
-        let kvs = self.dcs.get_prefix(dcs::PREFIX).await?;
-        let mut members: Vec<MemberStatus> = Vec::new();
-        let mut term = 0u64;
-        for kv in &kvs {
-            if kv.key == dcs::K_LEADER {
-                let l: LeaderRecord = serde_json::from_slice(&kv.value)?;
-                anyhow::bail!("refused: {} is the leader (term {}); force-leader only acts when there is none", l.name, l.term);
-            }
-            if kv.key == dcs::K_TERM {
-                term = String::from_utf8_lossy(&kv.value).parse().unwrap_or(0);
-            }
-            if kv.key.starts_with("/larder/status/") {
-                if let Ok(m) = serde_json::from_slice(&kv.value) {
-                    members.push(m);
-                }
-            }
+        let kvs = self.dcs.get_prefix(keys::PREFIX).await?;
+        let view = larder_core::decide::DcsView::from_kvs(
+            kvs.iter().map(|kv| (kv.key.as_str(), kv.value.as_slice())),
+            &self.node.state.guid,
+        );
+        if let Some(l) = &view.leader {
+            anyhow::bail!(
+                "refused: {} is the leader (term {}); force-leader only acts when there is none",
+                l.name,
+                l.term
+            );
         }
+        let (members, term) = (view.members, view.term);
         let mine = self
             .shared
             .lock()

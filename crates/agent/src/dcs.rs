@@ -11,26 +11,9 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tonic::Code as tonic_code;
 
-pub const PREFIX: &str = "/larder/";
-pub const K_CLUSTER: &str = "/larder/cluster";
-pub const K_LEADER: &str = "/larder/leader";
-pub const K_TERM: &str = "/larder/term";
-pub const K_FAILOVER: &str = "/larder/failover";
-pub const K_SWITCHOVER: &str = "/larder/switchover";
-pub const K_JOIN_LOCK: &str = "/larder/join-lock";
-
-pub fn k_node(guid: &str) -> String {
-    format!("/larder/nodes/{guid}")
-}
-pub fn k_status(guid: &str) -> String {
-    format!("/larder/status/{guid}")
-}
-pub fn k_voter(guid: &str) -> String {
-    format!("/larder/voters/{guid}")
-}
-pub fn k_node_failover(guid: &str) -> String {
-    format!("/larder/node-failover/{guid}")
-}
+/// The key layout lives in the pure core, shared with the CLI.
+pub use larder_core::keys;
+use larder_core::keys::{LAST_LEADER, LEADER, TERM};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DcsError {
@@ -328,9 +311,9 @@ impl Dcs {
     ) -> Result<bool, DcsError> {
         let record = record.to_vec();
         let term_cmp = if expected_term == 0 {
-            Compare::create_revision(K_TERM, CompareOp::Equal, 0)
+            Compare::create_revision(TERM, CompareOp::Equal, 0)
         } else {
-            Compare::value(K_TERM, CompareOp::Equal, expected_term.to_string())
+            Compare::value(TERM, CompareOp::Equal, expected_term.to_string())
         };
         let resp = self
             .call(|mut c| {
@@ -339,12 +322,18 @@ impl Dcs {
                 async move {
                     let txn = Txn::new()
                         .when([
-                            Compare::create_revision(K_LEADER, CompareOp::Equal, 0),
+                            Compare::create_revision(LEADER, CompareOp::Equal, 0),
                             term_cmp,
                         ])
                         .and_then([
-                            TxnOp::put(K_LEADER, record, Some(PutOptions::new().with_lease(lease))),
-                            TxnOp::put(K_TERM, (expected_term + 1).to_string(), None),
+                            TxnOp::put(
+                                LEADER,
+                                record.clone(),
+                                Some(PutOptions::new().with_lease(lease)),
+                            ),
+                            TxnOp::put(TERM, (expected_term + 1).to_string(), None),
+                            // Outlives the lease: with failover off, who may lead again.
+                            TxnOp::put(LAST_LEADER, record, None),
                         ]);
                     c.txn(txn).await
                 }

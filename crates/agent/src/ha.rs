@@ -4,7 +4,7 @@
 //! from the moment the last successful renewal was sent. The health API reads that deadline
 //! on every request, so `/leader` turns 503 at the deadline even if this loop is stuck.
 
-use crate::dcs::{self, Dcs};
+use crate::dcs::{self, keys, Dcs};
 use crate::node::Node;
 use crate::postgres::{self, CopyProgress, PgObservation};
 use crate::supervisor::Supervisor;
@@ -12,7 +12,7 @@ use larder_core::decide::{self, Action, DcsView, HeldLease, LocalState, Observat
 use larder_core::model::{
     LeaderRecord, MemberStatus, NodeRecord, NodeRole, PgState, Switchover, WalPosition,
 };
-use serde::{Deserialize, Serialize};
+pub use larder_core::model::{SwitchoverPlan, SwitchoverRequest};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
@@ -80,26 +80,6 @@ impl Shared {
     }
 }
 
-/// A request written to etcd by `promote` / `demote`, executed by the leader.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SwitchoverRequest {
-    pub target: Option<String>,
-    pub requested_unix_ms: u64,
-}
-
-pub const K_SWITCHOVER_REQUEST: &str = "/larder/switchover-request";
-
-/// When the leader will start an accepted switchover, published (bound to its lease) so the
-/// target can hold the frontends' checks that will see it take over (`leader_check`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SwitchoverPlan {
-    pub target: Option<String>,
-    /// When the target is expected to be writable: the planned start plus the hand-over.
-    pub ready_unix_ms: u64,
-}
-
-pub const K_SWITCHOVER_PLAN: &str = "/larder/switchover-plan";
-
 /// Expected time from the old leader stopping PostgreSQL to the target answering `/leader`
 /// 200 (measured 0.35–0.55 s on the benchmark cluster). The target holds the frontends' checks
 /// until it is writable (`leader_check`), so a hand-over that runs long costs only its overrun;
@@ -107,9 +87,6 @@ pub const K_SWITCHOVER_PLAN: &str = "/larder/switchover-plan";
 const SWITCHOVER_HANDOVER_MS: u64 = 450;
 /// Longest a switchover start is delayed for timing (a bit over haproxy's 2 s interval).
 const SWITCHOVER_MAX_WAIT_MS: u64 = 2_500;
-/// Why the leader refused the last switchover request (read and cleared by the CLI).
-pub const K_SWITCHOVER_REFUSED: &str = "/larder/switchover-refused";
-
 pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -301,7 +278,7 @@ impl HaLoop {
                 .stop(postgres::SERVICE, Duration::from_secs(10))
                 .await;
             mark_diverged(&self.node, true);
-            let _ = self.dcs.delete_if_lease(dcs::K_LEADER, l.id).await;
+            let _ = self.dcs.delete_if_lease(keys::LEADER, l.id).await;
             let _ = self.dcs.lease_revoke(l.id).await;
         }
         if let Some(id) = self.intent.status_lease {
@@ -346,60 +323,14 @@ impl HaLoop {
         }
     }
 
-    async fn read_dcs(
-        &mut self,
-    ) -> Result<(DcsView, Vec<NodeRecord>, Option<SwitchoverRequest>), dcs::DcsError> {
-        let kvs = self.dcs.get_prefix(dcs::PREFIX).await?;
-        let me = self.node.state.guid.clone();
-        let mut view = DcsView {
-            leader: None,
-            term: 0,
-            members: vec![],
-            voters: vec![],
-            cluster_failover: true,
-            node_failover: true,
-            switchover: None,
-        };
-        let mut nodes = Vec::new();
-        let mut request = None;
-        let mut plan = None;
-        for kv in kvs {
-            let v = &kv.value;
-            let k = kv.key.as_str();
-            if k == dcs::K_LEADER {
-                view.leader = serde_json::from_slice(v).ok();
-            } else if k == dcs::K_TERM {
-                view.term = String::from_utf8_lossy(v).parse().unwrap_or(0);
-            } else if k == dcs::K_FAILOVER {
-                view.cluster_failover = v.as_slice() != b"off";
-            } else if k == dcs::K_SWITCHOVER {
-                view.switchover = serde_json::from_slice(v).ok();
-            } else if k == K_SWITCHOVER_REQUEST {
-                request = serde_json::from_slice(v).ok();
-            } else if k == K_SWITCHOVER_PLAN {
-                plan = serde_json::from_slice(v).ok();
-            } else if let Some(g) = k.strip_prefix("/larder/status/") {
-                if let Ok(m) = serde_json::from_slice::<MemberStatus>(v) {
-                    if m.guid == g {
-                        view.members.push(m);
-                    }
-                }
-            } else if let Some(g) = k.strip_prefix("/larder/voters/") {
-                view.voters.push(g.to_string());
-            } else if let Some(g) = k.strip_prefix("/larder/node-failover/") {
-                if g == me {
-                    view.node_failover = v.as_slice() != b"off";
-                }
-            } else if k.starts_with("/larder/nodes/") {
-                if let Ok(n) = serde_json::from_slice::<NodeRecord>(v) {
-                    nodes.push(n);
-                }
-            }
-        }
-        // Voters that were removed from the cluster no longer count.
-        view.voters.retain(|g| nodes.iter().any(|n| &n.guid == g));
-        self.shared.lock().unwrap().switchover_plan = plan;
-        Ok((view, nodes, request))
+    async fn read_dcs(&mut self) -> Result<DcsView, dcs::DcsError> {
+        let kvs = self.dcs.get_prefix(keys::PREFIX).await?;
+        let view = DcsView::from_kvs(
+            kvs.iter().map(|kv| (kv.key.as_str(), kv.value.as_slice())),
+            &self.node.state.guid,
+        );
+        self.shared.lock().unwrap().switchover_plan = view.switchover_plan.clone();
+        Ok(view)
     }
 
     async fn iterate(&mut self) -> anyhow::Result<()> {
@@ -415,13 +346,15 @@ impl HaLoop {
         let pg = self.observe_pg().await;
         let dcs_read = self.read_dcs().await;
         let etcd_ok = dcs_read.is_ok();
-        let (view, nodes, request) = match dcs_read {
-            Ok((v, n, r)) => (Some(v), n, r),
+        let view = match dcs_read {
+            Ok(v) => Some(v),
             Err(e) => {
                 tracing::warn!("etcd read failed: {e}");
-                (None, vec![], None)
+                None
             }
         };
+        let nodes = view.as_ref().map(|v| v.nodes.clone()).unwrap_or_default();
+        let request = view.as_ref().and_then(|v| v.switchover_request.clone());
         let now = Instant::now();
         self.track_pg(&pg, view.as_ref(), now);
 
@@ -569,7 +502,7 @@ impl HaLoop {
         let dcs = self.dcs.clone();
         tokio::spawn(async move {
             if let Ok(v) = serde_json::to_vec(&plan) {
-                if let Err(e) = dcs.put(K_SWITCHOVER_PLAN, &v, Some(lease.id)).await {
+                if let Err(e) = dcs.put(keys::SWITCHOVER_PLAN, &v, Some(lease.id)).await {
                     tracing::debug!("publishing the switchover plan: {e}");
                 }
             }
@@ -724,7 +657,7 @@ impl HaLoop {
             Action::ReleaseLeadership => {
                 let lease = self.shared.lock().unwrap().lease.take();
                 if let Some(l) = lease {
-                    let _ = self.dcs.delete_if_lease(dcs::K_LEADER, l.id).await;
+                    let _ = self.dcs.delete_if_lease(keys::LEADER, l.id).await;
                     let _ = self.dcs.lease_revoke(l.id).await;
                 }
             }
@@ -836,7 +769,7 @@ impl HaLoop {
                 }
             }
             Action::ClearSwitchover => {
-                self.dcs.delete(dcs::K_SWITCHOVER).await?;
+                self.dcs.delete(keys::SWITCHOVER).await?;
             }
         }
         Ok(())
@@ -993,7 +926,7 @@ impl HaLoop {
         if let Ok(b) = serde_json::to_vec(&status) {
             let _ = self
                 .dcs
-                .put(&dcs::k_status(&node.state.guid), &b, Some(lease))
+                .put(&keys::status(&node.state.guid), &b, Some(lease))
                 .await;
         }
         if self.intent.voter
@@ -1003,7 +936,7 @@ impl HaLoop {
         {
             let _ = self
                 .dcs
-                .put(&dcs::k_voter(&node.state.guid), b"1", None)
+                .put(&keys::voter(&node.state.guid), b"1", None)
                 .await;
         }
     }
@@ -1019,7 +952,7 @@ impl HaLoop {
         pg: &Option<PgObservation>,
     ) -> anyhow::Result<()> {
         let node = self.node.clone();
-        self.dcs.delete(K_SWITCHOVER_REQUEST).await?;
+        self.dcs.delete(keys::SWITCHOVER_REQUEST).await?;
         let target_ok = match &req.target {
             Some(t) => view
                 .members
@@ -1034,7 +967,7 @@ impl HaLoop {
             self.shared.lock().unwrap().last_error = Some(msg.into());
             let _ = self
                 .dcs
-                .put(K_SWITCHOVER_REFUSED, msg.as_bytes(), None)
+                .put(keys::SWITCHOVER_REFUSED, msg.as_bytes(), None)
                 .await;
             return Ok(());
         }
@@ -1063,12 +996,12 @@ impl HaLoop {
             deadline_unix_ms: unix_ms() + 15_000,
         };
         self.dcs
-            .put(dcs::K_SWITCHOVER, &serde_json::to_vec(&sw)?, None)
+            .put(keys::SWITCHOVER, &serde_json::to_vec(&sw)?, None)
             .await?;
         mark_diverged(&node, true);
         self.shared.lock().unwrap().lease = None;
         self.intent.following = None;
-        self.dcs.delete_if_lease(dcs::K_LEADER, lease.id).await?;
+        self.dcs.delete_if_lease(keys::LEADER, lease.id).await?;
         let _ = self.dcs.lease_revoke(lease.id).await;
         self.wake.notify_one();
         Ok(())

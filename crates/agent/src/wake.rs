@@ -5,8 +5,8 @@
 //! promote). A prefix watch turns each step into one etcd round trip. The watch only
 //! accelerates: if it breaks, the loop still polls, so correctness never depends on it.
 
-use crate::dcs::{self, Dcs};
-use crate::ha::{Shared, K_SWITCHOVER_REQUEST};
+use crate::dcs::{keys, Dcs};
+use crate::ha::Shared;
 use larder_core::model::MemberStatus;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,12 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 /// Keys whose every change needs an immediate decision.
 fn always_wakes(key: &str) -> bool {
-    key == dcs::K_LEADER
-        || key == dcs::K_SWITCHOVER
-        || key == K_SWITCHOVER_REQUEST
-        || key == dcs::K_TERM
-        || key == dcs::K_FAILOVER
-        || key.starts_with("/larder/node-failover/")
+    key == keys::LEADER
+        || key == keys::SWITCHOVER
+        || key == keys::SWITCHOVER_REQUEST
+        || key == keys::TERM
+        || key == keys::FAILOVER
+        || key.starts_with(keys::NODE_FAILOVER_PREFIX)
 }
 
 /// The part of a member's status an election looks at (not its sequence number or clock, which
@@ -45,7 +45,7 @@ pub async fn run(
 ) {
     let mut facts: HashMap<String, String> = HashMap::new();
     while !shutdown.is_cancelled() {
-        let (url, mut stream) = match dcs.watch_prefix(dcs::PREFIX).await {
+        let (url, mut stream) = match dcs.watch_prefix(keys::PREFIX).await {
             Ok(w) => w,
             Err(_) => {
                 tokio::select! {
@@ -69,7 +69,7 @@ pub async fn run(
                         let key = String::from_utf8_lossy(kv.key()).to_string();
                         if always_wakes(&key) {
                             wanted = true;
-                        } else if key.starts_with("/larder/status/") {
+                        } else if key.starts_with(keys::STATUS_PREFIX) {
                             let f = election_facts(kv.value()).unwrap_or_default();
                             let changed = facts.get(&key) != Some(&f);
                             facts.insert(key, f);

@@ -4,7 +4,7 @@
 use crate::progress::Steps;
 use anyhow::{bail, Context};
 use larder_agent::control::{self, Request};
-use larder_agent::dcs::{self, Dcs, TlsFiles};
+use larder_agent::dcs::{keys, Dcs, TlsFiles};
 use larder_agent::node::{new_guid, new_password, url_host, write_private, NodeState};
 use larder_agent::pki;
 use larder_core::config::Config;
@@ -313,7 +313,7 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
     );
     let deadline = Instant::now() + Duration::from_secs(a.etcd_wait_time);
     loop {
-        if dcs.get(dcs::K_CLUSTER).await.is_ok() {
+        if dcs.get(keys::CLUSTER).await.is_ok() {
             break;
         }
         if Instant::now() > deadline {
@@ -332,11 +332,11 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
         address: cfg.publish_address.clone(),
     };
     let cluster = serde_json::json!({"fingerprint": secrets.fingerprint(), "created_unix": state.created_unix});
-    dcs.create(dcs::K_CLUSTER, cluster.to_string().as_bytes(), None)
+    dcs.create(keys::CLUSTER, cluster.to_string().as_bytes(), None)
         .await?;
-    dcs.put(&dcs::k_node(&guid), &serde_json::to_vec(&record)?, None)
+    dcs.put(&keys::node(&guid), &serde_json::to_vec(&record)?, None)
         .await?;
-    dcs.put(&dcs::k_voter(&guid), b"1", None).await?;
+    dcs.put(&keys::voter(&guid), b"1", None).await?;
 
     steps.step("initialising PostgreSQL and electing the leader");
     wait_for(paths, Duration::from_secs(60), "leadership", |s| {
@@ -434,7 +434,7 @@ pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
     };
     let peer_url = format!("https://{}:{}", url_host(&a.peer), cfg.etcd.client_port);
     let dcs = Dcs::new(vec![peer_url.clone()], tls, Duration::from_secs(3));
-    let cluster = dcs.get(dcs::K_CLUSTER).await.map_err(|e| anyhow::anyhow!(
+    let cluster = dcs.get(keys::CLUSTER).await.map_err(|e| anyhow::anyhow!(
         "cannot authenticate to the cluster at {peer_url} with the secrets in {}: {e}. Check the peer address and that the secrets file is the one from that cluster; nothing was changed", a.secrets_file_path))?;
     let Some(cluster) = cluster else {
         bail!(
@@ -446,7 +446,7 @@ pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
     if fp["fingerprint"].as_str() != Some(secrets.fingerprint().as_str()) {
         bail!("the secrets in {} do not match the cluster at {} (passwords differ); nothing was changed", a.secrets_file_path, a.peer);
     }
-    let nodes = dcs.get_prefix("/larder/nodes/").await?;
+    let nodes = dcs.get_prefix(keys::NODES_PREFIX).await?;
     for kv in &nodes {
         let n: NodeRecord = serde_json::from_slice(&kv.value)?;
         if n.address == cfg.publish_address {
@@ -456,7 +456,7 @@ pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
             bail!("a node named {} is already registered; choose another fqdn or remove it first; nothing was changed", n.name);
         }
     }
-    if dcs.get(dcs::K_LEADER).await?.is_none() {
+    if dcs.get(keys::LEADER).await?.is_none() {
         bail!("the cluster has no leader right now; joins need a leader to copy from. Retry when `larder cluster-status` shows one; nothing was changed");
     }
     crate::prompt::confirm_on_terminal(
@@ -475,14 +475,14 @@ pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
     let lock_val = serde_json::json!({"node": cfg.fqdn, "address": cfg.publish_address, "since_unix": larder_agent::ha::unix_ms() / 1000});
     if !dcs
         .create(
-            dcs::K_JOIN_LOCK,
+            keys::JOIN_LOCK,
             lock_val.to_string().as_bytes(),
             Some(lock_lease),
         )
         .await?
     {
         let holder = dcs
-            .get(dcs::K_JOIN_LOCK)
+            .get(keys::JOIN_LOCK)
             .await?
             .map(|k| String::from_utf8_lossy(&k.value).to_string())
             .unwrap_or_default();
@@ -562,7 +562,7 @@ async fn join_locked(
         name: cfg.fqdn.clone(),
         address: cfg.publish_address.clone(),
     };
-    dcs.put(&dcs::k_node(&guid), &serde_json::to_vec(&record)?, None)
+    dcs.put(&keys::node(&guid), &serde_json::to_vec(&record)?, None)
         .await?;
 
     steps.step("starting the agent and syncing etcd");

@@ -4,8 +4,8 @@
 use crate::bootstrap::{agent_status, wait_for};
 use anyhow::bail;
 use larder_agent::control::{self, Request};
-use larder_agent::dcs::{self, Dcs};
-use larder_agent::ha::{unix_ms, SwitchoverRequest, K_SWITCHOVER_REFUSED, K_SWITCHOVER_REQUEST};
+use larder_agent::dcs::{keys, Dcs};
+use larder_agent::ha::{unix_ms, SwitchoverRequest};
 use larder_agent::node::Node;
 use larder_core::model::{LeaderRecord, NodeRecord};
 use larder_core::model::{MemberStatus, PgState};
@@ -47,9 +47,9 @@ pub async fn set_failover(paths: &Paths, state: &str, cluster: bool) -> anyhow::
     let on = parse_state(state)?;
     let (node, dcs) = cli_dcs(paths)?;
     let key = if cluster {
-        dcs::K_FAILOVER.to_string()
+        keys::FAILOVER.to_string()
     } else {
-        dcs::k_node_failover(&node.state.guid)
+        keys::node_failover(&node.state.guid)
     };
     dcs.put(&key, if on { b"on" } else { b"off" }, None).await?;
     println!(
@@ -66,7 +66,7 @@ pub async fn set_failover(paths: &Paths, state: &str, cluster: bool) -> anyhow::
 
 async fn nodes(dcs: &Dcs) -> anyhow::Result<Vec<NodeRecord>> {
     Ok(dcs
-        .get_prefix("/larder/nodes/")
+        .get_prefix(keys::NODES_PREFIX)
         .await?
         .iter()
         .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
@@ -91,7 +91,7 @@ fn find<'a>(nodes: &'a [NodeRecord], name: &str) -> anyhow::Result<&'a NodeRecor
 
 async fn leader(dcs: &Dcs) -> anyhow::Result<Option<LeaderRecord>> {
     Ok(dcs
-        .get(dcs::K_LEADER)
+        .get(keys::LEADER)
         .await?
         .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
 }
@@ -100,7 +100,7 @@ async fn leader(dcs: &Dcs) -> anyhow::Result<Option<LeaderRecord>> {
 pub async fn switchover(paths: &Paths, target: Option<String>) -> anyhow::Result<()> {
     let (_node, dcs) = cli_dcs(paths)?;
     if dcs
-        .get(dcs::K_FAILOVER)
+        .get(keys::FAILOVER)
         .await?
         .is_some_and(|kv| kv.value == b"off")
     {
@@ -120,7 +120,7 @@ pub async fn switchover(paths: &Paths, target: Option<String>) -> anyhow::Result
                 return Ok(());
             }
             if dcs
-                .get(&dcs::k_node_failover(&n.guid))
+                .get(&keys::node_failover(&n.guid))
                 .await?
                 .is_some_and(|kv| kv.value == b"off")
             {
@@ -141,7 +141,7 @@ pub async fn switchover(paths: &Paths, target: Option<String>) -> anyhow::Result
     let attach_deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let ok = loop {
         let statuses: Vec<MemberStatus> = dcs
-            .get_prefix("/larder/status/")
+            .get_prefix(keys::STATUS_PREFIX)
             .await?
             .iter()
             .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
@@ -158,12 +158,12 @@ pub async fn switchover(paths: &Paths, target: Option<String>) -> anyhow::Result
     if !ok {
         bail!("no streaming, failover-enabled follower {}to hand over to yet; wait until `larder cluster-status` shows it as follower and retry", target.as_deref().map(|t| format!("({t}) ")).unwrap_or_default());
     }
-    let _ = dcs.delete(K_SWITCHOVER_REFUSED).await;
+    let _ = dcs.delete(keys::SWITCHOVER_REFUSED).await;
     let req = SwitchoverRequest {
         target: target_guid.clone(),
         requested_unix_ms: unix_ms(),
     };
-    dcs.put(K_SWITCHOVER_REQUEST, &serde_json::to_vec(&req)?, None)
+    dcs.put(keys::SWITCHOVER_REQUEST, &serde_json::to_vec(&req)?, None)
         .await?;
     eprintln!("switchover requested from {} (term {})", old.name, old.term);
     let started = Instant::now();
@@ -184,12 +184,12 @@ pub async fn switchover(paths: &Paths, target: Option<String>) -> anyhow::Result
                 return Ok(());
             }
         }
-        if let Some(kv) = dcs.get(K_SWITCHOVER_REFUSED).await? {
-            let _ = dcs.delete(K_SWITCHOVER_REFUSED).await;
+        if let Some(kv) = dcs.get(keys::SWITCHOVER_REFUSED).await? {
+            let _ = dcs.delete(keys::SWITCHOVER_REFUSED).await;
             bail!("{}", String::from_utf8_lossy(&kv.value));
         }
         if Instant::now() > deadline {
-            let _ = dcs.delete(K_SWITCHOVER_REQUEST).await;
+            let _ = dcs.delete(keys::SWITCHOVER_REQUEST).await;
             bail!("no new leader was elected within 30s; check `larder cluster-status` (the target must be a streaming follower with failover enabled)");
         }
     }
@@ -281,7 +281,7 @@ pub async fn remove_node(paths: &Paths, name: &str, yes: bool) -> anyhow::Result
             n.name
         );
     }
-    if dcs.get(&dcs::k_status(&n.guid)).await?.is_some() {
+    if dcs.get(&keys::status(&n.guid)).await?.is_some() {
         bail!("{} is still running (its agent posts status); stop it first (`larder uninstall` on that node), then retry", n.name);
     }
     crate::prompt::confirm(
@@ -301,9 +301,9 @@ pub async fn remove_node(paths: &Paths, name: &str, yes: bool) -> anyhow::Result
     }) {
         dcs.member_remove(m.id).await?;
     }
-    dcs.delete(&dcs::k_voter(&n.guid)).await?;
-    dcs.delete(&dcs::k_node_failover(&n.guid)).await?;
-    dcs.delete(&dcs::k_node(&n.guid)).await?;
+    dcs.delete(&keys::voter(&n.guid)).await?;
+    dcs.delete(&keys::node_failover(&n.guid)).await?;
+    dcs.delete(&keys::node(&n.guid)).await?;
     // The leader drops the replication slot of members that are no longer registered.
     let _ = agent_status(paths).await;
     println!(

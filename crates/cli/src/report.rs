@@ -110,6 +110,8 @@ pub async fn status(
 
 pub fn cluster_rows(s: &serde_json::Value) -> Vec<ClusterRow> {
     let (nodes, members) = parse_members(s);
+    // The column says whether the node may be promoted automatically: both flags count.
+    let cluster_failover = s["ha"]["cluster_failover"].as_bool().unwrap_or(true);
     nodes
         .iter()
         .map(|n| {
@@ -143,7 +145,7 @@ pub fn cluster_rows(s: &serde_json::Value) -> Vec<ClusterRow> {
                 timeline: m.map(|m| m.position.timeline).unwrap_or(0),
                 lsn: m.map(|m| m.position.lsn.to_string()).unwrap_or_default(),
                 term: m.map(|m| m.term).unwrap_or(0),
-                failover: m.map(|m| m.failover_enabled).unwrap_or(true),
+                failover: cluster_failover && m.map(|m| m.failover_enabled).unwrap_or(true),
             }
         })
         .collect()
@@ -162,6 +164,9 @@ pub async fn cluster_status(paths: &Paths, json: bool) -> anyhow::Result<()> {
         );
     } else {
         print!("{}", status::render_cluster(&rows));
+        if s["ha"]["cluster_failover"] == false {
+            println!("Cluster failover is OFF: no node takes over automatically (the last leader still leads again after a restart). Turn it back on with `larder set-cluster-failover on`.");
+        }
     }
     Ok(())
 }

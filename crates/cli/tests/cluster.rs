@@ -541,3 +541,58 @@ fn frozen_leader_agent_loses_no_acknowledged_write() {
             .then_some(())
     });
 }
+
+/// Cluster failover off (step 1 of the rolling upgrade), then the leader's agent restarts —
+/// cleanly (SIGTERM, what a package upgrade or a reboot does) and by kill -9: the same node
+/// leads again without operator action, and no other node ever does.
+#[test]
+fn leader_restart_with_cluster_failover_off_leads_again() {
+    let c = cluster_with_rows(30);
+    let old = c.wait_leader(None, T).name.clone();
+    let l = c.node(&old);
+    l.ok(&["set-cluster-failover", "off"]);
+    let table = l.ok(&["cluster-status"]);
+    assert!(table.contains("Cluster failover is OFF"), "{table}");
+    let term_of = |n: &Node| -> u64 { n.status_json().unwrap()["ha"]["term"].as_u64().unwrap() };
+    let mut term = term_of(l);
+    for (round, how) in ["clean restart", "kill -9"].iter().enumerate() {
+        match *how {
+            "clean restart" => {
+                l.ok(&["uninstall"]);
+            }
+            _ => {
+                let pg = l.pg_pid().expect("leader PostgreSQL pid");
+                l.kill_agent();
+                ensure_dead(pg);
+            }
+        }
+        // While it is down nobody else may lead.
+        let down_until = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < down_until {
+            assert!(
+                c.leader().is_none(),
+                "{how}: another node leads with failover off"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        l.ok(&["start"]);
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            if let Some(n) = c.leader() {
+                assert_eq!(n.name, old, "{how}: another node leads with failover off");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{how}: no leader within {T:?} after restarting {old} with failover off"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let now = term_of(l);
+        assert_eq!(now, term + 1, "{how}: exactly one new term, taken by {old}");
+        term = now;
+        write_rows(l, 300 + 10 * round as u32, 310 + 10 * round as u32);
+        assert_eq!(count(l), Some(310 + 10 * round as u64));
+    }
+    l.ok(&["set-cluster-failover", "on"]);
+}

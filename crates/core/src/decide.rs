@@ -18,7 +18,10 @@
 //!    once, since that checkpoint is the last record the old leader wrote.
 
 use crate::config::SyncMode;
-use crate::model::{LeaderRecord, MemberStatus, NodeRole, PgState, Switchover, WalPosition};
+use crate::model::{
+    LeaderRecord, MemberStatus, NodeRecord, NodeRole, PgState, Switchover, SwitchoverPlan,
+    SwitchoverRequest, WalPosition,
+};
 
 /// Everything the agent observed in one loop iteration.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,17 +62,26 @@ pub struct LocalState {
     pub syncing: bool,
 }
 
+/// One read of the cluster's etcd state (parsed by [`DcsView::from_kvs`], see [`crate::keys`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DcsView {
     pub leader: Option<LeaderRecord>,
+    /// Who acquired the current term (survives the leader key's lease).
+    pub last_leader: Option<LeaderRecord>,
     pub term: u64,
     /// Statuses of every registered member whose liveness key exists (self included).
     pub members: Vec<MemberStatus>,
     /// Registered members that vote (see [`MemberStatus::voter`]), alive or not.
     pub voters: Vec<String>,
+    /// Registered members.
+    pub nodes: Vec<NodeRecord>,
     pub cluster_failover: bool,
     pub node_failover: bool,
     pub switchover: Option<Switchover>,
+    /// An operator's `promote`/`demote`, not yet taken up by the leader.
+    pub switchover_request: Option<SwitchoverRequest>,
+    /// The leader's timing plan for an accepted switchover.
+    pub switchover_plan: Option<SwitchoverPlan>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,7 +352,11 @@ fn follow(obs: &Observation, leader: LeaderRecord) -> Decision {
 
 /// Why this node may not run for leader, if it may not.
 fn ineligibility(obs: &Observation, dcs: &DcsView) -> Option<String> {
-    if !dcs.cluster_failover && dcs.term > 0 {
+    // With cluster failover off only the node that held the current term may lead again (a
+    // restart of the leader's agent or host is not a failover; leaving the cluster leaderless
+    // would be worse). It holds every acknowledged commit: followers only ever receive WAL from
+    // it, and nobody else led since (the term is unchanged).
+    if !dcs.cluster_failover && dcs.term > 0 && !held_current_term(obs, dcs) {
         return Some("cluster failover is disabled".into());
     }
     if !dcs.node_failover {
@@ -357,6 +373,13 @@ fn ineligibility(obs: &Observation, dcs: &DcsView) -> Option<String> {
         return Some("not a voting member yet".into());
     }
     None
+}
+
+/// This node acquired the current term (it is the last leader, and nobody led since).
+fn held_current_term(obs: &Observation, dcs: &DcsView) -> bool {
+    dcs.last_leader
+        .as_ref()
+        .is_some_and(|l| l.guid == obs.me && l.term == dcs.term)
 }
 
 fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
@@ -487,8 +510,11 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
         .as_ref()
         .filter(|sw| sw.term == dcs.term && obs.now_unix_ms < sw.deadline_unix_ms)
         .map(|sw| sw.from.as_str());
+    // With cluster failover off the others may not lead at all: the last leader defers to nobody.
+    let sole_candidate = !dcs.cluster_failover && held_current_term(obs, dcs);
     if let Some(rival) = fresh.iter().find(|m| {
         !named_target
+            && !sole_candidate
             && m.eligible
             && m.position == mine
             && m.guid < *me

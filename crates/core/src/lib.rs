@@ -12,6 +12,7 @@
 pub mod check_phase;
 pub mod config;
 pub mod decide;
+pub mod keys;
 pub mod model;
 pub mod paths;
 pub mod pgconf;

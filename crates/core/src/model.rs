@@ -142,6 +142,22 @@ pub struct Switchover {
     pub deadline_unix_ms: u64,
 }
 
+/// A request written to etcd by `promote` / `demote`, executed by the leader.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SwitchoverRequest {
+    pub target: Option<String>,
+    pub requested_unix_ms: u64,
+}
+
+/// When the leader will start an accepted switchover, published (bound to its lease) so the
+/// target can hold the frontends' checks that will see it take over.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SwitchoverPlan {
+    pub target: Option<String>,
+    /// When the target is expected to be writable: the planned start plus the hand-over.
+    pub ready_unix_ms: u64,
+}
+
 /// Static registration of a node, written by create-cluster / join-cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {

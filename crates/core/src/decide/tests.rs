@@ -69,9 +69,7 @@ fn view(
         term,
         members,
         voters: voters.iter().map(|s| s.to_string()).collect(),
-        cluster_failover: true,
-        node_failover: true,
-        switchover: None,
+        ..DcsView::default()
     }
 }
 
@@ -104,6 +102,116 @@ fn acquires(d: &Decision) -> bool {
     d.actions
         .iter()
         .any(|a| matches!(a, Action::AcquireLeadership { .. }))
+}
+
+/// A cluster of a, b, c with cluster failover off, whose term 5 was acquired by b; the leader
+/// key is gone (b's agent restarted). a and c run as standbys without upstream and have posted
+/// their (equal) positions.
+fn failover_off_after_leader_restart(me_pg: PgState) -> (DcsView, LocalState) {
+    let mut v = view(
+        None,
+        5,
+        vec![member("a", 100, 5, None), member("c", 100, 5, None)],
+        &["a", "b", "c"],
+    );
+    v.cluster_failover = false;
+    v.last_leader = Some(leader("b", 5));
+    (v, local(me_pg, 100))
+}
+
+#[test]
+fn failover_off_only_the_last_leader_may_lead_again() {
+    let (v, l) = failover_off_after_leader_restart(PgState::Standby);
+    let d = decide(&obs("b", l.clone(), Some(v.clone()), None));
+    assert_eq!(
+        d.actions,
+        vec![Action::AcquireLeadership { term: 6 }],
+        "{}",
+        d.reason
+    );
+    // a is as advanced and has the lower GUID, but failover is off: it never runs...
+    let mut va = v.clone();
+    va.members = vec![member("b", 100, 5, None), member("c", 100, 5, None)];
+    let d = decide(&obs("a", l.clone(), Some(va), None));
+    assert!(!acquires(&d), "{:?}", d);
+    assert!(
+        d.reason.contains("cluster failover is disabled"),
+        "{}",
+        d.reason
+    );
+    // ...and b does not defer to a (which would leave the cluster leaderless).
+    let mut vb = v;
+    vb.members.push(member("b", 100, 5, None));
+    let d = decide(&obs("b", l, Some(vb), None));
+    assert!(acquires(&d), "{}", d.reason);
+}
+
+#[test]
+fn failover_off_a_leader_of_an_older_term_may_not_lead() {
+    let (mut v, l) = failover_off_after_leader_restart(PgState::Standby);
+    v.last_leader = Some(leader("b", 4));
+    let d = decide(&obs("b", l, Some(v), None));
+    assert!(!acquires(&d), "{}", d.reason);
+}
+
+/// Sequence test (each decision's actions fed back as the next observation): the leader's agent
+/// restarts with cluster failover off and the same node leads again; the others never try.
+#[test]
+fn sequence_leader_restart_with_failover_off() {
+    let (mut v, mut l) = failover_off_after_leader_restart(PgState::Stopped);
+    let others = |v: &DcsView, me: &str| {
+        let mut v = v.clone();
+        v.members.retain(|m| m.guid != me);
+        v.members.push(member(
+            "b",
+            100,
+            v.term,
+            v.leader.as_ref().map(|l| l.guid.as_str()),
+        ));
+        for g in ["a", "c"] {
+            let d = decide(&obs(g, local(PgState::Standby, 100), Some(v.clone()), None));
+            assert!(!acquires(&d), "{g} tried to lead: {}", d.reason);
+        }
+    };
+    // 1. PostgreSQL down after the restart: start it as a standby without upstream.
+    let d = decide(&obs("b", l.clone(), Some(v.clone()), None));
+    assert_eq!(d.actions, vec![Action::StartStandby], "{}", d.reason);
+    others(&v, "b");
+    l.pg = PgState::Standby;
+    // 2. Its position is known: acquire the next term.
+    let d = decide(&obs("b", l.clone(), Some(v.clone()), None));
+    assert_eq!(
+        d.actions,
+        vec![Action::AcquireLeadership { term: 6 }],
+        "{}",
+        d.reason
+    );
+    v.term = 6;
+    v.leader = Some(leader("b", 6));
+    v.last_leader = Some(leader("b", 6));
+    let held = lease(6, 20_000);
+    // 3. Lease held: promote, then keep the synchronous quorum.
+    let d = decide(&obs("b", l.clone(), Some(v.clone()), held));
+    let names = vec![
+        crate::model::standby_name("a"),
+        crate::model::standby_name("c"),
+    ];
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::Promote,
+            Action::SetSyncStandbys {
+                k: 1,
+                names: names.clone()
+            }
+        ]
+    );
+    others(&v, "b");
+    l.pg = PgState::Primary;
+    // 4. Writable leader, steady.
+    let d = decide(&obs("b", l, Some(v), held));
+    assert_eq!(d.role, NodeRole::Leader);
+    assert_eq!(d.actions, vec![Action::SetSyncStandbys { k: 1, names }]);
 }
 
 #[test]
@@ -606,7 +714,7 @@ proptest! {
             .filter(|i| *i != me && s.fresh[*i])
             .map(|i| member(&guid(i), s.positions[i], 7, None))
             .collect();
-        let v = DcsView { leader: None, term: 7, members, voters, cluster_failover: true, node_failover: true, switchover: None };
+        let v = DcsView { leader: None, term: 7, members, voters, ..DcsView::default() };
         let d = decide(&obs(&guid(me), local(PgState::Standby, s.positions[me]), Some(v), None));
         if acquires(&d) {
             prop_assert!(s.positions[me] >= s.acked, "node {} at {} acquired but {} was acknowledged: {:?}", me, s.positions[me], s.acked, s);

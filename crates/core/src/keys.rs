@@ -1,0 +1,187 @@
+//! The etcd key layout, in one place, and the one parser of a `/larder/` prefix read
+//! ([`DcsView::from_kvs`]) that the agent and the CLI share.
+//!
+//! | key | value | lifetime |
+//! |---|---|---|
+//! | [`CLUSTER`] | secrets fingerprint | permanent |
+//! | [`node`] | [`NodeRecord`] | until `remove-node` |
+//! | [`voter`] | `1`, set once a node has streamed from a leader | until `remove-node` |
+//! | [`LEADER`] | [`LeaderRecord`] | the leader lease |
+//! | [`LAST_LEADER`] | [`LeaderRecord`] of the last acquisition | permanent, rewritten with [`TERM`] |
+//! | [`TERM`] | last leadership term | permanent, +1 on every acquisition |
+//! | [`status`] | [`MemberStatus`] | the member's status lease |
+//! | [`FAILOVER`], [`node_failover`] | `on` / `off` | permanent |
+//! | [`SWITCHOVER_REQUEST`], [`SWITCHOVER`], [`SWITCHOVER_REFUSED`] | planned switchover protocol | until consumed |
+//! | [`SWITCHOVER_PLAN`] | [`SwitchoverPlan`] | the leader lease |
+//! | [`JOIN_LOCK`] | the node joining | the joiner's lease |
+
+use crate::decide::DcsView;
+#[cfg(doc)]
+use crate::model::LeaderRecord;
+use crate::model::{MemberStatus, NodeRecord, Switchover, SwitchoverPlan, SwitchoverRequest};
+
+pub const PREFIX: &str = "/larder/";
+pub const CLUSTER: &str = "/larder/cluster";
+pub const LEADER: &str = "/larder/leader";
+/// Who acquired the current [`TERM`]: with cluster failover off, that node alone may lead again
+/// after a restart (re-acquiring is not a failover).
+pub const LAST_LEADER: &str = "/larder/last-leader";
+pub const TERM: &str = "/larder/term";
+pub const FAILOVER: &str = "/larder/failover";
+pub const SWITCHOVER: &str = "/larder/switchover";
+pub const SWITCHOVER_REQUEST: &str = "/larder/switchover-request";
+pub const SWITCHOVER_PLAN: &str = "/larder/switchover-plan";
+/// Why the leader refused the last switchover request (read and cleared by the CLI).
+pub const SWITCHOVER_REFUSED: &str = "/larder/switchover-refused";
+pub const JOIN_LOCK: &str = "/larder/join-lock";
+
+pub const NODES_PREFIX: &str = "/larder/nodes/";
+pub const STATUS_PREFIX: &str = "/larder/status/";
+pub const VOTERS_PREFIX: &str = "/larder/voters/";
+pub const NODE_FAILOVER_PREFIX: &str = "/larder/node-failover/";
+
+pub fn node(guid: &str) -> String {
+    format!("{NODES_PREFIX}{guid}")
+}
+pub fn status(guid: &str) -> String {
+    format!("{STATUS_PREFIX}{guid}")
+}
+pub fn voter(guid: &str) -> String {
+    format!("{VOTERS_PREFIX}{guid}")
+}
+pub fn node_failover(guid: &str) -> String {
+    format!("{NODE_FAILOVER_PREFIX}{guid}")
+}
+
+impl Default for DcsView {
+    /// An empty cluster: no leader, term 0, failover on (absent flags mean on).
+    fn default() -> Self {
+        DcsView {
+            leader: None,
+            last_leader: None,
+            term: 0,
+            members: vec![],
+            voters: vec![],
+            nodes: vec![],
+            cluster_failover: true,
+            node_failover: true,
+            switchover: None,
+            switchover_request: None,
+            switchover_plan: None,
+        }
+    }
+}
+
+impl DcsView {
+    /// Parse one read of the whole [`PREFIX`] as seen by member `me` (whose node-failover flag
+    /// is the one that counts). Values that do not parse are skipped: a member with a corrupt
+    /// status counts as offline, which is the safe reading.
+    pub fn from_kvs<'a>(kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>, me: &str) -> DcsView {
+        let mut view = DcsView::default();
+        for (k, v) in kvs {
+            match k {
+                LEADER => view.leader = serde_json::from_slice(v).ok(),
+                LAST_LEADER => view.last_leader = serde_json::from_slice(v).ok(),
+                TERM => view.term = String::from_utf8_lossy(v).parse().unwrap_or(0),
+                FAILOVER => view.cluster_failover = v != b"off",
+                SWITCHOVER => view.switchover = serde_json::from_slice::<Switchover>(v).ok(),
+                SWITCHOVER_REQUEST => {
+                    view.switchover_request = serde_json::from_slice::<SwitchoverRequest>(v).ok()
+                }
+                SWITCHOVER_PLAN => {
+                    view.switchover_plan = serde_json::from_slice::<SwitchoverPlan>(v).ok()
+                }
+                _ => {
+                    if let Some(g) = k.strip_prefix(STATUS_PREFIX) {
+                        if let Ok(m) = serde_json::from_slice::<MemberStatus>(v) {
+                            // A status under another member's key is not believed.
+                            if m.guid == g {
+                                view.members.push(m);
+                            }
+                        }
+                    } else if let Some(g) = k.strip_prefix(VOTERS_PREFIX) {
+                        view.voters.push(g.to_string());
+                    } else if let Some(g) = k.strip_prefix(NODE_FAILOVER_PREFIX) {
+                        if g == me {
+                            view.node_failover = v != b"off";
+                        }
+                    } else if k.starts_with(NODES_PREFIX) {
+                        if let Ok(n) = serde_json::from_slice::<NodeRecord>(v) {
+                            view.nodes.push(n);
+                        }
+                    }
+                }
+            }
+        }
+        // Voters that were removed from the cluster no longer count.
+        let nodes = &view.nodes;
+        view.voters.retain(|g| nodes.iter().any(|n| &n.guid == g));
+        view
+    }
+
+    /// The registered node named by `name`, its address or its GUID.
+    pub fn find_node(&self, name: &str) -> Option<&NodeRecord> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name || n.guid == name || n.address == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LeaderRecord;
+
+    fn rec(guid: &str, term: u64) -> Vec<u8> {
+        serde_json::to_vec(&LeaderRecord {
+            guid: guid.into(),
+            name: format!("n-{guid}"),
+            address: "10.0.0.1".into(),
+            term,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn parses_every_key_of_the_layout() {
+        let node_a = serde_json::to_vec(&NodeRecord {
+            guid: "a".into(),
+            name: "be1".into(),
+            address: "10.0.0.1".into(),
+        })
+        .unwrap();
+        let leader = rec("a", 4);
+        let kvs: Vec<(String, Vec<u8>)> = vec![
+            (node("a"), node_a),
+            (voter("a"), b"1".to_vec()),
+            // A voter whose registration was removed does not count.
+            (voter("gone"), b"1".to_vec()),
+            (LEADER.into(), leader.clone()),
+            (LAST_LEADER.into(), leader),
+            (TERM.into(), b"4".to_vec()),
+            (FAILOVER.into(), b"off".to_vec()),
+            (node_failover("a"), b"off".to_vec()),
+            (node_failover("b"), b"on".to_vec()),
+            (
+                SWITCHOVER_REQUEST.into(),
+                br#"{"target":"b","requested_unix_ms":5}"#.to_vec(),
+            ),
+        ];
+        let v = DcsView::from_kvs(kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())), "a");
+        assert_eq!(v.term, 4);
+        assert_eq!(v.leader.as_ref().unwrap().guid, "a");
+        assert_eq!(v.last_leader.as_ref().unwrap().term, 4);
+        assert!(!v.cluster_failover);
+        assert!(!v.node_failover, "a's own flag is off");
+        assert_eq!(v.voters, vec!["a".to_string()]);
+        assert_eq!(v.find_node("be1").unwrap().guid, "a");
+        assert_eq!(v.switchover_request.unwrap().target.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn absent_keys_mean_a_fresh_cluster_with_failover_on() {
+        let v = DcsView::from_kvs(std::iter::empty(), "a");
+        assert_eq!(v, DcsView::default());
+        assert!(v.cluster_failover && v.node_failover && v.leader.is_none());
+    }
+}
