@@ -3,12 +3,11 @@
 //! before PostgreSQL goes away).
 
 use crate::control::{self, Request, Response};
-use crate::dcs::{keys, Dcs};
-use crate::ha::{self, HaLoop, LeaseInfo, Shared};
+use crate::dcs::Dcs;
+use crate::ha::{self, HaLoop, Shared};
 use crate::node::Node;
 use crate::supervisor::{ServiceSpec, Supervisor};
 use crate::{api, etcd, postgres, search_service};
-use larder_core::model::LeaderRecord;
 use larder_core::paths::Paths;
 use serde_json::json;
 use std::sync::atomic::AtomicBool;
@@ -63,7 +62,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         postgres::write_config(&node)?;
         // A data directory that last ran as a primary may hold WAL the current leader lacks.
         let state = postgres::control_state(&node).await.unwrap_or_default();
-        if state == "in production" || state == "shut down" || state == "in crash recovery" {
+        if larder_core::health::diverged_at_start(&state) {
             ha::mark_diverged(&node, true);
         }
     }
@@ -78,12 +77,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
             if sy.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err("a rewind or base backup is in progress".into());
             }
-            let leader = sh
-                .lock()
-                .unwrap()
-                .lease
-                .map(|l| Instant::now() < l.fence_deadline)
-                .unwrap_or(false);
+            let leader = sh.lock().unwrap().lease_live(Instant::now());
             postgres::set_standby(&n, !leader).map_err(|e| e.to_string())
         });
         sup.add(postgres::service_spec(&node, pre), false);
@@ -135,6 +129,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         shared.clone(),
         syncing.clone(),
     );
+    let commands = ha_loop.command_sender();
     let ha_shutdown = CancellationToken::new();
     let ha_task = tokio::spawn(ha_loop.run(ha_shutdown.clone()));
 
@@ -143,7 +138,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         node: node.clone(),
         sup: sup.clone(),
         shared: shared.clone(),
-        dcs: dcs.clone(),
+        commands,
         shutdown: shutdown.clone(),
         started,
     };
@@ -268,7 +263,8 @@ struct Ctx {
     node: Node,
     sup: Supervisor,
     shared: Arc<Mutex<Shared>>,
-    dcs: Dcs,
+    /// Operator requests for the HA loop (which alone changes leadership).
+    commands: tokio::sync::mpsc::Sender<ha::Command>,
     shutdown: CancellationToken,
     started: Instant,
 }
@@ -441,64 +437,22 @@ impl Ctx {
         Response::ok(done.join("\n"), serde_json::Value::Null)
     }
 
+    /// `force-leader` is decided by the core in the HA loop, like every other leadership
+    /// change; this only hands the request over and waits for its answer.
     async fn force_leader(&self) -> anyhow::Result<String> {
-        let kvs = self.dcs.get_prefix(keys::PREFIX).await?;
-        let view = larder_core::decide::DcsView::from_kvs(
-            kvs.iter().map(|kv| (kv.key.as_str(), kv.value.as_slice())),
-            &self.node.state.guid,
-        );
-        if let Some(l) = &view.leader {
-            anyhow::bail!(
-                "refused: {} is the leader (term {}); force-leader only acts when there is none",
-                l.name,
-                l.term
-            );
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(ha::Command {
+                request: larder_core::decide::OperatorRequest::ForceLeader,
+                reply,
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("the HA loop is not running"))?;
+        match tokio::time::timeout(Duration::from_secs(15), answer).await {
+            Ok(Ok(Ok(msg))) => Ok(msg),
+            Ok(Ok(Err(why))) => anyhow::bail!("{why}"),
+            Ok(Err(_)) => anyhow::bail!("the HA loop stopped before answering"),
+            Err(_) => anyhow::bail!("the HA loop did not answer within 15 s (is etcd reachable?)"),
         }
-        let (members, term) = (view.members, view.term);
-        let mine = self
-            .shared
-            .lock()
-            .unwrap()
-            .pg
-            .as_ref()
-            .map(|p| p.position)
-            .ok_or_else(|| anyhow::anyhow!("refused: PostgreSQL is not running on this node"))?;
-        if let Some(m) = members
-            .iter()
-            .find(|m| m.guid != self.node.state.guid && m.position > mine)
-        {
-            anyhow::bail!(
-                "refused: {} is more advanced ({} on timeline {} > {} on timeline {}); run force-leader there",
-                m.name, m.position.lsn, m.position.timeline, mine.lsn, mine.timeline
-            );
-        }
-        let ttl = self.node.cfg.leaderl.leader_ttl_seconds as i64;
-        let id = self.dcs.lease_grant(ttl).await?;
-        let sent = Instant::now();
-        let record = LeaderRecord {
-            guid: self.node.state.guid.clone(),
-            name: self.node.cfg.fqdn.clone(),
-            address: self.node.cfg.publish_address.clone(),
-            term: term + 1,
-        };
-        if !self
-            .dcs
-            .acquire_leader(term, &serde_json::to_vec(&record)?, id)
-            .await?
-        {
-            let _ = self.dcs.lease_revoke(id).await;
-            anyhow::bail!("refused: another node took leadership meanwhile");
-        }
-        let margin = Duration::from_millis(self.node.cfg.leaderl.fence_margin_ms);
-        self.shared.lock().unwrap().lease = Some(LeaseInfo {
-            id,
-            term: term + 1,
-            fence_deadline: sent + Duration::from_secs(ttl as u64) - margin,
-        });
-        Ok(format!(
-            "{} is now the leader (term {})",
-            self.node.cfg.fqdn,
-            term + 1
-        ))
     }
 }

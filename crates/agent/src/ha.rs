@@ -8,7 +8,10 @@ use crate::dcs::{self, keys, Dcs};
 use crate::node::Node;
 use crate::postgres::{self, CopyProgress, PgObservation};
 use crate::supervisor::Supervisor;
-use larder_core::decide::{self, Action, DcsView, HeldLease, LocalState, Observation};
+use larder_core::decide::{
+    self, Action, DcsView, HeldLease, LocalState, Observation, OperatorRequest,
+};
+use larder_core::lease;
 use larder_core::model::{
     LeaderRecord, MemberStatus, NodeRecord, NodeRole, PgState, Switchover, WalPosition,
 };
@@ -17,7 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
-/// What the health API, the control socket and `status` read. Updated by the loop only.
+/// What the health API, the control socket and `status` read.
+///
+/// Leadership state — `lease`, `role`, `leader`, `term`, the switchover fields — is written by
+/// the HA loop's task only (renewals reach it over a channel, operator requests as
+/// [`Command`]s). The remaining fields are sensors with one writer each: `checks` (the health
+/// API records `/leader` arrivals), `etcd_members` (member refresh), `search_ok` (search health
+/// probe), `copy`/`copy_failed_at` (the background copy task).
 #[derive(Debug, Clone, Default)]
 pub struct Shared {
     pub role: Option<NodeRole>,
@@ -57,12 +66,15 @@ pub struct LeaseInfo {
 }
 
 impl Shared {
+    /// Whether this node holds a lease that still allows writes at `now`.
+    pub fn lease_live(&self, now: Instant) -> bool {
+        self.lease
+            .is_some_and(|l| lease::is_live(l.fence_deadline, now))
+    }
+
     /// The writable-leader test behind `GET /leader`, evaluated at request time.
     pub fn is_writable_leader(&self, required_followers: u32) -> bool {
-        let lease_ok = self
-            .lease
-            .map(|l| Instant::now() < l.fence_deadline)
-            .unwrap_or(false);
+        let lease_ok = self.lease_live(Instant::now());
         let primary = self
             .pg
             .as_ref()
@@ -80,13 +92,6 @@ impl Shared {
     }
 }
 
-/// Expected time from the old leader stopping PostgreSQL to the target answering `/leader`
-/// 200 (measured 0.35–0.55 s on the benchmark cluster). The target holds the frontends' checks
-/// until it is writable (`leader_check`), so a hand-over that runs long costs only its overrun;
-/// one that finishes early costs the difference: the median is the right estimate.
-const SWITCHOVER_HANDOVER_MS: u64 = 450;
-/// Longest a switchover start is delayed for timing (a bit over haproxy's 2 s interval).
-const SWITCHOVER_MAX_WAIT_MS: u64 = 2_500;
 pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -117,6 +122,12 @@ struct Intent {
     raft_placement: Option<(Instant, tokio::task::JoinHandle<()>)>,
 }
 
+/// An operator request handed to the loop by the control socket, with where to answer.
+pub struct Command {
+    pub request: OperatorRequest,
+    pub reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+}
+
 pub struct HaLoop {
     pub node: Node,
     pub dcs: Dcs,
@@ -129,16 +140,34 @@ pub struct HaLoop {
     /// Run the next iteration now instead of after `loop_interval_ms` (etcd watch events, and
     /// steps of a leadership change that have a next step).
     wake: Arc<tokio::sync::Notify>,
+    commands: tokio::sync::mpsc::Receiver<Command>,
+    command_tx: tokio::sync::mpsc::Sender<Command>,
+    /// The operator request the next decision sees, and where its answer goes.
+    request: Option<(
+        OperatorRequest,
+        tokio::sync::oneshot::Sender<Result<String, String>>,
+    )>,
+}
+
+/// What the renewer saw: a keep-alive of lease `id` sent at `sent`, which etcd answered with
+/// `ttl_s` seconds (`0`: the lease is gone, whatever our clock says).
+#[derive(Debug, Clone, Copy)]
+struct Renewal {
+    id: i64,
+    sent: Instant,
+    ttl_s: i64,
 }
 
 /// Renew the leader lease (if held) every `interval`, in its own task: a renewal must never
 /// wait behind the HA loop's other etcd calls, which on a slow network can together take
-/// longer than the fencing deadline leaves (`/leader` would flap to 503 in between).
+/// longer than the fencing deadline leaves (`/leader` would flap to 503 in between). The
+/// renewer only reads which lease is held; it reports each answer to the loop, which alone
+/// changes leadership state (`apply_renewal`, run concurrently with the loop's work).
 async fn renew_lease_forever(
     dcs: Dcs,
     shared: Arc<Mutex<Shared>>,
     interval: Duration,
-    margin: Duration,
+    renewals: tokio::sync::mpsc::Sender<Renewal>,
     shutdown: CancellationToken,
 ) {
     while !shutdown.is_cancelled() {
@@ -147,20 +176,14 @@ async fn renew_lease_forever(
         if let Some(l) = lease {
             let sent = Instant::now();
             match dcs.lease_keep_alive(l.id).await {
-                Ok(ttl) if ttl > 0 => {
-                    let deadline = sent + Duration::from_secs(ttl as u64) - margin;
-                    if let Some(cur) = shared.lock().unwrap().lease.as_mut() {
-                        if cur.id == l.id && deadline > cur.fence_deadline {
-                            cur.fence_deadline = deadline;
-                        }
-                    }
-                }
-                Ok(_) => {
-                    // etcd says the lease is gone: no longer leader, whatever our clock says.
-                    if let Some(cur) = shared.lock().unwrap().lease.as_mut() {
-                        if cur.id == l.id {
-                            cur.fence_deadline = sent;
-                        }
+                Ok(ttl_s) => {
+                    let r = Renewal {
+                        id: l.id,
+                        sent,
+                        ttl_s,
+                    };
+                    if renewals.send(r).await.is_err() {
+                        return; // the loop is gone
                     }
                 }
                 Err(e) => tracing::warn!("lease renewal failed: {e}"),
@@ -173,13 +196,22 @@ async fn renew_lease_forever(
     }
 }
 
-/// Whether the leader's own status shows a promoted, writable PostgreSQL.
-fn leader_promoted(view: Option<&DcsView>, leader: &LeaderRecord) -> bool {
-    view.is_some_and(|v| {
-        v.members
-            .iter()
-            .any(|m| m.guid == leader.guid && m.pg == PgState::Primary)
-    })
+/// The loop's side of a renewal: move the fencing deadline of the lease still held (never
+/// backwards), or end it at once when etcd says the lease is gone.
+fn apply_renewal(shared: &Mutex<Shared>, r: Renewal, margin: Duration) {
+    let mut s = shared.lock().unwrap();
+    let Some(cur) = s.lease.as_mut() else { return };
+    if cur.id != r.id {
+        return; // an answer about a lease given up meanwhile
+    }
+    if r.ttl_s > 0 {
+        let deadline = lease::fence_deadline(r.sent, Duration::from_secs(r.ttl_s as u64), margin);
+        if deadline > cur.fence_deadline {
+            cur.fence_deadline = deadline;
+        }
+    } else {
+        cur.fence_deadline = r.sent;
+    }
 }
 
 pub fn rewind_failed_marker(node: &Node) -> std::path::PathBuf {
@@ -210,6 +242,7 @@ impl HaLoop {
         shared: Arc<Mutex<Shared>>,
         syncing: Arc<std::sync::atomic::AtomicBool>,
     ) -> HaLoop {
+        let (command_tx, commands) = tokio::sync::mpsc::channel(4);
         HaLoop {
             node,
             dcs,
@@ -220,7 +253,16 @@ impl HaLoop {
             pg: None,
             intent: Intent::default(),
             wake: Arc::new(tokio::sync::Notify::new()),
+            commands,
+            command_tx,
+            request: None,
         }
+    }
+
+    /// Where the control socket sends operator requests (answered after the decision they
+    /// were part of has been carried out).
+    pub fn command_sender(&self) -> tokio::sync::mpsc::Sender<Command> {
+        self.command_tx.clone()
     }
 
     fn ms(&self, t: Instant) -> u64 {
@@ -239,31 +281,63 @@ impl HaLoop {
             self.wake.clone(),
             shutdown.clone(),
         ));
+        let (renewal_tx, mut renewals) = tokio::sync::mpsc::channel(8);
         tokio::spawn(renew_lease_forever(
             self.dcs.clone(),
             self.shared.clone(),
             interval,
-            Duration::from_millis(self.node.cfg.leaderl.fence_margin_ms),
+            renewal_tx,
             shutdown.clone(),
         ));
+        let margin = Duration::from_millis(self.node.cfg.leaderl.fence_margin_ms);
+        let shared = self.shared.clone();
         // Floor between two iterations, so a burst of wake-ups cannot spin the loop.
         let min_gap = Duration::from_millis(20);
         loop {
             let started = Instant::now();
-            if let Err(e) = self.iterate().await {
+            // Renewals are applied while the iteration runs, so a slow etcd read or action never
+            // holds back a deadline the renewer already secured.
+            let result = {
+                let iteration = self.iterate();
+                tokio::pin!(iteration);
+                loop {
+                    tokio::select! {
+                        r = &mut iteration => break r,
+                        Some(r) = renewals.recv() => apply_renewal(&shared, r, margin),
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::warn!("HA loop: {e:#}");
                 self.shared.lock().unwrap().last_error = Some(format!("{e:#}"));
             }
             self.shared.lock().unwrap().last_loop = Some(Instant::now());
-            let mut wait = interval.saturating_sub(started.elapsed());
-            // Wake exactly at the fencing deadline, not up to one interval after it.
-            if let Some(l) = self.shared.lock().unwrap().lease {
-                wait = wait.min(l.fence_deadline.saturating_duration_since(Instant::now()));
+            // Wait out the interval, or less: until the fencing deadline (fence exactly at it),
+            // a wake-up, or an operator request. Renewals arriving meanwhile are applied and
+            // the wait goes on.
+            let mut stop = false;
+            loop {
+                let mut wait = interval.saturating_sub(started.elapsed());
+                if let Some(l) = self.shared.lock().unwrap().lease {
+                    wait = wait.min(l.fence_deadline.saturating_duration_since(Instant::now()));
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => { stop = true; break }
+                    _ = tokio::time::sleep(wait) => break,
+                    _ = self.wake.notified() => break,
+                    Some(r) = renewals.recv() => apply_renewal(&shared, r, margin),
+                    Some(cmd) = self.commands.recv() => {
+                        if self.request.is_some() {
+                            let _ = cmd.reply.send(Err("another operator request is being handled; retry".into()));
+                        } else {
+                            self.request = Some((cmd.request, cmd.reply));
+                        }
+                        break;
+                    }
+                }
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.wake.notified() => {}
+            if stop {
+                break;
             }
             let gap = min_gap.saturating_sub(started.elapsed());
             if !gap.is_zero() {
@@ -354,24 +428,25 @@ impl HaLoop {
             }
         };
         let nodes = view.as_ref().map(|v| v.nodes.clone()).unwrap_or_default();
-        let request = view.as_ref().and_then(|v| v.switchover_request.clone());
         let now = Instant::now();
         self.track_pg(&pg, view.as_ref(), now);
 
         let lease = self.shared.lock().unwrap().lease;
-        // Planned switchover requested through etcd: only the leader acts on it.
-        if let (Some(req), Some(l), Some(v)) = (&request, lease, view.as_ref()) {
-            if now < l.fence_deadline && self.switchover_is_due(req, v) {
-                self.intent.switchover_due = None;
-                self.switchover(req.clone(), l, v, &pg).await?;
-                return Ok(());
-            }
-        } else {
+        // A timed switchover belongs to its request: gone with it (consumed, refused, or the
+        // operator's CLI gave up).
+        let request = view.as_ref().and_then(|v| v.switchover_request.clone());
+        if self
+            .intent
+            .switchover_due
+            .as_ref()
+            .is_some_and(|(r, _)| Some(r) != request.as_ref())
+            || request.is_none()
+        {
             self.intent.switchover_due = None;
             self.shared.lock().unwrap().switchover_starts = None;
         }
 
-        let local = self.local_state(&pg, view.as_ref(), now);
+        let local = self.local_state(&pg, view.as_ref());
         let obs = Observation {
             now_ms: self.ms(now),
             now_unix_ms: unix_ms(),
@@ -383,10 +458,10 @@ impl HaLoop {
                 fence_deadline_ms: self.ms(l.fence_deadline),
             }),
             sync_mode: node.cfg.postgresql.synchronous_mode,
-            max_pgsql_failures: node.cfg.leaderl.health_check.max_pgsql_failures,
-            // Generous: a follower re-attaching after a failover must not be rewound needlessly;
-            // former primaries are rewound at once through the diverged marker instead.
-            rejoin_timeout_ms: 15_000,
+            health: node.cfg.leaderl.health_check.clone(),
+            rejoin_timeout_ms: node.cfg.leaderl.rejoin_timeout_ms,
+            own_checks: self.shared.lock().unwrap().checks.phases(unix_ms()),
+            request: self.request.as_ref().map(|(r, _)| r.clone()),
         };
         let decision = decide::decide(&obs);
         if decision.reason != self.shared.lock().unwrap().reason {
@@ -433,6 +508,7 @@ impl HaLoop {
             self.shared.lock().unwrap().last_error = Some(err);
             break;
         }
+        self.answer_request(&decision);
         if view.is_some() {
             self.publish(decision.role, &pg, view.as_ref()).await;
         }
@@ -442,50 +518,57 @@ impl HaLoop {
         Ok(())
     }
 
-    /// Whether to start a requested switchover now. The first time a request is seen, the start
-    /// is timed so the hand-over ends right before the frontends' next checks of the target
-    /// (`check_phase`); the loop keeps serving (and renewing) meanwhile, and a timer wakes it.
-    fn switchover_is_due(&mut self, req: &SwitchoverRequest, view: &DcsView) -> bool {
-        if let Some((r, at)) = &self.intent.switchover_due {
-            if r == req {
-                return Instant::now() >= *at;
-            }
-        }
-        let target_checks = req
-            .target
-            .as_ref()
-            .and_then(|t| view.members.iter().find(|m| &m.guid == t))
-            .map(|m| m.check_phases.clone())
-            .unwrap_or_default();
-        let now = unix_ms();
-        let own_checks = self.shared.lock().unwrap().checks.phases(now);
-        let delay = larder_core::check_phase::handover_delay_ms(
-            &own_checks,
-            &target_checks,
-            now,
-            SWITCHOVER_HANDOVER_MS,
-            crate::leader_check::PLANNED_HOLD.as_millis() as u64,
-            SWITCHOVER_MAX_WAIT_MS,
-        );
-        let at = Instant::now() + Duration::from_millis(delay);
+    /// Tell the operator what became of their request, now that the decision it was part of
+    /// has been carried out.
+    fn answer_request(&mut self, decision: &decide::Decision) {
+        let Some((req, reply)) = self.request.take() else {
+            return;
+        };
+        let refused = decision.actions.iter().find_map(|a| match a {
+            Action::RefuseRequest { reason } => Some(reason.clone()),
+            _ => None,
+        });
+        let answer = match (refused, req) {
+            (Some(reason), _) => Err(reason),
+            (None, OperatorRequest::ForceLeader) => match self.shared.lock().unwrap().lease {
+                Some(l) => Ok(format!("{} is now the leader (term {})", self.node.cfg.fqdn, l.term)),
+                None => Err(format!(
+                    "force-leader did not take effect: {} (another node may have taken leadership meanwhile)",
+                    decision.reason
+                )),
+            },
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// Carry out the core's timing of an accepted switchover: remember when it starts (the
+    /// core steps down once that time has come), publish the plan the target holds its checks
+    /// by, and wake the loop at the start.
+    fn schedule_switchover(
+        &mut self,
+        view: Option<&DcsView>,
+        start_in_ms: u64,
+        ready_unix_ms: u64,
+    ) {
+        let Some(req) = view.and_then(|v| v.switchover_request.clone()) else {
+            return;
+        };
+        let at = Instant::now() + Duration::from_millis(start_in_ms);
         self.shared.lock().unwrap().switchover_starts = Some(at);
-        self.publish_switchover_plan(req, now + delay + SWITCHOVER_HANDOVER_MS);
+        self.publish_switchover_plan(&req, ready_unix_ms);
         tracing::info!(
-            delay_ms = delay,
-            target_checkers = target_checks.len(),
-            own_checkers = own_checks.len(),
+            delay_ms = start_in_ms,
             "switchover timed to the frontends' health checks"
         );
-        if delay == 0 {
-            return true;
+        if start_in_ms == 0 {
+            return;
         }
-        self.intent.switchover_due = Some((req.clone(), at));
+        self.intent.switchover_due = Some((req, at));
         let wake = self.wake.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
             wake.notify_one();
         });
-        false
     }
 
     /// Publishes when the switchover starts, bound to the leader lease (it vanishes with the
@@ -535,22 +618,23 @@ impl HaLoop {
         self.syncing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Keep the timestamps the core counts from (PostgreSQL down since, not streaming since).
     fn track_pg(&mut self, pg: &Option<PgObservation>, view: Option<&DcsView>, now: Instant) {
-        let running = self
+        let want_up = self
             .sup
             .state(postgres::SERVICE)
             .map(|s| s.want_up)
             .unwrap_or(false);
-        // Failures are counted per health-check interval, not per loop: the budget is
-        // max_pgsql_failures x interval_seconds of PostgreSQL being unreachable.
-        if pg.is_none() && running {
-            let since = *self.intent.pg_down_since.get_or_insert(now);
-            let interval = self.node.cfg.leaderl.health_check.interval_seconds.max(1);
-            self.intent.pg_failures = 1 + (now.duration_since(since).as_secs() / interval) as u32;
+        if pg.is_none() && want_up {
+            self.intent.pg_down_since.get_or_insert(now);
         } else if pg.is_some() {
-            self.intent.pg_failures = 0;
             self.intent.pg_down_since = None;
         }
+        self.intent.pg_failures = larder_core::health::pg_failures(
+            self.intent.pg_down_since.map(|t| self.ms(t)),
+            self.ms(now),
+            self.node.cfg.leaderl.health_check.interval_seconds,
+        );
         if view.is_none() {
             self.intent.etcd_failures += 1;
         } else {
@@ -558,12 +642,7 @@ impl HaLoop {
         }
         let leader = view.and_then(|v| v.leader.as_ref()).map(|l| l.guid.clone());
         match pg.as_ref().map(|p| p.state) {
-            Some(PgState::Streaming) => {
-                self.intent.not_streaming_since = None;
-                if !self.intent.voter && leader.is_some() {
-                    self.intent.voter = true;
-                }
-            }
+            Some(PgState::Streaming) => self.intent.not_streaming_since = None,
             _ => {
                 if self.intent.following.is_some() && self.intent.not_streaming_since.is_none() {
                     self.intent.not_streaming_since = Some(now);
@@ -576,35 +655,19 @@ impl HaLoop {
         }
     }
 
-    fn local_state(
-        &self,
-        pg: &Option<PgObservation>,
-        view: Option<&DcsView>,
-        _now: Instant,
-    ) -> LocalState {
+    /// Raw local facts for the core (which derives health, eligibility and backoffs from them).
+    fn local_state(&self, pg: &Option<PgObservation>, view: Option<&DcsView>) -> LocalState {
         let node = &self.node;
         let pg_state = match pg {
             Some(p) => p.state,
             None if !postgres::has_data(node) => PgState::Empty,
             None => PgState::Stopped,
         };
-        let position = pg.as_ref().map(|p| p.position).unwrap_or_default();
         let leader = view.and_then(|v| v.leader.as_ref());
-        let lag_ok = match (leader, view) {
-            (Some(l), Some(v)) => v
-                .members
-                .iter()
-                .find(|m| m.guid == l.guid)
-                .map(|lm| {
-                    lm.position.lsn.0.saturating_sub(position.lsn.0)
-                        <= node.cfg.leaderl.health_check.max_bytes_behind_leader
-                })
-                .unwrap_or(true),
-            _ => true,
-        };
+        let copy_failed_at = self.shared.lock().unwrap().copy_failed_at;
         LocalState {
             pg: pg_state,
-            position,
+            position: pg.as_ref().map(|p| p.position).unwrap_or_default(),
             pg_failures: self.intent.pg_failures,
             following: self.intent.following.clone(),
             not_streaming_since_ms: self.intent.not_streaming_since.map(|t| self.ms(t)),
@@ -617,19 +680,15 @@ impl HaLoop {
                     .as_deref()
                     == Some(l.guid.as_str())
             }),
-            healthy: lag_ok && self.disk_ok(),
+            disk_free_mb: crate::disk::free_mb(&node.paths.data_dir()),
             syncing: self.syncing_now(),
+            copy_failed_ms: copy_failed_at.map(|t| self.ms(t)),
+            switchover_scheduled: self
+                .intent
+                .switchover_due
+                .as_ref()
+                .map(|(r, at)| (r.clone(), self.ms(*at))),
         }
-    }
-
-    fn disk_ok(&self) -> bool {
-        let hc = &self.node.cfg.leaderl.health_check;
-        if !hc.fatal_system_checks {
-            return true;
-        }
-        crate::disk::free_mb(&self.node.paths.data_dir())
-            .map(|mb| mb >= hc.disk_min_space_mb)
-            .unwrap_or(true)
     }
 
     async fn execute(
@@ -681,7 +740,11 @@ impl HaLoop {
                     self.shared.lock().unwrap().lease = Some(LeaseInfo {
                         id,
                         term,
-                        fence_deadline: sent + Duration::from_secs(ttl as u64) - margin,
+                        fence_deadline: lease::fence_deadline(
+                            sent,
+                            Duration::from_secs(ttl as u64),
+                            margin,
+                        ),
                     });
                     self.intent.roles_ready = false;
                     // Next step (promote) right away, not one loop interval later.
@@ -743,14 +806,9 @@ impl HaLoop {
                     self.intent.not_streaming_since = Some(Instant::now());
                 }
             }
-            // Copy only from a leader that has really finished promotion.
-            Action::Rewind { leader } if leader_promoted(view, &leader) => {
-                self.spawn_copy(leader, false);
-            }
-            Action::Basebackup { leader } if leader_promoted(view, &leader) => {
-                self.spawn_copy(leader, true);
-            }
-            Action::Rewind { .. } | Action::Basebackup { .. } => {}
+            // The core only asks for a copy from a promoted leader, outside the failure backoff.
+            Action::Rewind { leader } => self.spawn_copy(leader, false),
+            Action::Basebackup { leader } => self.spawn_copy(leader, true),
             Action::SetSyncStandbys { k, names } => {
                 let Some(client) = self.pg.as_ref() else {
                     return Ok(());
@@ -765,29 +823,37 @@ impl HaLoop {
                 if !self.intent.roles_ready {
                     postgres::create_roles(&node, client).await?;
                     self.intent.roles_ready = true;
-                    self.intent.voter = true;
                 }
             }
             Action::ClearSwitchover => {
                 self.dcs.delete(keys::SWITCHOVER).await?;
             }
+            Action::RegisterVoter => {
+                self.dcs
+                    .put(&keys::voter(&node.state.guid), b"1", None)
+                    .await?;
+                self.intent.voter = true;
+            }
+            Action::RefuseSwitchover { reason } => {
+                self.dcs.delete(keys::SWITCHOVER_REQUEST).await?;
+                self.shared.lock().unwrap().last_error = Some(reason.clone());
+                self.dcs
+                    .put(keys::SWITCHOVER_REFUSED, reason.as_bytes(), None)
+                    .await?;
+            }
+            Action::ScheduleSwitchover {
+                start_in_ms,
+                ready_unix_ms,
+            } => self.schedule_switchover(view, start_in_ms, ready_unix_ms),
+            Action::StepDown { target } => self.step_down(target).await?,
+            // Answered to the operator by the loop (see `answer_request`).
+            Action::RefuseRequest { .. } => {}
         }
         Ok(())
     }
 
     /// Rewind (or re-clone) in the background; the loop keeps publishing `syncing` meanwhile.
     fn spawn_copy(&mut self, leader: LeaderRecord, full: bool) {
-        // After a failed copy wait before retrying, so a persistent problem (auth, disk) does
-        // not turn into a tight loop of connection attempts against the leader.
-        if self
-            .shared
-            .lock()
-            .unwrap()
-            .copy_failed_at
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
-        {
-            return;
-        }
         if self.syncing.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return;
         }
@@ -888,10 +954,11 @@ impl HaLoop {
         let (search_ok, check_phases, lease_expires_unix_ms) = {
             let s = self.shared.lock().unwrap();
             let expires = s.lease.map(|l| {
-                // fence_deadline = renewal sent + TTL - margin.
-                let margin = Duration::from_millis(node.cfg.leaderl.fence_margin_ms);
-                let left = (l.fence_deadline + margin).saturating_duration_since(Instant::now());
-                unix_ms() + left.as_millis() as u64
+                lease::expires_unix_ms(
+                    l.fence_deadline.saturating_duration_since(Instant::now()),
+                    Duration::from_millis(node.cfg.leaderl.fence_margin_ms),
+                    unix_ms(),
+                )
             });
             (s.search_ok, s.checks.phases(unix_ms()), expires)
         };
@@ -902,19 +969,15 @@ impl HaLoop {
             role,
             pg: pg_state,
             position,
-            eligible: failover
-                && matches!(
-                    pg_state,
-                    PgState::Primary | PgState::Streaming | PgState::Standby
-                ),
+            eligible: larder_core::health::eligible(failover, pg_state),
             failover_enabled: failover,
             term: view.map(|v| v.term).unwrap_or(0),
             leader_seen,
             // Voting membership is persistent (etcd), not forgotten across agent restarts.
-            voter: self.intent.voter
-                || view
-                    .map(|v| v.voters.contains(&node.state.guid))
-                    .unwrap_or(false),
+            voter: larder_core::health::voter(
+                self.intent.voter,
+                view.is_some_and(|v| v.voters.contains(&node.state.guid)),
+            ),
             lag_bytes: lag,
             search_ok,
             etcd_ok: self.intent.etcd_failures < node.cfg.leaderl.health_check.max_etcd_failures,
@@ -929,49 +992,20 @@ impl HaLoop {
                 .put(&keys::status(&node.state.guid), &b, Some(lease))
                 .await;
         }
-        if self.intent.voter
-            && !view
-                .map(|v| v.voters.contains(&node.state.guid))
-                .unwrap_or(false)
-        {
-            let _ = self
-                .dcs
-                .put(&keys::voter(&node.state.guid), b"1", None)
-                .await;
-        }
     }
 
-    /// Planned switchover on the leader: stop PostgreSQL cleanly (its walsenders ship the
-    /// shutdown checkpoint to the standbys), record the checkpoint position the target must
-    /// hold, release the key. Nothing acknowledged is lost and nobody waits for a TTL.
-    async fn switchover(
-        &mut self,
-        req: SwitchoverRequest,
-        lease: LeaseInfo,
-        view: &DcsView,
-        pg: &Option<PgObservation>,
-    ) -> anyhow::Result<()> {
+    /// The leader's planned hand-over (decided by the core, `Action::StepDown`): stop
+    /// PostgreSQL cleanly (its walsenders ship the shutdown checkpoint to the standbys), record
+    /// the checkpoint position the target must hold, release the key. Nothing acknowledged is
+    /// lost and nobody waits for a TTL.
+    async fn step_down(&mut self, target: Option<String>) -> anyhow::Result<()> {
         let node = self.node.clone();
-        self.dcs.delete(keys::SWITCHOVER_REQUEST).await?;
-        let target_ok = match &req.target {
-            Some(t) => view
-                .members
-                .iter()
-                .any(|m| &m.guid == t && m.pg == PgState::Streaming && m.failover_enabled),
-            None => view.members.iter().any(|m| {
-                m.guid != node.state.guid && m.pg == PgState::Streaming && m.failover_enabled
-            }),
+        let Some(lease) = self.shared.lock().unwrap().lease else {
+            anyhow::bail!("step down: this node does not hold the lease");
         };
-        if !target_ok || pg.as_ref().map(|p| p.state) != Some(PgState::Primary) {
-            let msg = "switchover refused by the leader: no streaming, failover-enabled follower to hand over to (see `larder cluster-status`)";
-            self.shared.lock().unwrap().last_error = Some(msg.into());
-            let _ = self
-                .dcs
-                .put(keys::SWITCHOVER_REFUSED, msg.as_bytes(), None)
-                .await;
-            return Ok(());
-        }
-        tracing::info!(target = ?req.target, "planned switchover");
+        self.intent.switchover_due = None;
+        self.dcs.delete(keys::SWITCHOVER_REQUEST).await?;
+        tracing::info!(target = ?target, "planned switchover");
         {
             let mut s = self.shared.lock().unwrap();
             s.role = Some(NodeRole::DeposedLeader);
@@ -989,7 +1023,7 @@ impl HaLoop {
             lsn: larder_core::model::Lsn(pos.lsn.0 + 1),
         };
         let sw = Switchover {
-            target: req.target.clone(),
+            target,
             term: lease.term,
             min_position: min,
             from: node.state.guid.clone(),

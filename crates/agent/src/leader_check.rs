@@ -35,7 +35,7 @@ pub const POLL: Duration = Duration::from_millis(20);
 /// How long before a switchover's planned ready time the target starts holding checks; the
 /// planner (`check_phase::handover_delay_ms`) assumes the same. Less than [`HOLD_MAX`], so a
 /// hand-over somewhat slower than planned is still answered within the hold.
-pub const PLANNED_HOLD: Duration = Duration::from_millis(1_200);
+pub const PLANNED_HOLD: Duration = Duration::from_millis(larder_core::decide::PLANNED_HOLD_MS);
 /// After its planned ready time, how long a switchover plan still makes the target hold.
 const PLAN_LATE: Duration = Duration::from_secs(3);
 

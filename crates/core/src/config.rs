@@ -115,6 +115,10 @@ pub struct LeaderlConfig {
     pub fence_margin_ms: u64,
     /// Timeout of a single etcd or PostgreSQL call made by the loop.
     pub db_timeout: u64,
+    /// A follower pointed at the leader that has not streamed for this long is rewound (its
+    /// history may have forked). Generous: a follower re-attaching after a failover must not be
+    /// rewound needlessly; former primaries are rewound at once through the diverged marker.
+    pub rejoin_timeout_ms: u64,
     pub required_active_followers: u32,
     pub health_check: HealthCheckConfig,
 }
@@ -214,6 +218,7 @@ impl Default for LeaderlConfig {
             // (~0.1 s), and leaves 1.7 s of renewal failures to ride out an etcd election.
             fence_margin_ms: 1000,
             db_timeout: 500,
+            rejoin_timeout_ms: 15_000,
             required_active_followers: 0,
             health_check: HealthCheckConfig::default(),
         }
@@ -340,6 +345,10 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     (
         "leaderl.db_timeout",
         "timeout of one etcd or PostgreSQL call, ms",
+    ),
+    (
+        "leaderl.rejoin_timeout_ms",
+        "a follower not streaming from the leader for this long is rewound, ms",
     ),
     (
         "leaderl.required_active_followers",
@@ -537,6 +546,15 @@ impl Config {
                     ttl_ms,
                     ride_out,
                     2 * self.etcd.election_timeout
+                ),
+            ));
+        }
+        if l.rejoin_timeout_ms < 1_000 {
+            return Err(bad(
+                "leaderl.rejoin_timeout_ms",
+                format!(
+                    "{} ms would rewind followers that are only re-attaching; use at least 1000",
+                    l.rejoin_timeout_ms
                 ),
             ));
         }

@@ -17,7 +17,9 @@
 //!    shutdown checkpoint) may acquire while a switchover record is live — and it may do so at
 //!    once, since that checkpoint is the last record the old leader wrote.
 
-use crate::config::SyncMode;
+use crate::check_phase::CheckPhase;
+use crate::config::{HealthCheckConfig, SyncMode};
+use crate::health;
 use crate::model::{
     LeaderRecord, MemberStatus, NodeRecord, NodeRole, PgState, Switchover, SwitchoverPlan,
     SwitchoverRequest, WalPosition,
@@ -36,9 +38,23 @@ pub struct Observation {
     /// Lease bookkeeping for leadership held by this node.
     pub lease: Option<HeldLease>,
     pub sync_mode: SyncMode,
-    pub max_pgsql_failures: u32,
-    /// How long a follower may fail to stream before the agent rewinds it.
+    /// Thresholds of the health checks (`leaderl.health_check.*`).
+    pub health: HealthCheckConfig,
+    /// How long a follower may fail to stream before the agent rewinds it
+    /// (`leaderl.rejoin_timeout_ms`).
     pub rejoin_timeout_ms: u64,
+    /// The frontends' health-check rhythms this node has seen (for timing a switchover).
+    pub own_checks: Vec<CheckPhase>,
+    /// What an operator asked this agent for (control socket), if anything.
+    pub request: Option<OperatorRequest>,
+}
+
+/// Operator intent delivered to the loop through the local control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorRequest {
+    /// `force-leader`: take leadership while no leader exists, if this node is the most
+    /// advanced of the live members.
+    ForceLeader,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,10 +72,15 @@ pub struct LocalState {
     pub diverged: bool,
     /// A rewind was tried against the current leader and failed: re-clone instead.
     pub rewind_failed: bool,
-    /// Healthy enough to lead (disk, etcd, not mid-copy).
-    pub healthy: bool,
+    /// Free space of the data directory's file system (`None`: could not be read).
+    pub disk_free_mb: Option<u64>,
     /// Set while a base backup or rewind is running.
     pub syncing: bool,
+    /// When (monotonic ms) the last rewind or base backup failed.
+    pub copy_failed_ms: Option<u64>,
+    /// A switchover this leader accepted and timed to start later: the request and when
+    /// (monotonic ms) it starts.
+    pub switchover_scheduled: Option<(SwitchoverRequest, u64)>,
 }
 
 /// One read of the cluster's etcd state (parsed by [`DcsView::from_kvs`], see [`crate::keys`]).
@@ -120,6 +141,22 @@ pub enum Action {
     SetSyncStandbys { k: usize, names: Vec<String> },
     /// Leader: clear a switchover record that has completed or expired.
     ClearSwitchover,
+    /// Leader: refuse the pending switchover request (clear it and tell the operator why).
+    RefuseSwitchover { reason: String },
+    /// Leader: start the accepted switchover `start_in_ms` from now, and publish when the target
+    /// should be writable (it holds the frontends' checks from a little before then).
+    ScheduleSwitchover {
+        start_in_ms: u64,
+        ready_unix_ms: u64,
+    },
+    /// Leader: planned hand-over now. Answer `/leader` 503, stop PostgreSQL cleanly (its
+    /// walsenders ship the shutdown checkpoint), record that checkpoint as the position the
+    /// target must hold, release the key. Nothing acknowledged is lost, nobody waits for a TTL.
+    StepDown { target: Option<String> },
+    /// Record this node as a voting member (it streamed from a leader, or leads).
+    RegisterVoter,
+    /// Refuse an operator's request to this agent, saying why.
+    RefuseRequest { reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,8 +236,24 @@ fn decide_as_leader(obs: &Observation, lease: HeldLease) -> Decision {
             );
         }
     }
+    // A planned switchover requested by an operator.
+    if let Some(req) = &dcs.switchover_request {
+        if let Some(actions) = switchover::leader_actions(obs, dcs, req) {
+            let stepping_down = actions.iter().any(|a| matches!(a, Action::StepDown { .. }));
+            if stepping_down {
+                return Decision::new(
+                    NodeRole::DeposedLeader,
+                    actions,
+                    "planned switchover: stepping down",
+                );
+            }
+            let mut d = leader_steady(obs, lease, Some(dcs));
+            d.actions.extend(actions);
+            return d;
+        }
+    }
     // PostgreSQL down on the leader for longer than its failure budget: hand over.
-    if obs.local.pg_failures >= obs.max_pgsql_failures
+    if obs.local.pg_failures >= obs.health.max_pgsql_failures
         && !matches!(obs.local.pg, PgState::Primary)
         && has_eligible_follower(obs, dcs)
     {
@@ -257,6 +310,10 @@ fn leader_steady(obs: &Observation, _lease: HeldLease, dcs: Option<&DcsView>) ->
         if dcs.switchover.is_some() {
             actions.push(Action::ClearSwitchover);
         }
+        // A writable leader votes (its roles exist once SetSyncStandbys succeeded).
+        if obs.local.pg == PgState::Primary && !dcs.voters.contains(&obs.me) {
+            actions.push(Action::RegisterVoter);
+        }
     }
     Decision::new(NodeRole::Leader, actions, "holding the leader lease")
 }
@@ -280,6 +337,9 @@ fn decide_as_non_leader(obs: &Observation) -> Decision {
             "etcd unreachable: waiting",
         );
     };
+    if obs.request == Some(OperatorRequest::ForceLeader) {
+        return force::decide(obs, dcs);
+    }
     if obs.local.syncing {
         return Decision::new(NodeRole::Syncing, vec![], "copying data from the leader");
     }
@@ -293,24 +353,75 @@ fn decide_as_non_leader(obs: &Observation) -> Decision {
                 "a leader key of a previous run of this agent exists: waiting for it to expire",
             )
         }
-        Some(leader) => follow(obs, leader.clone()),
+        Some(leader) => follow(obs, dcs, leader.clone()),
         None => elect(obs, dcs),
     }
 }
 
-fn follow(obs: &Observation, leader: LeaderRecord) -> Decision {
-    let l = &obs.local;
-    if l.pg == PgState::Empty || l.rewind_failed {
+/// Healthy enough to lead: lag behind the leader's posted position and free disk within the
+/// configured thresholds.
+fn healthy(obs: &Observation) -> bool {
+    let leader_pos = obs.dcs.as_ref().and_then(|d| {
+        let l = d.leader.as_ref()?;
+        d.members
+            .iter()
+            .find(|m| m.guid == l.guid)
+            .map(|m| m.position)
+    });
+    let lag = health::lag_bytes(leader_pos, obs.local.position);
+    health::healthy(&obs.health, lag, obs.local.disk_free_mb)
+}
+
+/// Whether the leader's own status shows a promoted, writable PostgreSQL.
+fn leader_promoted(dcs: &DcsView, leader: &LeaderRecord) -> bool {
+    dcs.members
+        .iter()
+        .any(|m| m.guid == leader.guid && m.pg == PgState::Primary)
+}
+
+/// A rewind or base backup from `leader` — only from a leader that has finished promotion (a
+/// rewind against a standby, or one that has not checkpointed its new timeline, copies the
+/// wrong history), and not within the backoff after a failed copy.
+fn copy_from(
+    obs: &Observation,
+    dcs: &DcsView,
+    leader: LeaderRecord,
+    full: bool,
+    why: &str,
+) -> Decision {
+    if !leader_promoted(dcs, &leader) {
         return Decision::new(
             NodeRole::Syncing,
-            vec![Action::Basebackup { leader }],
-            "cloning data from the leader",
+            vec![],
+            format!("{why}: waiting for {} to finish promotion", leader.name),
         );
     }
-    if l.diverged {
+    if !health::copy_allowed(obs.local.copy_failed_ms, obs.now_ms) {
         return Decision::new(
             NodeRole::Syncing,
-            vec![Action::Rewind { leader }],
+            vec![],
+            format!("{why}: the last copy failed; retrying after a short pause"),
+        );
+    }
+    let action = if full {
+        Action::Basebackup { leader }
+    } else {
+        Action::Rewind { leader }
+    };
+    Decision::new(NodeRole::Syncing, vec![action], why)
+}
+
+fn follow(obs: &Observation, dcs: &DcsView, leader: LeaderRecord) -> Decision {
+    let l = &obs.local;
+    if l.pg == PgState::Empty || l.rewind_failed {
+        return copy_from(obs, dcs, leader, true, "cloning data from the leader");
+    }
+    if l.diverged {
+        return copy_from(
+            obs,
+            dcs,
+            leader,
+            false,
             "former primary: rewinding onto the new leader's history",
         );
     }
@@ -327,9 +438,11 @@ fn follow(obs: &Observation, leader: LeaderRecord) -> Decision {
     if l.pg != PgState::Streaming {
         if let Some(since) = l.not_streaming_since_ms {
             if obs.now_ms.saturating_sub(since) >= obs.rejoin_timeout_ms {
-                return Decision::new(
-                    NodeRole::Syncing,
-                    vec![Action::Rewind { leader }],
+                return copy_from(
+                    obs,
+                    dcs,
+                    leader,
+                    false,
                     "not streaming from the leader: rewinding",
                 );
             }
@@ -342,12 +455,17 @@ fn follow(obs: &Observation, leader: LeaderRecord) -> Decision {
             "starting PostgreSQL to follow the leader",
         );
     }
-    let role = if l.pg == PgState::Streaming && l.healthy {
+    let role = if l.pg == PgState::Streaming && healthy(obs) {
         NodeRole::Follower
     } else {
         NodeRole::Ineligible
     };
-    Decision::new(role, vec![], "following the leader")
+    // Having streamed from a leader makes this node a voter, for good.
+    let mut actions = vec![];
+    if l.pg == PgState::Streaming && !dcs.voters.contains(&obs.me) {
+        actions.push(Action::RegisterVoter);
+    }
+    Decision::new(role, actions, "following the leader")
 }
 
 /// Why this node may not run for leader, if it may not.
@@ -366,7 +484,7 @@ fn ineligibility(obs: &Observation, dcs: &DcsView) -> Option<String> {
     if l.pg == PgState::Empty {
         return Some("no data".into());
     }
-    if !l.healthy || l.pg_failures >= obs.max_pgsql_failures {
+    if !healthy(obs) || l.pg_failures >= obs.health.max_pgsql_failures {
         return Some("unhealthy".into());
     }
     if !dcs.voters.contains(&obs.me) {
@@ -487,7 +605,13 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
         );
     }
     let mine = obs.local.position;
-    if let Some(ahead) = fresh.iter().find(|m| m.position > mine) {
+    // With cluster failover off the others may not lead at all, and the node that held the
+    // current term needs no comparison: every commit acknowledged in this term was flushed on
+    // it first (a walsender only sends WAL its primary has flushed), so a follower can be
+    // "ahead" only by the torn tail of a crashed primary's last record, which holds nothing
+    // acknowledged. Deferring to such a follower would leave the cluster leaderless.
+    let sole_candidate = !dcs.cluster_failover && held_current_term(obs, dcs);
+    if let Some(ahead) = fresh.iter().find(|m| !sole_candidate && m.position > mine) {
         return Decision::new(
             NodeRole::WaitingForLeader,
             actions,
@@ -510,8 +634,6 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
         .as_ref()
         .filter(|sw| sw.term == dcs.term && obs.now_unix_ms < sw.deadline_unix_ms)
         .map(|sw| sw.from.as_str());
-    // With cluster failover off the others may not lead at all: the last leader defers to nobody.
-    let sole_candidate = !dcs.cluster_failover && held_current_term(obs, dcs);
     if let Some(rival) = fresh.iter().find(|m| {
         !named_target
             && !sole_candidate
@@ -536,6 +658,10 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
         "no leader; this node is the most advanced eligible member: acquiring",
     )
 }
+
+mod force;
+mod switchover;
+pub use switchover::{HANDOVER_MS, MAX_WAIT_MS, PLANNED_HOLD_MS};
 
 #[cfg(test)]
 mod tests;

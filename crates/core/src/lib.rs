@@ -12,7 +12,9 @@
 pub mod check_phase;
 pub mod config;
 pub mod decide;
+pub mod health;
 pub mod keys;
+pub mod lease;
 pub mod model;
 pub mod paths;
 pub mod pgconf;

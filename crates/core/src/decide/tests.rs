@@ -53,8 +53,10 @@ fn local(pg: PgState, p: u64) -> LocalState {
         not_streaming_since_ms: None,
         diverged: false,
         rewind_failed: false,
-        healthy: true,
+        disk_free_mb: None,
         syncing: false,
+        copy_failed_ms: None,
+        switchover_scheduled: None,
     }
 }
 
@@ -82,8 +84,15 @@ fn obs(me: &str, local: LocalState, dcs: Option<DcsView>, lease: Option<HeldLeas
         dcs,
         lease,
         sync_mode: SyncMode::Quorum,
-        max_pgsql_failures: 3,
+        health: crate::config::HealthCheckConfig {
+            max_pgsql_failures: 3,
+            fatal_system_checks: true,
+            disk_min_space_mb: 100,
+            ..Default::default()
+        },
         rejoin_timeout_ms: 5000,
+        own_checks: vec![],
+        request: None,
     }
 }
 
@@ -144,6 +153,22 @@ fn failover_off_only_the_last_leader_may_lead_again() {
     vb.members.push(member("b", 100, 5, None));
     let d = decide(&obs("b", l, Some(vb), None));
     assert!(acquires(&d), "{}", d.reason);
+}
+
+/// Seen in the cluster test: after a kill -9 of the leader, a follower posted the byte position
+/// of the torn tail it had received (page-aligned) beyond the last complete record the restarted
+/// leader replays. With failover off the last leader must not defer to it.
+#[test]
+fn failover_off_the_last_leader_does_not_defer_to_a_torn_tail() {
+    let (mut v, l) = failover_off_after_leader_restart(PgState::Standby);
+    v.members[1].position = pos(100 + 5_000);
+    let d = decide(&obs("b", l, Some(v), None));
+    assert_eq!(
+        d.actions,
+        vec![Action::AcquireLeadership { term: 6 }],
+        "{}",
+        d.reason
+    );
 }
 
 #[test]
@@ -362,9 +387,43 @@ fn follower_points_at_leader_then_stays() {
     assert_eq!(d.role, NodeRole::Follower);
 }
 
+/// b leads term 2 and its status shows the promoted primary (copies are only taken from it).
+fn promoted_leader_view() -> DcsView {
+    let mut b = member("b", 200, 2, Some("b"));
+    b.pg = PgState::Primary;
+    view(Some(leader("b", 2)), 2, vec![b], &["a", "b", "c"])
+}
+
+#[test]
+fn copies_only_from_a_promoted_leader_and_not_right_after_a_failure() {
+    // b holds the key but still runs as a standby (promotion under way): no copy yet.
+    let v = view(
+        Some(leader("b", 2)),
+        2,
+        vec![member("b", 200, 2, Some("b"))],
+        &["a", "b", "c"],
+    );
+    let d = decide(&obs("a", local(PgState::Empty, 0), Some(v), None));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert!(d.reason.contains("finish promotion"), "{}", d.reason);
+    // Promoted, but the last copy failed 1 s ago: wait out the backoff, then copy.
+    let mut l = local(PgState::Empty, 0);
+    l.copy_failed_ms = Some(9_000);
+    let d = decide(&obs("a", l.clone(), Some(promoted_leader_view()), None));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    l.copy_failed_ms = Some(5_000);
+    let d = decide(&obs("a", l, Some(promoted_leader_view()), None));
+    assert_eq!(
+        d.actions,
+        vec![Action::Basebackup {
+            leader: leader("b", 2)
+        }]
+    );
+}
+
 #[test]
 fn empty_node_clones_diverged_node_rewinds_failed_rewind_clones() {
-    let v = view(Some(leader("b", 2)), 2, vec![], &["a", "b", "c"]);
+    let v = promoted_leader_view();
     let d = decide(&obs("a", local(PgState::Empty, 0), Some(v.clone()), None));
     assert_eq!(
         d.actions,
@@ -393,7 +452,7 @@ fn empty_node_clones_diverged_node_rewinds_failed_rewind_clones() {
 
 #[test]
 fn follower_not_streaming_past_timeout_rewinds() {
-    let v = view(Some(leader("b", 2)), 2, vec![], &["a", "b", "c"]);
+    let v = promoted_leader_view();
     let mut l = local(PgState::Standby, 100);
     l.following = Some("b".into());
     l.not_streaming_since_ms = Some(4_000);
@@ -502,8 +561,19 @@ fn non_voter_and_unhealthy_nodes_do_not_run() {
     ))));
     let v = view(None, 4, vec![member("b", 100, 4, None)], &["a", "b", "c"]);
     let mut l = local(PgState::Standby, 100);
-    l.healthy = false;
-    assert!(!acquires(&decide(&obs("a", l, Some(v), None))));
+    l.disk_free_mb = Some(10);
+    assert!(
+        !acquires(&decide(&obs("a", l, Some(v.clone()), None))),
+        "disk below the minimum"
+    );
+    // Too far behind the leader's last posted position (lag is computed by the core).
+    let mut lagging = v;
+    lagging.leader = Some(leader("b", 4));
+    lagging.members[0].position = pos(100 + 52_428_801);
+    let mut streaming = local(PgState::Streaming, 100);
+    streaming.following = Some("b".into());
+    let d = decide(&obs("a", streaming, Some(lagging), None));
+    assert_eq!(d.role, NodeRole::Ineligible, "{}", d.reason);
 }
 
 #[test]
@@ -751,7 +821,7 @@ proptest! {
 
 #[test]
 fn follower_whose_postgres_cannot_start_rewinds_after_timeout() {
-    let v = view(Some(leader("b", 2)), 2, vec![], &["a", "b", "c"]);
+    let v = promoted_leader_view();
     let mut l = local(PgState::Stopped, 100);
     l.following = Some("b".into());
     l.not_streaming_since_ms = Some(9_000);
@@ -807,4 +877,338 @@ fn demoted_leader_does_not_take_leadership_back() {
         Some(v),
         None
     ))));
+}
+
+// ---- Sequences: each decision's actions are applied to the next observation by hand, as the
+// agent would carry them out, and every step's exact action list is asserted.
+
+fn streaming(guid: &str, p: u64, term: u64, leader_guid: &str) -> MemberStatus {
+    let mut m = member(guid, p, term, Some(leader_guid));
+    m.pg = PgState::Streaming;
+    m.role = NodeRole::Follower;
+    m
+}
+
+fn primary(guid: &str, p: u64, term: u64) -> MemberStatus {
+    let mut m = member(guid, p, term, Some(guid));
+    m.pg = PgState::Primary;
+    m.role = NodeRole::Leader;
+    m
+}
+
+#[test]
+fn sequence_planned_switchover() {
+    let names =
+        |gs: &[&str]| -> Vec<String> { gs.iter().map(|g| crate::model::standby_name(g)).collect() };
+    // a leads term 4; b and c stream. The operator asks for b.
+    let mut v = view(
+        Some(leader("a", 4)),
+        4,
+        vec![
+            primary("a", 300, 4),
+            streaming("b", 300, 4, "a"),
+            streaming("c", 300, 4, "a"),
+        ],
+        &["a", "b", "c"],
+    );
+    let req = SwitchoverRequest {
+        target: Some("b".into()),
+        requested_unix_ms: 1,
+    };
+    v.switchover_request = Some(req.clone());
+    let a = local(PgState::Primary, 300);
+    // 1. The leader: no frontend rhythm known, so no timing delay: publish the plan, step down.
+    let d = decide(&obs("a", a.clone(), Some(v.clone()), lease(4, 20_000)));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::ScheduleSwitchover {
+                start_in_ms: 0,
+                ready_unix_ms: 1_000_000 + HANDOVER_MS
+            },
+            Action::StepDown {
+                target: Some("b".into())
+            },
+        ]
+    );
+    assert_eq!(d.role, NodeRole::DeposedLeader);
+    // A timed start: scheduled first, stepping down only once the time has come.
+    let mut timed = a.clone();
+    timed.switchover_scheduled = Some((req.clone(), 12_000));
+    let d = decide(&obs("a", timed.clone(), Some(v.clone()), lease(4, 20_000)));
+    assert_eq!(d.role, NodeRole::Leader, "{}", d.reason);
+    assert!(!d
+        .actions
+        .iter()
+        .any(|x| matches!(x, Action::StepDown { .. })));
+    let mut later = obs("a", timed, Some(v.clone()), lease(4, 20_000));
+    later.now_ms = 12_000;
+    assert_eq!(
+        decide(&later).actions,
+        vec![Action::StepDown {
+            target: Some("b".into())
+        }]
+    );
+    // 2. Step-down done: key gone, the record names b and the shutdown checkpoint.
+    v.leader = None;
+    v.switchover_request = None;
+    v.switchover = Some(Switchover {
+        target: Some("b".into()),
+        term: 4,
+        min_position: pos(301),
+        from: "a".into(),
+        deadline_unix_ms: 1_000_000 + 15_000,
+    });
+    v.members = vec![
+        member("a", 300, 4, None),
+        streaming("b", 301, 4, "a"),
+        streaming("c", 301, 4, "a"),
+    ];
+    // 3. Followers still receiving WAL detach first, so their posted positions are final.
+    let b = local(PgState::Streaming, 301);
+    assert_eq!(
+        decide(&obs("b", b, Some(v.clone()), None)).actions,
+        vec![Action::Detach]
+    );
+    // 4. Detached: b holds the checkpoint and acquires at once; c and a wait.
+    let b = local(PgState::Standby, 301);
+    assert_eq!(
+        decide(&obs("b", b.clone(), Some(v.clone()), None)).actions,
+        vec![Action::AcquireLeadership { term: 5 }]
+    );
+    assert!(!acquires(&decide(&obs(
+        "c",
+        local(PgState::Standby, 301),
+        Some(v.clone()),
+        None
+    ))));
+    let mut old = local(PgState::Stopped, 300);
+    old.diverged = true;
+    let d = decide(&obs("a", old.clone(), Some(v.clone()), None));
+    assert_eq!(d.actions, vec![Action::StartStandby], "{}", d.reason);
+    // 5. b leads: promote, keep the quorum, clear the record.
+    v.term = 5;
+    v.leader = Some(leader("b", 5));
+    let d = decide(&obs("b", b, Some(v.clone()), lease(5, 20_000)));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::Promote,
+            Action::SetSyncStandbys {
+                k: 1,
+                names: names(&["a", "c"])
+            },
+            Action::ClearSwitchover,
+        ]
+    );
+    // 6. The old leader waits for b's promotion to show, then rewinds onto it.
+    assert!(decide(&obs("a", old.clone(), Some(v.clone()), None))
+        .actions
+        .is_empty());
+    v.switchover = None;
+    v.members = vec![primary("b", 400, 5), streaming("c", 400, 5, "b")];
+    assert_eq!(
+        decide(&obs("a", old, Some(v), None)).actions,
+        vec![Action::Rewind {
+            leader: leader("b", 5)
+        }]
+    );
+}
+
+#[test]
+fn sequence_switchover_refused_without_a_streaming_target() {
+    let mut v = view(
+        Some(leader("a", 4)),
+        4,
+        vec![primary("a", 300, 4), member("b", 300, 4, Some("a"))],
+        &["a", "b"],
+    );
+    v.switchover_request = Some(SwitchoverRequest {
+        target: Some("b".into()),
+        requested_unix_ms: 1,
+    });
+    let d = decide(&obs(
+        "a",
+        local(PgState::Primary, 300),
+        Some(v),
+        lease(4, 20_000),
+    ));
+    assert_eq!(
+        d.role,
+        NodeRole::Leader,
+        "a refused switchover leaves the leader leading"
+    );
+    assert!(
+        d.actions.contains(&Action::RefuseSwitchover {
+            reason: super::switchover::REFUSED.into()
+        }),
+        "{:?}",
+        d.actions
+    );
+}
+
+#[test]
+fn sequence_failover_after_leader_loss() {
+    // a led term 4 and died: its key expired with its lease, its status with its status lease.
+    let mut v = view(
+        None,
+        4,
+        vec![streaming("b", 300, 4, "a"), streaming("c", 200, 4, "a")],
+        &["a", "b", "c"],
+    );
+    // 1. Both followers detach before posting.
+    for (g, p) in [("b", 300), ("c", 200)] {
+        assert_eq!(
+            decide(&obs(g, local(PgState::Streaming, p), Some(v.clone()), None)).actions,
+            vec![Action::Detach]
+        );
+    }
+    v.members = vec![member("b", 300, 4, None), member("c", 200, 4, None)];
+    // 2. b is the most advanced of a majority (b, c): it acquires; c waits for it.
+    assert_eq!(
+        decide(&obs(
+            "b",
+            local(PgState::Standby, 300),
+            Some(v.clone()),
+            None
+        ))
+        .actions,
+        vec![Action::AcquireLeadership { term: 5 }]
+    );
+    let d = decide(&obs(
+        "c",
+        local(PgState::Standby, 200),
+        Some(v.clone()),
+        None,
+    ));
+    assert!(
+        !acquires(&d) && d.reason.contains("more advanced"),
+        "{}",
+        d.reason
+    );
+    // 3. b promotes; c follows b.
+    v.term = 5;
+    v.leader = Some(leader("b", 5));
+    let d = decide(&obs(
+        "b",
+        local(PgState::Standby, 300),
+        Some(v.clone()),
+        lease(5, 20_000),
+    ));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::Promote,
+            Action::SetSyncStandbys {
+                k: 1,
+                names: vec![
+                    crate::model::standby_name("a"),
+                    crate::model::standby_name("c")
+                ]
+            },
+        ]
+    );
+    assert_eq!(
+        decide(&obs("c", local(PgState::Standby, 200), Some(v), None)).actions,
+        vec![Action::Follow {
+            leader: leader("b", 5)
+        }]
+    );
+}
+
+#[test]
+fn sequence_force_leader() {
+    // Failover off, the leader of term 5 (a) is gone for good; nobody may lead by themselves.
+    let mut v = view(
+        None,
+        5,
+        vec![member("b", 200, 5, None), member("c", 300, 5, None)],
+        &["a", "b", "c"],
+    );
+    v.cluster_failover = false;
+    v.last_leader = Some(leader("a", 5));
+    for (g, p) in [("b", 200), ("c", 300)] {
+        assert!(!acquires(&decide(&obs(
+            g,
+            local(PgState::Standby, p),
+            Some(v.clone()),
+            None
+        ))));
+    }
+    let forced = |g: &str, p: u64, pg: PgState, v: &DcsView| {
+        let mut o = obs(g, local(pg, p), Some(v.clone()), None);
+        o.request = Some(OperatorRequest::ForceLeader);
+        decide(&o)
+    };
+    // On b: refused, c is more advanced (and named).
+    let d = forced("b", 200, PgState::Standby, &v);
+    assert!(
+        matches!(&d.actions[..], [Action::RefuseRequest { reason }] if reason.contains("node-c")),
+        "{:?}",
+        d.actions
+    );
+    // On a node whose PostgreSQL is down: refused, its position is unknown.
+    let d = forced("c", 0, PgState::Stopped, &v);
+    assert!(
+        matches!(&d.actions[..], [Action::RefuseRequest { reason }] if reason.contains("not running")),
+        "{:?}",
+        d.actions
+    );
+    // On c: acquires the next term, failover off or not.
+    assert_eq!(
+        forced("c", 300, PgState::Standby, &v).actions,
+        vec![Action::AcquireLeadership { term: 6 }]
+    );
+    // Once c leads, force-leader anywhere is refused.
+    v.leader = Some(leader("c", 6));
+    v.term = 6;
+    let d = forced("b", 200, PgState::Standby, &v);
+    assert!(
+        matches!(&d.actions[..], [Action::RefuseRequest { reason }] if reason.contains("is the leader")),
+        "{:?}",
+        d.actions
+    );
+}
+
+#[test]
+fn sequence_rejoin_after_rewind_failure() {
+    let mut b = member("b", 500, 2, Some("b"));
+    b.pg = PgState::Primary;
+    let v = view(Some(leader("b", 2)), 2, vec![b], &["a", "b", "c"]);
+    // 1. A former primary rewinds onto the leader.
+    let mut a = local(PgState::Stopped, 400);
+    a.diverged = true;
+    assert_eq!(
+        decide(&obs("a", a.clone(), Some(v.clone()), None)).actions,
+        vec![Action::Rewind {
+            leader: leader("b", 2)
+        }]
+    );
+    // 2. The rewind failed (marker written, failure time kept): no copy within the backoff...
+    a.rewind_failed = true;
+    a.copy_failed_ms = Some(9_000);
+    let d = decide(&obs("a", a.clone(), Some(v.clone()), None));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(d.role, NodeRole::Syncing);
+    // 3. ...then a fresh base backup instead of another rewind.
+    let mut o = obs("a", a, Some(v.clone()), None);
+    o.now_ms = 14_000;
+    assert_eq!(
+        decide(&o).actions,
+        vec![Action::Basebackup {
+            leader: leader("b", 2)
+        }]
+    );
+    // 4. Copied: follow the leader, then stream as a follower.
+    let a = local(PgState::Stopped, 500);
+    assert_eq!(
+        decide(&obs("a", a, Some(v.clone()), None)).actions,
+        vec![Action::Follow {
+            leader: leader("b", 2)
+        }]
+    );
+    let mut a = local(PgState::Streaming, 500);
+    a.following = Some("b".into());
+    let d = decide(&obs("a", a, Some(v), None));
+    assert_eq!((d.role, d.actions), (NodeRole::Follower, vec![]));
 }
