@@ -4,8 +4,9 @@
 
 use crate::control::{self, Request, Response};
 use crate::dcs::Dcs;
-use crate::ha::{self, HaLoop, Shared};
+use crate::ha::{self, HaLoop};
 use crate::node::Node;
+use crate::state::Shared;
 use crate::supervisor::{ServiceSpec, Supervisor};
 use crate::{api, etcd, postgres, search_service};
 use larder_core::paths::Paths;
@@ -63,7 +64,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         // A data directory that last ran as a primary may hold WAL the current leader lacks.
         let state = postgres::control_state(&node).await.unwrap_or_default();
         if larder_core::health::diverged_at_start(&state) {
-            ha::mark_diverged(&node, true);
+            crate::markers::mark_diverged(&node, true);
         }
     }
     sup.add(etcd_spec(&node)?, true);
@@ -300,9 +301,12 @@ impl Ctx {
                     return Response::err("this node is the leader; run pgsql-follow on a follower (or `larder demote` first)");
                 }
                 if force_basebackup {
-                    let _ = std::fs::write(ha::rewind_failed_marker(&self.node), &leader.guid);
+                    let _ = std::fs::write(
+                        crate::markers::rewind_failed_marker(&self.node),
+                        &leader.guid,
+                    );
                 } else {
-                    ha::mark_diverged(&self.node, true);
+                    crate::markers::mark_diverged(&self.node, true);
                 }
                 Response::ok(
                     format!("re-syncing from {}", leader.name),
@@ -317,7 +321,7 @@ impl Ctx {
         let services = self.sup.list();
         let leaderl = json!({
             "name": "leaderl", "want_up": true, "running": true, "pid": std::process::id(),
-            "since_unix": ha::unix_ms() / 1000 - self.started.elapsed().as_secs(),
+            "since_unix": crate::clock::unix_ms() / 1000 - self.started.elapsed().as_secs(),
             "restarts": 0, "last_exit": null,
         });
         let mut list = vec![leaderl];

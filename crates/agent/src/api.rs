@@ -12,8 +12,8 @@
 //! | `GET /v2/members` | always: etcd v2 member list for Chef frontends | — |
 //! | anything else | never | 503 |
 
-use crate::ha::Shared;
 use crate::leader_check;
+use crate::state::Shared;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
@@ -72,7 +72,7 @@ async fn leader(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let arrived = crate::ha::unix_ms();
+    let arrived = crate::clock::unix_ms();
     let may_hold = q.get("wait").map(|w| w != "0").unwrap_or(true);
     let ok =
         leader_check::answer_logged(&st.shared, &st.guid, st.required_followers, may_hold).await;
@@ -86,7 +86,7 @@ async fn leader(
     st.shared.lock().unwrap().checks.record_answered(
         &format!("{} {agent}", peer.ip()),
         arrived,
-        crate::ha::unix_ms(),
+        crate::clock::unix_ms(),
     );
     let term = st.shared.lock().unwrap().term;
     (
@@ -148,7 +148,7 @@ pub fn status_json(s: &Shared, name: &str, guid: &str, required: u32) -> serde_j
         "last_error": s.last_error,
         "loop_age_ms": s.last_loop.map(|t| t.elapsed().as_millis() as u64),
         // Frontends' /leader check rhythm as seen here (times planned switchovers).
-        "frontend_checks": s.checks.phases(crate::ha::unix_ms()),
+        "frontend_checks": s.checks.phases(crate::clock::unix_ms()),
     })
 }
 

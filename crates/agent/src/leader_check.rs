@@ -21,7 +21,7 @@
 //! is sent ([`Shared::is_writable_leader`]); holding only changes *when* a frontend learns it.
 //! Tools that want an instant sample (the fault suite's samplers) ask `/leader?wait=0`.
 
-use crate::ha::Shared;
+use crate::state::Shared;
 use larder_core::model::NodeRole;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -133,7 +133,7 @@ pub async fn answer(
             (
                 s.is_writable_leader(required_followers),
                 if may_hold {
-                    hold(&s, me, required_followers, now, crate::ha::unix_ms())
+                    hold(&s, me, required_followers, now, crate::clock::unix_ms())
                 } else {
                     Hold::No
                 },
@@ -154,8 +154,8 @@ pub async fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ha::LeaseInfo;
     use crate::postgres::PgObservation;
+    use crate::state::LeaseInfo;
     use larder_core::model::{LeaderRecord, Lsn, PgState, WalPosition};
 
     fn pg(state: PgState) -> Option<PgObservation> {
@@ -230,7 +230,7 @@ mod tests {
         let now = Instant::now();
         let ready = 100_000;
         let plan = |target: Option<&str>| {
-            Some(crate::ha::SwitchoverPlan {
+            Some(larder_core::model::SwitchoverPlan {
                 target: target.map(str::to_string),
                 ready_unix_ms: ready,
             })

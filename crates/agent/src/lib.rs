@@ -7,6 +7,8 @@
 //! - [`accounts`]: the unprivileged OS users etcd and the search service run as
 //! - [`dcs`]: etcd client with per-call deadlines and member failover; key layout
 //! - [`ha`]: the HA loop around the pure decision engine (`larder_core::decide`)
+//! - [`state`]: the state the loop publishes for the health API and `status`
+//! - [`markers`]: data-directory markers (diverged, rewind failed); [`clock`]: wall clock
 //! - [`raft_placement`]: keeps etcd's raft leader off the Larder leader's node
 //! - [`wake`]: etcd watch that wakes the HA loop on changes needing a decision now
 //! - [`api`]: the health API on port 7331
@@ -18,16 +20,19 @@
 pub mod accounts;
 pub mod agent;
 pub mod api;
+pub mod clock;
 pub mod control;
 pub mod dcs;
 pub mod disk;
 pub mod etcd;
 pub mod ha;
 pub mod leader_check;
+pub mod markers;
 pub mod node;
 pub mod pki;
 pub mod postgres;
 pub mod raft_placement;
 pub mod search_service;
+pub mod state;
 pub mod supervisor;
 pub mod wake;

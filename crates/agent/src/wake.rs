@@ -6,7 +6,7 @@
 //! accelerates: if it breaks, the loop still polls, so correctness never depends on it.
 
 use crate::dcs::{keys, Dcs};
-use crate::ha::Shared;
+use crate::state::Shared;
 use larder_core::model::MemberStatus;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,9 +1,9 @@
 //! `create-cluster` and `join-cluster`: check everything first, change nothing on refusal,
 //! then write config, secrets and identity, start the agent and follow it to a working node.
 
+use crate::agent_client::wait_for;
 use crate::progress::Steps;
 use anyhow::{bail, Context};
-use larder_agent::control::{self, Request};
 use larder_agent::dcs::{keys, Dcs, TlsFiles};
 use larder_agent::node::{new_guid, new_password, url_host, write_private, NodeState};
 use larder_agent::pki;
@@ -180,51 +180,6 @@ fn write_config(paths: &Paths, cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Start `larder agent` detached (own session, output to its log), unless it already runs.
-pub async fn agent_status(paths: &Paths) -> anyhow::Result<serde_json::Value> {
-    let r = control::call(&paths.agent_socket(), &Request::Status).await?;
-    if !r.ok {
-        bail!("{}", r.message);
-    }
-    Ok(r.data)
-}
-
-/// Poll the agent until `done` says so or `timeout` passes.
-pub async fn wait_for(
-    paths: &Paths,
-    timeout: Duration,
-    what: &str,
-    mut done: impl FnMut(&serde_json::Value) -> bool,
-) -> anyhow::Result<serde_json::Value> {
-    let deadline = Instant::now() + timeout;
-    let mut last_err = String::new();
-    loop {
-        match agent_status(paths).await {
-            Ok(s) => {
-                if done(&s) {
-                    return Ok(s);
-                }
-                if let Some(e) = s["ha"]["last_error"].as_str() {
-                    last_err = e.to_string();
-                }
-            }
-            Err(e) => last_err = e.to_string(),
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "timed out after {}s waiting for {what}{}; see `larder tail`",
-                timeout.as_secs(),
-                if last_err.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (last error: {last_err})")
-                }
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn node_tls(paths: &Paths, secrets: &Secrets) -> anyhow::Result<TlsFiles> {
     Ok(TlsFiles {
         ca_pem: secrets.larder.ca_cert_pem.clone(),
@@ -293,7 +248,7 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
             cfg.etcd.peer_port
         ),
         etcd_initial_state: "new".into(),
-        created_unix: larder_agent::ha::unix_ms() / 1000,
+        created_unix: larder_agent::clock::unix_ms() / 1000,
     };
     state.save(&paths.node_state_file())?;
 
@@ -472,7 +427,7 @@ pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
 
     steps.step("taking the cluster's join lock");
     let lock_lease = dcs.lease_grant(30).await?;
-    let lock_val = serde_json::json!({"node": cfg.fqdn, "address": cfg.publish_address, "since_unix": larder_agent::ha::unix_ms() / 1000});
+    let lock_val = serde_json::json!({"node": cfg.fqdn, "address": cfg.publish_address, "since_unix": larder_agent::clock::unix_ms() / 1000});
     if !dcs
         .create(
             keys::JOIN_LOCK,
@@ -554,7 +509,7 @@ async fn join_locked(
         guid: guid.clone(),
         etcd_initial_cluster: initial.join(","),
         etcd_initial_state: "existing".into(),
-        created_unix: larder_agent::ha::unix_ms() / 1000,
+        created_unix: larder_agent::clock::unix_ms() / 1000,
     };
     state.save(&paths.node_state_file())?;
     let record = NodeRecord {

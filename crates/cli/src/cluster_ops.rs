@@ -1,12 +1,13 @@
 //! Cluster-wide operator verbs: switchover (`promote`, `demote`), `force-leader`,
 //! failover flags, `remove-node`, `pgsql-follow`.
 
-use crate::bootstrap::{agent_status, wait_for};
+use crate::agent_client::{agent_status, wait_for};
 use anyhow::bail;
+use larder_agent::clock::unix_ms;
 use larder_agent::control::{self, Request};
 use larder_agent::dcs::{keys, Dcs};
-use larder_agent::ha::{unix_ms, SwitchoverRequest};
 use larder_agent::node::Node;
+use larder_core::model::SwitchoverRequest;
 use larder_core::model::{LeaderRecord, NodeRecord};
 use larder_core::model::{MemberStatus, PgState};
 use larder_core::paths::Paths;

@@ -1,8 +1,8 @@
 //! Verbs that act on this node only: service control, logs, configuration, cleanse,
 //! uninstall, and the search service process.
 
+use crate::agent_client::agent_status;
 use crate::agent_process::stop_agent;
-use crate::bootstrap::agent_status;
 use anyhow::{bail, Context};
 use larder_agent::control::{self, Request};
 use larder_core::config::Config;
@@ -19,7 +19,8 @@ pub async fn service_verb(
             bail!("this node is not configured; run create-cluster or join-cluster first");
         }
         crate::agent_process::start_agent(paths)?;
-        crate::bootstrap::wait_for(paths, Duration::from_secs(15), "the agent", |_| true).await?;
+        crate::agent_client::wait_for(paths, Duration::from_secs(15), "the agent", |_| true)
+            .await?;
         println!("agent started");
         return Ok(());
     }
@@ -119,7 +120,7 @@ pub async fn cleanse(paths: &Paths, yes: bool) -> anyhow::Result<()> {
         bail!("cleanse removes this node's data and logs; re-run with --yes to confirm");
     }
     stop_agent(paths, true).await?;
-    let stamp = larder_agent::ha::unix_ms() / 1000;
+    let stamp = larder_agent::clock::unix_ms() / 1000;
     let backup = paths.cleanse_backup_dir(&stamp.to_string());
     if paths.config_dir().exists() {
         copy_dir(&paths.config_dir(), &backup)?;

@@ -1,6 +1,7 @@
 //! `larder` — the chef-backend-ctl compatible operator CLI and the agent entry point.
 //! Invoked as `chef-backend-ctl` (a link) it behaves identically.
 
+mod agent_client;
 mod agent_log;
 mod agent_process;
 mod bootstrap;

@@ -1,6 +1,6 @@
 //! `status`, `cluster-status` and `gen-server-config`: read the agent's view and render it.
 
-use crate::bootstrap::agent_status;
+use crate::agent_client::agent_status;
 use anyhow::bail;
 use larder_core::model::{MemberStatus, NodeRecord};
 use larder_core::paths::Paths;
@@ -43,7 +43,7 @@ pub async fn status(
         .iter()
         .filter(|m| m.map(|m| m.search_ok).unwrap_or(false))
         .count();
-    let now = larder_agent::ha::unix_ms() / 1000;
+    let now = larder_agent::clock::unix_ms() / 1000;
     let mut rows = Vec::new();
     for svc in s["services"].as_array().cloned().unwrap_or_default() {
         let name = svc["name"].as_str().unwrap_or("").to_string();

@@ -1,0 +1,134 @@
+//! Observe: local PostgreSQL, etcd, and the facts the loop keeps between iterations.
+
+use super::*;
+
+impl HaLoop {
+    pub(super) async fn observe_pg(&mut self) -> Option<PgObservation> {
+        let running = self
+            .sup
+            .state(postgres::SERVICE)
+            .map(|s| s.running)
+            .unwrap_or(false);
+        if !running {
+            self.pg = None;
+            self.intent.received_tli = None;
+            return None;
+        }
+        if self.pg.as_ref().map(|c| c.is_closed()).unwrap_or(true) {
+            self.pg = postgres::connect(&self.node, self.timeout()).await.ok();
+        }
+        let client = self.pg.as_ref()?;
+        match tokio::time::timeout(self.timeout(), postgres::observe(client)).await {
+            Ok(Ok(mut o)) => {
+                match o.state {
+                    PgState::Streaming => self.intent.received_tli = Some(o.position.timeline),
+                    PgState::Standby => {
+                        if let Some(t) = self.intent.received_tli {
+                            o.position.timeline = o.position.timeline.max(t);
+                        }
+                    }
+                    PgState::Primary | PgState::Stopped | PgState::Empty => {
+                        self.intent.received_tli = None
+                    }
+                }
+                Some(o)
+            }
+            _ => {
+                self.pg = None;
+                None
+            }
+        }
+    }
+
+    pub(super) async fn read_dcs(&mut self) -> Result<DcsView, dcs::DcsError> {
+        let kvs = self.dcs.get_prefix(keys::PREFIX).await?;
+        let view = DcsView::from_kvs(
+            kvs.iter().map(|kv| (kv.key.as_str(), kv.value.as_slice())),
+            &self.node.state.guid,
+        );
+        self.shared.lock().unwrap().switchover_plan = view.switchover_plan.clone();
+        Ok(view)
+    }
+
+    /// Keep the timestamps the core counts from (PostgreSQL down since, not streaming since).
+    pub(super) fn track_pg(
+        &mut self,
+        pg: &Option<PgObservation>,
+        view: Option<&DcsView>,
+        now: Instant,
+    ) {
+        let want_up = self
+            .sup
+            .state(postgres::SERVICE)
+            .map(|s| s.want_up)
+            .unwrap_or(false);
+        if pg.is_none() && want_up {
+            self.intent.pg_down_since.get_or_insert(now);
+        } else if pg.is_some() {
+            self.intent.pg_down_since = None;
+        }
+        self.intent.pg_failures = larder_core::health::pg_failures(
+            self.intent.pg_down_since.map(|t| self.ms(t)),
+            self.ms(now),
+            self.node.cfg.leaderl.health_check.interval_seconds,
+        );
+        if view.is_none() {
+            self.intent.etcd_failures += 1;
+        } else {
+            self.intent.etcd_failures = 0;
+        }
+        let leader = view.and_then(|v| v.leader.as_ref()).map(|l| l.guid.clone());
+        match pg.as_ref().map(|p| p.state) {
+            Some(PgState::Streaming) => self.intent.not_streaming_since = None,
+            _ => {
+                if self.intent.following.is_some() && self.intent.not_streaming_since.is_none() {
+                    self.intent.not_streaming_since = Some(now);
+                }
+            }
+        }
+        if leader != self.intent.following && self.intent.following.is_some() && leader.is_some() {
+            // Leader changed: a fresh follow starts; the old failure timer is meaningless.
+            self.intent.not_streaming_since = None;
+        }
+    }
+
+    /// Raw local facts for the core (which derives health, eligibility and backoffs from them).
+    pub(super) fn local_state(
+        &self,
+        pg: &Option<PgObservation>,
+        view: Option<&DcsView>,
+    ) -> LocalState {
+        let node = &self.node;
+        let pg_state = match pg {
+            Some(p) => p.state,
+            None if !postgres::has_data(node) => PgState::Empty,
+            None => PgState::Stopped,
+        };
+        let leader = view.and_then(|v| v.leader.as_ref());
+        let copy_failed_at = self.shared.lock().unwrap().copy_failed_at;
+        LocalState {
+            pg: pg_state,
+            position: pg.as_ref().map(|p| p.position).unwrap_or_default(),
+            pg_failures: self.intent.pg_failures,
+            following: self.intent.following.clone(),
+            not_streaming_since_ms: self.intent.not_streaming_since.map(|t| self.ms(t)),
+            diverged: diverged_marker(node).exists(),
+            // Written by a failed rewind (or `pgsql-follow --force-basebackup`), removed by
+            // a successful base backup; names the leader it applies to.
+            rewind_failed: leader.is_some_and(|l| {
+                std::fs::read_to_string(rewind_failed_marker(node))
+                    .ok()
+                    .as_deref()
+                    == Some(l.guid.as_str())
+            }),
+            disk_free_mb: crate::disk::free_mb(&node.paths.data_dir()),
+            syncing: self.syncing_now(),
+            copy_failed_ms: copy_failed_at.map(|t| self.ms(t)),
+            switchover_scheduled: self
+                .intent
+                .switchover_due
+                .as_ref()
+                .map(|(r, at)| (r.clone(), self.ms(*at))),
+        }
+    }
+}
