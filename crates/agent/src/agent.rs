@@ -139,6 +139,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         node: node.clone(),
         sup: sup.clone(),
         shared: shared.clone(),
+        dcs: dcs.clone(),
         commands,
         shutdown: shutdown.clone(),
         started,
@@ -264,10 +265,18 @@ struct Ctx {
     node: Node,
     sup: Supervisor,
     shared: Arc<Mutex<Shared>>,
+    dcs: Dcs,
     /// Operator requests for the HA loop (which alone changes leadership).
     commands: tokio::sync::mpsc::Sender<ha::Command>,
     shutdown: CancellationToken,
     started: Instant,
+}
+
+fn reply(r: anyhow::Result<String>) -> Response {
+    match r {
+        Ok(m) => Response::ok(m, serde_json::Value::Null),
+        Err(e) => Response::err(format!("{e:#}")),
+    }
 }
 
 fn service_name(s: &str) -> &str {
@@ -288,30 +297,30 @@ impl Ctx {
                 self.shutdown.cancel();
                 Response::ok("agent shutting down", serde_json::Value::Null)
             }
-            Request::ForceLeader => match self.force_leader().await {
+            Request::ForceLeader => match self
+                .ask_loop(larder_core::decide::OperatorRequest::ForceLeader)
+                .await
+            {
                 Ok(m) => Response::ok(m, serde_json::Value::Null),
                 Err(e) => Response::err(format!("{e:#}")),
             },
             Request::Resync { force_basebackup } => {
-                let leader = self.shared.lock().unwrap().leader.clone();
-                let Some(leader) = leader else {
-                    return Response::err("no leader to follow: wait for one or run `larder force-leader` on the most advanced node");
+                let r = larder_core::decide::OperatorRequest::Resync {
+                    full: force_basebackup,
                 };
-                if leader.guid == self.node.state.guid {
-                    return Response::err("this node is the leader; run pgsql-follow on a follower (or `larder demote` first)");
+                match self.ask_loop(r).await {
+                    Ok(m) => Response::ok(m, serde_json::Value::Null),
+                    Err(e) => Response::err(format!("{e:#}")),
                 }
-                if force_basebackup {
-                    let _ = std::fs::write(
-                        crate::markers::rewind_failed_marker(&self.node),
-                        &leader.guid,
-                    );
-                } else {
-                    crate::markers::mark_diverged(&self.node, true);
-                }
-                Response::ok(
-                    format!("re-syncing from {}", leader.name),
-                    serde_json::Value::Null,
-                )
+            }
+            Request::SetFailover { cluster, on } => {
+                reply(crate::operator::set_failover(&self.dcs, &self.node, cluster, on).await)
+            }
+            Request::Switchover { target } => {
+                reply(crate::operator::switchover(&self.dcs, target.as_deref()).await)
+            }
+            Request::RemoveNode { node, apply } => {
+                reply(crate::operator::remove_node(&self.dcs, &self.node, &node, apply).await)
             }
         }
     }
@@ -441,15 +450,16 @@ impl Ctx {
         Response::ok(done.join("\n"), serde_json::Value::Null)
     }
 
-    /// `force-leader` is decided by the core in the HA loop, like every other leadership
-    /// change; this only hands the request over and waits for its answer.
-    async fn force_leader(&self) -> anyhow::Result<String> {
+    /// Requests that change leadership (`force-leader`, `pgsql-follow`) are decided by the
+    /// core in the HA loop, like every other leadership change; this only hands the request
+    /// over and waits for its answer.
+    async fn ask_loop(
+        &self,
+        request: larder_core::decide::OperatorRequest,
+    ) -> anyhow::Result<String> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.commands
-            .send(ha::Command {
-                request: larder_core::decide::OperatorRequest::ForceLeader,
-                reply,
-            })
+            .send(ha::Command { request, reply })
             .await
             .map_err(|_| anyhow::anyhow!("the HA loop is not running"))?;
         match tokio::time::timeout(Duration::from_secs(15), answer).await {

@@ -1,5 +1,6 @@
 //! The agent's control socket: a root-only (0600) unix socket speaking one JSON request and
-//! one JSON response per connection. The CLI's service verbs and `status` use it.
+//! one JSON response per connection. Every CLI verb that acts on a configured node goes through
+//! it (the CLI writes etcd only while bootstrapping a node that has no agent yet).
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -23,6 +24,12 @@ pub enum Request {
     ForceLeader,
     /// Re-sync PostgreSQL from the leader (`pgsql-follow`).
     Resync { force_basebackup: bool },
+    /// `set-cluster-failover` (`cluster`) or `set-node-failover` (this node).
+    SetFailover { cluster: bool, on: bool },
+    /// `promote NODE` (`target`) or `demote` (none): answered once the hand-over is done.
+    Switchover { target: Option<String> },
+    /// `remove-node NODE`; with `apply: false` only checked and described.
+    RemoveNode { node: String, apply: bool },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -12,7 +12,7 @@
 //! - [`raft_placement`]: keeps etcd's raft leader off the Larder leader's node
 //! - [`wake`]: etcd watch that wakes the HA loop on changes needing a decision now
 //! - [`api`]: the health API on port 7331
-//! - [`control`]: the root-only control socket
+//! - [`control`]: the root-only control socket; [`operator`]: the cluster verbs it carries out
 //! - [`pki`]: cluster CA and node certificates
 //! - [`node`]: node identity and loaded config/secrets
 //! - [`disk`]: free-space checks
@@ -29,6 +29,7 @@ pub mod ha;
 pub mod leader_check;
 pub mod markers;
 pub mod node;
+pub mod operator;
 pub mod pki;
 pub mod postgres;
 pub mod raft_placement;

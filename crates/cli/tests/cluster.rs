@@ -596,3 +596,66 @@ fn leader_restart_with_cluster_failover_off_leads_again() {
     }
     l.ok(&["set-cluster-failover", "on"]);
 }
+
+/// force-leader and pgsql-follow go to the local agent and are decided by the core in its HA
+/// loop: refusals name the reason and change nothing; accepted requests take effect.
+#[test]
+fn force_leader_and_pgsql_follow_through_the_agent() {
+    let c = cluster_with_rows(31);
+    let old = c.wait_leader(None, T).name.clone();
+    let l = c.node(&old);
+    // On the leader: force-leader is refused (a leader exists), and so is pgsql-follow.
+    let o = l.larder(&["force-leader"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is the leader"),
+        "{o:?}"
+    );
+    let o = l.larder(&["pgsql-follow"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("this node is the leader"),
+        "{o:?}"
+    );
+    // A follower naming another node as the leader is refused.
+    let f = c.nodes.iter().find(|n| n.name != old).unwrap();
+    let other = c
+        .nodes
+        .iter()
+        .find(|n| n.name != old && n.name != f.name)
+        .unwrap();
+    let o = f.larder(&["pgsql-follow", &other.name]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is not the leader"),
+        "{o:?}"
+    );
+    // pgsql-follow on a follower: rewound from the leader, streaming again, nothing lost.
+    f.ok(&["pgsql-follow", &old, "--verbose"]);
+    write_rows(l, 300, 320);
+    wait_until(T, "rows on the re-synced follower", || {
+        (count(f) == Some(320)).then_some(())
+    });
+    // Failover off and the leader gone for good: nobody takes over by themselves...
+    l.ok(&["set-cluster-failover", "off"]);
+    let pg = l.pg_pid().expect("leader PostgreSQL pid");
+    l.kill_agent();
+    ensure_dead(pg);
+    let quiet_until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < quiet_until {
+        assert!(c.leader().is_none(), "a node took over with failover off");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ...until the operator forces one of the survivors (both hold every write: quorum).
+    f.ok(&["force-leader"]);
+    let nl = c.wait_leader(None, T);
+    assert_eq!(nl.name, f.name);
+    assert_eq!(
+        count(nl),
+        Some(320),
+        "force-leader lost acknowledged writes"
+    );
+    let o = other.larder(&["force-leader"]);
+    assert!(!o.status.success(), "a second force-leader must be refused");
+    f.ok(&["set-cluster-failover", "on"]);
+}

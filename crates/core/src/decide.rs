@@ -55,6 +55,8 @@ pub enum OperatorRequest {
     /// `force-leader`: take leadership while no leader exists, if this node is the most
     /// advanced of the live members.
     ForceLeader,
+    /// `pgsql-follow`: re-sync this follower from the leader (`full`: a fresh base backup).
+    Resync { full: bool },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -157,6 +159,9 @@ pub enum Action {
     RegisterVoter,
     /// Refuse an operator's request to this agent, saying why.
     RefuseRequest { reason: String },
+    /// Mark the data directory for a re-sync (`full`: base backup, else rewind); the following
+    /// decisions carry it out like any rejoin.
+    MarkResync { full: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,6 +205,26 @@ pub fn decide(obs: &Observation) -> Decision {
 }
 
 fn decide_as_leader(obs: &Observation, lease: HeldLease) -> Decision {
+    let mut d = decide_as_leader_inner(obs, lease);
+    // Operator requests make no sense on the leader: refuse them, change nothing else.
+    let refusal = match &obs.request {
+        Some(OperatorRequest::Resync { .. }) => Some(
+            "this node is the leader; run pgsql-follow on a follower (or `larder demote` first)",
+        ),
+        Some(OperatorRequest::ForceLeader) => {
+            Some("force-leader refused: this node is the leader already")
+        }
+        None => None,
+    };
+    if let Some(reason) = refusal {
+        d.actions.push(Action::RefuseRequest {
+            reason: reason.into(),
+        });
+    }
+    d
+}
+
+fn decide_as_leader_inner(obs: &Observation, lease: HeldLease) -> Decision {
     // Rule 1: our own clock decides, whatever etcd says or fails to say.
     if obs.now_ms >= lease.fence_deadline_ms {
         return Decision::new(
@@ -337,8 +362,10 @@ fn decide_as_non_leader(obs: &Observation) -> Decision {
             "etcd unreachable: waiting",
         );
     };
-    if obs.request == Some(OperatorRequest::ForceLeader) {
-        return force::decide(obs, dcs);
+    match obs.request {
+        Some(OperatorRequest::ForceLeader) => return force::decide(obs, dcs),
+        Some(OperatorRequest::Resync { full }) => return resync(obs, dcs, full),
+        None => {}
     }
     if obs.local.syncing {
         return Decision::new(NodeRole::Syncing, vec![], "copying data from the leader");
@@ -409,6 +436,28 @@ fn copy_from(
         Action::Rewind { leader }
     };
     Decision::new(NodeRole::Syncing, vec![action], why)
+}
+
+/// `pgsql-follow`: a follower of a known leader marks itself for a re-sync; the next decisions
+/// rewind (or clone) it through the usual guards.
+fn resync(obs: &Observation, dcs: &DcsView, full: bool) -> Decision {
+    let refuse = |why: &str| {
+        Decision::new(
+            NodeRole::WaitingForLeader,
+            vec![Action::RefuseRequest { reason: why.into() }],
+            "re-sync refused",
+        )
+    };
+    match &dcs.leader {
+        None => refuse("no leader to follow: wait for one or run `larder force-leader` on the most advanced node"),
+        Some(l) if l.guid == obs.me => refuse("this node's previous leadership has not expired yet; retry in a few seconds"),
+        Some(_) if obs.local.syncing => refuse("a copy from the leader is already running"),
+        Some(_) => Decision::new(
+            NodeRole::Syncing,
+            vec![Action::MarkResync { full }],
+            "re-sync requested by the operator",
+        ),
+    }
 }
 
 fn follow(obs: &Observation, dcs: &DcsView, leader: LeaderRecord) -> Decision {

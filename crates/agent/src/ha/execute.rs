@@ -160,6 +160,17 @@ impl HaLoop {
             Action::StepDown { target } => self.step_down(target).await?,
             // Answered to the operator by the loop (see `answer_request`).
             Action::RefuseRequest { .. } => {}
+            Action::MarkResync { full } => {
+                if full {
+                    let leader = view.and_then(|v| v.leader.as_ref());
+                    if let Some(l) = leader {
+                        std::fs::write(rewind_failed_marker(&node), &l.guid)?;
+                    }
+                } else {
+                    mark_diverged(&node, true);
+                }
+                self.wake.notify_one();
+            }
         }
         Ok(())
     }

@@ -333,6 +333,21 @@ impl HaLoop {
         });
         let answer = match (refused, req) {
             (Some(reason), _) => Err(reason),
+            (None, OperatorRequest::Resync { .. }) => {
+                match decision.actions.iter().any(|a| matches!(a, Action::MarkResync { .. })) {
+                    true => Ok(format!(
+                        "re-syncing from {}",
+                        self.shared
+                            .lock()
+                            .unwrap()
+                            .leader
+                            .as_ref()
+                            .map(|l| l.name.clone())
+                            .unwrap_or_default()
+                    )),
+                    false => Err(format!("pgsql-follow did not take effect: {}", decision.reason)),
+                }
+            }
             (None, OperatorRequest::ForceLeader) => match self.shared.lock().unwrap().lease {
                 Some(l) => Ok(format!("{} is now the leader (term {})", self.node.cfg.fqdn, l.term)),
                 None => Err(format!(

@@ -18,6 +18,10 @@ pub const PLANNED_HOLD_MS: u64 = 1_200;
 
 /// Why the leader refuses a switchover it cannot carry out without loss.
 pub const REFUSED: &str = "switchover refused by the leader: no streaming, failover-enabled follower to hand over to (see `larder cluster-status`)";
+/// Right after a failover or switchover the followers re-attach within seconds: a request is
+/// held this long for its target to stream before it is refused, rather than refusing a
+/// command that would succeed a moment later.
+pub const ATTACH_WAIT_MS: u64 = 15_000;
 
 /// What the leader does about a pending switchover request: refuse it, time it, or step down
 /// now. `None` when the steady leader actions should simply continue (timed start not reached).
@@ -26,6 +30,25 @@ pub(super) fn leader_actions(
     dcs: &DcsView,
     req: &SwitchoverRequest,
 ) -> Option<Vec<Action>> {
+    let refuse = |reason: String| Some(vec![Action::RefuseSwitchover { reason }]);
+    if !dcs.cluster_failover {
+        return refuse(
+            "cluster failover is disabled; enable it with `larder set-cluster-failover on` first"
+                .into(),
+        );
+    }
+    if let Some(t) = req
+        .target
+        .as_ref()
+        .and_then(|t| dcs.members.iter().find(|m| &m.guid == t))
+    {
+        if !t.failover_enabled {
+            return refuse(format!(
+                "failover is disabled on {}; run `larder set-node-failover on` there first",
+                t.name
+            ));
+        }
+    }
     let ready = |m: &crate::model::MemberStatus| {
         m.guid != obs.me && m.pg == PgState::Streaming && m.failover_enabled
     };
@@ -33,10 +56,15 @@ pub(super) fn leader_actions(
         Some(t) => dcs.members.iter().any(|m| &m.guid == t && ready(m)),
         None => dcs.members.iter().any(ready),
     };
-    if !target_ok || obs.local.pg != PgState::Primary {
-        return Some(vec![Action::RefuseSwitchover {
-            reason: REFUSED.into(),
-        }]);
+    if obs.local.pg != PgState::Primary {
+        return refuse(REFUSED.into());
+    }
+    if !target_ok {
+        // Keep leading (and holding the request) while the target may still re-attach.
+        if obs.now_unix_ms < req.requested_unix_ms + ATTACH_WAIT_MS {
+            return None;
+        }
+        return refuse(REFUSED.into());
     }
     if let Some((scheduled, at_ms)) = &obs.local.switchover_scheduled {
         if scheduled == req {

@@ -1025,8 +1025,26 @@ fn sequence_switchover_refused_without_a_streaming_target() {
     );
     v.switchover_request = Some(SwitchoverRequest {
         target: Some("b".into()),
-        requested_unix_ms: 1,
+        requested_unix_ms: 1_000_000 - 1_000,
     });
+    // Within the attach wait the request is held: b may re-attach any moment.
+    let d = decide(&obs(
+        "a",
+        local(PgState::Primary, 300),
+        Some(v.clone()),
+        lease(4, 20_000),
+    ));
+    assert_eq!(d.role, NodeRole::Leader);
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::RefuseSwitchover { .. } | Action::StepDown { .. })),
+        "{:?}",
+        d.actions
+    );
+    // After it: refused, the leader keeps leading.
+    v.switchover_request.as_mut().unwrap().requested_unix_ms =
+        1_000_000 - super::switchover::ATTACH_WAIT_MS;
     let d = decide(&obs(
         "a",
         local(PgState::Primary, 300),
@@ -1211,4 +1229,55 @@ fn sequence_rejoin_after_rewind_failure() {
     a.following = Some("b".into());
     let d = decide(&obs("a", a, Some(v), None));
     assert_eq!((d.role, d.actions), (NodeRole::Follower, vec![]));
+}
+
+#[test]
+fn switchover_refused_with_failover_off_and_resync_rules() {
+    let mut v = view(
+        Some(leader("a", 4)),
+        4,
+        vec![primary("a", 300, 4), streaming("b", 300, 4, "a")],
+        &["a", "b"],
+    );
+    v.cluster_failover = false;
+    v.switchover_request = Some(SwitchoverRequest {
+        target: Some("b".into()),
+        requested_unix_ms: 1,
+    });
+    let d = decide(&obs(
+        "a",
+        local(PgState::Primary, 300),
+        Some(v.clone()),
+        lease(4, 20_000),
+    ));
+    assert!(
+        d.actions.iter().any(|a| matches!(a, Action::RefuseSwitchover { reason } if reason.contains("cluster failover is disabled"))),
+        "{:?}",
+        d.actions
+    );
+    // pgsql-follow: refused on the leader, accepted on a follower.
+    v.switchover_request = None;
+    let mut o = obs(
+        "a",
+        local(PgState::Primary, 300),
+        Some(v.clone()),
+        lease(4, 20_000),
+    );
+    o.request = Some(OperatorRequest::Resync { full: false });
+    let d = decide(&o);
+    assert!(
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::RefuseRequest { .. })),
+        "{:?}",
+        d.actions
+    );
+    assert_eq!(
+        d.role,
+        NodeRole::Leader,
+        "a refused request changes nothing"
+    );
+    let mut o = obs("b", local(PgState::Streaming, 300), Some(v), None);
+    o.request = Some(OperatorRequest::Resync { full: true });
+    assert_eq!(decide(&o).actions, vec![Action::MarkResync { full: true }]);
 }
