@@ -10,7 +10,6 @@ use crate::state::Shared;
 use crate::supervisor::{ServiceSpec, Supervisor};
 use crate::{api, etcd, postgres, search_service};
 use larder_core::paths::Paths;
-use serde_json::json;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -327,27 +326,43 @@ impl Ctx {
 
     fn status(&self) -> Response {
         let s = self.shared.lock().unwrap();
-        let services = self.sup.list();
-        let leaderl = json!({
-            "name": "leaderl", "want_up": true, "running": true, "pid": std::process::id(),
-            "since_unix": crate::clock::unix_ms() / 1000 - self.started.elapsed().as_secs(),
-            "restarts": 0, "last_exit": null,
-        });
-        let mut list = vec![leaderl];
-        list.extend(
-            services
+        let leaderl = crate::supervisor::ServiceState {
+            name: "leaderl".into(),
+            want_up: true,
+            running: true,
+            pid: Some(std::process::id()),
+            since_unix: crate::clock::unix_ms() / 1000 - self.started.elapsed().as_secs(),
+            restarts: 0,
+            last_exit: None,
+        };
+        let mut services = vec![leaderl];
+        services.extend(self.sup.list());
+        let status = control::AgentStatus {
+            services,
+            ha: api::ha_status(
+                &s,
+                &self.node.cfg.fqdn,
+                &self.node.state.guid,
+                self.node.cfg.leaderl.required_active_followers,
+            ),
+            members: s.members.clone(),
+            nodes: s.nodes.clone(),
+            voters: s.voters.clone(),
+            etcd_members: s
+                .etcd_members
                 .iter()
-                .map(|x| serde_json::to_value(x).unwrap_or_default()),
-        );
-        let data = json!({
-            "services": list,
-            "ha": api::status_json(&s, &self.node.cfg.fqdn, &self.node.state.guid, self.node.cfg.leaderl.required_active_followers),
-            "members": s.members,
-            "nodes": s.nodes,
-            "voters": s.voters,
-            "etcd_members": s.etcd_members.iter().map(|m| json!({"name": m.name, "id": format!("{:x}", m.id), "learner": m.learner, "client_urls": m.client_urls})).collect::<Vec<_>>(),
-        });
-        Response::ok("ok", data)
+                .map(|m| control::EtcdMemberRow {
+                    name: m.name.clone(),
+                    id: format!("{:x}", m.id),
+                    learner: m.learner,
+                    client_urls: m.client_urls.clone(),
+                })
+                .collect(),
+        };
+        match serde_json::to_value(&status) {
+            Ok(v) => Response::ok("ok", v),
+            Err(e) => Response::err(format!("cannot encode the status: {e}")),
+        }
     }
 
     async fn service(&self, verb: &str, service: Option<&str>) -> Response {

@@ -12,6 +12,7 @@
 //! | `GET /v2/members` | always: etcd v2 member list for Chef frontends | — |
 //! | anything else | never | 503 |
 
+use crate::control::{HaStatus, PgStatus};
 use crate::leader_check;
 use crate::state::Shared;
 use axum::extract::{ConnectInfo, Query, State};
@@ -124,37 +125,36 @@ async fn health(State(st): State<ApiState>) -> Response {
     (code(ok), Json(json!({"postgresql_running": ok}))).into_response()
 }
 
-pub fn status_json(s: &Shared, name: &str, guid: &str, required: u32) -> serde_json::Value {
-    json!({
-        "name": name,
-        "guid": guid,
-        "role": s.role.map(|r| r.as_str()),
-        "reason": s.reason,
-        "writable_leader": s.is_writable_leader(required),
-        "term": s.term,
-        "leader": s.leader,
-        "postgresql": s.pg.as_ref().map(|p| json!({
-            "state": p.state,
-            "timeline": p.position.timeline,
-            "lsn": p.position.lsn.to_string(),
-            "streaming_followers": p.streaming_followers,
-            "synchronous_standby_names": p.sync_standby_names,
-        })),
-        "etcd_ok": s.etcd_ok,
-        "search_ok": s.search_ok,
-        "cluster_failover": s.cluster_failover,
-        "node_failover": s.node_failover,
-        "copy_progress": s.copy,
-        "last_error": s.last_error,
-        "loop_age_ms": s.last_loop.map(|t| t.elapsed().as_millis() as u64),
-        // Frontends' /leader check rhythm as seen here (times planned switchovers).
-        "frontend_checks": s.checks.phases(crate::clock::unix_ms()),
-    })
+pub fn ha_status(s: &Shared, name: &str, guid: &str, required: u32) -> HaStatus {
+    HaStatus {
+        name: name.into(),
+        guid: guid.into(),
+        role: s.role.map(|r| r.as_str().to_string()),
+        reason: s.reason.clone(),
+        writable_leader: s.is_writable_leader(required),
+        term: s.term,
+        leader: s.leader.clone(),
+        postgresql: s.pg.as_ref().map(|p| PgStatus {
+            state: p.state,
+            timeline: p.position.timeline,
+            lsn: p.position.lsn.to_string(),
+            streaming_followers: p.streaming_followers.clone(),
+            synchronous_standby_names: p.sync_standby_names.clone(),
+        }),
+        etcd_ok: s.etcd_ok,
+        search_ok: s.search_ok,
+        cluster_failover: s.cluster_failover,
+        node_failover: s.node_failover,
+        copy_progress: s.copy.clone(),
+        last_error: s.last_error.clone(),
+        loop_age_ms: s.last_loop.map(|t| t.elapsed().as_millis() as u64),
+        frontend_checks: s.checks.phases(crate::clock::unix_ms()),
+    }
 }
 
 async fn status(State(st): State<ApiState>) -> Response {
     let s = st.shared.lock().unwrap();
-    Json(status_json(&s, &st.name, &st.guid, st.required_followers)).into_response()
+    Json(ha_status(&s, &st.name, &st.guid, st.required_followers)).into_response()
 }
 
 async fn cluster(State(st): State<ApiState>) -> Response {

@@ -125,3 +125,70 @@ where
         let _ = w.write_all(s.as_bytes()).await;
     }
 }
+
+/// What `Request::Status` answers (and `status --json` prints): this node's services and HA
+/// state, and the cluster view the agent last read. Shared by agent and CLI, so neither reads
+/// the other's JSON by string paths.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AgentStatus {
+    /// `leaderl` (the agent itself) first, then every supervised service.
+    pub services: Vec<crate::supervisor::ServiceState>,
+    pub ha: HaStatus,
+    pub members: Vec<larder_core::model::MemberStatus>,
+    pub nodes: Vec<larder_core::model::NodeRecord>,
+    pub voters: Vec<String>,
+    pub etcd_members: Vec<EtcdMemberRow>,
+}
+
+impl AgentStatus {
+    pub fn service(&self, name: &str) -> Option<&crate::supervisor::ServiceState> {
+        self.services.iter().find(|s| s.name == name)
+    }
+    pub fn service_running(&self, name: &str) -> bool {
+        self.service(name).is_some_and(|s| s.running)
+    }
+    /// PostgreSQL's state as this node's loop last saw it.
+    pub fn pg_state(&self) -> Option<larder_core::model::PgState> {
+        self.ha.postgresql.as_ref().map(|p| p.state)
+    }
+}
+
+/// This node's HA state (also `GET /status` on the health API).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HaStatus {
+    pub name: String,
+    pub guid: String,
+    /// Chef Backend's role names (`leader`, `follower`, `waiting_for_leader`, …).
+    pub role: Option<String>,
+    pub reason: String,
+    pub writable_leader: bool,
+    pub term: u64,
+    pub leader: Option<larder_core::model::LeaderRecord>,
+    pub postgresql: Option<PgStatus>,
+    pub etcd_ok: bool,
+    pub search_ok: bool,
+    pub cluster_failover: bool,
+    pub node_failover: bool,
+    pub copy_progress: Option<crate::postgres::CopyProgress>,
+    pub last_error: Option<String>,
+    pub loop_age_ms: Option<u64>,
+    /// Frontends' `/leader` check rhythm as seen here (times planned switchovers).
+    pub frontend_checks: Vec<larder_core::check_phase::CheckPhase>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PgStatus {
+    pub state: larder_core::model::PgState,
+    pub timeline: u32,
+    pub lsn: String,
+    pub streaming_followers: Vec<String>,
+    pub synchronous_standby_names: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EtcdMemberRow {
+    pub name: String,
+    pub id: String,
+    pub learner: bool,
+    pub client_urls: Vec<String>,
+}

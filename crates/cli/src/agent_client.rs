@@ -2,16 +2,18 @@
 //! on it (long operations follow the agent's status until done).
 
 use anyhow::bail;
-use larder_agent::control::{self, Request};
+use larder_agent::control::{self, AgentStatus, Request};
 use larder_core::paths::Paths;
 use std::time::{Duration, Instant};
 
-pub async fn agent_status(paths: &Paths) -> anyhow::Result<serde_json::Value> {
+pub async fn agent_status(paths: &Paths) -> anyhow::Result<AgentStatus> {
     let r = control::call(&paths.agent_socket(), &Request::Status).await?;
     if !r.ok {
         bail!("{}", r.message);
     }
-    Ok(r.data)
+    serde_json::from_value(r.data).map_err(|e| {
+        anyhow::anyhow!("the agent's status does not parse ({e}); is the agent a different Larder version? Restart it with `larder restart`")
+    })
 }
 
 /// Poll the agent until `done` says so or `timeout` passes.
@@ -19,8 +21,8 @@ pub async fn wait_for(
     paths: &Paths,
     timeout: Duration,
     what: &str,
-    mut done: impl FnMut(&serde_json::Value) -> bool,
-) -> anyhow::Result<serde_json::Value> {
+    mut done: impl FnMut(&AgentStatus) -> bool,
+) -> anyhow::Result<AgentStatus> {
     let deadline = Instant::now() + timeout;
     let mut last_err = String::new();
     loop {
@@ -29,8 +31,8 @@ pub async fn wait_for(
                 if done(&s) {
                     return Ok(s);
                 }
-                if let Some(e) = s["ha"]["last_error"].as_str() {
-                    last_err = e.to_string();
+                if let Some(e) = &s.ha.last_error {
+                    last_err = e.clone();
                 }
             }
             Err(e) => last_err = e.to_string(),

@@ -8,7 +8,7 @@ use larder_agent::dcs::{keys, Dcs, TlsFiles};
 use larder_agent::node::{new_guid, new_password, url_host, write_private, NodeState};
 use larder_agent::pki;
 use larder_core::config::Config;
-use larder_core::model::NodeRecord;
+use larder_core::model::{NodeRecord, PgState};
 use larder_core::paths::Paths;
 use larder_core::secrets::{EtcdSecrets, LarderSecrets, PgSecrets, SearchSecrets, Secret, Secrets};
 use std::net::{IpAddr, TcpListener};
@@ -188,13 +188,6 @@ fn node_tls(paths: &Paths, secrets: &Secrets) -> anyhow::Result<TlsFiles> {
     })
 }
 
-fn service_running(s: &serde_json::Value, name: &str) -> bool {
-    s["services"]
-        .as_array()
-        .map(|a| a.iter().any(|x| x["name"] == name && x["running"] == true))
-        .unwrap_or(false)
-}
-
 pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> {
     if a.quorum_loss_recovery {
         bail!(
@@ -295,7 +288,7 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
 
     steps.step("initialising PostgreSQL and electing the leader");
     wait_for(paths, Duration::from_secs(60), "leadership", |s| {
-        s["ha"]["writable_leader"] == true
+        s.ha.writable_leader
     })
     .await?;
 
@@ -305,7 +298,7 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
             paths,
             Duration::from_secs(a.elasticsearch_wait_time),
             "the search service",
-            |s| s["ha"]["search_ok"] == true || !service_running(s, "elasticsearch"),
+            |s| s.ha.search_ok || !s.service_running("elasticsearch"),
         )
         .await
         .ok();
@@ -546,17 +539,14 @@ async fn join_locked(
         "PostgreSQL to stream from the leader",
         |s| {
             bar.update_from_status(s);
-            s["ha"]["postgresql"]["state"] == "streaming"
+            s.pg_state() == Some(PgState::Streaming)
         },
     )
     .await?;
     bar.finish();
     steps.step("waiting to become a voting follower");
     wait_for(paths, Duration::from_secs(30), "voter registration", |s| {
-        s["voters"]
-            .as_array()
-            .map(|v| v.iter().any(|g| g == guid.as_str()))
-            .unwrap_or(false)
+        s.voters.contains(&guid)
     })
     .await?;
     steps.finish(&format!("{} joined the cluster as a follower", cfg.fqdn));

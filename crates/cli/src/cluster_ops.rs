@@ -6,7 +6,7 @@
 use crate::agent_client::{agent_status, wait_for};
 use anyhow::bail;
 use larder_agent::control::{self, Request};
-use larder_core::model::LeaderRecord;
+use larder_core::model::PgState;
 use larder_core::paths::Paths;
 use std::time::Duration;
 
@@ -68,7 +68,7 @@ pub async fn force_leader(paths: &Paths) -> anyhow::Result<()> {
         paths,
         Duration::from_secs(30),
         "this node to accept writes",
-        |s| s["ha"]["writable_leader"] == true,
+        |s| s.ha.writable_leader,
     )
     .await?;
     Ok(())
@@ -85,10 +85,7 @@ pub async fn pgsql_follow(
 ) -> anyhow::Result<()> {
     if let Some(want) = leader_arg {
         let s = agent_status(paths).await?;
-        let Some(l) = serde_json::from_value::<Option<LeaderRecord>>(s["ha"]["leader"].clone())
-            .ok()
-            .flatten()
-        else {
+        let Some(l) = s.ha.leader else {
             bail!("there is no leader to follow right now; nothing was changed (see `larder cluster-status`)");
         };
         if want != l.name && want != l.address && want != l.guid {
@@ -116,19 +113,21 @@ pub async fn pgsql_follow(
             if verbose {
                 let line = format!(
                     "role {} · postgresql {} · {}",
-                    s["ha"]["role"].as_str().unwrap_or("?"),
-                    s["ha"]["postgresql"]["state"].as_str().unwrap_or("?"),
-                    s["ha"]["reason"].as_str().unwrap_or("")
+                    s.ha.role.as_deref().unwrap_or("?"),
+                    s.pg_state()
+                        .map(|p| format!("{p:?}").to_lowercase())
+                        .unwrap_or_else(|| "down".into()),
+                    s.ha.reason
                 );
                 if last_line.as_deref() != Some(line.as_str()) {
                     eprintln!("      {line}");
                     last_line = Some(line);
                 }
             }
-            if s["ha"]["role"] == "syncing" {
+            if s.ha.role.as_deref() == Some("syncing") {
                 saw_copy = true;
             }
-            saw_copy && s["ha"]["postgresql"]["state"] == "streaming"
+            saw_copy && s.pg_state() == Some(PgState::Streaming)
         },
     )
     .await?;

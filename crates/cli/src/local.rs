@@ -41,19 +41,12 @@ pub async fn service_verb(
 
 pub async fn service_list(paths: &Paths, service: Option<&str>) -> anyhow::Result<()> {
     let s = agent_status(paths).await?;
-    for svc in s["services"].as_array().cloned().unwrap_or_default() {
-        let name = svc["name"].as_str().unwrap_or("");
+    for svc in &s.services {
+        let name = svc.name.as_str();
         if service.is_some_and(|w| w != name) {
             continue;
         }
-        println!(
-            "{name}{}",
-            if svc["want_up"] == true {
-                ""
-            } else {
-                " (disabled)"
-            }
-        );
+        println!("{name}{}", if svc.want_up { "" } else { " (disabled)" });
     }
     Ok(())
 }

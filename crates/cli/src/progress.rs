@@ -65,12 +65,9 @@ impl CopyBar {
         self.bar.set_position(done_kb * 1024);
     }
     /// Update from the agent's status JSON (`ha.copy_progress`), if a copy is running.
-    pub fn update_from_status(&self, s: &serde_json::Value) {
-        if let Some(p) = s["ha"]["copy_progress"].as_object() {
-            self.update(
-                p["done_kb"].as_u64().unwrap_or(0),
-                p["total_kb"].as_u64().unwrap_or(0),
-            );
+    pub fn update_from_status(&self, s: &larder_agent::control::AgentStatus) {
+        if let Some(p) = &s.ha.copy_progress {
+            self.update(p.done_kb, p.total_kb);
         }
     }
     pub fn finish(&self) {

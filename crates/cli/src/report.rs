@@ -2,7 +2,8 @@
 
 use crate::agent_client::agent_status;
 use anyhow::bail;
-use larder_core::model::{MemberStatus, NodeRecord};
+use larder_agent::control::AgentStatus;
+use larder_core::model::MemberStatus;
 use larder_core::paths::Paths;
 use larder_core::status::{self, ClusterRow, DiskRow, ServiceRow};
 
@@ -13,13 +14,6 @@ fn require_configured(paths: &Paths) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_members(s: &serde_json::Value) -> (Vec<NodeRecord>, Vec<MemberStatus>) {
-    let nodes: Vec<NodeRecord> = serde_json::from_value(s["nodes"].clone()).unwrap_or_default();
-    let members: Vec<MemberStatus> =
-        serde_json::from_value(s["members"].clone()).unwrap_or_default();
-    (nodes, members)
-}
-
 pub async fn status(
     paths: &Paths,
     service: Option<&str>,
@@ -28,13 +22,13 @@ pub async fn status(
 ) -> anyhow::Result<()> {
     require_configured(paths)?;
     let s = agent_status(paths).await?;
-    let (nodes, members) = parse_members(&s);
+    let (nodes, members) = (&s.nodes, &s.members);
     let per_node: Vec<Option<&MemberStatus>> = nodes
         .iter()
         .map(|n| members.iter().find(|m| m.guid == n.guid))
         .collect();
     let total = nodes.len().max(1);
-    let etcd_members = s["etcd_members"].as_array().map(|a| a.len()).unwrap_or(0);
+    let etcd_members = s.etcd_members.len();
     let etcd_healthy = per_node
         .iter()
         .filter(|m| m.map(|m| m.etcd_ok).unwrap_or(false))
@@ -45,8 +39,8 @@ pub async fn status(
         .count();
     let now = larder_agent::clock::unix_ms() / 1000;
     let mut rows = Vec::new();
-    for svc in s["services"].as_array().cloned().unwrap_or_default() {
-        let name = svc["name"].as_str().unwrap_or("").to_string();
+    for svc in &s.services {
+        let name = svc.name.clone();
         if service
             .is_some_and(|want| want != name && !(want == "search" && name == "elasticsearch"))
         {
@@ -61,9 +55,9 @@ pub async fn status(
         };
         rows.push(ServiceRow {
             service: name,
-            running: svc["running"].as_bool().unwrap_or(false),
-            pid: svc["pid"].as_u64().map(|p| p as u32),
-            seconds_in_state: now.saturating_sub(svc["since_unix"].as_u64().unwrap_or(now)),
+            running: svc.running,
+            pid: svc.pid,
+            seconds_in_state: now.saturating_sub(svc.since_unix),
             distributed,
         });
     }
@@ -95,7 +89,7 @@ pub async fn status(
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"services": rows, "disks": disks, "ha": s["ha"]})
+                &serde_json::json!({"services": rows, "disks": disks, "ha": s.ha})
             )?
         );
     } else if simple {
@@ -108,10 +102,10 @@ pub async fn status(
     Ok(())
 }
 
-pub fn cluster_rows(s: &serde_json::Value) -> Vec<ClusterRow> {
-    let (nodes, members) = parse_members(s);
+pub fn cluster_rows(s: &AgentStatus) -> Vec<ClusterRow> {
+    let (nodes, members) = (&s.nodes, &s.members);
     // The column says whether the node may be promoted automatically: both flags count.
-    let cluster_failover = s["ha"]["cluster_failover"].as_bool().unwrap_or(true);
+    let cluster_failover = s.ha.cluster_failover;
     nodes
         .iter()
         .map(|n| {
@@ -159,12 +153,12 @@ pub async fn cluster_status(paths: &Paths, json: bool) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-            "leader": s["ha"]["leader"], "term": s["ha"]["term"],
-            "cluster_failover": s["ha"]["cluster_failover"], "nodes": rows}))?
+            "leader": s.ha.leader, "term": s.ha.term,
+            "cluster_failover": s.ha.cluster_failover, "nodes": rows}))?
         );
     } else {
         print!("{}", status::render_cluster(&rows));
-        if s["ha"]["cluster_failover"] == false {
+        if !s.ha.cluster_failover {
             println!("Cluster failover is OFF: no node takes over automatically (the last leader still leads again after a restart). Turn it back on with `larder set-cluster-failover on`.");
         }
     }
@@ -198,7 +192,7 @@ pub async fn gen_server_config(
     require_configured(paths)?;
     let node = larder_agent::node::Node::load(paths)?;
     let s = agent_status(paths).await?;
-    let (nodes, _) = parse_members(&s);
+    let nodes = &s.nodes;
     if nodes.is_empty() {
         bail!("the cluster has no registered members yet (is the agent connected to etcd?); see `larder status`");
     }
