@@ -159,6 +159,9 @@ pub enum Action {
     RegisterVoter,
     /// Refuse an operator's request to this agent, saying why.
     RefuseRequest { reason: String },
+    /// Leaving (agent shutdown): stop PostgreSQL cleanly and mark the data directory as a
+    /// former primary's.
+    StopForShutdown,
     /// Mark the data directory for a re-sync (`full`: base backup, else rewind); the following
     /// decisions carry it out like any rejoin.
     MarkResync { full: bool },
@@ -194,6 +197,17 @@ pub fn sync_quorum(mode: SyncMode, voters: usize) -> usize {
         // leader + k followers = majority of voters
         SyncMode::Quorum => voters / 2,
         SyncMode::Strict => voters.saturating_sub(1),
+    }
+}
+
+/// What the agent does when it shuts down: a leader hands leadership over at once (a clean
+/// stop, then the key and lease released) instead of making the cluster wait for the TTL; a
+/// non-leader just stops.
+pub fn on_shutdown(holds_lease: bool) -> Vec<Action> {
+    if holds_lease {
+        vec![Action::StopForShutdown, Action::ReleaseLeadership]
+    } else {
+        vec![]
     }
 }
 

@@ -160,6 +160,12 @@ impl HaLoop {
             Action::StepDown { target } => self.step_down(target).await?,
             // Answered to the operator by the loop (see `answer_request`).
             Action::RefuseRequest { .. } => {}
+            Action::StopForShutdown => {
+                self.sup
+                    .stop(postgres::SERVICE, Duration::from_secs(10))
+                    .await?;
+                mark_diverged(&node, true);
+            }
             Action::MarkResync { full } => {
                 if full {
                     let leader = view.and_then(|v| v.leader.as_ref());

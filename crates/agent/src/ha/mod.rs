@@ -194,16 +194,11 @@ impl HaLoop {
                 tokio::time::sleep(gap).await;
             }
         }
-        // Leaving: hand leadership over at once instead of making the cluster wait for the TTL.
-        let lease = self.shared.lock().unwrap().lease.take();
-        if let Some(l) = lease {
-            let _ = self
-                .sup
-                .stop(postgres::SERVICE, Duration::from_secs(10))
-                .await;
-            mark_diverged(&self.node, true);
-            let _ = self.dcs.delete_if_lease(keys::LEADER, l.id).await;
-            let _ = self.dcs.lease_revoke(l.id).await;
+        let holds = self.shared.lock().unwrap().lease.is_some();
+        for action in decide::on_shutdown(holds) {
+            if let Err(e) = self.execute(action.clone(), None, &[]).await {
+                tracing::warn!(?action, "shutdown step failed: {e:#}");
+            }
         }
         if let Some(id) = self.intent.status_lease {
             let _ = self.dcs.lease_revoke(id).await;

@@ -1281,3 +1281,12 @@ fn switchover_refused_with_failover_off_and_resync_rules() {
     o.request = Some(OperatorRequest::Resync { full: true });
     assert_eq!(decide(&o).actions, vec![Action::MarkResync { full: true }]);
 }
+
+#[test]
+fn shutdown_hands_leadership_over_only_when_held() {
+    assert_eq!(
+        on_shutdown(true),
+        vec![Action::StopForShutdown, Action::ReleaseLeadership]
+    );
+    assert!(on_shutdown(false).is_empty());
+}
