@@ -128,6 +128,7 @@ async fn health(State(st): State<ApiState>) -> Response {
 pub fn ha_status(s: &Shared, name: &str, guid: &str, required: u32) -> HaStatus {
     HaStatus {
         name: name.into(),
+        version: larder_core::version::VERSION.into(),
         guid: guid.into(),
         role: s.role.map(|r| r.as_str().to_string()),
         reason: s.reason.clone(),

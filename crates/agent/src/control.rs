@@ -157,6 +157,9 @@ impl AgentStatus {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct HaStatus {
     pub name: String,
+    /// Release of the running agent.
+    #[serde(default)]
+    pub version: String,
     pub guid: String,
     /// Chef Backend's role names (`leader`, `follower`, `waiting_for_leader`, …).
     pub role: Option<String>,

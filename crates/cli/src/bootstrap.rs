@@ -285,6 +285,12 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
     dcs.put(&keys::node(&guid), &serde_json::to_vec(&record)?, None)
         .await?;
     dcs.put(&keys::voter(&guid), b"1", None).await?;
+    dcs.put(
+        keys::PROTOCOL,
+        larder_core::version::PROTOCOL.to_string().as_bytes(),
+        None,
+    )
+    .await?;
 
     steps.step("initialising PostgreSQL and electing the leader");
     wait_for(paths, Duration::from_secs(60), "leadership", |s| {

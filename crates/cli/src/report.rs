@@ -140,6 +140,7 @@ pub fn cluster_rows(s: &AgentStatus) -> Vec<ClusterRow> {
                 lsn: m.map(|m| m.position.lsn.to_string()).unwrap_or_default(),
                 term: m.map(|m| m.term).unwrap_or(0),
                 failover: cluster_failover && m.map(|m| m.failover_enabled).unwrap_or(true),
+                version: m.map(|m| m.version.clone()).unwrap_or_default(),
             }
         })
         .collect()
@@ -158,6 +159,22 @@ pub async fn cluster_status(paths: &Paths, json: bool) -> anyhow::Result<()> {
         );
     } else {
         print!("{}", status::render_cluster(&rows));
+        let mut versions: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.online)
+            .map(|r| {
+                if r.version.is_empty() {
+                    "unknown"
+                } else {
+                    r.version.as_str()
+                }
+            })
+            .collect();
+        versions.sort_unstable();
+        versions.dedup();
+        if versions.len() > 1 {
+            println!("Warning: members run different Larder versions ({}); finish the upgrade (`larder upgrade` on each remaining node).", versions.join(", "));
+        }
         if !s.ha.cluster_failover {
             println!("Cluster failover is OFF: no node takes over automatically (the last leader still leads again after a restart). Turn it back on with `larder set-cluster-failover on`.");
         }

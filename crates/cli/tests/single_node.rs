@@ -76,6 +76,17 @@ fn create_cluster_status_supervision_and_refusals() {
     );
     let cs = n.ok(&["cluster-status"]);
     assert!(cs.contains("n1") && cs.contains("leader"), "{cs}");
+    // Versions everywhere: the table's Version column, --json, and `--version`.
+    assert!(cs.lines().next().unwrap().ends_with("Version"), "{cs}");
+    let version = env!("CARGO_PKG_VERSION");
+    let js: serde_json::Value = serde_json::from_str(&n.ok(&["cluster-status", "--json"])).unwrap();
+    wait_until(Duration::from_secs(10), "version in cluster-status", || {
+        let js: serde_json::Value =
+            serde_json::from_str(&n.ok(&["cluster-status", "--json"])).ok()?;
+        (js["nodes"][0]["version"] == version).then_some(())
+    });
+    assert_eq!(js["nodes"].as_array().unwrap().len(), 1);
+    assert!(n.ok(&["--version"]).contains(version));
 
     // kill -9 of postgres: restarted by the supervisor with a new pid, time in state reset.
     let old = pid_of(n, "postgresql").unwrap();

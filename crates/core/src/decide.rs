@@ -105,6 +105,9 @@ pub struct DcsView {
     pub switchover_request: Option<SwitchoverRequest>,
     /// The leader's timing plan for an accepted switchover.
     pub switchover_plan: Option<SwitchoverPlan>,
+    /// The cluster's protocol version (`None`: not recorded yet, a cluster created before
+    /// versions were recorded).
+    pub protocol: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +165,8 @@ pub enum Action {
     /// Leaving (agent shutdown): stop PostgreSQL cleanly and mark the data directory as a
     /// former primary's.
     StopForShutdown,
+    /// Leader: record the cluster's protocol version where none is recorded yet.
+    RecordProtocol { version: u32 },
     /// Mark the data directory for a re-sync (`full`: base backup, else rewind); the following
     /// decisions carry it out like any rejoin.
     MarkResync { full: bool },
@@ -212,6 +217,24 @@ pub fn on_shutdown(holds_lease: bool) -> Vec<Action> {
 }
 
 pub fn decide(obs: &Observation) -> Decision {
+    // A cluster whose protocol this build does not speak: never lead in it, never act on it.
+    if let Some(Err(why)) = obs
+        .dcs
+        .as_ref()
+        .and_then(|d| d.protocol)
+        .map(|p| crate::version::check(p, crate::version::PROTOCOL))
+    {
+        let actions = match obs.lease {
+            Some(_) => vec![
+                Action::Fence {
+                    reason: why.clone(),
+                },
+                Action::ReleaseLeadership,
+            ],
+            None => vec![],
+        };
+        return Decision::new(NodeRole::Down, actions, why);
+    }
     match obs.lease {
         Some(lease) => decide_as_leader(obs, lease),
         None => decide_as_non_leader(obs),
@@ -348,6 +371,11 @@ fn leader_steady(obs: &Observation, _lease: HeldLease, dcs: Option<&DcsView>) ->
         actions.push(Action::SetSyncStandbys { k, names });
         if dcs.switchover.is_some() {
             actions.push(Action::ClearSwitchover);
+        }
+        if dcs.protocol.is_none() {
+            actions.push(Action::RecordProtocol {
+                version: crate::version::PROTOCOL,
+            });
         }
         // A writable leader votes (its roles exist once SetSyncStandbys succeeded).
         if obs.local.pg == PgState::Primary && !dcs.voters.contains(&obs.me) {

@@ -14,6 +14,7 @@
 //! | [`SWITCHOVER_REQUEST`], [`SWITCHOVER`], [`SWITCHOVER_REFUSED`] | planned switchover protocol | until consumed |
 //! | [`SWITCHOVER_PLAN`] | [`SwitchoverPlan`] | the leader lease |
 //! | [`JOIN_LOCK`] | the node joining | the joiner's lease |
+//! | [`PROTOCOL`] | the cluster's protocol version | permanent, raised by upgrades |
 
 use crate::decide::DcsView;
 #[cfg(doc)]
@@ -34,6 +35,8 @@ pub const SWITCHOVER_PLAN: &str = "/larder/switchover-plan";
 /// Why the leader refused the last switchover request (read and cleared by the CLI).
 pub const SWITCHOVER_REFUSED: &str = "/larder/switchover-refused";
 pub const JOIN_LOCK: &str = "/larder/join-lock";
+/// The cluster's protocol version (see [`crate::version`]).
+pub const PROTOCOL: &str = "/larder/protocol";
 
 pub const NODES_PREFIX: &str = "/larder/nodes/";
 pub const STATUS_PREFIX: &str = "/larder/status/";
@@ -68,6 +71,7 @@ impl Default for DcsView {
             switchover: None,
             switchover_request: None,
             switchover_plan: None,
+            protocol: None,
         }
     }
 }
@@ -83,6 +87,7 @@ impl DcsView {
                 LEADER => view.leader = serde_json::from_slice(v).ok(),
                 LAST_LEADER => view.last_leader = serde_json::from_slice(v).ok(),
                 TERM => view.term = String::from_utf8_lossy(v).parse().unwrap_or(0),
+                PROTOCOL => view.protocol = String::from_utf8_lossy(v).parse().ok(),
                 FAILOVER => view.cluster_failover = v != b"off",
                 SWITCHOVER => view.switchover = serde_json::from_slice::<Switchover>(v).ok(),
                 SWITCHOVER_REQUEST => {

@@ -8,6 +8,8 @@
 //! - [`decide`]: the HA decision engine (observation in, actions out)
 //! - [`pgconf`]: `pg_hba.conf` / `postgresql.conf` rendering
 //! - [`status`]: the `status` / `cluster-status` tables
+//! - [`version`]: release and cluster protocol, and the N / N−1 rule
+//! - [`keys`]: the etcd layout; [`lease`]: fencing arithmetic; [`health`]: derived health facts
 
 pub mod check_phase;
 pub mod config;
@@ -20,3 +22,4 @@ pub mod paths;
 pub mod pgconf;
 pub mod secrets;
 pub mod status;
+pub mod version;

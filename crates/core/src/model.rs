@@ -116,6 +116,12 @@ pub struct MemberStatus {
     /// then and holds the frontends' checks around it (agent `leader_check`).
     #[serde(default)]
     pub lease_expires_unix_ms: Option<u64>,
+    /// Release this member runs (empty from releases before versions were posted).
+    #[serde(default)]
+    pub version: String,
+    /// Cluster protocol this member speaks (0 from releases before versions were posted).
+    #[serde(default)]
+    pub protocol: u32,
 }
 
 /// Value of the leader key (bound to the leader's lease).

@@ -36,6 +36,9 @@ pub struct ClusterRow {
     pub lsn: String,
     pub term: u64,
     pub failover: bool,
+    /// Release the member runs (`-` when offline or too old to say).
+    #[serde(default)]
+    pub version: String,
 }
 
 /// `1d 5h 59m 35s`, dropping leading zero units.
@@ -145,12 +148,17 @@ pub fn render_cluster(rows: &[ClusterRow]) -> String {
                 r.timeline.to_string(),
                 r.term.to_string(),
                 if r.failover { "on" } else { "off" }.into(),
+                if r.version.is_empty() {
+                    "-".into()
+                } else {
+                    r.version.clone()
+                },
             ]
         })
         .collect();
     render_table(
         &[
-            "Name", "IP", "GUID", "Role", "PG", "ES", "Lag", "TL", "Term", "Failover",
+            "Name", "IP", "GUID", "Role", "PG", "ES", "Lag", "TL", "Term", "Failover", "Version",
         ],
         &body,
     )
@@ -249,6 +257,8 @@ mod tests {
             updated_unix_ms: 0,
             check_phases: vec![],
             lease_expires_unix_ms: None,
+            version: String::new(),
+            protocol: 0,
         }
     }
 
@@ -336,8 +346,13 @@ mod tests {
             lsn: "0/1".into(),
             term: 4,
             failover: true,
+            version: "0.2.0".into(),
         }]);
         assert!(out.starts_with("Name  IP         GUID"));
-        assert!(out.contains("n1    127.0.0.2  0123456789abcdef0123456789abcdef  leader  leader  master  -    1   4     on"));
+        assert!(
+            out.lines().next().unwrap().ends_with("Failover  Version"),
+            "{out}"
+        );
+        assert!(out.contains("n1    127.0.0.2  0123456789abcdef0123456789abcdef  leader  leader  master  -    1   4     on        0.2.0"), "{out}");
     }
 }

@@ -160,6 +160,12 @@ impl HaLoop {
             Action::StepDown { target } => self.step_down(target).await?,
             // Answered to the operator by the loop (see `answer_request`).
             Action::RefuseRequest { .. } => {}
+            Action::RecordProtocol { version } => {
+                // Create-if-absent: a protocol another node recorded meanwhile wins.
+                self.dcs
+                    .create(keys::PROTOCOL, version.to_string().as_bytes(), None)
+                    .await?;
+            }
             Action::StopForShutdown => {
                 self.sup
                     .stop(postgres::SERVICE, Duration::from_secs(10))

@@ -32,6 +32,8 @@ fn member(guid: &str, p: u64, term: u64, leader_seen: Option<&str>) -> MemberSta
         updated_unix_ms: 0,
         check_phases: vec![],
         lease_expires_unix_ms: None,
+        version: crate::version::VERSION.into(),
+        protocol: crate::version::PROTOCOL,
     }
 }
 
@@ -71,6 +73,7 @@ fn view(
         term,
         members,
         voters: voters.iter().map(|s| s.to_string()).collect(),
+        protocol: Some(crate::version::PROTOCOL),
         ..DcsView::default()
     }
 }
@@ -784,7 +787,7 @@ proptest! {
             .filter(|i| *i != me && s.fresh[*i])
             .map(|i| member(&guid(i), s.positions[i], 7, None))
             .collect();
-        let v = DcsView { leader: None, term: 7, members, voters, ..DcsView::default() };
+        let v = DcsView { leader: None, term: 7, members, voters, protocol: Some(crate::version::PROTOCOL), ..DcsView::default() };
         let d = decide(&obs(&guid(me), local(PgState::Standby, s.positions[me]), Some(v), None));
         if acquires(&d) {
             prop_assert!(s.positions[me] >= s.acked, "node {} at {} acquired but {} was acknowledged: {:?}", me, s.positions[me], s.acked, s);
@@ -1289,4 +1292,36 @@ fn shutdown_hands_leadership_over_only_when_held() {
         vec![Action::StopForShutdown, Action::ReleaseLeadership]
     );
     assert!(on_shutdown(false).is_empty());
+}
+
+#[test]
+fn protocol_is_recorded_once_and_a_newer_cluster_is_refused() {
+    let mut v = view(Some(leader("a", 2)), 2, vec![primary("a", 10, 2)], &["a"]);
+    v.protocol = None;
+    let d = decide(&obs(
+        "a",
+        local(PgState::Primary, 10),
+        Some(v.clone()),
+        lease(2, 20_000),
+    ));
+    assert!(
+        d.actions.contains(&Action::RecordProtocol {
+            version: crate::version::PROTOCOL
+        }),
+        "{:?}",
+        d.actions
+    );
+    // Raised beyond this build while it leads: fence and step down, never act on it.
+    v.protocol = Some(crate::version::PROTOCOL + 1);
+    let d = decide(&obs(
+        "a",
+        local(PgState::Primary, 10),
+        Some(v.clone()),
+        lease(2, 20_000),
+    ));
+    assert!(starts_with_fence(&d), "{:?}", d.actions);
+    assert!(d.reason.contains("newer than this agent"), "{}", d.reason);
+    v.leader = None;
+    let d = decide(&obs("a", local(PgState::Standby, 10), Some(v), None));
+    assert!(d.actions.is_empty() && d.role == NodeRole::Down, "{:?}", d);
 }
