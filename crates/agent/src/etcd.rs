@@ -74,8 +74,6 @@ pub fn service_spec(node: &Node, account: Option<Account>) -> ServiceSpec {
         "--log-outputs=stderr".into(),
     ];
     ServiceSpec {
-        name: SERVICE.into(),
-        program: e.binary.clone().into(),
         args,
         // Passed in the environment, not argv, so `ps` never shows it.
         env: vec![(
@@ -84,13 +82,6 @@ pub fn service_spec(node: &Node, account: Option<Account>) -> ServiceSpec {
         )],
         user: account.map(|a| (a.uid, a.gid)),
         cwd: Some(node.paths.etcd_data()),
-        stop_signal: nix::sys::signal::Signal::SIGTERM,
-        pre_start: None,
-        // Nothing of this node may outlive its agent: a restarted agent must find the
-        // ports free and start from a known state.
-        die_with_agent: true,
-        log_dir: node.paths.service_log_dir(SERVICE),
-        log_max_bytes: node.cfg.log_rotation.file_maxbytes,
-        log_keep: node.cfg.log_rotation.num_to_keep,
+        ..node.service_base(SERVICE, e.binary.clone().into())
     }
 }

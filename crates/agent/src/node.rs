@@ -123,6 +123,31 @@ impl Node {
         })
     }
 
+    /// A supervised service of this node with the common settings: its log under
+    /// `/var/log/larder/<name>` rotated by `log_rotation.*`, SIGTERM to stop, and — since nothing
+    /// of this node may outlive its agent (a restarted agent must find the ports free and start
+    /// from a known state) — killed with the agent.
+    pub fn service_base(
+        &self,
+        name: &str,
+        program: std::path::PathBuf,
+    ) -> crate::supervisor::ServiceSpec {
+        crate::supervisor::ServiceSpec {
+            name: name.into(),
+            program,
+            args: vec![],
+            env: vec![],
+            user: None,
+            cwd: None,
+            stop_signal: nix::sys::signal::Signal::SIGTERM,
+            pre_start: None,
+            die_with_agent: true,
+            log_dir: self.paths.service_log_dir(name),
+            log_max_bytes: self.cfg.log_rotation.file_maxbytes,
+            log_keep: self.cfg.log_rotation.num_to_keep,
+        }
+    }
+
     pub fn etcd_client_url(&self) -> String {
         format!(
             "https://{}:{}",

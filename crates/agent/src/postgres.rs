@@ -262,18 +262,14 @@ pub fn write_follow_conf(node: &Node, leader: Option<&LeaderRecord>) -> Result<b
 /// The supervised `postgres` process. `pre_start` decides primary vs standby on every start.
 pub fn service_spec(node: &Node, pre_start: PreStart) -> ServiceSpec {
     ServiceSpec {
-        name: SERVICE.into(),
-        program: bin(node, "postgres"),
         args: vec!["-D".into(), node.paths.pg_data().display().to_string()],
         env: vec![],
         user: node.pg_user,
         cwd: Some(node.paths.pg_data()),
+        // SIGINT is PostgreSQL's fast shutdown.
         stop_signal: nix::sys::signal::Signal::SIGINT,
         pre_start: Some(pre_start),
-        die_with_agent: true,
-        log_dir: node.paths.service_log_dir(SERVICE),
-        log_max_bytes: node.cfg.log_rotation.file_maxbytes,
-        log_keep: node.cfg.log_rotation.num_to_keep,
+        ..node.service_base(SERVICE, bin(node, "postgres"))
     }
 }
 

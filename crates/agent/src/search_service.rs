@@ -137,8 +137,6 @@ pub fn program(node: &Node, account: Option<Account>) -> anyhow::Result<PathBuf>
 
 pub fn service_spec(node: &Node, account: Option<Account>, program: PathBuf) -> ServiceSpec {
     ServiceSpec {
-        name: SERVICE.into(),
-        program,
         args: vec![
             "--root".into(),
             node.paths.root().display().to_string(),
@@ -149,13 +147,6 @@ pub fn service_spec(node: &Node, account: Option<Account>, program: PathBuf) -> 
         env: vec![],
         user: account.map(|a| (a.uid, a.gid)),
         cwd: Some(node.paths.data_dir().join("search")),
-        stop_signal: nix::sys::signal::Signal::SIGTERM,
-        pre_start: None,
-        // Nothing of this node may outlive its agent: a restarted agent must find the
-        // ports free and start from a known state.
-        die_with_agent: true,
-        log_dir: node.paths.service_log_dir(SERVICE),
-        log_max_bytes: node.cfg.log_rotation.file_maxbytes,
-        log_keep: node.cfg.log_rotation.num_to_keep,
+        ..node.service_base(SERVICE, program)
     }
 }
