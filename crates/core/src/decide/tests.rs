@@ -794,6 +794,46 @@ proptest! {
         }
     }
 
+    /// With cluster failover off, only the node that acquired the current term ever acquires
+    /// (by itself; force-leader is the operator's override), whatever the positions say.
+    #[test]
+    fn failover_off_only_the_last_leader_acquires(s in scenario(), me in 0usize..7, last in 0usize..7, last_term_current in any::<bool>()) {
+        let me = me % s.n;
+        let last = last % s.n;
+        let voters: Vec<String> = (0..s.n).map(guid).collect();
+        let members: Vec<MemberStatus> = (0..s.n)
+            .filter(|i| *i != me && s.fresh[*i])
+            .map(|i| member(&guid(i), s.positions[i], 7, None))
+            .collect();
+        let mut v = DcsView { leader: None, term: 7, members, voters, protocol: Some(crate::version::PROTOCOL), ..DcsView::default() };
+        v.cluster_failover = false;
+        v.last_leader = Some(leader(&guid(last), if last_term_current { 7 } else { 6 }));
+        let d = decide(&obs(&guid(me), local(PgState::Standby, s.positions[me]), Some(v), None));
+        if acquires(&d) {
+            prop_assert!(me == last && last_term_current, "{} acquired with failover off; last leader {} (term current: {})", me, last, last_term_current);
+        }
+    }
+
+    /// force-leader never takes leadership while a live member is more advanced or a leader
+    /// exists.
+    #[test]
+    fn force_leader_never_skips_a_more_advanced_member(s in scenario(), me in 0usize..7, has_leader in any::<bool>()) {
+        let me = me % s.n;
+        let members: Vec<MemberStatus> = (0..s.n)
+            .filter(|i| *i != me && s.fresh[*i])
+            .map(|i| member(&guid(i), s.positions[i], 7, None))
+            .collect();
+        let ahead = members.iter().any(|m| m.position > pos(s.positions[me]));
+        let mut v = view(None, 7, members, &[]);
+        if has_leader {
+            v.leader = Some(leader(&guid((me + 1) % s.n), 7));
+        }
+        let mut o = obs(&guid(me), local(PgState::Standby, s.positions[me]), Some(v), None);
+        o.request = Some(OperatorRequest::ForceLeader);
+        let d = decide(&o);
+        prop_assert_eq!(acquires(&d), !ahead && !has_leader, "{:?}", d.actions);
+    }
+
     /// A leader whose renewal deadline passed always fences, whatever else it sees.
     #[test]
     fn expired_leader_always_fences(now in 0u64..100_000, deadline in 0u64..100_000, pg in prop_oneof![Just(PgState::Primary), Just(PgState::Stopped), Just(PgState::Streaming)], etcd in any::<bool>()) {
