@@ -31,6 +31,40 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// Short name for `--skip`.
+    pub fn id(self) -> &'static str {
+        match self {
+            Fault::KillAgent => "kill-agent",
+            Fault::KillPostgres => "kill-postgres",
+            Fault::KillNode => "kill-node",
+            Fault::FreezeAgent => "freeze-agent",
+            Fault::FreezeNode => "freeze-node",
+            Fault::FreezeEtcdOne => "freeze-etcd-one",
+            Fault::FreezeEtcdTwo => "freeze-etcd-two",
+            Fault::PartitionLeader => "partition-leader",
+            Fault::OneWayPartition => "one-way-partition",
+            Fault::IsolateFollower => "isolate-follower",
+            Fault::DiskFull => "disk-full",
+            Fault::RestartAll => "restart-all",
+            Fault::BackToBackFailovers => "back-to-back-switchovers",
+            Fault::Netem => "netem",
+        }
+    }
+
+    /// The fault named `id` (see [`Fault::id`]); the error lists the valid names.
+    pub fn from_id(id: &str) -> std::result::Result<Fault, String> {
+        Fault::ALL
+            .iter()
+            .copied()
+            .find(|f| f.id() == id)
+            .ok_or_else(|| {
+                format!(
+                    "unknown fault {id:?}; faults: {}",
+                    Fault::ALL.map(|f| f.id()).join(", ")
+                )
+            })
+    }
+
     pub const ALL: [Fault; 14] = [
         Fault::KillAgent,
         Fault::KillPostgres,
@@ -72,6 +106,9 @@ impl Fault {
 pub struct Plan {
     /// Fixed list of faults (CI) ...
     pub fixed: Option<Vec<Fault>>,
+    /// Faults left out on purpose (`--skip`, local runs only): never injected, listed in the
+    /// summary. Any other fault that cannot run fails the run.
+    pub skip: Vec<Fault>,
     /// ... or random picks until this much time has passed.
     pub duration: Duration,
     pub seed: u64,
@@ -81,6 +118,7 @@ impl Plan {
     pub fn random(seed: u64, duration: Duration) -> Plan {
         Plan {
             fixed: None,
+            skip: vec![],
             duration,
             seed,
         }
@@ -89,9 +127,19 @@ impl Plan {
     pub fn every_fault_once() -> Plan {
         Plan {
             fixed: Some(Fault::ALL.to_vec()),
+            skip: vec![],
             duration: Duration::ZERO,
             seed: 5,
         }
+    }
+
+    /// Leave `skip` out of the plan.
+    pub fn skipping(mut self, skip: Vec<Fault>) -> Plan {
+        if let Some(list) = &mut self.fixed {
+            list.retain(|f| !skip.contains(f));
+        }
+        self.skip = skip;
+        self
     }
 }
 
@@ -349,7 +397,15 @@ pub fn run(
                 if started.elapsed() >= plan.duration {
                     break;
                 }
-                Fault::ALL[rng.random_range(0..Fault::ALL.len())]
+                let pool: Vec<Fault> = Fault::ALL
+                    .iter()
+                    .copied()
+                    .filter(|f| !plan.skip.contains(f))
+                    .collect();
+                if pool.is_empty() {
+                    break;
+                }
+                pool[rng.random_range(0..pool.len())]
             }
         };
         k += 1;
@@ -452,4 +508,29 @@ fn ballast(cluster: &dyn Cluster, clients: &Clients, i: usize) -> String {
         )
     })
     .unwrap_or_else(|e| format!("could not run: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_ids_are_unique_and_round_trip() {
+        let mut ids: Vec<&str> = Fault::ALL.iter().map(|f| f.id()).collect();
+        for f in Fault::ALL {
+            assert_eq!(Fault::from_id(f.id()), Ok(f));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), Fault::ALL.len());
+        assert!(Fault::from_id("nope").unwrap_err().contains("kill-agent"));
+    }
+
+    #[test]
+    fn skipped_faults_leave_the_plan() {
+        let p = Plan::every_fault_once().skipping(vec![Fault::Netem, Fault::DiskFull]);
+        let fixed = p.fixed.unwrap();
+        assert_eq!(fixed.len(), Fault::ALL.len() - 2);
+        assert!(!fixed.contains(&Fault::Netem) && !fixed.contains(&Fault::DiskFull));
+    }
 }
