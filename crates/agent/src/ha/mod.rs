@@ -258,7 +258,11 @@ impl HaLoop {
             sync_mode: node.cfg.postgresql.synchronous_mode,
             health: node.cfg.leaderl.health_check.clone(),
             rejoin_timeout_ms: node.cfg.leaderl.rejoin_timeout_ms,
-            own_checks: self.shared.lock().unwrap().checks.phases(unix_ms()),
+            // Only a pending switchover is timed by them: not worth computing every loop.
+            own_checks: match &request {
+                Some(_) => self.shared.lock().unwrap().checks.phases(unix_ms()),
+                None => vec![],
+            },
             request: self.request.as_ref().map(|(r, _)| r.clone()),
         };
         let decision = decide::decide(&obs);
