@@ -128,9 +128,16 @@ pub fn program(node: &Node, account: Option<Account>) -> anyhow::Result<PathBuf>
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     let copy = dir.join("larder");
     let tmp = dir.join("larder.tmp");
-    std::fs::copy(&exe, &tmp)
-        .map_err(|e| anyhow::anyhow!("cannot copy {} to {}: {e}", exe.display(), tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    let _ = std::fs::remove_file(&tmp);
+    // A hard link (same file system) costs nothing when the file itself may be run by others
+    // and only its directories were out of reach. Otherwise a copy.
+    let others_may_run = std::fs::metadata(&exe)?.permissions().mode() & 0o001 != 0;
+    if !others_may_run || std::fs::hard_link(&exe, &tmp).is_err() {
+        std::fs::copy(&exe, &tmp).map_err(|e| {
+            anyhow::anyhow!("cannot copy {} to {}: {e}", exe.display(), tmp.display())
+        })?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    }
     std::fs::rename(&tmp, &copy)?;
     Ok(copy)
 }
