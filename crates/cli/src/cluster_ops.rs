@@ -22,12 +22,7 @@ pub fn parse_state(s: &str) -> anyhow::Result<bool> {
 
 /// Send one request to this node's agent; its refusal becomes the error.
 async fn ask(paths: &Paths, req: &Request) -> anyhow::Result<String> {
-    if !paths.node_state_file().exists() {
-        bail!(
-            "this node is not configured (no {}); run create-cluster or join-cluster first",
-            paths.node_state_file().display()
-        );
-    }
+    crate::report::require_configured(paths)?;
     let r = control::call(&paths.agent_socket(), req).await?;
     if !r.ok {
         bail!("{}", r.message);

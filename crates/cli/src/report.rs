@@ -7,7 +7,7 @@ use larder_core::model::MemberStatus;
 use larder_core::paths::Paths;
 use larder_core::status::{self, ClusterRow, DiskRow, ServiceRow};
 
-fn require_configured(paths: &Paths) -> anyhow::Result<()> {
+pub fn require_configured(paths: &Paths) -> anyhow::Result<()> {
     if !paths.node_state_file().exists() {
         bail!("this node is not configured (no {}); run `larder create-cluster` or `larder join-cluster` first", paths.node_state_file().display());
     }
