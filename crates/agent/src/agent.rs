@@ -313,7 +313,11 @@ impl Ctx {
                 }
             }
             Request::SetFailover { cluster, on } => {
-                reply(crate::operator::set_failover(&self.dcs, &self.node, cluster, on).await)
+                let r = crate::operator::set_failover(&self.dcs, &self.node, cluster, on).await;
+                if r.is_ok() {
+                    self.await_failover_applied(cluster, on).await;
+                }
+                reply(r)
             }
             Request::Switchover { target } => {
                 reply(crate::operator::switchover(&self.dcs, target.as_deref()).await)
@@ -468,6 +472,27 @@ impl Ctx {
     /// Requests that change leadership (`force-leader`, `pgsql-follow`) are decided by the
     /// core in the HA loop, like every other leadership change; this only hands the request
     /// over and waits for its answer.
+    /// Return from `set-cluster-failover` once this node's HA loop has read the new value
+    /// (the key wakes it at once), so a `status` run right after shows what was just set.
+    async fn await_failover_applied(&self, cluster: bool, on: bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            let now = {
+                let s = self.shared.lock().unwrap();
+                if cluster {
+                    s.cluster_failover
+                } else {
+                    s.node_failover
+                }
+            };
+            if now == on {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!("set-cluster-failover: the HA loop had not applied the change after 5 s");
+    }
+
     async fn ask_loop(
         &self,
         request: larder_core::decide::OperatorRequest,
