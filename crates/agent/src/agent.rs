@@ -6,12 +6,12 @@ use crate::control::{self, Request, Response};
 use crate::dcs::Dcs;
 use crate::ha::{self, HaLoop};
 use crate::node::Node;
-use crate::state::Shared;
+use crate::state::{Sensors, Snapshot, Views};
 use crate::supervisor::{ServiceSpec, Supervisor};
 use crate::{api, etcd, postgres, search_service};
 use larder_core::paths::Paths;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +53,13 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
     std::fs::write(paths.agent_pid(), std::process::id().to_string())?;
     let started = Instant::now();
     let shutdown = CancellationToken::new();
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    // The HA loop gets the sender (it alone writes leadership state); everyone else reads.
+    let (ha_state, ha_view) = tokio::sync::watch::channel(Snapshot::default());
+    let sensors = Arc::new(Sensors::default());
+    let views = Views {
+        ha: ha_view,
+        sensors: sensors.clone(),
+    };
     let syncing = Arc::new(AtomicBool::new(false));
     let sup = Supervisor::new();
 
@@ -70,15 +76,18 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
     {
         // Decides primary vs standby on *every* start, including crash restarts: only a node
         // holding a live lease may start writable.
-        let sh = shared.clone();
+        let ha = views.ha.clone();
         let n = node.clone();
         let sy = syncing.clone();
         let pre: crate::supervisor::PreStart = Arc::new(move || {
-            if sy.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err("a rewind or base backup is in progress".into());
-            }
-            let leader = sh.lock().unwrap().lease_live(Instant::now());
-            postgres::set_standby(&n, !leader).map_err(|e| e.to_string())
+            use larder_core::health::{pg_start, PgStart};
+            let copy = sy.load(std::sync::atomic::Ordering::SeqCst);
+            let standby = match pg_start(copy, ha.borrow().lease_live(Instant::now())) {
+                PgStart::Refused(why) => return Err(why.into()),
+                PgStart::Primary => false,
+                PgStart::Standby => true,
+            };
+            postgres::set_standby(&n, standby).map_err(|e| e.to_string())
         });
         sup.add(postgres::service_spec(&node, pre), false);
     }
@@ -102,7 +111,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind the health API on {http_addr}: {e}"))?;
     let api_state = api::ApiState {
-        shared: shared.clone(),
+        views: views.clone(),
         required_followers: node.cfg.leaderl.required_active_followers,
         name: node.cfg.fqdn.clone(),
         guid: node.state.guid.clone(),
@@ -112,13 +121,13 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
 
     tokio::spawn(member_refresh(
         dcs.clone(),
-        shared.clone(),
+        sensors.clone(),
         paths.clone(),
         shutdown.clone(),
     ));
     tokio::spawn(search_health(
         node.clone(),
-        shared.clone(),
+        sensors.clone(),
         shutdown.clone(),
     ));
 
@@ -126,7 +135,8 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         node.clone(),
         dcs.clone(),
         sup.clone(),
-        shared.clone(),
+        ha_state,
+        sensors.clone(),
         syncing.clone(),
     );
     let commands = ha_loop.command_sender();
@@ -137,7 +147,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
     let ctx = Ctx {
         node: node.clone(),
         sup: sup.clone(),
-        shared: shared.clone(),
+        views: views.clone(),
         dcs: dcs.clone(),
         commands,
         shutdown: shutdown.clone(),
@@ -175,7 +185,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
 /// Keeps the etcd endpoint list (and `/v2/members`) in step with membership changes.
 async fn member_refresh(
     dcs: Dcs,
-    shared: Arc<Mutex<Shared>>,
+    sensors: Arc<Sensors>,
     paths: Paths,
     shutdown: CancellationToken,
 ) {
@@ -195,7 +205,7 @@ async fn member_refresh(
             }
             dcs.set_urls(&urls);
             let _ = std::fs::write(paths.run_dir().join("etcd-endpoints"), urls.join("\n"));
-            shared.lock().unwrap().etcd_members = members;
+            *sensors.etcd_members.lock().unwrap() = members;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -205,7 +215,7 @@ async fn member_refresh(
 }
 
 /// The search service's own health (`GET /` answers), for status; never fails over PostgreSQL.
-async fn search_health(node: Node, shared: Arc<Mutex<Shared>>, shutdown: CancellationToken) {
+async fn search_health(node: Node, sensors: Arc<Sensors>, shutdown: CancellationToken) {
     let addr = format!(
         "{}:{}",
         crate::node::url_host(&node.cfg.publish_address),
@@ -226,7 +236,7 @@ async fn search_health(node: Node, shared: Arc<Mutex<Shared>>, shutdown: Cancell
         } else {
             failures = failures.saturating_add(1);
         }
-        shared.lock().unwrap().search_ok = failures < budget;
+        sensors.set_search_ok(failures < budget);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(node.cfg.leaderl.health_check.interval_seconds)) => {}
@@ -263,7 +273,7 @@ pub async fn http_get_ok(addr: &str, path: &str) -> bool {
 struct Ctx {
     node: Node,
     sup: Supervisor,
-    shared: Arc<Mutex<Shared>>,
+    views: Views,
     dcs: Dcs,
     /// Operator requests for the HA loop (which alone changes leadership).
     commands: tokio::sync::mpsc::Sender<ha::Command>,
@@ -329,7 +339,8 @@ impl Ctx {
     }
 
     fn status(&self) -> Response {
-        let s = self.shared.lock().unwrap();
+        let s = self.views.snapshot();
+        let etcd_members = self.views.sensors.etcd_members.lock().unwrap().clone();
         let leaderl = crate::supervisor::ServiceState {
             name: "leaderl".into(),
             want_up: true,
@@ -345,6 +356,7 @@ impl Ctx {
             services,
             ha: api::ha_status(
                 &s,
+                &self.views.sensors,
                 &self.node.cfg.fqdn,
                 &self.node.state.guid,
                 self.node.cfg.leaderl.required_active_followers,
@@ -352,8 +364,7 @@ impl Ctx {
             members: s.members.clone(),
             nodes: s.nodes.clone(),
             voters: s.voters.clone(),
-            etcd_members: s
-                .etcd_members
+            etcd_members: etcd_members
                 .iter()
                 .map(|m| control::EtcdMemberRow {
                     name: m.name.clone(),
@@ -478,7 +489,7 @@ impl Ctx {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while tokio::time::Instant::now() < deadline {
             let now = {
-                let s = self.shared.lock().unwrap();
+                let s = self.views.ha.borrow();
                 if cluster {
                     s.cluster_failover
                 } else {

@@ -14,7 +14,7 @@
 
 use crate::control::{HaStatus, PgStatus};
 use crate::leader_check;
-use crate::state::Shared;
+use crate::state::{Sensors, Snapshot, Views};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
@@ -25,12 +25,11 @@ use larder_core::model::PgState;
 use serde_json::json;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
 pub struct ApiState {
-    pub shared: Arc<Mutex<Shared>>,
+    pub views: Views,
     pub required_followers: u32,
     pub name: String,
     pub guid: String,
@@ -76,7 +75,7 @@ async fn leader(
     let arrived = crate::clock::unix_ms();
     let may_hold = q.get("wait").map(|w| w != "0").unwrap_or(true);
     let ok =
-        leader_check::answer_logged(&st.shared, &st.guid, st.required_followers, may_hold).await;
+        leader_check::answer_logged(&st.views.ha, &st.guid, st.required_followers, may_hold).await;
     // Remember who checks us, when, and when we answered: a planned switchover to this node is
     // timed by the frontends' check rhythm (larder_core::check_phase), and haproxy schedules
     // its next check from the answer. One client = address + user agent.
@@ -84,12 +83,12 @@ async fn leader(
         .get(axum::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    st.shared.lock().unwrap().checks.record_answered(
+    st.views.sensors.checks.lock().unwrap().record_answered(
         &format!("{} {agent}", peer.ip()),
         arrived,
         crate::clock::unix_ms(),
     );
-    let term = st.shared.lock().unwrap().term;
+    let term = st.views.ha.borrow().term;
     (
         code(ok),
         Json(json!({"leader": ok, "node": st.name, "term": term})),
@@ -98,7 +97,7 @@ async fn leader(
 }
 
 async fn replica(State(st): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let s = st.shared.lock().unwrap();
+    let s = st.views.ha.borrow();
     let streaming =
         s.pg.as_ref()
             .map(|p| p.state == PgState::Streaming)
@@ -120,12 +119,18 @@ async fn replica(State(st): State<ApiState>, Query(q): Query<HashMap<String, Str
 }
 
 async fn health(State(st): State<ApiState>) -> Response {
-    let s = st.shared.lock().unwrap();
-    let ok = s.pg.is_some();
+    let ok = st.views.ha.borrow().pg.is_some();
     (code(ok), Json(json!({"postgresql_running": ok}))).into_response()
 }
 
-pub fn ha_status(s: &Shared, name: &str, guid: &str, required: u32) -> HaStatus {
+pub fn ha_status(
+    s: &Snapshot,
+    sensors: &Sensors,
+    name: &str,
+    guid: &str,
+    required: u32,
+) -> HaStatus {
+    let copy = sensors.copy.lock().unwrap().clone();
     HaStatus {
         name: name.into(),
         version: larder_core::version::VERSION.into(),
@@ -143,23 +148,35 @@ pub fn ha_status(s: &Shared, name: &str, guid: &str, required: u32) -> HaStatus 
             synchronous_standby_names: p.sync_standby_names.clone(),
         }),
         etcd_ok: s.etcd_ok,
-        search_ok: s.search_ok,
+        search_ok: sensors.search_ok(),
         cluster_failover: s.cluster_failover,
         node_failover: s.node_failover,
-        copy_progress: s.copy.clone(),
-        last_error: s.last_error.clone(),
+        copy_progress: copy.progress,
+        // A failed copy is reported until the next one succeeds.
+        last_error: copy.error.or_else(|| s.last_error.clone()),
         loop_age_ms: s.last_loop.map(|t| t.elapsed().as_millis() as u64),
-        frontend_checks: s.checks.phases(crate::clock::unix_ms()),
+        frontend_checks: sensors
+            .checks
+            .lock()
+            .unwrap()
+            .phases(crate::clock::unix_ms()),
     }
 }
 
 async fn status(State(st): State<ApiState>) -> Response {
-    let s = st.shared.lock().unwrap();
-    Json(ha_status(&s, &st.name, &st.guid, st.required_followers)).into_response()
+    let s = st.views.snapshot();
+    Json(ha_status(
+        &s,
+        &st.views.sensors,
+        &st.name,
+        &st.guid,
+        st.required_followers,
+    ))
+    .into_response()
 }
 
 async fn cluster(State(st): State<ApiState>) -> Response {
-    let s = st.shared.lock().unwrap();
+    let s = st.views.snapshot();
     Json(json!({"leader": s.leader, "term": s.term, "members": s.members, "nodes": s.nodes}))
         .into_response()
 }
@@ -167,9 +184,12 @@ async fn cluster(State(st): State<ApiState>) -> Response {
 /// etcd's v2 `/v2/members` shape, served here in plain HTTP because etcd itself only accepts
 /// TLS clients with a cluster certificate.
 async fn v2_members(State(st): State<ApiState>) -> Response {
-    let s = st.shared.lock().unwrap();
-    let members: Vec<_> = s
+    let members: Vec<_> = st
+        .views
+        .sensors
         .etcd_members
+        .lock()
+        .unwrap()
         .iter()
         .map(|m| {
             json!({"id": format!("{:x}", m.id), "name": m.name, "peerURLs": m.peer_urls, "clientURLs": m.client_urls})

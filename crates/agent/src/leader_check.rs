@@ -18,19 +18,19 @@
 //! so its followers never come near it.
 //!
 //! Safety does not depend on this: every answer is the writable-leader test evaluated when it
-//! is sent ([`Shared::is_writable_leader`]); holding only changes *when* a frontend learns it.
+//! is sent ([`Snapshot::is_writable_leader`]); holding only changes *when* a frontend learns it.
 //! Tools that want an instant sample (the fault suite's samplers) ask `/leader?wait=0`.
 
-use crate::state::Shared;
+use crate::state::Snapshot;
 use larder_core::model::NodeRole;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// Longest a check is held: well inside haproxy's 2 s check timeout, leaving room for a slow
 /// link and the TCP handshake, which count against the same timeout.
 pub const HOLD_MAX: Duration = Duration::from_millis(1_500);
-/// How often a held check re-reads the loop's state. Polling, not a notification: the answer
-/// depends on state written from several tasks (loop, lease renewal) and on the clock.
+/// Longest a held check waits before re-reading the loop's snapshot: it wakes on every new
+/// snapshot, but the answer also depends on the clock (the lease deadline), which sends none.
 pub const POLL: Duration = Duration::from_millis(20);
 /// How long before a switchover's planned ready time the target starts holding checks; the
 /// planner (`check_phase::handover_delay_ms`) assumes the same. Less than [`HOLD_MAX`], so a
@@ -58,7 +58,13 @@ pub enum Hold {
 }
 
 /// Whether a check arriving now should wait for the answer to change.
-pub fn hold(s: &Shared, me: &str, required_followers: u32, now: Instant, now_unix_ms: u64) -> Hold {
+pub fn hold(
+    s: &Snapshot,
+    me: &str,
+    required_followers: u32,
+    now: Instant,
+    now_unix_ms: u64,
+) -> Hold {
     if s.is_writable_leader(required_followers) {
         return match s.switchover_starts {
             Some(at) if at <= now + HOLD_MAX => Hold::UntilNotWritable,
@@ -100,13 +106,13 @@ pub fn hold(s: &Shared, me: &str, required_followers: u32, now: Instant, now_uni
 
 /// The `/leader` answer (writable leader or not), held per [`hold`] when `may_hold`.
 pub async fn answer_logged(
-    shared: &Mutex<Shared>,
+    state: &watch::Receiver<Snapshot>,
     me: &str,
     required_followers: u32,
     may_hold: bool,
 ) -> bool {
     let start = Instant::now();
-    let ok = answer(shared, me, required_followers, may_hold).await;
+    let ok = answer(state, me, required_followers, may_hold).await;
     let held = start.elapsed();
     if held >= POLL {
         // Rare (only around a change of leader) and what explains a frontend's timing.
@@ -120,15 +126,16 @@ pub async fn answer_logged(
 }
 
 pub async fn answer(
-    shared: &Mutex<Shared>,
+    state: &watch::Receiver<Snapshot>,
     me: &str,
     required_followers: u32,
     may_hold: bool,
 ) -> bool {
     let until = Instant::now() + HOLD_MAX;
+    let mut state = state.clone();
     loop {
         let (ok, h) = {
-            let s = shared.lock().unwrap();
+            let s = state.borrow_and_update();
             let now = Instant::now();
             (
                 s.is_writable_leader(required_followers),
@@ -147,7 +154,8 @@ pub async fn answer(
         if !waiting || Instant::now() + POLL > until {
             return ok;
         }
-        tokio::time::sleep(POLL).await;
+        // A closed channel (agent shutting down) leaves the clock to end the wait.
+        let _ = tokio::time::timeout(POLL, state.changed()).await;
     }
 }
 
@@ -170,8 +178,8 @@ mod tests {
         })
     }
 
-    fn standby() -> Shared {
-        Shared {
+    fn standby() -> Snapshot {
+        Snapshot {
             role: Some(NodeRole::Follower),
             pg: pg(PgState::Streaming),
             cluster_failover: true,
@@ -190,8 +198,8 @@ mod tests {
         }
     }
 
-    fn writable_leader() -> Shared {
-        Shared {
+    fn writable_leader() -> Snapshot {
+        Snapshot {
             role: Some(NodeRole::Leader),
             pg: pg(PgState::Primary),
             lease: Some(LeaseInfo {
@@ -306,16 +314,14 @@ mod tests {
     async fn held_check_answers_when_the_node_becomes_writable() {
         let mut s = standby();
         s.leader = None;
-        let shared = std::sync::Arc::new(Mutex::new(s));
+        let (tx, rx) = watch::channel(s);
         let started = Instant::now();
-        let writer = {
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                *shared.lock().unwrap() = writable_leader();
-            })
-        };
-        assert!(answer(&shared, "me", 0, true).await);
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            tx.send_replace(writable_leader());
+            tx
+        });
+        assert!(answer(&rx, "me", 0, true).await);
         let took = started.elapsed();
         writer.await.unwrap();
         assert!(
@@ -328,11 +334,11 @@ mod tests {
     async fn held_check_gives_up_after_the_hold_and_wait_0_never_holds() {
         let mut s = standby();
         s.leader = None;
-        let shared = Mutex::new(s);
+        let (_tx, rx) = watch::channel(s);
         let started = Instant::now();
-        assert!(!answer(&shared, "me", 0, false).await);
+        assert!(!answer(&rx, "me", 0, false).await);
         assert!(started.elapsed() < Duration::from_millis(100));
-        assert!(!answer(&shared, "me", 0, true).await);
+        assert!(!answer(&rx, "me", 0, true).await);
         assert!(started.elapsed() >= HOLD_MAX - POLL);
     }
 }

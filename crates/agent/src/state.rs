@@ -1,22 +1,26 @@
-//! The agent's shared state: what the health API, `/leader`, the control socket and `status`
-//! read, published by the HA loop (see [`Shared`] for who writes which part).
+//! The agent's state as other tasks see it: the HA loop's published [`Snapshot`] and the
+//! [`Sensors`] other tasks measure.
+//!
+//! Leadership state — lease, role, leader, term, the switchover fields — lives in the
+//! [`Snapshot`], and only the HA loop holds the [`tokio::sync::watch::Sender`] that changes
+//! it (renewals reach it over a channel, operator requests as commands). Everyone else — the
+//! health API, `/leader`, the control socket, the PostgreSQL pre-start rule, the renewer, the
+//! etcd watch — holds a receiver and reads. The lease deadline in it is still compared with the
+//! clock at request time, so `/leader` turns 503 at the deadline even if the loop is stuck.
 
 use crate::postgres::{CopyProgress, PgObservation};
 use larder_core::lease;
 use larder_core::model::{
     LeaderRecord, MemberStatus, NodeRecord, NodeRole, PgState, SwitchoverPlan,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokio::sync::watch;
 
-/// What the health API, the control socket and `status` read.
-///
-/// Leadership state — `lease`, `role`, `leader`, `term`, the switchover fields — is written by
-/// the HA loop's task only (renewals reach it over a channel, operator requests as
-/// [`Command`]s). The remaining fields are sensors with one writer each: `checks` (the health
-/// API records `/leader` arrivals), `etcd_members` (member refresh), `search_ok` (search health
-/// probe), `copy`/`copy_failed_at` (the background copy task).
+/// The HA loop's published state (see the module comment for who writes it).
 #[derive(Debug, Clone, Default)]
-pub struct Shared {
+pub struct Snapshot {
     pub role: Option<NodeRole>,
     pub reason: String,
     pub leader: Option<LeaderRecord>,
@@ -29,14 +33,8 @@ pub struct Shared {
     pub cluster_failover: bool,
     pub node_failover: bool,
     pub etcd_ok: bool,
-    pub search_ok: bool,
-    pub copy: Option<CopyProgress>,
-    pub copy_failed_at: Option<Instant>,
     pub last_loop: Option<Instant>,
     pub last_error: Option<String>,
-    pub etcd_members: Vec<crate::dcs::Member>,
-    /// `/leader` check arrivals per frontend (see `larder_core::check_phase`).
-    pub checks: larder_core::check_phase::CheckTracker,
     /// The leader's published plan for a switchover (see `leader_check`).
     pub switchover_plan: Option<SwitchoverPlan>,
     /// When this leader's accepted switchover starts (see `leader_check`).
@@ -53,7 +51,7 @@ pub struct LeaseInfo {
     pub fence_deadline: Instant,
 }
 
-impl Shared {
+impl Snapshot {
     /// Whether this node holds a lease that still allows writes at `now`.
     pub fn lease_live(&self, now: Instant) -> bool {
         self.lease
@@ -77,5 +75,51 @@ impl Shared {
             && lease_ok
             && primary
             && followers >= required_followers as usize
+    }
+}
+
+/// A rewind or base backup running in the background (written by the copy task only).
+#[derive(Debug, Clone, Default)]
+pub struct CopyState {
+    pub progress: Option<CopyProgress>,
+    pub failed_at: Option<Instant>,
+    pub error: Option<String>,
+}
+
+/// Measurements that are not leadership state, each cell with exactly one writer.
+#[derive(Debug, Default)]
+pub struct Sensors {
+    /// `/leader` check arrivals per frontend (see `larder_core::check_phase`); written by the
+    /// health API.
+    pub checks: Mutex<larder_core::check_phase::CheckTracker>,
+    /// etcd's member list; written by the member refresh.
+    pub etcd_members: Mutex<Vec<crate::dcs::Member>>,
+    /// Whether the local search service answers; written by its health probe.
+    search_ok: AtomicBool,
+    /// The background copy; written by the copy task.
+    pub copy: Mutex<CopyState>,
+}
+
+impl Sensors {
+    pub fn search_ok(&self) -> bool {
+        self.search_ok.load(Ordering::Relaxed)
+    }
+
+    pub fn set_search_ok(&self, ok: bool) {
+        self.search_ok.store(ok, Ordering::Relaxed);
+    }
+}
+
+/// What a reader holds: the loop's snapshot (read-only) and the sensors.
+#[derive(Debug, Clone)]
+pub struct Views {
+    pub ha: watch::Receiver<Snapshot>,
+    pub sensors: Arc<Sensors>,
+}
+
+impl Views {
+    /// A copy of the loop's latest snapshot (never hold a borrow across an await).
+    pub fn snapshot(&self) -> Snapshot {
+        self.ha.borrow().clone()
     }
 }

@@ -6,10 +6,10 @@
 //! accelerates: if it breaks, the loop still polls, so correctness never depends on it.
 
 use crate::dcs::{keys, Dcs};
-use crate::state::Shared;
+use crate::state::Snapshot;
 use larder_core::model::MemberStatus;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,7 @@ fn election_facts(value: &[u8]) -> Option<String> {
 /// running, and positions are what it waits for).
 pub async fn run(
     dcs: Dcs,
-    shared: Arc<Mutex<Shared>>,
+    state: tokio::sync::watch::Receiver<Snapshot>,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
@@ -62,7 +62,7 @@ pub async fn run(
                     if resp.canceled() {
                         break;
                     }
-                    let leaderless = shared.lock().unwrap().leader.is_none();
+                    let leaderless = state.borrow().leader.is_none();
                     let mut wanted = false;
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };

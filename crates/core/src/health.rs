@@ -61,10 +61,39 @@ pub fn diverged_at_start(control_state: &str) -> bool {
     )
 }
 
+/// How PostgreSQL may start, decided on *every* start (first start, operator start, crash
+/// restart by the supervisor): only a node holding a live leader lease may start writable,
+/// and nothing starts over a data directory a rewind or base backup is rewriting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgStart {
+    Primary,
+    Standby,
+    /// Refused, with the reason the supervisor records.
+    Refused(&'static str),
+}
+
+pub fn pg_start(copy_running: bool, lease_live: bool) -> PgStart {
+    if copy_running {
+        PgStart::Refused("a rewind or base backup is in progress")
+    } else if lease_live {
+        PgStart::Primary
+    } else {
+        PgStart::Standby
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::Lsn;
+
+    #[test]
+    fn only_a_live_lease_starts_writable_and_never_during_a_copy() {
+        assert_eq!(pg_start(false, true), PgStart::Primary);
+        assert_eq!(pg_start(false, false), PgStart::Standby);
+        assert!(matches!(pg_start(true, true), PgStart::Refused(_)));
+        assert!(matches!(pg_start(true, false), PgStart::Refused(_)));
+    }
 
     fn at(lsn: u64) -> WalPosition {
         WalPosition {

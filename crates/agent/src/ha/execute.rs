@@ -13,7 +13,8 @@ impl HaLoop {
         match action {
             Action::Fence { reason } => {
                 tracing::warn!("fencing: {reason}");
-                self.shared.lock().unwrap().role = Some(NodeRole::DeposedLeader);
+                self.state
+                    .send_modify(|s| s.role = Some(NodeRole::DeposedLeader));
                 // SIGQUIT = immediate shutdown: no new commit can be acknowledged after this.
                 self.sup
                     .stop_with(
@@ -26,7 +27,8 @@ impl HaLoop {
                 self.intent.following = None;
             }
             Action::ReleaseLeadership => {
-                let lease = self.shared.lock().unwrap().lease.take();
+                let mut lease = None;
+                self.state.send_modify(|s| lease = s.lease.take());
                 if let Some(l) = lease {
                     let _ = self.dcs.delete_if_lease(keys::LEADER, l.id).await;
                     let _ = self.dcs.lease_revoke(l.id).await;
@@ -49,7 +51,7 @@ impl HaLoop {
                 if won {
                     let margin = Duration::from_millis(node.cfg.leaderl.fence_margin_ms);
                     tracing::info!(term, "acquired leadership");
-                    self.shared.lock().unwrap().lease = Some(LeaseInfo {
+                    let held = LeaseInfo {
                         id,
                         term,
                         fence_deadline: lease::fence_deadline(
@@ -57,7 +59,8 @@ impl HaLoop {
                             Duration::from_secs(ttl as u64),
                             margin,
                         ),
-                    });
+                    };
+                    self.state.send_modify(|s| s.lease = Some(held));
                     self.intent.roles_ready = false;
                     // Next step (promote) right away, not one loop interval later.
                     self.wake.notify_one();
@@ -148,7 +151,8 @@ impl HaLoop {
             }
             Action::RefuseSwitchover { reason } => {
                 self.dcs.delete(keys::SWITCHOVER_REQUEST).await?;
-                self.shared.lock().unwrap().last_error = Some(reason.clone());
+                self.state
+                    .send_modify(|s| s.last_error = Some(reason.clone()));
                 self.dcs
                     .put(keys::SWITCHOVER_REFUSED, reason.as_bytes(), None)
                     .await?;
@@ -194,17 +198,19 @@ impl HaLoop {
         }
         let node = self.node.clone();
         let sup = self.sup.clone();
-        let shared = self.shared.clone();
+        let sensors = self.sensors.clone();
         let syncing = self.syncing.clone();
         self.intent.following = Some(leader.guid.clone());
         self.intent.not_streaming_since = None;
         tokio::spawn(async move {
             let _ = sup.stop(postgres::SERVICE, Duration::from_secs(30)).await;
             let result = if full {
-                let sh = shared.clone();
-                postgres::basebackup(&node, &leader, move |p| sh.lock().unwrap().copy = Some(p))
-                    .await
-                    .map(|_| "base backup complete".to_string())
+                let sn = sensors.clone();
+                postgres::basebackup(&node, &leader, move |p| {
+                    sn.copy.lock().unwrap().progress = Some(p)
+                })
+                .await
+                .map(|_| "base backup complete".to_string())
             } else {
                 postgres::rewind(&node, &leader).await
             };
@@ -216,23 +222,25 @@ impl HaLoop {
                         msg.lines().last().unwrap_or("")
                     );
                     mark_diverged(&node, false);
+                    sensors.copy.lock().unwrap().error = None;
                     if full {
                         let _ = std::fs::remove_file(rewind_failed_marker(&node));
                     }
                 }
                 Err(e) => {
                     tracing::warn!("copy from {} failed: {e}", leader.name);
-                    let mut s = shared.lock().unwrap();
-                    s.last_error = Some(e.to_string());
-                    s.copy_failed_at = Some(Instant::now());
-                    drop(s);
+                    {
+                        let mut c = sensors.copy.lock().unwrap();
+                        c.error = Some(format!("copy from {}: {e}", leader.name));
+                        c.failed_at = Some(Instant::now());
+                    }
                     if !full {
                         // Next iteration falls back to a base backup.
                         let _ = std::fs::write(rewind_failed_marker(&node), &leader.guid);
                     }
                 }
             }
-            shared.lock().unwrap().copy = None;
+            sensors.copy.lock().unwrap().progress = None;
             syncing.store(false, std::sync::atomic::Ordering::SeqCst);
             if postgres::has_data(&node) {
                 let _ = sup.start(postgres::SERVICE);
@@ -253,7 +261,7 @@ impl HaLoop {
             return;
         };
         let at = Instant::now() + Duration::from_millis(start_in_ms);
-        self.shared.lock().unwrap().switchover_starts = Some(at);
+        self.state.send_modify(|s| s.switchover_starts = Some(at));
         self.publish_switchover_plan(&req, ready_unix_ms);
         tracing::info!(
             delay_ms = start_in_ms,
@@ -274,7 +282,8 @@ impl HaLoop {
     /// hand-over or the leader). In the background: the plan only tunes health-check timing,
     /// and a failed write just loses that.
     pub(super) fn publish_switchover_plan(&self, req: &SwitchoverRequest, ready_unix_ms: u64) {
-        let Some(lease) = self.shared.lock().unwrap().lease else {
+        let lease = self.state.borrow().lease;
+        let Some(lease) = lease else {
             return;
         };
         let plan = SwitchoverPlan {
@@ -297,17 +306,17 @@ impl HaLoop {
     /// lost and nobody waits for a TTL.
     pub(super) async fn step_down(&mut self, target: Option<String>) -> anyhow::Result<()> {
         let node = self.node.clone();
-        let Some(lease) = self.shared.lock().unwrap().lease else {
+        let lease = self.state.borrow().lease;
+        let Some(lease) = lease else {
             anyhow::bail!("step down: this node does not hold the lease");
         };
         self.intent.switchover_due = None;
         self.dcs.delete(keys::SWITCHOVER_REQUEST).await?;
         tracing::info!(target = ?target, "planned switchover");
-        {
-            let mut s = self.shared.lock().unwrap();
+        self.state.send_modify(|s| {
             s.role = Some(NodeRole::DeposedLeader);
             s.switchover_starts = None;
-        }
+        });
         // Let held health checks see the 503 before PostgreSQL stops: a frontend that still
         // routes here once connections are refused stalls a whole haproxy retry (1 s).
         tokio::time::sleep(crate::leader_check::POLL * 3).await;
@@ -330,7 +339,7 @@ impl HaLoop {
             .put(keys::SWITCHOVER, &serde_json::to_vec(&sw)?, None)
             .await?;
         mark_diverged(&node, true);
-        self.shared.lock().unwrap().lease = None;
+        self.state.send_modify(|s| s.lease = None);
         self.intent.following = None;
         self.dcs.delete_if_lease(keys::LEADER, lease.id).await?;
         let _ = self.dcs.lease_revoke(lease.id).await;

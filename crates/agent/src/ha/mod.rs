@@ -20,7 +20,7 @@ use crate::dcs::{self, keys, Dcs};
 use crate::markers::{diverged_marker, mark_diverged, rewind_failed_marker};
 use crate::node::Node;
 use crate::postgres::{self, PgObservation};
-use crate::state::{LeaseInfo, Shared};
+use crate::state::{LeaseInfo, Sensors, Snapshot};
 use crate::supervisor::Supervisor;
 use larder_core::decide::{
     self, Action, DcsView, HeldLease, LocalState, Observation, OperatorRequest,
@@ -30,7 +30,7 @@ use larder_core::model::{
     LeaderRecord, MemberStatus, NodeRecord, NodeRole, PgState, Switchover, SwitchoverPlan,
     SwitchoverRequest, WalPosition,
 };
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -67,7 +67,10 @@ pub struct HaLoop {
     pub node: Node,
     pub dcs: Dcs,
     pub sup: Supervisor,
-    pub shared: Arc<Mutex<Shared>>,
+    /// The published snapshot: this loop is the only holder of its sender, so the only
+    /// writer of leadership state.
+    state: Arc<tokio::sync::watch::Sender<Snapshot>>,
+    sensors: Arc<Sensors>,
     pub syncing: Arc<std::sync::atomic::AtomicBool>,
     epoch: Instant,
     pg: Option<tokio_postgres::Client>,
@@ -89,7 +92,8 @@ impl HaLoop {
         node: Node,
         dcs: Dcs,
         sup: Supervisor,
-        shared: Arc<Mutex<Shared>>,
+        state: tokio::sync::watch::Sender<Snapshot>,
+        sensors: Arc<Sensors>,
         syncing: Arc<std::sync::atomic::AtomicBool>,
     ) -> HaLoop {
         let (command_tx, commands) = tokio::sync::mpsc::channel(4);
@@ -97,7 +101,8 @@ impl HaLoop {
             node,
             dcs,
             sup,
-            shared,
+            state: Arc::new(state),
+            sensors,
             syncing,
             epoch: Instant::now(),
             pg: None,
@@ -127,20 +132,21 @@ impl HaLoop {
         let interval = Duration::from_millis(self.node.cfg.leaderl.loop_interval_ms);
         tokio::spawn(crate::wake::run(
             self.dcs.clone(),
-            self.shared.clone(),
+            self.state.subscribe(),
             self.wake.clone(),
             shutdown.clone(),
         ));
         let (renewal_tx, mut renewals) = tokio::sync::mpsc::channel(8);
         tokio::spawn(renew::renew_lease_forever(
             self.dcs.clone(),
-            self.shared.clone(),
+            self.state.subscribe(),
             interval,
             renewal_tx,
             shutdown.clone(),
         ));
         let margin = Duration::from_millis(self.node.cfg.leaderl.fence_margin_ms);
-        let shared = self.shared.clone();
+        // Renewals are applied beside the running iteration (which borrows the loop).
+        let state = self.state.clone();
         // Floor between two iterations, so a burst of wake-ups cannot spin the loop.
         let min_gap = Duration::from_millis(20);
         loop {
@@ -153,29 +159,32 @@ impl HaLoop {
                 loop {
                     tokio::select! {
                         r = &mut iteration => break r,
-                        Some(r) = renewals.recv() => renew::apply_renewal(&shared, r, margin),
+                        Some(r) = renewals.recv() => renew::apply_renewal(&state, r, margin),
                     }
                 }
             };
             if let Err(e) = result {
                 tracing::warn!("HA loop: {e:#}");
-                self.shared.lock().unwrap().last_error = Some(format!("{e:#}"));
+                self.state
+                    .send_modify(|s| s.last_error = Some(format!("{e:#}")));
             }
-            self.shared.lock().unwrap().last_loop = Some(Instant::now());
+            self.state
+                .send_modify(|s| s.last_loop = Some(Instant::now()));
             // Wait out the interval, or less: until the fencing deadline (fence exactly at it),
             // a wake-up, or an operator request. Renewals arriving meanwhile are applied and
             // the wait goes on.
             let mut stop = false;
             loop {
                 let mut wait = interval.saturating_sub(started.elapsed());
-                if let Some(l) = self.shared.lock().unwrap().lease {
+                let lease = self.state.borrow().lease;
+                if let Some(l) = lease {
                     wait = wait.min(l.fence_deadline.saturating_duration_since(Instant::now()));
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => { stop = true; break }
                     _ = tokio::time::sleep(wait) => break,
                     _ = self.wake.notified() => break,
-                    Some(r) = renewals.recv() => renew::apply_renewal(&shared, r, margin),
+                    Some(r) = renewals.recv() => renew::apply_renewal(&state, r, margin),
                     Some(cmd) = self.commands.recv() => {
                         if self.request.is_some() {
                             let _ = cmd.reply.send(Err("another operator request is being handled; retry".into()));
@@ -194,7 +203,7 @@ impl HaLoop {
                 tokio::time::sleep(gap).await;
             }
         }
-        let holds = self.shared.lock().unwrap().lease.is_some();
+        let holds = self.state.borrow().lease.is_some();
         for action in decide::on_shutdown(holds) {
             if let Err(e) = self.execute(action.clone(), None, &[]).await {
                 tracing::warn!(?action, "shutdown step failed: {e:#}");
@@ -229,7 +238,7 @@ impl HaLoop {
         let now = Instant::now();
         self.track_pg(&pg, view.as_ref(), now);
 
-        let lease = self.shared.lock().unwrap().lease;
+        let lease = self.state.borrow().lease;
         // A timed switchover belongs to its request: gone with it (consumed, refused, or the
         // operator's CLI gave up).
         let request = view.as_ref().and_then(|v| v.switchover_request.clone());
@@ -241,7 +250,7 @@ impl HaLoop {
             || request.is_none()
         {
             self.intent.switchover_due = None;
-            self.shared.lock().unwrap().switchover_starts = None;
+            self.state.send_modify(|s| s.switchover_starts = None);
         }
 
         let local = self.local_state(&pg, view.as_ref());
@@ -260,17 +269,16 @@ impl HaLoop {
             rejoin_timeout_ms: node.cfg.leaderl.rejoin_timeout_ms,
             // Only a pending switchover is timed by them: not worth computing every loop.
             own_checks: match &request {
-                Some(_) => self.shared.lock().unwrap().checks.phases(unix_ms()),
+                Some(_) => self.sensors.checks.lock().unwrap().phases(unix_ms()),
                 None => vec![],
             },
             request: self.request.as_ref().map(|(r, _)| r.clone()),
         };
         let decision = decide::decide(&obs);
-        if decision.reason != self.shared.lock().unwrap().reason {
+        if decision.reason != self.state.borrow().reason {
             tracing::info!(role = decision.role.as_str(), "{}", decision.reason);
         }
-        {
-            let mut s = self.shared.lock().unwrap();
+        self.state.send_modify(|s| {
             s.role = Some(decision.role);
             s.reason = decision.reason.clone();
             s.pg = pg.clone();
@@ -290,7 +298,7 @@ impl HaLoop {
                     .and_then(|l| v.members.iter().find(|m| m.guid == l.guid))
                     .and_then(|m| m.lease_expires_unix_ms);
             }
-        }
+        });
         // No action may stall the loop: status must keep flowing and the lease keep renewing.
         let limit = Duration::from_secs(10).max(self.timeout() * 4);
         for action in decision.actions.clone() {
@@ -307,7 +315,7 @@ impl HaLoop {
                 }
             };
             tracing::warn!(?action, "action failed: {err}");
-            self.shared.lock().unwrap().last_error = Some(err);
+            self.state.send_modify(|s| s.last_error = Some(err));
             break;
         }
         self.answer_request(&decision);
@@ -336,9 +344,8 @@ impl HaLoop {
                 match decision.actions.iter().any(|a| matches!(a, Action::MarkResync { .. })) {
                     true => Ok(format!(
                         "re-syncing from {}",
-                        self.shared
-                            .lock()
-                            .unwrap()
+                        self.state
+                            .borrow()
                             .leader
                             .as_ref()
                             .map(|l| l.name.clone())
@@ -347,8 +354,8 @@ impl HaLoop {
                     false => Err(format!("pgsql-follow did not take effect: {}", decision.reason)),
                 }
             }
-            (None, OperatorRequest::ForceLeader) => match self.shared.lock().unwrap().lease {
-                Some(l) => Ok(format!("{} is now the leader (term {})", self.node.cfg.fqdn, l.term)),
+            (None, OperatorRequest::ForceLeader) => match self.state.borrow().lease.map(|l| l.term) {
+                Some(term) => Ok(format!("{} is now the leader (term {})", self.node.cfg.fqdn, term)),
                 None => Err(format!(
                     "force-leader did not take effect: {} (another node may have taken leadership meanwhile)",
                     decision.reason

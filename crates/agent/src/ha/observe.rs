@@ -46,7 +46,8 @@ impl HaLoop {
             kvs.iter().map(|kv| (kv.key.as_str(), kv.value.as_slice())),
             &self.node.state.guid,
         );
-        self.shared.lock().unwrap().switchover_plan = view.switchover_plan.clone();
+        let plan = view.switchover_plan.clone();
+        self.state.send_modify(|s| s.switchover_plan = plan);
         Ok(view)
     }
 
@@ -105,7 +106,7 @@ impl HaLoop {
             None => PgState::Stopped,
         };
         let leader = view.and_then(|v| v.leader.as_ref());
-        let copy_failed_at = self.shared.lock().unwrap().copy_failed_at;
+        let copy_failed_at = self.sensors.copy.lock().unwrap().failed_at;
         LocalState {
             pg: pg_state,
             position: pg.as_ref().map(|p| p.position).unwrap_or_default(),

@@ -47,18 +47,17 @@ impl HaLoop {
             None => PgState::Empty,
         };
         let failover = view.map(|v| v.node_failover).unwrap_or(true);
-        // One lock for everything read from the shared state (a second lock() inside the
-        // struct literal below would deadlock on the first one's temporary guard).
-        let (search_ok, check_phases, lease_expires_unix_ms) = {
-            let s = self.shared.lock().unwrap();
-            let expires = s.lease.map(|l| {
+        let search_ok = self.sensors.search_ok();
+        let check_phases = self.sensors.checks.lock().unwrap().phases(unix_ms());
+        let lease_expires_unix_ms = {
+            let lease = self.state.borrow().lease;
+            lease.map(|l| {
                 lease::expires_unix_ms(
                     l.fence_deadline.saturating_duration_since(Instant::now()),
                     Duration::from_millis(node.cfg.leaderl.fence_margin_ms),
                     unix_ms(),
                 )
-            });
-            (s.search_ok, s.checks.phases(unix_ms()), expires)
+            })
         };
         let status = MemberStatus {
             guid: node.state.guid.clone(),

@@ -18,14 +18,14 @@ pub(super) struct Renewal {
 /// changes leadership state (`apply_renewal`, run concurrently with the loop's work).
 pub(super) async fn renew_lease_forever(
     dcs: Dcs,
-    shared: Arc<Mutex<Shared>>,
+    state: tokio::sync::watch::Receiver<Snapshot>,
     interval: Duration,
     renewals: tokio::sync::mpsc::Sender<Renewal>,
     shutdown: CancellationToken,
 ) {
     while !shutdown.is_cancelled() {
         let started = Instant::now();
-        let lease = shared.lock().unwrap().lease;
+        let lease = state.borrow().lease;
         if let Some(l) = lease {
             let sent = Instant::now();
             match dcs.lease_keep_alive(l.id).await {
@@ -51,18 +51,26 @@ pub(super) async fn renew_lease_forever(
 
 /// The loop's side of a renewal: move the fencing deadline of the lease still held (never
 /// backwards), or end it at once when etcd says the lease is gone.
-pub(super) fn apply_renewal(shared: &Mutex<Shared>, r: Renewal, margin: Duration) {
-    let mut s = shared.lock().unwrap();
-    let Some(cur) = s.lease.as_mut() else { return };
-    if cur.id != r.id {
-        return; // an answer about a lease given up meanwhile
-    }
-    if r.ttl_s > 0 {
-        let deadline = lease::fence_deadline(r.sent, Duration::from_secs(r.ttl_s as u64), margin);
-        if deadline > cur.fence_deadline {
-            cur.fence_deadline = deadline;
+pub(super) fn apply_renewal(
+    state: &tokio::sync::watch::Sender<Snapshot>,
+    r: Renewal,
+    margin: Duration,
+) {
+    state.send_if_modified(|s| {
+        let Some(cur) = s.lease.as_mut() else {
+            return false;
+        };
+        if cur.id != r.id {
+            return false; // an answer about a lease given up meanwhile
         }
-    } else {
-        cur.fence_deadline = r.sent;
-    }
+        let deadline = if r.ttl_s > 0 {
+            lease::fence_deadline(r.sent, Duration::from_secs(r.ttl_s as u64), margin)
+                .max(cur.fence_deadline)
+        } else {
+            r.sent
+        };
+        let moved = deadline != cur.fence_deadline;
+        cur.fence_deadline = deadline;
+        moved
+    });
 }
