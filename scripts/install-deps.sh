@@ -39,7 +39,7 @@ fi
 commands=(cc protoc git /usr/lib/postgresql/15/bin/postgres /usr/lib/postgresql/15/bin/pg_ctl
           /usr/lib/postgresql/15/bin/pg_rewind /usr/lib/postgresql/15/bin/pg_basebackup
           /usr/lib/postgresql/15/bin/psql etcd etcdctl haproxy ip tc ss nft iptables losetup
-          mount umount mkfs.ext4 kill pkill pgrep ps timeout tail tar python3 curl useradd
+          mount umount mkfs.ext4 kill pkill pgrep ps timeout tail tar df du uname python3 curl useradd
           dpkg-deb mmdebstrap)
 absent=()
 for c in "${commands[@]}"; do

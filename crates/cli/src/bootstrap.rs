@@ -188,6 +188,26 @@ fn node_tls(paths: &Paths, secrets: &Secrets) -> anyhow::Result<TlsFiles> {
     })
 }
 
+fn new_secrets() -> anyhow::Result<Secrets> {
+    let (ca_cert, ca_key) = pki::generate_ca()?;
+    Ok(Secrets {
+        postgresql: PgSecrets {
+            db_superuser_password: Secret::new(new_password(40)),
+            replication_password: Secret::new(new_password(40)),
+        },
+        etcd: EtcdSecrets {
+            initial_cluster_token: Secret::new(new_password(32)),
+        },
+        elasticsearch: SearchSecrets {
+            cluster_name: format!("larder-{}", &new_guid()[..8]),
+        },
+        larder: LarderSecrets {
+            ca_cert_pem: ca_cert,
+            ca_key_pem: Secret::new(ca_key),
+        },
+    })
+}
+
 pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> {
     if a.quorum_loss_recovery {
         bail!(
@@ -209,27 +229,19 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
 
     let mut steps = Steps::new(7);
     steps.step("writing configuration, secrets and certificates");
-    let (ca_cert, ca_key) = pki::generate_ca()?;
-    let secrets = Secrets {
-        postgresql: PgSecrets {
-            db_superuser_password: Secret::new(new_password(40)),
-            replication_password: Secret::new(new_password(40)),
-        },
-        etcd: EtcdSecrets {
-            initial_cluster_token: Secret::new(new_password(32)),
-        },
-        elasticsearch: SearchSecrets {
-            cluster_name: format!("larder-{}", &new_guid()[..8]),
-        },
-        larder: LarderSecrets {
-            ca_cert_pem: ca_cert,
-            ca_key_pem: Secret::new(ca_key),
-        },
+    // A secrets file written by `import-chef-backend` is kept: the frontends' passwords stay.
+    let imported = paths.secrets_file().exists();
+    let secrets = if imported {
+        Secrets::load(&paths.secrets_file())?
+    } else {
+        new_secrets()?
     };
     if generated {
         write_config(paths, &cfg)?;
     }
-    write_private(&paths.secrets_file(), secrets.to_json().as_bytes())?;
+    if !imported {
+        write_private(&paths.secrets_file(), secrets.to_json().as_bytes())?;
+    }
     write_tls(paths, &secrets, &cfg)?;
     let guid = new_guid();
     let state = NodeState {

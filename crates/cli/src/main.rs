@@ -7,6 +7,8 @@ mod agent_process;
 mod bootstrap;
 mod cluster_ops;
 mod dev;
+mod gather_logs;
+mod import_chef;
 mod local;
 mod progress;
 mod prompt;
@@ -121,8 +123,11 @@ pub enum Cmd {
         #[arg(short, long)]
         yes: bool,
     },
-    /// Collect logs into a support tarball (not available yet).
-    GatherLogs,
+    /// Collect logs, redacted configuration, status and diagnostics into one support tarball.
+    GatherLogs(gather_logs::GatherArgs),
+    /// Write larder.toml and Larder's secrets from a Chef Backend node's chef-backend.rb and
+    /// chef-backend-secrets.json (same PostgreSQL passwords).
+    ImportChefBackend(import_chef::ImportArgs),
     /// Legacy Chef HA status checks (not available yet).
     HaStatus,
     /// Start a service (or all).
@@ -241,7 +246,8 @@ async fn run(cmd: Cmd, paths: Paths) -> anyhow::Result<()> {
         Cmd::DownForUpgrade => not_yet("down-for-upgrade"),
         Cmd::Backup { .. } => not_yet("backup"),
         Cmd::Restore { .. } => not_yet("restore"),
-        Cmd::GatherLogs => not_yet("gather-logs"),
+        Cmd::GatherLogs(a) => gather_logs::gather_logs(&paths, a).await,
+        Cmd::ImportChefBackend(a) => import_chef::import_chef_backend(&paths, a),
         Cmd::HaStatus => not_yet("ha-status"),
         Cmd::Start { service } => local::service_verb(&paths, "start", service).await,
         Cmd::Stop { service } => local::service_verb(&paths, "stop", service).await,

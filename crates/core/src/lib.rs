@@ -9,9 +9,11 @@
 //! - [`pgconf`]: `pg_hba.conf` / `postgresql.conf` rendering
 //! - [`status`]: the `status` / `cluster-status` tables
 //! - [`version`]: release and cluster protocol, and the N / N−1 rule
+//! - [`chef_backend`]: reading chef-backend.rb and its secrets for `import-chef-backend`
 //! - [`keys`]: the etcd layout; [`lease`]: fencing arithmetic; [`health`]: derived health facts
 
 pub mod check_phase;
+pub mod chef_backend;
 pub mod config;
 pub mod decide;
 pub mod health;
