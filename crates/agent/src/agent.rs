@@ -17,23 +17,6 @@ use tokio_util::sync::CancellationToken;
 
 pub const SEARCH_SERVICE: &str = search_service::SERVICE;
 
-/// etcd client URLs of the members known at bootstrap, own member first.
-fn initial_endpoints(node: &Node) -> Vec<String> {
-    let mut urls = vec![node.etcd_client_url()];
-    for part in node.state.etcd_initial_cluster.split(',') {
-        if let Some((_, peer)) = part.split_once('=') {
-            let client = peer.replace(
-                &format!(":{}", node.cfg.etcd.peer_port),
-                &format!(":{}", node.cfg.etcd.client_port),
-            );
-            if !urls.contains(&client) {
-                urls.push(client);
-            }
-        }
-    }
-    urls
-}
-
 /// The search service's spec, after preparing its account, directories and settings.
 fn search_spec(node: &Node) -> anyhow::Result<ServiceSpec> {
     let account = search_service::prepare(node)?;
@@ -95,11 +78,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         sup.add(search_spec(&node)?, true);
     }
 
-    let dcs = Dcs::new(
-        initial_endpoints(&node),
-        node.tls()?,
-        Duration::from_millis(node.cfg.leaderl.db_timeout),
-    );
+    let dcs = node.dcs()?;
 
     // Health API first: frontends must see 503 (not a refused port) as soon as we exist.
     let http_addr = format!(
@@ -332,6 +311,8 @@ impl Ctx {
             Request::Switchover { target } => {
                 reply(crate::operator::switchover(&self.dcs, target.as_deref()).await)
             }
+            Request::DownForUpgrade => reply(self.down_for_upgrade().await),
+            Request::UpgradeDone => reply(self.upgrade_done().await),
             Request::RemoveNode { node, apply } => {
                 reply(crate::operator::remove_node(&self.dcs, &self.node, &node, apply).await)
             }
@@ -364,6 +345,7 @@ impl Ctx {
             members: s.members.clone(),
             nodes: s.nodes.clone(),
             voters: s.voters.clone(),
+            upgrade: s.upgrade.clone(),
             etcd_members: etcd_members
                 .iter()
                 .map(|m| control::EtcdMemberRow {
@@ -483,6 +465,78 @@ impl Ctx {
     /// Requests that change leadership (`force-leader`, `pgsql-follow`) are decided by the
     /// core in the HA loop, like every other leadership change; this only hands the request
     /// over and waits for its answer.
+    /// `down-for-upgrade`: record it (order checked), wait for the HA loop to stop PostgreSQL
+    /// (a leader hands leadership back first), then stop search. etcd keeps running: the
+    /// cluster's coordination (and the other nodes' records) live in it.
+    async fn down_for_upgrade(&self) -> anyhow::Result<String> {
+        let was_leader = crate::upgrade::record_down(&self.dcs, &self.node).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (down, pg) = {
+                let s = self.views.ha.borrow();
+                (
+                    s.role == Some(larder_core::model::NodeRole::Down),
+                    s.pg.is_some(),
+                )
+            };
+            let running = self.sup.state(postgres::SERVICE).is_some_and(|s| s.running);
+            if down && !pg && !running {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("recorded as down for upgrade, but PostgreSQL did not stop within 60 s; see `larder tail postgresql`");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if self.sup.names().iter().any(|n| n == SEARCH_SERVICE) {
+            self.sup
+                .stop(SEARCH_SERVICE, Duration::from_secs(30))
+                .await?;
+        }
+        Ok(format!(
+            "{} is down for upgrade{}: PostgreSQL and search stopped, etcd keeps running",
+            self.node.cfg.fqdn,
+            if was_leader {
+                " (it was the leader: no other node takes over until it is upgraded, last)"
+            } else {
+                ""
+            }
+        ))
+    }
+
+    /// The end of `upgrade` on a node that was down for upgrade. The old leader comes back
+    /// in two steps (see `larder_core::decide::upgrade`): marked returning, it starts as a
+    /// standby and posts its position; only then is its record cleared and the election free
+    /// to run, so that election counts it.
+    async fn upgrade_done(&self) -> anyhow::Result<String> {
+        use crate::upgrade::Return;
+        let me = self.node.state.guid.clone();
+        match crate::upgrade::begin_return(&self.dcs, &self.node).await? {
+            Return::NotDown => Ok(format!("{} is not down for upgrade", self.node.cfg.fqdn)),
+            Return::Follower(next) => Ok(next),
+            Return::OldLeader => {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                loop {
+                    let posted = {
+                        let s = self.views.ha.borrow();
+                        s.members
+                            .iter()
+                            .any(|m| m.guid == me && m.pg == larder_core::model::PgState::Standby)
+                    };
+                    if posted {
+                        break;
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        anyhow::bail!("PostgreSQL did not come up as a standby within 120 s, so the cluster is still held for this node; see `larder tail postgresql`, then run `larder upgrade` again");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                crate::upgrade::finish_return(&self.dcs, &self.node).await?;
+                Ok("the old leader is back: the cluster elects its leader".into())
+            }
+        }
+    }
+
     /// Return from `set-cluster-failover` once this node's HA loop has read the new value
     /// (the key wakes it at once), so a `status` run right after shows what was just set.
     async fn await_failover_applied(&self, cluster: bool, on: bool) {

@@ -133,7 +133,7 @@ pub fn ha_status(
     let copy = sensors.copy.lock().unwrap().clone();
     HaStatus {
         name: name.into(),
-        version: larder_core::version::VERSION.into(),
+        version: crate::build::version().into(),
         guid: guid.into(),
         role: s.role.map(|r| r.as_str().to_string()),
         reason: s.reason.clone(),

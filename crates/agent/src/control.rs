@@ -30,6 +30,11 @@ pub enum Request {
     Switchover { target: Option<String> },
     /// `remove-node NODE`; with `apply: false` only checked and described.
     RemoveNode { node: String, apply: bool },
+    /// `down-for-upgrade`: record this node as down (order checked), stop its services;
+    /// answered once PostgreSQL is stopped.
+    DownForUpgrade,
+    /// The end of `upgrade` on a node that was down for upgrade (order checked again).
+    UpgradeDone,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -129,7 +134,10 @@ where
 /// What `Request::Status` answers (and `status --json` prints): this node's services and HA
 /// state, and the cluster view the agent last read. Shared by agent and CLI, so neither reads
 /// the other's JSON by string paths.
+// Every field defaults: a status from an agent of the previous release (which lacks the
+// newer fields) still parses, so `upgrade` can read it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct AgentStatus {
     /// `leaderl` (the agent itself) first, then every supervised service.
     pub services: Vec<crate::supervisor::ServiceState>,
@@ -138,6 +146,17 @@ pub struct AgentStatus {
     pub nodes: Vec<larder_core::model::NodeRecord>,
     pub voters: Vec<String>,
     pub etcd_members: Vec<EtcdMemberRow>,
+    pub upgrade: UpgradeState,
+}
+
+/// Upgrades in progress (see `larder_core::decide::upgrade`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct UpgradeState {
+    /// The node whose rolling `upgrade` is running.
+    pub lock: Option<larder_core::model::UpgradeLock>,
+    /// Nodes down for a full-downtime upgrade.
+    pub down: Vec<larder_core::model::DownForUpgrade>,
 }
 
 impl AgentStatus {
@@ -155,10 +174,10 @@ impl AgentStatus {
 
 /// This node's HA state (also `GET /status` on the health API).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct HaStatus {
     pub name: String,
-    /// Release of the running agent.
-    #[serde(default)]
+    /// Release and build of the running agent (`0.1.0+1a2b3c4d`, see `build::version`).
     pub version: String,
     pub guid: String,
     /// Chef Backend's role names (`leader`, `follower`, `waiting_for_leader`, …).

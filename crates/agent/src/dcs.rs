@@ -301,6 +301,28 @@ impl Dcs {
         Ok(resp.succeeded())
     }
 
+    /// Put `key` only while its value is still `expected`. Returns whether it was written.
+    pub async fn replace_if(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+    ) -> Result<bool, DcsError> {
+        let (key, expected, value) = (key.to_string(), expected.to_vec(), value.to_vec());
+        let resp = self
+            .call(|mut c| {
+                let (key, expected, value) = (key.clone(), expected.clone(), value.clone());
+                async move {
+                    let txn = Txn::new()
+                        .when([Compare::value(key.clone(), CompareOp::Equal, expected)])
+                        .and_then([TxnOp::put(key, value, None)]);
+                    c.txn(txn).await
+                }
+            })
+            .await?;
+        Ok(resp.succeeded())
+    }
+
     /// Leadership acquisition: the leader key must be absent and the term unchanged; then the
     /// key (bound to `lease`) and the new term are written atomically.
     pub async fn acquire_leader(

@@ -20,6 +20,7 @@
 pub mod accounts;
 pub mod agent;
 pub mod api;
+pub mod build;
 pub mod clock;
 pub mod control;
 pub mod dcs;
@@ -36,4 +37,5 @@ pub mod raft_placement;
 pub mod search_service;
 pub mod state;
 pub mod supervisor;
+pub mod upgrade;
 pub mod wake;

@@ -114,6 +114,33 @@ impl Node {
         })
     }
 
+    /// This node's etcd endpoints: its own first, then the rest of the initial cluster (the
+    /// member refresh keeps the list current while the agent runs).
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        let mut urls = vec![self.etcd_client_url()];
+        for part in self.state.etcd_initial_cluster.split(',') {
+            if let Some((_, peer)) = part.split_once('=') {
+                let client = peer.replace(
+                    &format!(":{}", self.cfg.etcd.peer_port),
+                    &format!(":{}", self.cfg.etcd.client_port),
+                );
+                if !urls.contains(&client) {
+                    urls.push(client);
+                }
+            }
+        }
+        urls
+    }
+
+    /// An etcd client for this node (TLS with the cluster's certificates).
+    pub fn dcs(&self) -> anyhow::Result<crate::dcs::Dcs> {
+        Ok(crate::dcs::Dcs::new(
+            self.etcd_endpoints(),
+            self.tls()?,
+            std::time::Duration::from_millis(self.cfg.leaderl.db_timeout),
+        ))
+    }
+
     pub fn tls(&self) -> anyhow::Result<crate::dcs::TlsFiles> {
         let dir = self.paths.tls_dir();
         Ok(crate::dcs::TlsFiles {

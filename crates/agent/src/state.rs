@@ -42,6 +42,9 @@ pub struct Snapshot {
     /// When the current leader's lease can first run out, as it last posted (see
     /// `leader_check`); `None` when this node leads or nothing was posted.
     pub leader_lease_expires_unix_ms: Option<u64>,
+    /// The rolling upgrade in progress and the nodes down for a full-downtime upgrade, as
+    /// last read from etcd.
+    pub upgrade: crate::control::UpgradeState,
 }
 
 #[derive(Debug, Clone, Copy)]

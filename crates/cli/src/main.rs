@@ -13,6 +13,7 @@ mod local;
 mod progress;
 mod prompt;
 mod report;
+mod upgrade;
 
 use clap::{Parser, Subcommand};
 use larder_core::paths::Paths;
@@ -101,12 +102,21 @@ pub enum Cmd {
     Uninstall,
     /// Rebuild this node's search index from PostgreSQL.
     Reindex,
-    /// Apply a package upgrade (not available yet).
+    /// After installing a new package: restart this node on it and verify it rejoined (one
+    /// node at a time; `--failover` on the leader hands leadership over first).
     Upgrade {
+        /// On the leader: a planned switchover to the most advanced follower first.
         #[arg(long)]
         failover: bool,
+        /// Upgrade a follower although cluster failover is on.
+        #[arg(short, long)]
+        yes: bool,
+        /// Seconds to wait for the rejoin to verify.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
     },
-    /// Take the node down before a major upgrade (not available yet).
+    /// Full-downtime upgrade, step 1: take this node down (the leader first, then each
+    /// follower); then `upgrade` on the followers, the old leader last.
     DownForUpgrade,
     /// Back up this node's data (not available yet).
     Backup {
@@ -242,8 +252,19 @@ async fn run(cmd: Cmd, paths: Paths) -> anyhow::Result<()> {
         }
         Cmd::Uninstall => local::uninstall(&paths).await,
         Cmd::Reindex => local::reindex(&paths).await,
-        Cmd::Upgrade { .. } => not_yet("upgrade"),
-        Cmd::DownForUpgrade => not_yet("down-for-upgrade"),
+        Cmd::Upgrade {
+            failover,
+            yes,
+            timeout,
+        } => {
+            let args = upgrade::Args {
+                failover,
+                yes,
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            upgrade::upgrade(&paths, args).await
+        }
+        Cmd::DownForUpgrade => upgrade::down_for_upgrade(&paths).await,
         Cmd::Backup { .. } => not_yet("backup"),
         Cmd::Restore { .. } => not_yet("restore"),
         Cmd::GatherLogs(a) => gather_logs::gather_logs(&paths, a).await,

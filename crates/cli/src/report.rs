@@ -89,7 +89,7 @@ pub async fn status(
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"services": rows, "disks": disks, "ha": s.ha})
+                &serde_json::json!({"services": rows, "disks": disks, "ha": s.ha, "upgrade": s.upgrade})
             )?
         );
     } else if simple {

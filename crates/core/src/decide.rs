@@ -108,6 +108,10 @@ pub struct DcsView {
     /// The cluster's protocol version (`None`: not recorded yet, a cluster created before
     /// versions were recorded).
     pub protocol: Option<u32>,
+    /// The rolling upgrade in progress, if any.
+    pub upgrade_lock: Option<crate::model::UpgradeLock>,
+    /// Nodes taken down for a full-downtime upgrade.
+    pub down_for_upgrade: Vec<crate::model::DownForUpgrade>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,8 +169,12 @@ pub enum Action {
     /// Leaving (agent shutdown): stop PostgreSQL cleanly and mark the data directory as a
     /// former primary's.
     StopForShutdown,
-    /// Leader: record the cluster's protocol version where none is recorded yet.
-    RecordProtocol { version: u32 },
+    /// Leader: record the cluster's protocol version where none is recorded yet, or raise it
+    /// once every registered member speaks a newer one (the end of a rolling upgrade).
+    RecordProtocol { from: Option<u32>, version: u32 },
+    /// Stop PostgreSQL cleanly (`down-for-upgrade` on a non-leader; its data stays a
+    /// follower's).
+    StopPostgres,
     /// Mark the data directory for a re-sync (`full`: base backup, else rewind); the following
     /// decisions carry it out like any rejoin.
     MarkResync { full: bool },
@@ -235,9 +243,37 @@ pub fn decide(obs: &Observation) -> Decision {
         };
         return Decision::new(NodeRole::Down, actions, why);
     }
+    if let Some(d) = upgrade::down(obs) {
+        return d;
+    }
     match obs.lease {
         Some(lease) => decide_as_leader(obs, lease),
         None => decide_as_non_leader(obs),
+    }
+}
+
+/// The cluster's protocol: recorded by the first leader that sees none, raised by the leader
+/// once every registered member posts a newer one (the N / N−1 rule of [`crate::version`]:
+/// until then, new agents keep to what the old ones understand).
+fn protocol_action(dcs: &DcsView) -> Option<Action> {
+    let mine = crate::version::PROTOCOL;
+    match dcs.protocol {
+        None => Some(Action::RecordProtocol {
+            from: None,
+            version: mine,
+        }),
+        Some(p) if p < mine => {
+            let all_speak_it = dcs.nodes.iter().all(|n| {
+                dcs.members
+                    .iter()
+                    .any(|m| m.guid == n.guid && m.protocol >= mine)
+            });
+            all_speak_it.then_some(Action::RecordProtocol {
+                from: Some(p),
+                version: mine,
+            })
+        }
+        Some(_) => None,
     }
 }
 
@@ -372,10 +408,8 @@ fn leader_steady(obs: &Observation, _lease: HeldLease, dcs: Option<&DcsView>) ->
         if dcs.switchover.is_some() {
             actions.push(Action::ClearSwitchover);
         }
-        if dcs.protocol.is_none() {
-            actions.push(Action::RecordProtocol {
-                version: crate::version::PROTOCOL,
-            });
+        if let Some(a) = protocol_action(dcs) {
+            actions.push(a);
         }
         // A writable leader votes (its roles exist once SetSyncStandbys succeeded).
         if obs.local.pg == PgState::Primary && !dcs.voters.contains(&obs.me) {
@@ -561,6 +595,9 @@ fn follow(obs: &Observation, dcs: &DcsView, leader: LeaderRecord) -> Decision {
 
 /// Why this node may not run for leader, if it may not.
 fn ineligibility(obs: &Observation, dcs: &DcsView) -> Option<String> {
+    if let Some(why) = upgrade::blocks_election(obs, dcs) {
+        return Some(why);
+    }
     // With cluster failover off only the node that held the current term may lead again (a
     // restart of the leader's agent or host is not a failover; leaving the cluster leaderless
     // would be worse). It holds every acknowledged commit: followers only ever receive WAL from
@@ -725,13 +762,24 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
         .as_ref()
         .filter(|sw| sw.term == dcs.term && obs.now_unix_ms < sw.deadline_unix_ms)
         .map(|sw| sw.from.as_str());
+    // The node that held the current term goes first on a tie (after a full-downtime
+    // upgrade the old leader leads again), then the lowest GUID.
+    let last = dcs
+        .last_leader
+        .as_ref()
+        .filter(|l| l.term == dcs.term)
+        .map(|l| l.guid.as_str());
+    let goes_first = |m: &MemberStatus| {
+        Some(m.guid.as_str()) == last || (Some(me.as_str()) != last && m.guid < *me)
+    };
     if let Some(rival) = fresh.iter().find(|m| {
         !named_target
             && !sole_candidate
             && m.eligible
             && m.position == mine
-            && m.guid < *me
+            && goes_first(m)
             && Some(m.guid.as_str()) != stepping_down
+            && !upgrade::being_upgraded(dcs, &m.guid)
     }) {
         return Decision::new(
             NodeRole::WaitingForLeader,
@@ -752,6 +800,7 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
 
 mod force;
 mod switchover;
+mod upgrade;
 pub use switchover::{HANDOVER_MS, MAX_WAIT_MS, PLANNED_HOLD_MS};
 
 #[cfg(test)]

@@ -15,11 +15,16 @@
 //! | [`SWITCHOVER_PLAN`] | [`SwitchoverPlan`] | the leader lease |
 //! | [`JOIN_LOCK`] | the node joining | the joiner's lease |
 //! | [`PROTOCOL`] | the cluster's protocol version | permanent, raised by upgrades |
+//! | [`UPGRADE_LOCK`] | [`UpgradeLock`](crate::model::UpgradeLock) | the `upgrade` command's lease |
+//! | [`down_for_upgrade`] | [`DownForUpgrade`](crate::model::DownForUpgrade) | until that node's `upgrade` |
 
 use crate::decide::DcsView;
 #[cfg(doc)]
 use crate::model::LeaderRecord;
-use crate::model::{MemberStatus, NodeRecord, Switchover, SwitchoverPlan, SwitchoverRequest};
+use crate::model::{
+    DownForUpgrade, MemberStatus, NodeRecord, Switchover, SwitchoverPlan, SwitchoverRequest,
+    UpgradeLock,
+};
 
 pub const PREFIX: &str = "/larder/";
 pub const CLUSTER: &str = "/larder/cluster";
@@ -37,11 +42,14 @@ pub const SWITCHOVER_REFUSED: &str = "/larder/switchover-refused";
 pub const JOIN_LOCK: &str = "/larder/join-lock";
 /// The cluster's protocol version (see [`crate::version`]).
 pub const PROTOCOL: &str = "/larder/protocol";
+/// The rolling upgrade in progress (see [`UpgradeLock`]).
+pub const UPGRADE_LOCK: &str = "/larder/upgrade-lock";
 
 pub const NODES_PREFIX: &str = "/larder/nodes/";
 pub const STATUS_PREFIX: &str = "/larder/status/";
 pub const VOTERS_PREFIX: &str = "/larder/voters/";
 pub const NODE_FAILOVER_PREFIX: &str = "/larder/node-failover/";
+pub const DOWN_PREFIX: &str = "/larder/down-for-upgrade/";
 
 pub fn node(guid: &str) -> String {
     format!("{NODES_PREFIX}{guid}")
@@ -54,6 +62,9 @@ pub fn voter(guid: &str) -> String {
 }
 pub fn node_failover(guid: &str) -> String {
     format!("{NODE_FAILOVER_PREFIX}{guid}")
+}
+pub fn down_for_upgrade(guid: &str) -> String {
+    format!("{DOWN_PREFIX}{guid}")
 }
 
 impl Default for DcsView {
@@ -72,6 +83,8 @@ impl Default for DcsView {
             switchover_request: None,
             switchover_plan: None,
             protocol: None,
+            upgrade_lock: None,
+            down_for_upgrade: vec![],
         }
     }
 }
@@ -96,6 +109,7 @@ impl DcsView {
                 SWITCHOVER_PLAN => {
                     view.switchover_plan = serde_json::from_slice::<SwitchoverPlan>(v).ok()
                 }
+                UPGRADE_LOCK => view.upgrade_lock = serde_json::from_slice::<UpgradeLock>(v).ok(),
                 _ => {
                     if let Some(g) = k.strip_prefix(STATUS_PREFIX) {
                         if let Ok(m) = serde_json::from_slice::<MemberStatus>(v) {
@@ -103,6 +117,19 @@ impl DcsView {
                             if m.guid == g {
                                 view.members.push(m);
                             }
+                        }
+                    } else if let Some(g) = k.strip_prefix(DOWN_PREFIX) {
+                        // Unreadable still means down: the safe reading (no election).
+                        let d =
+                            serde_json::from_slice::<DownForUpgrade>(v).unwrap_or(DownForUpgrade {
+                                guid: g.to_string(),
+                                name: g.to_string(),
+                                was_leader: true,
+                                since_unix_ms: 0,
+                                returning: false,
+                            });
+                        if d.guid == g {
+                            view.down_for_upgrade.push(d);
                         }
                     } else if let Some(g) = k.strip_prefix(VOTERS_PREFIX) {
                         view.voters.push(g.to_string());
@@ -181,6 +208,49 @@ mod tests {
         assert_eq!(v.voters, vec!["a".to_string()]);
         assert_eq!(v.find_node("be1").unwrap().guid, "a");
         assert_eq!(v.switchover_request.unwrap().target.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn upgrade_keys_parse_and_an_unreadable_down_record_still_blocks() {
+        let lock = serde_json::to_vec(&UpgradeLock {
+            guid: "b".into(),
+            name: "be2".into(),
+            started_unix_ms: 5,
+        })
+        .unwrap();
+        let down = serde_json::to_vec(&DownForUpgrade {
+            guid: "a".into(),
+            name: "be1".into(),
+            was_leader: false,
+            since_unix_ms: 7,
+            returning: false,
+        })
+        .unwrap();
+        let kvs: Vec<(String, Vec<u8>)> = vec![
+            (UPGRADE_LOCK.into(), lock),
+            (down_for_upgrade("a"), down),
+            (down_for_upgrade("c"), b"garbage".to_vec()),
+            // A record filed under another node's key is not believed.
+            (
+                down_for_upgrade("d"),
+                serde_json::to_vec(&DownForUpgrade {
+                    guid: "x".into(),
+                    name: "x".into(),
+                    was_leader: true,
+                    since_unix_ms: 0,
+                    returning: false,
+                })
+                .unwrap(),
+            ),
+        ];
+        let v = DcsView::from_kvs(kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())), "a");
+        assert_eq!(v.upgrade_lock.unwrap().name, "be2");
+        let down: Vec<(&str, bool)> = v
+            .down_for_upgrade
+            .iter()
+            .map(|d| (d.guid.as_str(), d.was_leader))
+            .collect();
+        assert_eq!(down, vec![("a", false), ("c", true)]);
     }
 
     #[test]

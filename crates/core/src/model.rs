@@ -155,6 +155,30 @@ pub struct SwitchoverRequest {
     pub requested_unix_ms: u64,
 }
 
+/// A rolling `upgrade` in progress: held by the node being upgraded, bound to a lease the
+/// running `upgrade` command keeps alive, so two nodes are never upgraded at once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpgradeLock {
+    pub guid: String,
+    pub name: String,
+    pub started_unix_ms: u64,
+}
+
+/// A node taken down by `down-for-upgrade` (full-downtime upgrade), until its `upgrade`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DownForUpgrade {
+    pub guid: String,
+    pub name: String,
+    /// It led when it went down: the cluster waits for it (the upgrade order ends with it).
+    pub was_leader: bool,
+    pub since_unix_ms: u64,
+    /// The old leader's `upgrade` is bringing it back: its PostgreSQL starts as a standby and
+    /// posts its position while the record still holds the others back, so the election that
+    /// follows the record's removal sees it (it wins a tie).
+    #[serde(default)]
+    pub returning: bool,
+}
+
 /// When the leader will start an accepted switchover, published (bound to its lease) so the
 /// target can hold the frontends' checks that will see it take over.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -59,8 +59,18 @@ pub fn chef_services() -> Vec<Service> {
     ]
 }
 
-/// Renders the configuration. `nodes` are (server name, ip).
+/// Renders the configuration, listening on the client's 127.0.0.1. `nodes` are (server name, ip).
 pub fn render_config(
+    nodes: &[(String, String)],
+    check: &HealthCheck,
+    services: &[Service],
+) -> String {
+    render_config_on("127.0.0.1", nodes, check, services)
+}
+
+/// [`render_config`] listening on `bind` (tests that run the proxy beside the cluster).
+pub fn render_config_on(
+    bind: &str,
     nodes: &[(String, String)],
     check: &HealthCheck,
     services: &[Service],
@@ -73,7 +83,7 @@ pub fn render_config(
     );
     for s in services {
         c.push_str(&format!(
-            "frontend {b}_front\n  bind 127.0.0.1:{p}\n  mode tcp\n  default_backend {b}\n\n",
+            "frontend {b}_front\n  bind {bind}:{p}\n  mode tcp\n  default_backend {b}\n\n",
             b = s.backend,
             p = s.port
         ));

@@ -164,11 +164,28 @@ impl HaLoop {
             Action::StepDown { target } => self.step_down(target).await?,
             // Answered to the operator by the loop (see `answer_request`).
             Action::RefuseRequest { .. } => {}
-            Action::RecordProtocol { version } => {
-                // Create-if-absent: a protocol another node recorded meanwhile wins.
-                self.dcs
-                    .create(keys::PROTOCOL, version.to_string().as_bytes(), None)
+            Action::RecordProtocol { from, version } => {
+                let v = version.to_string();
+                // Compare-and-swap either way: what another node recorded meanwhile wins.
+                match from {
+                    None => self.dcs.create(keys::PROTOCOL, v.as_bytes(), None).await?,
+                    Some(old) => {
+                        let raised = self
+                            .dcs
+                            .replace_if(keys::PROTOCOL, old.to_string().as_bytes(), v.as_bytes())
+                            .await?;
+                        if raised {
+                            tracing::info!(from = old, to = version, "raised the cluster protocol");
+                        }
+                        raised
+                    }
+                };
+            }
+            Action::StopPostgres => {
+                self.sup
+                    .stop(postgres::SERVICE, Duration::from_secs(30))
                     .await?;
+                self.intent.following = None;
             }
             Action::StopForShutdown => {
                 self.sup

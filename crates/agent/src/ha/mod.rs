@@ -291,6 +291,10 @@ impl HaLoop {
                 s.cluster_failover = v.cluster_failover;
                 s.node_failover = v.node_failover;
                 s.nodes = nodes.clone();
+                s.upgrade = crate::control::UpgradeState {
+                    lock: v.upgrade_lock.clone(),
+                    down: v.down_for_upgrade.clone(),
+                };
                 s.leader_lease_expires_unix_ms = v
                     .leader
                     .as_ref()

@@ -82,7 +82,7 @@ impl HaLoop {
             updated_unix_ms: unix_ms(),
             check_phases,
             lease_expires_unix_ms,
-            version: larder_core::version::VERSION.into(),
+            version: crate::build::version().into(),
             protocol: larder_core::version::PROTOCOL,
         };
         if let Ok(b) = serde_json::to_vec(&status) {

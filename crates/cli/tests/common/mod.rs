@@ -15,11 +15,13 @@ pub struct Node {
     pub name: String,
     pub ip: String,
     pub root: PathBuf,
+    /// The `larder` binary this node's commands run (an older build in upgrade tests).
+    pub bin: PathBuf,
 }
 
 impl Node {
     pub fn larder(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        Command::new(&self.bin)
             .arg("--root")
             .arg(&self.root)
             .args(args)
@@ -87,10 +89,21 @@ impl Node {
 
     /// SQL through psql as the superuser; None if the statement failed.
     pub fn sql(&self, sql: &str) -> Option<String> {
+        self.sql_at(&self.ip, sql)
+    }
+
+    /// SQL through psql as the superuser to `host` (this node, or a proxy in front of the
+    /// cluster); None if the statement failed.
+    pub fn sql_at(&self, host: &str, sql: &str) -> Option<String> {
+        self.try_sql_at(host, sql).ok()
+    }
+
+    /// [`Node::sql_at`] with psql's error when the statement failed.
+    pub fn try_sql_at(&self, host: &str, sql: &str) -> Result<String, String> {
         let o = Command::new("/usr/lib/postgresql/15/bin/psql")
             .args([
                 "-h",
-                &self.ip,
+                host,
                 "-U",
                 "chef_pgsql",
                 "-d",
@@ -102,11 +115,11 @@ impl Node {
             .env("PGCONNECT_TIMEOUT", "3")
             .env("PGOPTIONS", "-c statement_timeout=5000")
             .output()
-            .ok()?;
+            .map_err(|e| e.to_string())?;
         if o.status.success() {
-            Some(String::from_utf8_lossy(&o.stdout).trim().to_string())
+            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
         } else {
-            None
+            Err(String::from_utf8_lossy(&o.stderr).trim().to_string())
         }
     }
 
@@ -214,6 +227,7 @@ impl Cluster {
                 name: format!("n{i}"),
                 ip: format!("127.0.{subnet}.{}", i + 1),
                 root: dir.path().join(format!("n{i}")),
+                bin: PathBuf::from(BIN),
             })
             .collect();
         Cluster { dir, nodes }
@@ -344,4 +358,50 @@ pub fn tree_snapshot(root: &Path) -> Vec<(PathBuf, u64)> {
     walk(root, &mut out);
     out.sort();
     out
+}
+
+/// haproxy in front of a cluster's PostgreSQL, configured as a Chef frontend configures it
+/// (`larder_faults::haproxy::render_config`), listening on `bind`:5432.
+pub struct Haproxy {
+    child: std::process::Child,
+}
+
+impl Haproxy {
+    pub fn start(dir: &Path, bind: &str, nodes: &[Node]) -> Haproxy {
+        use larder_faults::haproxy::{chef_services, render_config_on, HealthCheck};
+        let servers: Vec<(String, String)> = nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.ip.clone()))
+            .collect();
+        let pg: Vec<_> = chef_services()
+            .into_iter()
+            .filter(|s| s.port == 5432)
+            .collect();
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            render_config_on(bind, &servers, &HealthCheck::larder(), &pg),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("haproxy.log")).unwrap();
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start haproxy");
+        wait_until(Duration::from_secs(10), "haproxy to listen", || {
+            std::net::TcpStream::connect((bind, 5432)).ok().map(|_| ())
+        });
+        Haproxy { child }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

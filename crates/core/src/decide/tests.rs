@@ -1346,6 +1346,7 @@ fn protocol_is_recorded_once_and_a_newer_cluster_is_refused() {
     ));
     assert!(
         d.actions.contains(&Action::RecordProtocol {
+            from: None,
             version: crate::version::PROTOCOL
         }),
         "{:?}",
@@ -1364,4 +1365,244 @@ fn protocol_is_recorded_once_and_a_newer_cluster_is_refused() {
     v.leader = None;
     let d = decide(&obs("a", local(PgState::Standby, 10), Some(v), None));
     assert!(d.actions.is_empty() && d.role == NodeRole::Down, "{:?}", d);
+}
+
+fn down_record(guid: &str, was_leader: bool) -> crate::model::DownForUpgrade {
+    crate::model::DownForUpgrade {
+        guid: guid.into(),
+        name: format!("node-{guid}"),
+        was_leader,
+        since_unix_ms: 1,
+        returning: false,
+    }
+}
+
+/// Sequence test of the full-downtime upgrade: `down-for-upgrade` on the leader a, then on b
+/// and c; `upgrade` on b and c (records cleared) while a is still down; then on a. Nobody but
+/// a leads at any step, and a (holder of the last term) wins the tie at the end.
+#[test]
+fn sequence_full_downtime_upgrade_old_leader_leads_again() {
+    let mut v = view(
+        Some(leader("a", 3)),
+        3,
+        vec![
+            primary("a", 100, 3),
+            member("b", 100, 3, Some("a")),
+            member("c", 100, 3, Some("a")),
+        ],
+        &["a", "b", "c"],
+    );
+    v.last_leader = Some(leader("a", 3));
+    v.nodes = ["a", "b", "c"]
+        .iter()
+        .map(|g| NodeRecord {
+            guid: g.to_string(),
+            name: format!("node-{g}"),
+            address: String::new(),
+        })
+        .collect();
+    // 1. down-for-upgrade on the leader: a clean stop, then the key goes.
+    v.down_for_upgrade.push(down_record("a", true));
+    let d = decide(&obs(
+        "a",
+        local(PgState::Primary, 100),
+        Some(v.clone()),
+        lease(3, 20_000),
+    ));
+    assert_eq!(d.role, NodeRole::Down);
+    assert_eq!(
+        d.actions,
+        vec![Action::StopForShutdown, Action::ReleaseLeadership]
+    );
+    v.leader = None;
+    v.members.retain(|m| m.guid != "a");
+    for m in v.members.iter_mut() {
+        m.leader_seen = None;
+    }
+    // Down and stopped: nothing more to do.
+    let d = decide(&obs(
+        "a",
+        local(PgState::Stopped, 100),
+        Some(v.clone()),
+        None,
+    ));
+    assert_eq!((d.role, d.actions.clone()), (NodeRole::Down, vec![]));
+    // 2. The followers detach and never take over while the leader is down for upgrade.
+    for g in ["b", "c"] {
+        let d = decide(&obs(
+            g,
+            local(PgState::Streaming, 100),
+            Some(v.clone()),
+            None,
+        ));
+        assert_eq!(d.actions, vec![Action::Detach], "{}", d.reason);
+        let d = decide(&obs(g, local(PgState::Standby, 100), Some(v.clone()), None));
+        assert!(!acquires(&d), "{g}: {}", d.reason);
+        assert!(d.reason.contains("down for upgrade"), "{}", d.reason);
+    }
+    // 3. down-for-upgrade on b and c: PostgreSQL stopped cleanly (no fencing, no diverged mark).
+    v.down_for_upgrade.push(down_record("b", false));
+    v.down_for_upgrade.push(down_record("c", false));
+    let d = decide(&obs(
+        "b",
+        local(PgState::Standby, 100),
+        Some(v.clone()),
+        None,
+    ));
+    assert_eq!(
+        (d.role, d.actions),
+        (NodeRole::Down, vec![Action::StopPostgres])
+    );
+    // 4. upgrade on b and c (followers first): still nobody leads while a is down.
+    v.down_for_upgrade.retain(|d| d.guid == "a");
+    for g in ["b", "c"] {
+        let d = decide(&obs(g, local(PgState::Stopped, 100), Some(v.clone()), None));
+        assert_eq!(d.actions, vec![Action::StartStandby], "{}", d.reason);
+        let d = decide(&obs(g, local(PgState::Standby, 100), Some(v.clone()), None));
+        assert!(!acquires(&d), "{g}: {}", d.reason);
+    }
+    // 5. upgrade on a (last): its record is marked returning, it starts as a standby and
+    // posts its position while b and c still wait.
+    v.down_for_upgrade[0].returning = true;
+    let d = decide(&obs(
+        "a",
+        local(PgState::Stopped, 100),
+        Some(v.clone()),
+        None,
+    ));
+    assert_eq!(d.actions, vec![Action::StartStandby], "{}", d.reason);
+    let d = decide(&obs(
+        "a",
+        local(PgState::Standby, 100),
+        Some(v.clone()),
+        None,
+    ));
+    assert!(!acquires(&d), "{}", d.reason);
+    v.members.push(member("a", 100, 3, None));
+    for g in ["b", "c"] {
+        let d = decide(&obs(g, local(PgState::Standby, 100), Some(v.clone()), None));
+        assert!(!acquires(&d), "{g}: {}", d.reason);
+    }
+    // Then the record goes: a held the last term and goes first, b and c defer to it.
+    v.down_for_upgrade.clear();
+    for g in ["b", "c"] {
+        let d = decide(&obs(g, local(PgState::Standby, 100), Some(v.clone()), None));
+        assert!(!acquires(&d), "{g}: {}", d.reason);
+        assert!(d.reason.contains("goes first"), "{}", d.reason);
+    }
+    let d = decide(&obs(
+        "a",
+        local(PgState::Standby, 100),
+        Some(v.clone()),
+        None,
+    ));
+    assert_eq!(
+        d.actions,
+        vec![Action::AcquireLeadership { term: 4 }],
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
+fn a_more_advanced_follower_still_wins_after_a_full_downtime_upgrade() {
+    let mut v = view(
+        None,
+        3,
+        vec![member("a", 100, 3, None), member("b", 120, 3, None)],
+        &["a", "b", "c"],
+    );
+    v.last_leader = Some(leader("a", 3));
+    let d = decide(&obs(
+        "a",
+        local(PgState::Standby, 100),
+        Some(v.clone()),
+        None,
+    ));
+    assert!(
+        !acquires(&d) && d.reason.contains("more advanced"),
+        "{}",
+        d.reason
+    );
+    let d = decide(&obs("b", local(PgState::Standby, 120), Some(v), None));
+    assert!(acquires(&d), "{}", d.reason);
+}
+
+#[test]
+fn requests_are_refused_while_down_for_upgrade() {
+    let mut v = view(None, 3, vec![member("b", 100, 3, None)], &["a", "b"]);
+    v.down_for_upgrade.push(down_record("a", true));
+    let mut o = obs("a", local(PgState::Stopped, 100), Some(v), None);
+    o.request = Some(OperatorRequest::ForceLeader);
+    let d = decide(&o);
+    assert!(
+        matches!(&d.actions[..], [Action::RefuseRequest { reason }] if reason.contains("down for upgrade")),
+        "{:?}",
+        d.actions
+    );
+}
+
+#[test]
+fn the_node_being_upgraded_does_not_run_for_leader() {
+    let mut v = view(
+        None,
+        3,
+        vec![member("a", 100, 3, None), member("b", 100, 3, None)],
+        &["a", "b", "c"],
+    );
+    v.upgrade_lock = Some(crate::model::UpgradeLock {
+        guid: "a".into(),
+        name: "node-a".into(),
+        started_unix_ms: 1,
+    });
+    let d = decide(&obs(
+        "a",
+        local(PgState::Standby, 100),
+        Some(v.clone()),
+        None,
+    ));
+    assert!(!acquires(&d), "{}", d.reason);
+    assert!(d.reason.contains("being upgraded"), "{}", d.reason);
+    // b may, and does not wait for a although a is equally advanced with a lower GUID.
+    let d = decide(&obs("b", local(PgState::Standby, 100), Some(v), None));
+    assert!(acquires(&d), "{}", d.reason);
+}
+
+#[test]
+fn protocol_is_raised_only_once_every_member_speaks_the_new_one() {
+    let mine = crate::version::PROTOCOL;
+    let mut v = view(
+        Some(leader("a", 2)),
+        2,
+        vec![primary("a", 10, 2), member("b", 10, 2, Some("a"))],
+        &["a", "b"],
+    );
+    v.nodes = ["a", "b"]
+        .iter()
+        .map(|g| NodeRecord {
+            guid: g.to_string(),
+            name: g.to_string(),
+            address: String::new(),
+        })
+        .collect();
+    v.protocol = Some(mine - 1);
+    let raise = Action::RecordProtocol {
+        from: Some(mine - 1),
+        version: mine,
+    };
+    let at = |v: &DcsView| {
+        decide(&obs(
+            "a",
+            local(PgState::Primary, 10),
+            Some(v.clone()),
+            lease(2, 20_000),
+        ))
+    };
+    assert!(at(&v).actions.contains(&raise), "{:?}", at(&v).actions);
+    // b still runs the previous release: not yet.
+    v.members[1].protocol = mine - 1;
+    assert!(!at(&v).actions.contains(&raise));
+    // b is down (no status): not yet either.
+    v.members.truncate(1);
+    assert!(!at(&v).actions.contains(&raise));
 }
