@@ -405,7 +405,7 @@ impl Ctx {
         let mut done = Vec::new();
         let mut n = self.node.clone();
         n.cfg = new.clone();
-        if new.postgresql != old.postgresql {
+        if new.postgresql != old.postgresql || new.backup != old.backup {
             if let Err(e) = postgres::write_config(&n) {
                 return Response::err(format!("cannot write PostgreSQL config: {e}"));
             }
@@ -413,7 +413,9 @@ impl Ctx {
                 || new.postgresql.max_connections != old.postgresql.max_connections
                 || new.postgresql.shared_buffers != old.postgresql.shared_buffers
                 || new.postgresql.max_wal_senders != old.postgresql.max_wal_senders
-                || new.postgresql.max_replication_slots != old.postgresql.max_replication_slots;
+                || new.postgresql.max_replication_slots != old.postgresql.max_replication_slots
+                // archive_mode changes only at a restart.
+                || new.backup.enabled() != old.backup.enabled();
             if restart_needed {
                 done.push("postgresql: settings written; they need a restart: run `larder restart postgresql` (on the leader, `larder demote` first)".to_string());
             } else {

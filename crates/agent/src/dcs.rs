@@ -255,6 +255,25 @@ impl Dcs {
         Ok(resp.kvs().iter().map(to_kv).collect())
     }
 
+    /// A prefix read answered by the member itself, without a quorum (possibly stale): what
+    /// this member last knew, for recovering from the loss of a majority.
+    pub async fn get_prefix_local(&self, prefix: &str) -> Result<Vec<Kv>, DcsError> {
+        let prefix = prefix.to_string();
+        let resp = self
+            .call(|mut c| {
+                let prefix = prefix.clone();
+                async move {
+                    c.get(
+                        prefix,
+                        Some(GetOptions::new().with_prefix().with_serializable()),
+                    )
+                    .await
+                }
+            })
+            .await?;
+        Ok(resp.kvs().iter().map(to_kv).collect())
+    }
+
     pub async fn put(&self, key: &str, value: &[u8], lease: Option<i64>) -> Result<(), DcsError> {
         let (key, value) = (key.to_string(), value.to_vec());
         self.call(|mut c| {

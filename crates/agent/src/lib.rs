@@ -31,6 +31,7 @@ pub mod leader_check;
 pub mod markers;
 pub mod node;
 pub mod operator;
+pub mod pgbackrest;
 pub mod pki;
 pub mod postgres;
 pub mod raft_placement;

@@ -32,7 +32,7 @@ fn tls_dir(node: &Node) -> PathBuf {
     node.paths.data_dir().join("postgresql/tls")
 }
 
-fn chown(node: &Node, path: &Path) -> Result<(), PgError> {
+pub(crate) fn chown(node: &Node, path: &Path) -> Result<(), PgError> {
     if let Some((uid, gid)) = node.pg_user {
         nix::unistd::chown(
             path,
@@ -178,12 +178,14 @@ pub async fn initdb(node: &Node) -> Result<(), PgError> {
 pub fn write_config(node: &Node) -> Result<bool, PgError> {
     let data = node.paths.pg_data();
     let tls = tls_dir(node);
+    let archive = crate::pgbackrest::write_conf(node)?;
     let conf = pgconf::render_postgresql_conf(
         &node.cfg,
         &node.paths.pg_socket_dir().display().to_string(),
         &tls.join("server.crt").display().to_string(),
         &tls.join("server.key").display().to_string(),
         &tls.join("ca.crt").display().to_string(),
+        archive.as_deref(),
     );
     let mut changed = write_if_changed(node, &data.join("larder.conf"), &conf)?;
     changed |= write_if_changed(

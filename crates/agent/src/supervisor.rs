@@ -185,7 +185,13 @@ impl Supervisor {
         if let Some(pid) = pid {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
             let deadline = Instant::now() + grace;
-            while self.state(name).map(|s| s.running).unwrap_or(false) {
+            // Wait for *this* process to end: the HA loop may start the service again
+            // meanwhile (a leader restarts its PostgreSQL), and waiting for "not running"
+            // would then never end.
+            while self
+                .state(name)
+                .is_some_and(|s| s.running && s.pid == Some(pid))
+            {
                 if Instant::now() >= deadline {
                     let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 }

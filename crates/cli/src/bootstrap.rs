@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct CreateArgs {
-    /// Re-seed the cluster from this surviving node after quorum loss (not available yet).
+    /// Rebuild the cluster around this surviving node after a majority of members is lost.
     #[arg(long)]
     quorum_loss_recovery: bool,
     #[arg(short, long)]
@@ -33,6 +33,29 @@ pub struct CreateArgs {
     /// Node name (writes larder.toml when none exists; default: host name).
     #[arg(long)]
     fqdn: Option<String>,
+    /// Data to restore before the agent first starts (`larder restore`).
+    #[arg(skip)]
+    restore: Option<crate::backup::RestorePlan>,
+}
+
+/// `create-cluster` on restored data (`larder restore` wrote the config and secrets).
+pub async fn create_cluster_restoring(
+    paths: &Paths,
+    plan: crate::backup::RestorePlan,
+) -> anyhow::Result<()> {
+    create_cluster(
+        paths,
+        CreateArgs {
+            quorum_loss_recovery: false,
+            yes: true,
+            etcd_wait_time: 30,
+            elasticsearch_wait_time: 30,
+            publish_address: None,
+            fqdn: None,
+            restore: Some(plan),
+        },
+    )
+    .await
 }
 
 #[derive(clap::Args)]
@@ -210,9 +233,7 @@ fn new_secrets() -> anyhow::Result<Secrets> {
 
 pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> {
     if a.quorum_loss_recovery {
-        bail!(
-            "`create-cluster --quorum-loss-recovery` is not available yet in this Larder release"
-        );
+        return crate::recovery::quorum_loss_recovery(paths, a.yes).await;
     }
     check_privileges(paths)?;
     refuse_if_configured(paths)?;
@@ -227,7 +248,7 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
         a.yes,
     )?;
 
-    let mut steps = Steps::new(7);
+    let mut steps = Steps::new(if a.restore.is_some() { 8 } else { 7 });
     steps.step("writing configuration, secrets and certificates");
     // A secrets file written by `import-chef-backend` is kept: the frontends' passwords stay.
     let imported = paths.secrets_file().exists();
@@ -256,6 +277,11 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
         created_unix: larder_agent::clock::unix_ms() / 1000,
     };
     state.save(&paths.node_state_file())?;
+
+    if let Some(plan) = &a.restore {
+        steps.step("restoring PostgreSQL from the backup and running its recovery");
+        crate::backup::restore_data(paths, plan).await?;
+    }
 
     steps.step("starting the agent");
     crate::agent_process::start_agent(paths)?;

@@ -4,6 +4,7 @@
 mod agent_client;
 mod agent_log;
 mod agent_process;
+mod backup;
 mod bootstrap;
 mod cluster_ops;
 mod dev;
@@ -12,7 +13,9 @@ mod import_chef;
 mod local;
 mod progress;
 mod prompt;
+mod recovery;
 mod report;
+mod seal;
 mod upgrade;
 
 use clap::{Parser, Subcommand};
@@ -118,21 +121,11 @@ pub enum Cmd {
     /// Full-downtime upgrade, step 1: take this node down (the leader first, then each
     /// follower); then `upgrade` on the followers, the old leader last.
     DownForUpgrade,
-    /// Back up this node's data (not available yet).
-    Backup {
-        #[arg(short, long)]
-        force: bool,
-        #[arg(short, long)]
-        yes: bool,
-    },
-    /// Build a new cluster from a backup (not available yet).
-    Restore {
-        path: String,
-        #[arg(short = 'd', long)]
-        staging_dir: Option<String>,
-        #[arg(short, long)]
-        yes: bool,
-    },
+    /// Back up the cluster with pgBackRest (full, diff or incr; `--list` shows the backups).
+    Backup(backup::BackupArgs),
+    /// Build a new single-node cluster on this node from a backup (optionally to a point in
+    /// time); the other nodes then join it.
+    Restore(backup::RestoreArgs),
     /// Collect logs, redacted configuration, status and diagnostics into one support tarball.
     GatherLogs(gather_logs::GatherArgs),
     /// Write larder.toml and Larder's secrets from a Chef Backend node's chef-backend.rb and
@@ -265,8 +258,8 @@ async fn run(cmd: Cmd, paths: Paths) -> anyhow::Result<()> {
             upgrade::upgrade(&paths, args).await
         }
         Cmd::DownForUpgrade => upgrade::down_for_upgrade(&paths).await,
-        Cmd::Backup { .. } => not_yet("backup"),
-        Cmd::Restore { .. } => not_yet("restore"),
+        Cmd::Backup(a) => backup::backup(&paths, a).await,
+        Cmd::Restore(a) => backup::restore(&paths, a).await,
         Cmd::GatherLogs(a) => gather_logs::gather_logs(&paths, a).await,
         Cmd::ImportChefBackend(a) => import_chef::import_chef_backend(&paths, a),
         Cmd::HaStatus => not_yet("ha-status"),

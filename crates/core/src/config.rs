@@ -65,6 +65,38 @@ pub struct Config {
     pub leaderl: LeaderlConfig,
     pub elasticsearch: SearchConfig,
     pub log_rotation: LogRotation,
+    pub backup: BackupConfig,
+}
+
+/// Backups and WAL archiving through pgBackRest (`larder backup`, `larder restore`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// The pgBackRest repository: a directory every node can write (a mount shared by the
+    /// nodes, so archiving follows the leader), or empty for no backups. With
+    /// `backup.pgbackrest` options (`repo1-type = "s3"`, …) it is the path inside the store.
+    pub repo_path: String,
+    /// Full backups kept (older ones and their WAL are expired after each backup).
+    pub retention_full: u32,
+    /// Extra pgBackRest options for the `[global]` section, passed through unchanged
+    /// (`repo1-type`, `repo1-s3-bucket`, `process-max`, …).
+    pub pgbackrest: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            repo_path: String::new(),
+            retention_full: 2,
+            pgbackrest: Default::default(),
+        }
+    }
+}
+
+impl BackupConfig {
+    pub fn enabled(&self) -> bool {
+        !self.repo_path.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -165,6 +197,7 @@ impl Default for Config {
             leaderl: LeaderlConfig::default(),
             elasticsearch: SearchConfig::default(),
             log_rotation: LogRotation::default(),
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -393,6 +426,15 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "rotate a service log at this size",
     ),
     ("log_rotation.num_to_keep", "rotated logs kept per service"),
+    (
+        "backup.repo_path",
+        "pgBackRest repository: a directory all nodes mount (archiving follows the leader); empty = no backups",
+    ),
+    ("backup.retention_full", "full backups kept"),
+    (
+        "backup.pgbackrest",
+        "extra pgBackRest [global] options passed through (repo1-type, repo1-s3-bucket, ...)",
+    ),
 ];
 
 impl Config {
@@ -423,6 +465,19 @@ impl Config {
             key: key.to_string(),
             message,
         };
+        for (k, v) in &self.backup.pgbackrest {
+            crate::backup::check_option(k, v)
+                .map_err(|m| bad(&format!("backup.pgbackrest.{k}"), m))?;
+        }
+        if self.backup.enabled() && !self.backup.repo_path.starts_with('/') {
+            return Err(bad(
+                "backup.repo_path",
+                format!(
+                    "{:?} is not an absolute path; give the repository directory (shared by the nodes) as an absolute path",
+                    self.backup.repo_path
+                ),
+            ));
+        }
         if self.fqdn.is_empty() {
             return Err(bad("fqdn", "must not be empty".into()));
         }
@@ -860,7 +915,11 @@ mod tests {
         let s = sample_config();
         for (k, _) in KEY_DOCS {
             let leaf = k.rsplit('.').next().unwrap();
-            assert!(s.contains(&format!("\n{leaf} = ")), "missing {k}");
+            // A free-form table (`backup.pgbackrest`) appears as its header.
+            assert!(
+                s.contains(&format!("\n{leaf} = ")) || s.contains(&format!("\n[{k}]")),
+                "missing {k}"
+            );
         }
         let c = Config::parse(&s, "sample").unwrap();
         assert_eq!(c.fqdn, "backend1.example.com");

@@ -12,6 +12,7 @@
 //! - [`chef_backend`]: reading chef-backend.rb and its secrets for `import-chef-backend`
 //! - [`keys`]: the etcd layout; [`lease`]: fencing arithmetic; [`health`]: derived health facts
 
+pub mod backup;
 pub mod check_phase;
 pub mod chef_backend;
 pub mod config;

@@ -40,8 +40,23 @@ pub fn render_postgresql_conf(
     tls_cert: &str,
     tls_key: &str,
     ca: &str,
+    archive_command: Option<&str>,
 ) -> String {
     let pg = &cfg.postgresql;
+    // The primary archives (pgBackRest refuses `always`: a standby's copy of a segment may
+    // differ from the primary's); after a failover the new leader archives what the old one
+    // never did (`crate::backup`). Off without a repository: with archiving on and nowhere to
+    // put it, WAL would pile up until the disk is full.
+    let archive = match archive_command {
+        Some(cmd) => [
+            "archive_mode = on".to_string(),
+            format!("archive_command = '{}'", cmd.replace('\'', "''")),
+        ],
+        None => [
+            "archive_mode = off".to_string(),
+            "archive_command = ''".to_string(),
+        ],
+    };
     let lines = [
         format!("listen_addresses = '{}'", cfg.publish_address),
         format!("port = {}", pg.port),
@@ -76,7 +91,7 @@ pub fn render_postgresql_conf(
         "log_line_prefix = '%m [%p] %q%u@%d '".into(),
     ];
     let mut out = String::from("# Managed by Larder; edits are overwritten.\n");
-    for l in lines {
+    for l in lines.into_iter().chain(archive) {
         out.push_str(&l);
         out.push('\n');
     }
@@ -137,7 +152,21 @@ mod tests {
 
     #[test]
     fn conf_binds_publish_address_and_enables_tls() {
-        let c = render_postgresql_conf(&cfg(&[]), "/run/x", "/c.pem", "/k.pem", "/ca.pem");
+        let c = render_postgresql_conf(&cfg(&[]), "/run/x", "/c.pem", "/k.pem", "/ca.pem", None);
+        assert!(c.contains("archive_mode = off\n"), "{c}");
+        let a = render_postgresql_conf(
+            &cfg(&[]),
+            "/run/x",
+            "/c.pem",
+            "/k.pem",
+            "/ca.pem",
+            Some("pgbackrest --config=/p/it's.conf archive-push %p"),
+        );
+        assert!(a.contains("archive_mode = on\n"), "{a}");
+        assert!(
+            a.contains("archive_command = 'pgbackrest --config=/p/it''s.conf archive-push %p'\n"),
+            "{a}"
+        );
         assert!(c.contains("listen_addresses = '10.0.0.1'"));
         assert!(c.contains("ssl = on"));
         assert!(c.contains("wal_log_hints = on"));

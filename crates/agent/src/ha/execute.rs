@@ -78,6 +78,10 @@ impl HaLoop {
                 mark_diverged(&node, false);
                 self.intent.following = None;
                 tracing::info!("promoted PostgreSQL to primary");
+                if node.cfg.backup.enabled() {
+                    // In the background: archiving never holds up a promotion.
+                    tokio::spawn(crate::pgbackrest::catch_up_after_promotion(node.clone()));
+                }
                 // Observe the primary now, so /leader answers 200 without waiting a loop.
                 self.wake.notify_one();
             }
