@@ -15,6 +15,7 @@
 //!   [`larder`] (the `larder` binary), both behind [`cluster::Cluster`].
 //! - [`scenario`] runs the failover benchmark trials, [`schedule`] the randomized fault
 //!   schedule, [`steady`] the no-spurious-failover run (delay on every link + pgbench).
+//! - [`upgrade_bench`]: helpers of the rolling-upgrade benchmark (bench/upgrade/).
 
 pub mod bridge;
 pub mod checker;
@@ -42,6 +43,7 @@ pub mod schedule;
 pub mod stats;
 pub mod steady;
 pub mod teardown;
+pub mod upgrade_bench;
 pub mod workload;
 
 pub use error::{Error, Result};

@@ -95,6 +95,19 @@ struct Common {
 enum Cmd {
     /// Remove leftovers of killed runs (namespaces, links, mounts named lf*).
     Cleanup,
+    /// Print haproxy's configuration as a Chef frontend writes it for Chef Backend, listening
+    /// on `--bind` (bench/upgrade/run.sh puts it beside a loopback cluster).
+    HaproxyConfig {
+        /// Address the proxied services listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        /// A backend node as NAME=IP (repeat per node).
+        #[arg(long = "server", value_name = "NAME=IP", required = true)]
+        servers: Vec<String>,
+        /// Proxy PostgreSQL (5432) only, not search (9200).
+        #[arg(long)]
+        pg_only: bool,
+    },
     /// Re-measure the trial windows of a saved benchmark directory (result.json +
     /// history.jsonl) over whole trial periods, as `bench` now does.
     Remeasure { dir: PathBuf },
@@ -202,6 +215,17 @@ fn main() -> Result<()> {
             for d in done {
                 println!("removed {d}");
             }
+            Ok(())
+        }
+        Cmd::HaproxyConfig {
+            bind,
+            servers,
+            pg_only,
+        } => {
+            print!(
+                "{}",
+                larder_faults::upgrade_bench::haproxy_config(&bind, &servers, pg_only)?
+            );
             Ok(())
         }
         Cmd::Remeasure { dir } => remeasure_saved(&dir),
