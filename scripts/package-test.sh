@@ -52,6 +52,15 @@ dpkg -i "$deb"
 kill -0 "$agent" || fail "the agent stopped during the package upgrade"
 wait_leader
 
+step "larder upgrade: the single node restarts on the installed build and is verified writable"
+larder upgrade || fail "larder upgrade exited $? on the single-node cluster"
+new_agent=$(cat /run/larder/agent.pid)
+[ "$new_agent" != "$agent" ] || fail "larder upgrade did not restart the agent (pid $agent)"
+kill -0 "$new_agent" || fail "the agent (pid $new_agent) does not run after larder upgrade"
+wait_leader
+larder cluster-status
+agent=$new_agent
+
 step "dpkg -r: agent stopped, configuration and data kept"
 dpkg -r larder
 [ ! -e /usr/bin/larder ] || fail "/usr/bin/larder still present after dpkg -r"

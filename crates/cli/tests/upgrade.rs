@@ -375,3 +375,23 @@ fn full_downtime_upgrade_in_the_documented_order() {
     let st = l.status_json().unwrap();
     assert_eq!(st["upgrade"]["down"], serde_json::json!([]), "{st}");
 }
+
+/// A one-node cluster upgrades in place: the lock holder is the only voter, so it leads again
+/// and the upgrade verifies (the lock does not keep it leaderless).
+#[test]
+fn single_node_upgrade_leads_again() {
+    let c = Cluster::create(40);
+    let n = &c.nodes[0];
+    c.wait_leader(None, T);
+    let before = n.agent_pid();
+    let out = new_ok(n, &["upgrade", "--timeout", "60"]);
+    assert!(out.contains("writable again"), "{out}");
+    assert_ne!(n.agent_pid(), before, "the agent was not restarted");
+    assert!(n.is_leader());
+    let st = n.status_json().unwrap();
+    assert_eq!(
+        st["upgrade"]["lock"],
+        serde_json::Value::Null,
+        "lock left behind: {st}"
+    );
+}

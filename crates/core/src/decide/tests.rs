@@ -1569,6 +1569,18 @@ fn the_node_being_upgraded_does_not_run_for_leader() {
 }
 
 #[test]
+fn a_single_node_being_upgraded_leads_again() {
+    let mut v = view(None, 3, vec![], &["a"]);
+    v.upgrade_lock = Some(crate::model::UpgradeLock {
+        guid: "a".into(),
+        name: "node-a".into(),
+        started_unix_ms: 1,
+    });
+    let d = decide(&obs("a", local(PgState::Standby, 100), Some(v), None));
+    assert!(acquires(&d), "{}", d.reason);
+}
+
+#[test]
 fn protocol_is_raised_only_once_every_member_speaks_the_new_one() {
     let mine = crate::version::PROTOCOL;
     let mut v = view(

@@ -10,7 +10,8 @@
 //!   record goes, the election runs as usual, and the node that held the last term wins a tie,
 //!   so the old leader leads again.
 //! - A node being upgraded (it holds the upgrade lock) may not run for leader until its rejoin
-//!   is verified and the lock released.
+//!   is verified and the lock released — unless it is the only voter, which must lead again
+//!   for its upgrade to verify.
 
 use super::{Action, DcsView, Decision, Observation, OperatorRequest};
 use crate::model::{NodeRole, PgState};
@@ -73,7 +74,9 @@ pub(super) fn blocks_election(obs: &Observation, dcs: &DcsView) -> Option<String
             d.name
         ));
     }
-    if being_upgraded(dcs, &obs.me) {
+    // A single node being upgraded must lead again to be verified (nobody else could).
+    let alone = dcs.voters.iter().all(|v| *v == obs.me);
+    if being_upgraded(dcs, &obs.me) && !alone {
         return Some("this node is being upgraded (its rejoin is not verified yet)".into());
     }
     None
