@@ -580,7 +580,15 @@ fn follow(obs: &Observation, dcs: &DcsView, leader: LeaderRecord) -> Decision {
             "starting PostgreSQL to follow the leader",
         );
     }
-    let role = if l.pg == PgState::Streaming && healthy(obs) {
+    // Streaming on an older timeline than the leader's is a standby that keeps reconnecting
+    // and failing (its WAL went past the fork point): not a follower yet.
+    let leader_tli = dcs
+        .members
+        .iter()
+        .find(|m| m.guid == leader.guid)
+        .map(|m| m.position.timeline);
+    let current = leader_tli.is_none_or(|t| l.position.timeline >= t);
+    let role = if l.pg == PgState::Streaming && healthy(obs) && current {
         NodeRole::Follower
     } else {
         NodeRole::Ineligible

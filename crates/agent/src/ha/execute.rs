@@ -223,6 +223,9 @@ impl HaLoop {
         let syncing = self.syncing.clone();
         self.intent.following = Some(leader.guid.clone());
         self.intent.not_streaming_since = None;
+        // Rewinding a former primary may find nothing to do; rewinding a follower that could not
+        // stream and finding nothing to do means a rewind cannot fix it: clone next time.
+        let was_diverged = diverged_marker(&node).exists();
         tokio::spawn(async move {
             let _ = sup.stop(postgres::SERVICE, Duration::from_secs(30)).await;
             let result = if full {
@@ -246,6 +249,12 @@ impl HaLoop {
                     sensors.copy.lock().unwrap().error = None;
                     if full {
                         let _ = std::fs::remove_file(rewind_failed_marker(&node));
+                    } else if !was_diverged && msg.contains("no rewind required") {
+                        tracing::warn!(
+                            "{} could not be followed and pg_rewind found nothing to rewind: re-cloning",
+                            leader.name
+                        );
+                        let _ = std::fs::write(rewind_failed_marker(&node), &leader.guid);
                     }
                 }
                 Err(e) => {

@@ -79,8 +79,19 @@ impl HaLoop {
             self.intent.etcd_failures = 0;
         }
         let leader = view.and_then(|v| v.leader.as_ref()).map(|l| l.guid.clone());
+        // A standby that keeps reconnecting on an older timeline than the leader's (its WAL
+        // went past the fork point) reports "streaming" for a moment each time; it is not
+        // following, and the rejoin timer must keep running.
+        let leader_tli = view
+            .and_then(|v| {
+                let l = v.leader.as_ref()?;
+                v.members.iter().find(|m| m.guid == l.guid)
+            })
+            .map(|m| m.position.timeline);
+        let behind =
+            matches!((pg.as_ref(), leader_tli), (Some(p), Some(t)) if p.position.timeline < t);
         match pg.as_ref().map(|p| p.state) {
-            Some(PgState::Streaming) => self.intent.not_streaming_since = None,
+            Some(PgState::Streaming) if !behind => self.intent.not_streaming_since = None,
             _ => {
                 if self.intent.following.is_some() && self.intent.not_streaming_since.is_none() {
                     self.intent.not_streaming_since = Some(now);

@@ -49,8 +49,13 @@ pub(super) fn leader_actions(
             ));
         }
     }
+    // On the leader's timeline: a standby still on an older one cannot receive the shutdown
+    // checkpoint the hand-over waits for.
     let ready = |m: &crate::model::MemberStatus| {
-        m.guid != obs.me && m.pg == PgState::Streaming && m.failover_enabled
+        m.guid != obs.me
+            && m.pg == PgState::Streaming
+            && m.failover_enabled
+            && m.position.timeline >= obs.local.position.timeline
     };
     let target_ok = match &req.target {
         Some(t) => dcs.members.iter().any(|m| &m.guid == t && ready(m)),

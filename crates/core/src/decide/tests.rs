@@ -1618,3 +1618,25 @@ fn protocol_is_raised_only_once_every_member_speaks_the_new_one() {
     v.members.truncate(1);
     assert!(!at(&v).actions.contains(&raise));
 }
+
+/// A standby whose WAL went past the leader's fork point keeps reconnecting on the old
+/// timeline: it reports streaming for a moment each time, but it is no follower, and no
+/// switchover may target it.
+#[test]
+fn streaming_on_an_older_timeline_is_not_following() {
+    let mut lm = primary("a", 100, 3);
+    lm.position.timeline = 2;
+    let v = view(
+        Some(leader("a", 3)),
+        3,
+        vec![lm, member("b", 100, 3, Some("a"))],
+        &["a", "b"],
+    );
+    let mut l = local(PgState::Streaming, 100);
+    l.following = Some("a".into());
+    let d = decide(&obs("b", l.clone(), Some(v.clone()), None));
+    assert_eq!(d.role, NodeRole::Ineligible, "{}", d.reason);
+    l.position.timeline = 2;
+    let d = decide(&obs("b", l, Some(v), None));
+    assert_eq!(d.role, NodeRole::Follower, "{}", d.reason);
+}
