@@ -60,6 +60,8 @@ pub struct Config {
     /// Virtual IP that follows the leader (legacy Chef HA pattern); empty = none.
     pub vip: String,
     pub vip_interface: String,
+    /// Programs run on role changes (cloud IP moves, notifications); see docs/vip.md.
+    pub hooks: HooksConfig,
     pub postgresql: PostgresqlConfig,
     pub etcd: EtcdConfig,
     pub leaderl: LeaderlConfig,
@@ -96,6 +98,45 @@ impl Default for BackupConfig {
 impl BackupConfig {
     pub fn enabled(&self) -> bool {
         !self.repo_path.is_empty()
+    }
+}
+
+/// Role-change hooks: executable paths (empty = none), run with the role, term, leader and VIP
+/// in their environment, killed after `timeout_ms`. A hook never delays fencing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    pub on_promote: String,
+    pub on_demote: String,
+    pub on_fence: String,
+    pub on_start: String,
+    pub timeout_ms: u64,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            on_promote: String::new(),
+            on_demote: String::new(),
+            on_fence: String::new(),
+            on_start: String::new(),
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl HooksConfig {
+    /// (event, path) of every configured hook.
+    pub fn configured(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("on_promote", self.on_promote.as_str()),
+            ("on_demote", self.on_demote.as_str()),
+            ("on_fence", self.on_fence.as_str()),
+            ("on_start", self.on_start.as_str()),
+        ]
+        .into_iter()
+        .filter(|(_, p)| !p.is_empty())
+        .collect()
     }
 }
 
@@ -145,6 +186,8 @@ pub struct LeaderlConfig {
     /// The leader stops writes this long before its lease can expire (measured from the last
     /// renewal it saw succeed), covering PostgreSQL stop time and clock-rate drift.
     pub fence_margin_ms: u64,
+    /// The leader removes the VIP this long before its fencing deadline (see `decide::vip`).
+    pub vip_margin_ms: u64,
     /// Timeout of a single etcd or PostgreSQL call made by the loop.
     pub db_timeout: u64,
     /// A follower pointed at the leader that has not streamed for this long is rewound (its
@@ -192,6 +235,7 @@ impl Default for Config {
             hide_sensitive: true,
             vip: String::new(),
             vip_interface: String::new(),
+            hooks: HooksConfig::default(),
             postgresql: PostgresqlConfig::default(),
             etcd: EtcdConfig::default(),
             leaderl: LeaderlConfig::default(),
@@ -250,6 +294,8 @@ impl Default for LeaderlConfig {
             // Covers noticing the deadline (the loop wakes at it) and an immediate shutdown
             // (~0.1 s), and leaves 1.7 s of renewal failures to ride out an etcd election.
             fence_margin_ms: 1000,
+            // Covers `ip addr del` and the loop waking at the VIP deadline.
+            vip_margin_ms: 300,
             db_timeout: 500,
             rejoin_timeout_ms: 15_000,
             required_active_followers: 0,
@@ -291,6 +337,80 @@ impl Default for LogRotation {
     }
 }
 
+impl Config {
+    /// The VIP and hook settings (the host checks — interface present, address free — are the
+    /// agent's, `larder_agent::vip::check_host`).
+    fn validate_vip(&self, file: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        for (event, path) in self.hooks.configured() {
+            if !path.starts_with('/') {
+                return Err(bad(
+                    &format!("hooks.{event}"),
+                    format!("{path:?} must be an absolute path"),
+                ));
+            }
+        }
+        if self.hooks.timeout_ms == 0 {
+            return Err(bad("hooks.timeout_ms", "must be at least 1 ms".into()));
+        }
+        if self.vip.is_empty() {
+            if !self.vip_interface.is_empty() {
+                return Err(bad(
+                    "vip_interface",
+                    "set without `vip`: set both or neither".into(),
+                ));
+            }
+            return Ok(());
+        }
+        let vip: IpAddr = self
+            .vip
+            .parse()
+            .map_err(|_| bad("vip", format!("{:?} is not an IP address", self.vip)))?;
+        if !vip.is_ipv4() {
+            return Err(bad(
+                "vip",
+                format!("{vip}: only IPv4 VIPs are supported (announced by gratuitous ARP)"),
+            ));
+        }
+        if self.publish_address.parse::<IpAddr>().ok() == Some(vip) {
+            return Err(bad(
+                "vip",
+                format!("{vip} is this node's publish_address; the VIP must be a spare address"),
+            ));
+        }
+        let i = &self.vip_interface;
+        if i.is_empty() {
+            return Err(bad(
+                "vip_interface",
+                "required with `vip` (join-cluster -i IFACE)".into(),
+            ));
+        }
+        if i.len() > 15 || !i.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
+            return Err(bad("vip_interface", format!("{i:?} is not an interface name")));
+        }
+        // The leader must be able to hold the VIP for a whole second (the kernel lifetime's
+        // unit) after one missed renewal, before the hard bound in front of the fencing
+        // deadline; otherwise it could never be added.
+        let l = &self.leaderl;
+        let steady = (l.leader_ttl_seconds * 1000)
+            .saturating_sub(l.fence_margin_ms + l.loop_interval_ms + l.vip_margin_ms);
+        let need = 1000 + crate::decide::vip::KERNEL_SLACK_MS;
+        if steady < need {
+            return Err(bad(
+                "leaderl.vip_margin_ms",
+                format!(
+                    "with a VIP the lease must leave {need} ms after leaderl.fence_margin_ms, one leaderl.loop_interval_ms and leaderl.vip_margin_ms ({steady} ms left); raise leaderl.leader_ttl_seconds or lower the margins"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Every valid dotted key with its default and a one-line explanation, for
 /// `gen-sample-backend-config` and for "did you mean" suggestions.
 pub const KEY_DOCS: &[(&str, &str)] = &[
@@ -308,7 +428,27 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "vip",
         "virtual IP that follows the leader (legacy Chef HA pattern); empty = none",
     ),
-    ("vip_interface", "interface the VIP is added to"),
+    (
+        "vip_interface",
+        "interface the VIP is added to (join-cluster -i); required with vip",
+    ),
+    (
+        "hooks.on_promote",
+        "program run when this node becomes the writable leader; empty = none",
+    ),
+    (
+        "hooks.on_demote",
+        "program run when this node hands leadership over (switchover, shutdown)",
+    ),
+    (
+        "hooks.on_fence",
+        "program run after this node fenced itself (lease lost)",
+    ),
+    ("hooks.on_start", "program run when the agent starts"),
+    (
+        "hooks.timeout_ms",
+        "a hook still running after this long is killed, ms",
+    ),
     ("postgresql.port", "PostgreSQL port"),
     (
         "postgresql.db_superuser",
@@ -374,6 +514,10 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     (
         "leaderl.fence_margin_ms",
         "the leader stops writes this long before its lease can expire, ms",
+    ),
+    (
+        "leaderl.vip_margin_ms",
+        "the leader removes the VIP this long before its fencing deadline, ms",
     ),
     (
         "leaderl.db_timeout",
@@ -604,6 +748,7 @@ impl Config {
                 ),
             ));
         }
+        self.validate_vip(file)?;
         if l.rejoin_timeout_ms < 1_000 {
             return Err(bad(
                 "leaderl.rejoin_timeout_ms",

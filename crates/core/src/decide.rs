@@ -47,6 +47,8 @@ pub struct Observation {
     pub own_checks: Vec<CheckPhase>,
     /// What an operator asked this agent for (control socket), if anything.
     pub request: Option<OperatorRequest>,
+    /// The VIP that follows the leader, when one is configured (see [`vip`]).
+    pub vip: Option<vip::VipView>,
 }
 
 /// Operator intent delivered to the loop through the local control socket.
@@ -178,6 +180,13 @@ pub enum Action {
     /// Mark the data directory for a re-sync (`full`: base backup, else rewind); the following
     /// decisions carry it out like any rejoin.
     MarkResync { full: bool },
+    /// Leader, PostgreSQL writable: add the VIP with this kernel lifetime and announce it
+    /// (gratuitous ARP). See [`vip`].
+    AddVip { lifetime_s: u32 },
+    /// Leader holding the VIP: extend its kernel lifetime (it ends before the fencing deadline).
+    RenewVip { lifetime_s: u32 },
+    /// Remove the VIP from the interface (first, before anything else of the decision).
+    RemoveVip { reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +234,10 @@ pub fn on_shutdown(holds_lease: bool) -> Vec<Action> {
 }
 
 pub fn decide(obs: &Observation) -> Decision {
+    vip::apply(obs, decide_leadership(obs))
+}
+
+fn decide_leadership(obs: &Observation) -> Decision {
     // A cluster whose protocol this build does not speak: never lead in it, never act on it.
     if let Some(Err(why)) = obs
         .dcs
@@ -809,6 +822,7 @@ fn elect(obs: &Observation, dcs: &DcsView) -> Decision {
 mod force;
 mod switchover;
 mod upgrade;
+pub mod vip;
 pub use switchover::{HANDOVER_MS, MAX_WAIT_MS, PLANNED_HOLD_MS};
 
 #[cfg(test)]

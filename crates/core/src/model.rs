@@ -122,6 +122,9 @@ pub struct MemberStatus {
     /// Cluster protocol this member speaks (0 from releases before versions were posted).
     #[serde(default)]
     pub protocol: u32,
+    /// The configured VIP is on this member's interface (see `decide::vip`).
+    #[serde(default)]
+    pub vip_held: bool,
 }
 
 /// Value of the leader key (bound to the leader's lease).

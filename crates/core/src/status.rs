@@ -259,6 +259,7 @@ mod tests {
             lease_expires_unix_ms: None,
             version: String::new(),
             protocol: 0,
+            vip_held: false,
         }
     }
 

@@ -34,6 +34,7 @@ fn member(guid: &str, p: u64, term: u64, leader_seen: Option<&str>) -> MemberSta
         lease_expires_unix_ms: None,
         version: crate::version::VERSION.into(),
         protocol: crate::version::PROTOCOL,
+        vip_held: false,
     }
 }
 
@@ -96,6 +97,7 @@ fn obs(me: &str, local: LocalState, dcs: Option<DcsView>, lease: Option<HeldLeas
         rejoin_timeout_ms: 5000,
         own_checks: vec![],
         request: None,
+        vip: None,
     }
 }
 
