@@ -12,7 +12,8 @@ set -euo pipefail
 # which only libprotobuf-dev ships).
 build=(build-essential pkg-config protobuf-compiler libprotobuf-dev git)
 # Run: the services Larder supervises, and what the agent calls.
-run=(postgresql-15 etcd-server etcd-client ca-certificates procps util-linux mount passwd pgbackrest)
+run=(postgresql-15 etcd-server etcd-client ca-certificates procps util-linux mount passwd pgbackrest
+     iputils-arping)
 # Test and benchmark: frontend routing, fault injection (namespaces, nftables, netem, loop
 # disks), the Python ES/OpenSearch client tests, Debian packaging, fresh-root checks.
 test=(haproxy iproute2 nftables iptables e2fsprogs python3 python3-venv curl psmisc
@@ -41,6 +42,7 @@ commands=(cc protoc git /usr/lib/postgresql/15/bin/postgres /usr/lib/postgresql/
           /usr/lib/postgresql/15/bin/psql /usr/lib/postgresql/15/bin/pg_controldata pgbackrest
           etcd etcdctl haproxy ip tc ss nft iptables losetup
           mount umount mkfs.ext4 kill pkill pgrep ps timeout tail tar df du uname python3 curl useradd
+          arping
           dpkg-deb mmdebstrap)
 absent=()
 for c in "${commands[@]}"; do

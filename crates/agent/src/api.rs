@@ -160,6 +160,8 @@ pub fn ha_status(
             .lock()
             .unwrap()
             .phases(crate::clock::unix_ms()),
+        vip: s.vip.clone(),
+        last_hook: s.last_hook.clone(),
     }
 }
 

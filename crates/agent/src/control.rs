@@ -196,6 +196,18 @@ pub struct HaStatus {
     pub loop_age_ms: Option<u64>,
     /// Frontends' `/leader` check rhythm as seen here (times planned switchovers).
     pub frontend_checks: Vec<larder_core::check_phase::CheckPhase>,
+    /// The VIP that follows the leader (`None`: none configured).
+    pub vip: Option<VipStatus>,
+    /// The last role-change hook that ran and how it ended.
+    pub last_hook: Option<crate::hooks::HookReport>,
+}
+
+/// The configured VIP and whether it is on this node's interface.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VipStatus {
+    pub address: String,
+    pub interface: String,
+    pub present: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -45,6 +45,11 @@ pub struct Snapshot {
     /// The rolling upgrade in progress and the nodes down for a full-downtime upgrade, as
     /// last read from etcd.
     pub upgrade: crate::control::UpgradeState,
+    /// The configured VIP and whether it is on this node's interface (as the loop last saw or
+    /// left it); `None` when no VIP is configured.
+    pub vip: Option<crate::control::VipStatus>,
+    /// The last role-change hook that ran.
+    pub last_hook: Option<crate::hooks::HookReport>,
 }
 
 #[derive(Debug, Clone, Copy)]

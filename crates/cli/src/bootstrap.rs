@@ -66,7 +66,8 @@ pub struct JoinArgs {
     secrets_file_path: String,
     #[arg(short = 'p', long)]
     publish_address: Option<String>,
-    /// Interface for a VIP that follows the leader (refused: not available yet).
+    /// Interface the cluster's VIP is added to on this node (the VIP itself is taken from
+    /// larder.toml, or from the peer's `/status`).
     #[arg(short = 'i', long)]
     vip_interface: Option<String>,
     /// Re-join using this node's saved configuration after remove-node / cleanse.
@@ -197,6 +198,25 @@ fn write_tls(paths: &Paths, secrets: &Secrets, cfg: &Config) -> anyhow::Result<(
     Ok(())
 }
 
+/// The cluster's VIP as a member reports it on its health API (`GET /status`).
+async fn peer_vip(peer: &str, port: u16) -> anyhow::Result<String> {
+    let url = format!("http://{}:{port}/status", url_host(peer));
+    let st: larder_agent::control::HaStatus = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("-i/--vip-interface: reading the cluster's VIP from {url}"))?
+        .json()
+        .await
+        .with_context(|| format!("-i/--vip-interface: {url} did not answer a status"))?;
+    match st.vip {
+        Some(v) => Ok(v.address),
+        None => bail!("-i/--vip-interface: the cluster at {peer} has no VIP configured (set `vip` in its larder.toml, or join without -i); nothing was changed"),
+    }
+}
+
 fn write_config(paths: &Paths, cfg: &Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(paths.config_dir())?;
     std::fs::write(paths.config_file(), cfg.to_toml())?;
@@ -240,6 +260,9 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
     let (cfg, generated) = resolve_config(paths, a.publish_address.as_deref(), a.fqdn.as_deref())?;
     check_address_is_local(&cfg.publish_address)?;
     check_ports(&cfg)?;
+    // The first node: nobody of this cluster can hold the VIP yet, so anyone answering for it
+    // is a conflict.
+    larder_agent::vip::check_host(&cfg, true).await?;
     crate::prompt::confirm_on_terminal(
         &format!(
             "create a new Larder cluster with {} ({}) as its first node and leader?",
@@ -389,9 +412,6 @@ fn restore_saved_config(paths: &Paths) -> anyhow::Result<()> {
 }
 
 pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
-    if let Some(iface) = &a.vip_interface {
-        bail!("-i/--vip-interface {iface}: a VIP that follows the leader is not available in this Larder release; join without -i (frontends find the leader through haproxy's /leader checks); nothing was changed");
-    }
     check_privileges(paths)?;
     let src = std::path::Path::new(&a.secrets_file_path);
     let secrets = Secrets::load(src)?;
@@ -403,9 +423,22 @@ pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
     if a.recovery && !paths.config_file().exists() {
         restore_saved_config(paths)?;
     }
-    let (cfg, generated) = resolve_config(paths, a.publish_address.as_deref(), a.fqdn.as_deref())?;
+    let (mut cfg, mut generated) =
+        resolve_config(paths, a.publish_address.as_deref(), a.fqdn.as_deref())?;
+    if let Some(iface) = &a.vip_interface {
+        if cfg.vip_interface != *iface {
+            if cfg.vip.is_empty() {
+                cfg.vip = peer_vip(&a.peer, cfg.leaderl.http_port).await?;
+            }
+            cfg.vip_interface = iface.clone();
+            cfg.validate(&paths.config_file().display().to_string())?;
+            // Written with the rest of the configuration once the cluster accepted the node.
+            generated = true;
+        }
+    }
     check_address_is_local(&cfg.publish_address)?;
     check_ports(&cfg)?;
+    larder_agent::vip::check_host(&cfg, false).await?;
 
     let mut steps = Steps::new(7);
     steps.step(&format!(

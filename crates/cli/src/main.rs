@@ -9,6 +9,7 @@ mod bootstrap;
 mod cluster_ops;
 mod dev;
 mod gather_logs;
+mod ha_status;
 mod import_chef;
 mod local;
 mod progress;
@@ -131,8 +132,11 @@ pub enum Cmd {
     /// Write larder.toml and Larder's secrets from a Chef Backend node's chef-backend.rb and
     /// chef-backend-secrets.json (same PostgreSQL passwords).
     ImportChefBackend(import_chef::ImportArgs),
-    /// Legacy Chef HA status checks (not available yet).
-    HaStatus,
+    /// Legacy Chef HA status checks: one line per check, exit 0 only when all pass.
+    HaStatus {
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a service (or all).
     Start { service: Option<String> },
     /// Stop a service (or all).
@@ -262,7 +266,7 @@ async fn run(cmd: Cmd, paths: Paths) -> anyhow::Result<()> {
         Cmd::Restore(a) => backup::restore(&paths, a).await,
         Cmd::GatherLogs(a) => gather_logs::gather_logs(&paths, a).await,
         Cmd::ImportChefBackend(a) => import_chef::import_chef_backend(&paths, a),
-        Cmd::HaStatus => not_yet("ha-status"),
+        Cmd::HaStatus { json } => ha_status::ha_status(&paths, json).await,
         Cmd::Start { service } => local::service_verb(&paths, "start", service).await,
         Cmd::Stop { service } => local::service_verb(&paths, "stop", service).await,
         Cmd::Restart { service } => local::service_verb(&paths, "restart", service).await,

@@ -155,7 +155,9 @@ pub async fn cluster_status(paths: &Paths, json: bool) -> anyhow::Result<()> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
             "leader": s.ha.leader, "term": s.ha.term,
-            "cluster_failover": s.ha.cluster_failover, "nodes": rows}))?
+            "cluster_failover": s.ha.cluster_failover, "nodes": rows,
+            "vip": s.ha.vip.as_ref().map(|v| serde_json::json!({"address": v.address, "interface": v.interface,
+                "held_by": s.members.iter().filter(|m| m.vip_held).map(|m| m.name.clone()).collect::<Vec<_>>()}))}))?
         );
     } else {
         print!("{}", status::render_cluster(&rows));
@@ -175,6 +177,24 @@ pub async fn cluster_status(paths: &Paths, json: bool) -> anyhow::Result<()> {
         if versions.len() > 1 {
             println!("Warning: members run different Larder versions ({}); finish the upgrade (`larder upgrade` on each remaining node).", versions.join(", "));
         }
+        if let Some(v) = &s.ha.vip {
+            let holders: Vec<&str> = s
+                .members
+                .iter()
+                .filter(|m| m.vip_held)
+                .map(|m| m.name.as_str())
+                .collect();
+            println!(
+                "VIP {} ({}): {}",
+                v.address,
+                v.interface,
+                if holders.is_empty() {
+                    "held by no member".to_string()
+                } else {
+                    format!("held by {}", holders.join(", "))
+                }
+            );
+        }
         if !s.ha.cluster_failover {
             println!("Cluster failover is OFF: no node takes over automatically (the last leader still leads again after a restart). Turn it back on with `larder set-cluster-failover on`.");
         }
@@ -190,6 +210,7 @@ pub fn server_config(
     password: &str,
     pg_port: u16,
     es_port: u16,
+    discovery_port: u16,
 ) -> String {
     let list = members
         .iter()
@@ -197,7 +218,7 @@ pub fn server_config(
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "# chef-server.rb for a Chef Infra Server frontend of this Larder cluster.\nfqdn \"{fqdn}\"\nuse_chef_backend true\nchef_backend_members [{list}]\n\nhaproxy['remote_postgresql_port'] = {pg_port}\nhaproxy['remote_elasticsearch_port'] = {es_port}\n\n# PostgreSQL is the cluster's, reached through the local haproxy.\npostgresql['external'] = true\npostgresql['vip'] = '127.0.0.1'\npostgresql['db_superuser'] = '{superuser}'\npostgresql['db_superuser_password'] = '{password}'\n\n# Search is Larder's Elasticsearch-compatible service, written in batches.\nopscode_solr4['external'] = true\nopscode_solr4['external_url'] = 'http://127.0.0.1:{es_port}'\nopscode_erchef['search_provider'] = 'elasticsearch'\nopscode_erchef['search_queue_mode'] = 'batch'\n\nbookshelf['storage_type'] = :sql\n\n# No message queue in this topology.\nrabbitmq['enable'] = false\nrabbitmq['management_enabled'] = false\nrabbitmq['queue_length_monitor_enabled'] = false\nopscode_expander['enable'] = false\ndark_launch['actions'] = false\n\nopscode_erchef['nginx_bookshelf_caching'] = :on\nopscode_erchef['s3_url_expiry_window_size'] = '50%'\n"
+        "# chef-server.rb for a Chef Infra Server frontend of this Larder cluster.\nfqdn \"{fqdn}\"\nuse_chef_backend true\nchef_backend_members [{list}]\n\nhaproxy['remote_postgresql_port'] = {pg_port}\nhaproxy['remote_elasticsearch_port'] = {es_port}\n# Member discovery: frontends GET http://MEMBER:PORT/v2/members (etcd's v2 shape). Larder's\n# etcd accepts only TLS clients with a cluster certificate; its health API serves the list.\nhaproxy['etcd_port'] = {discovery_port}\n\n# PostgreSQL is the cluster's, reached through the local haproxy.\npostgresql['external'] = true\npostgresql['vip'] = '127.0.0.1'\npostgresql['db_superuser'] = '{superuser}'\npostgresql['db_superuser_password'] = '{password}'\n\n# Search is Larder's Elasticsearch-compatible service, written in batches.\nopscode_solr4['external'] = true\nopscode_solr4['external_url'] = 'http://127.0.0.1:{es_port}'\nopscode_erchef['search_provider'] = 'elasticsearch'\nopscode_erchef['search_queue_mode'] = 'batch'\n\nbookshelf['storage_type'] = :sql\n\n# No message queue in this topology.\nrabbitmq['enable'] = false\nrabbitmq['management_enabled'] = false\nrabbitmq['queue_length_monitor_enabled'] = false\nopscode_expander['enable'] = false\ndark_launch['actions'] = false\n\nopscode_erchef['nginx_bookshelf_caching'] = :on\nopscode_erchef['s3_url_expiry_window_size'] = '50%'\n"
     )
 }
 
@@ -221,6 +242,7 @@ pub async fn gen_server_config(
         node.secrets.postgresql.db_superuser_password.expose(),
         node.cfg.postgresql.port,
         node.cfg.elasticsearch.port,
+        node.cfg.leaderl.http_port,
     );
     match file {
         Some(f) => {
@@ -244,6 +266,7 @@ mod tests {
             "pw",
             5432,
             9200,
+            7331,
         );
         for key in [
             "fqdn \"fe1.example.com\"",
@@ -251,6 +274,7 @@ mod tests {
             "chef_backend_members [\"10.0.0.1\", \"10.0.0.2\"]",
             "haproxy['remote_postgresql_port'] = 5432",
             "haproxy['remote_elasticsearch_port'] = 9200",
+            "haproxy['etcd_port'] = 7331",
             "postgresql['external'] = true",
             "postgresql['vip'] = '127.0.0.1'",
             "postgresql['db_superuser'] = 'chef_pgsql'",

@@ -24,9 +24,44 @@ pub const SUBNET_BASE: &str = "10.213";
 /// Host number of the client namespace inside the /24 (nodes are 1..=n).
 pub const CLIENT_HOST: u8 = 200;
 
+/// How one suite names its kernel objects and addresses: the fault suite's defaults (`lf`,
+/// 10.213.x), or another suite's own (the VIP test: `lvip`, 10.231.x), so suites never touch
+/// each other's hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Naming {
+    pub prefix: &'static str,
+    pub subnet_base: &'static str,
+    pub work_root: &'static str,
+}
+
+impl Naming {
+    pub const FAULTS: Naming = Naming {
+        prefix: PREFIX,
+        subnet_base: SUBNET_BASE,
+        work_root: WORK_ROOT,
+    };
+    pub fn bridge_name(&self, run: u16) -> String {
+        format!("{}b{run}", self.prefix)
+    }
+    pub fn ns_name(&self, run: u16, host: &str) -> String {
+        format!("{}{run}-{host}", self.prefix)
+    }
+    pub fn veth_name(&self, run: u16, host: &str) -> String {
+        format!("{}v{run}{host}", self.prefix)
+    }
+    pub fn run_dir(&self, run: u16) -> PathBuf {
+        Path::new(self.work_root).join(format!("r{run}"))
+    }
+    /// Address of host `k` of run `run`.
+    pub fn ip(&self, run: u16, k: u8) -> String {
+        format!("{}.{run}.{k}", self.subnet_base)
+    }
+}
+
 #[derive(Debug)]
 pub struct TestNet {
     pub run: u16,
+    pub naming: Naming,
     pub dir: PathBuf,
     pub bridge: Bridge,
     pub nodes: Vec<Netns>,
@@ -57,10 +92,16 @@ impl TestNet {
     /// `c` (10.213.<run>.200). The run number is derived from the pid and moved forward past
     /// any run whose bridge still exists, so concurrent runs never share a subnet.
     pub fn create(n: usize) -> Result<Self> {
+        Self::create_named(n, Naming::FAULTS)
+    }
+
+    /// [`TestNet::create`] with another suite's names and subnet.
+    pub fn create_named(n: usize, naming: Naming) -> Result<Self> {
         if n == 0 || n > 9 {
             return Err(Error::Invalid(format!("node count {n} (1..=9)")));
         }
-        std::fs::create_dir_all(WORK_ROOT).map_err(|e| Error::io(WORK_ROOT, e))?;
+        let work_root = naming.work_root;
+        std::fs::create_dir_all(work_root).map_err(|e| Error::io(work_root, e))?;
         // Creating the run directory is the reservation: `create_dir` is atomic, so two runs
         // (or two tests of one process) can never pick the same number.
         let mut run = (std::process::id() % 200) as u16 + 20;
@@ -72,23 +113,24 @@ impl TestNet {
                     "no free run number (run `larder-faults cleanup`)".into(),
                 ));
             }
-            if !Bridge::exists(&bridge_name(run)) {
-                match std::fs::create_dir(run_dir(run)) {
+            if !Bridge::exists(&naming.bridge_name(run)) {
+                match std::fs::create_dir(naming.run_dir(run)) {
                     Ok(()) => break,
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(Error::io(run_dir(run), e)),
+                    Err(e) => return Err(Error::io(naming.run_dir(run), e)),
                 }
             }
             run = if run >= 250 { 20 } else { run + 1 };
         }
-        teardown::register(run);
+        teardown::register(naming, run);
         // `net` exists before the first kernel object does, so an error anywhere below drops
         // it and tears down whatever was already created.
         let mut net = TestNet {
             run,
-            dir: run_dir(run),
+            naming,
+            dir: naming.run_dir(run),
             bridge: Bridge {
-                name: bridge_name(run),
+                name: naming.bridge_name(run),
             },
             nodes: Vec::new(),
             client: Netns {
@@ -101,13 +143,13 @@ impl TestNet {
             keep_logs: None,
             torn_down: false,
         };
-        net.bridge = Bridge::create(&bridge_name(run))?;
+        net.bridge = Bridge::create(&naming.bridge_name(run))?;
         for k in 1..=n {
             let host = format!("n{k}");
-            let ip = format!("{SUBNET_BASE}.{run}.{k}");
+            let ip = naming.ip(run, k as u8);
             let ns = Netns::create(
-                &ns_name(run, &host),
-                &veth_name(run, &host),
+                &naming.ns_name(run, &host),
+                &naming.veth_name(run, &host),
                 &net.bridge.name,
                 &ip,
                 24,
@@ -115,10 +157,10 @@ impl TestNet {
             net.nodes.push(ns);
         }
         net.client = Netns::create(
-            &ns_name(run, "c"),
-            &veth_name(run, "c"),
+            &naming.ns_name(run, "c"),
+            &naming.veth_name(run, "c"),
             &net.bridge.name,
-            &format!("{SUBNET_BASE}.{run}.{CLIENT_HOST}"),
+            &naming.ip(run, CLIENT_HOST),
             24,
         )?;
         net.wait_reachable(Duration::from_secs(10))?;
@@ -182,8 +224,8 @@ impl TestNet {
         if let Some(keep) = &self.keep_logs {
             copy_logs(&self.dir, keep);
         }
-        teardown::teardown_run(self.run);
-        teardown::unregister(self.run);
+        teardown::teardown_run_named(self.naming, self.run);
+        teardown::unregister(self.naming, self.run);
     }
 }
 

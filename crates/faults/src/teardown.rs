@@ -13,28 +13,43 @@ use std::time::Duration;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::command::run_quiet;
-use crate::hosts::{bridge_name, run_dir, PREFIX, WORK_ROOT};
+use crate::hosts::{Naming, PREFIX, WORK_ROOT};
 use crate::{nemesis, netns};
 
-static RUNS: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+static RUNS: Mutex<BTreeSet<(&'static str, u16)>> = Mutex::new(BTreeSet::new());
+static NAMINGS: Mutex<Vec<Naming>> = Mutex::new(Vec::new());
 
-pub fn register(run: u16) {
-    RUNS.lock().unwrap_or_else(|e| e.into_inner()).insert(run);
+pub fn register(naming: Naming, run: u16) {
+    let mut n = NAMINGS.lock().unwrap_or_else(|e| e.into_inner());
+    if !n.contains(&naming) {
+        n.push(naming);
+    }
+    RUNS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((naming.prefix, run));
 }
 
-pub fn unregister(run: u16) {
-    RUNS.lock().unwrap_or_else(|e| e.into_inner()).remove(&run);
+pub fn unregister(naming: Naming, run: u16) {
+    RUNS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&(naming.prefix, run));
 }
 
-/// Removes everything of one run, by name.
+/// Removes everything of one run of the fault suite, by name.
 pub fn teardown_run(run: u16) {
-    let ns_prefix = format!("{PREFIX}{run}-");
+    teardown_run_named(Naming::FAULTS, run)
+}
+
+/// Removes everything of one run, by the names of its suite.
+pub fn teardown_run_named(naming: Naming, run: u16) {
+    let prefix = naming.prefix;
+    let ns_prefix = format!("{prefix}{run}-");
     remove_namespaces(|n| n.starts_with(&ns_prefix));
-    remove_mounts_under(&run_dir(run));
-    let b = bridge_name(run);
+    remove_mounts_under(&naming.run_dir(run));
+    let b = naming.bridge_name(run);
     // veth host ends normally vanish with their namespace; delete stragglers explicitly.
-    remove_links(|l| l == b || l.starts_with(&format!("{PREFIX}v{run}")));
-    let _ = std::fs::remove_dir_all(run_dir(run));
+    remove_links(|l| l == b || l.starts_with(&format!("{prefix}v{run}")));
+    let _ = std::fs::remove_dir_all(naming.run_dir(run));
 }
 
 /// Removes leftovers of every run (the `cleanup` subcommand). Returns a description.
@@ -146,14 +161,20 @@ pub fn install_signal_teardown() -> std::result::Result<(), nix::Error> {
         .spawn(move || {
             let sig = set.wait().unwrap_or(Signal::SIGTERM);
             eprintln!("larder-faults: {sig:?} received, tearing down test hosts");
-            let runs: Vec<u16> = RUNS
+            let runs: Vec<(&str, u16)> = RUNS
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .copied()
                 .collect();
-            for r in runs {
-                teardown_run(r);
+            let namings = NAMINGS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for (prefix, r) in runs {
+                let naming = namings
+                    .iter()
+                    .copied()
+                    .find(|n| n.prefix == prefix)
+                    .unwrap_or(Naming::FAULTS);
+                teardown_run_named(naming, r);
             }
             std::process::exit(128 + sig as i32);
         })

@@ -197,6 +197,9 @@ impl HaLoop {
                     .await?;
                 mark_diverged(&node, true);
             }
+            Action::AddVip { lifetime_s } => self.roles.add_vip(lifetime_s).await?,
+            Action::RenewVip { lifetime_s } => self.roles.renew_vip(lifetime_s).await?,
+            Action::RemoveVip { reason } => self.roles.remove_vip(&reason).await?,
             Action::MarkResync { full } => {
                 if full {
                     let leader = view.and_then(|v| v.leader.as_ref());

@@ -14,6 +14,7 @@ mod execute;
 mod observe;
 mod publish;
 mod renew;
+mod roles;
 
 use crate::clock::unix_ms;
 use crate::dcs::{self, keys, Dcs};
@@ -85,6 +86,9 @@ pub struct HaLoop {
         OperatorRequest,
         tokio::sync::oneshot::Sender<Result<String, String>>,
     )>,
+    /// The configured VIP (`vip`, `vip_interface`) and the role-change hooks; see
+    /// `ha/roles.rs`.
+    roles: roles::Roles,
 }
 
 impl HaLoop {
@@ -97,6 +101,7 @@ impl HaLoop {
         syncing: Arc<std::sync::atomic::AtomicBool>,
     ) -> HaLoop {
         let (command_tx, commands) = tokio::sync::mpsc::channel(4);
+        let node_cfg = node.cfg.clone();
         HaLoop {
             node,
             dcs,
@@ -111,6 +116,7 @@ impl HaLoop {
             commands,
             command_tx,
             request: None,
+            roles: roles::Roles::new(&node_cfg),
         }
     }
 
@@ -145,6 +151,7 @@ impl HaLoop {
             shutdown.clone(),
         ));
         let margin = Duration::from_millis(self.node.cfg.leaderl.fence_margin_ms);
+        self.roles_on_start();
         // Renewals are applied beside the running iteration (which borrows the loop).
         let state = self.state.clone();
         // Floor between two iterations, so a burst of wake-ups cannot spin the loop.
@@ -179,6 +186,10 @@ impl HaLoop {
                 let lease = self.state.borrow().lease;
                 if let Some(l) = lease {
                     wait = wait.min(l.fence_deadline.saturating_duration_since(Instant::now()));
+                    // A held VIP goes at its own, earlier deadline.
+                    if let Some(at) = self.roles.vip_deadline(l.fence_deadline) {
+                        wait = wait.min(at.saturating_duration_since(Instant::now()));
+                    }
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => { stop = true; break }
@@ -204,7 +215,13 @@ impl HaLoop {
             }
         }
         let holds = self.state.borrow().lease.is_some();
-        for action in decide::on_shutdown(holds) {
+        let vip_present = self.roles.vip_present().await;
+        let mut steps = decide::vip::on_shutdown(vip_present);
+        steps.extend(decide::on_shutdown(holds));
+        if holds {
+            self.roles_fire(crate::hooks::Event::Demote);
+        }
+        for action in steps {
             if let Err(e) = self.execute(action.clone(), None, &[]).await {
                 tracing::warn!(?action, "shutdown step failed: {e:#}");
             }
@@ -254,6 +271,7 @@ impl HaLoop {
         }
 
         let local = self.local_state(&pg, view.as_ref());
+        let vip = self.roles.observe().await;
         let obs = Observation {
             now_ms: self.ms(now),
             now_unix_ms: unix_ms(),
@@ -273,6 +291,7 @@ impl HaLoop {
                 None => vec![],
             },
             request: self.request.as_ref().map(|(r, _)| r.clone()),
+            vip,
         };
         let decision = decide::decide(&obs);
         if decision.reason != self.state.borrow().reason {
@@ -322,6 +341,7 @@ impl HaLoop {
             self.state.send_modify(|s| s.last_error = Some(err));
             break;
         }
+        self.roles_after(&decision, lease.is_some());
         self.answer_request(&decision);
         if view.is_some() {
             self.publish(decision.role, &pg, view.as_ref()).await;

@@ -84,6 +84,7 @@ impl HaLoop {
             lease_expires_unix_ms,
             version: crate::build::version().into(),
             protocol: larder_core::version::PROTOCOL,
+            vip_held: self.state.borrow().vip.as_ref().is_some_and(|v| v.present),
         };
         if let Ok(b) = serde_json::to_vec(&status) {
             let _ = self
