@@ -133,8 +133,14 @@ pub async fn run(path: &str, event: Event, ctx: &Context, timeout: Duration) -> 
     };
     let pid = child.id();
     let mut lines = Vec::new();
-    let out = child.stdout.take().map(|o| tokio::io::BufReader::new(o).lines());
-    let err = child.stderr.take().map(|o| tokio::io::BufReader::new(o).lines());
+    let out = child
+        .stdout
+        .take()
+        .map(|o| tokio::io::BufReader::new(o).lines());
+    let err = child
+        .stderr
+        .take()
+        .map(|o| tokio::io::BufReader::new(o).lines());
     let name = event.as_str();
     let log = async move { tokio::join!(forward(name, out), forward(name, err)) };
     let waited = tokio::time::timeout(timeout, async {
@@ -236,12 +242,16 @@ mod tests {
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if text.lines().count() == 4 {
-                let events: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+                let events: Vec<&str> =
+                    text.lines().map(|l| l.split(' ').next().unwrap()).collect();
                 assert_eq!(events, ["start", "promote", "fence", "demote"]);
                 assert!(text.starts_with("start leader 7 n1 10.231.0.1 10.231.0.100 eth0\n"));
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "hooks did not run: {text:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hooks did not run: {text:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = std::fs::remove_dir_all(dir);
@@ -254,7 +264,11 @@ mod tests {
         let t = std::time::Instant::now();
         let r = run(&s, Event::Fence, &ctx(), Duration::from_millis(300)).await;
         assert!(!r.ok);
-        assert!(r.detail.contains("killed after its timeout"), "{}", r.detail);
+        assert!(
+            r.detail.contains("killed after its timeout"),
+            "{}",
+            r.detail
+        );
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
         let f = script(&dir, "fail", "echo broken >&2; exit 3");
         let r = run(&f, Event::Promote, &ctx(), Duration::from_secs(5)).await;

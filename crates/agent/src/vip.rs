@@ -33,7 +33,9 @@ impl Vip {
 
     /// Whether the address is on the interface now (`None`: `ip` failed).
     pub async fn present(&self) -> Option<bool> {
-        let out = run(IP, &["-o", "-4", "addr", "show", "dev", &self.interface]).await.ok()?;
+        let out = run(IP, &["-o", "-4", "addr", "show", "dev", &self.interface])
+            .await
+            .ok()?;
         Some(lists(&out, &self.address))
     }
 
@@ -44,8 +46,15 @@ impl Vip {
         run(
             IP,
             &[
-                "addr", "replace", &self.cidr(), "dev", &self.interface, "valid_lft", &lft,
-                "preferred_lft", &lft,
+                "addr",
+                "replace",
+                &self.cidr(),
+                "dev",
+                &self.interface,
+                "valid_lft",
+                &lft,
+                "preferred_lft",
+                &lft,
             ],
         )
         .await?;
@@ -64,8 +73,15 @@ impl Vip {
         run(
             IP,
             &[
-                "addr", "change", &self.cidr(), "dev", &self.interface, "valid_lft", &lft,
-                "preferred_lft", &lft,
+                "addr",
+                "change",
+                &self.cidr(),
+                "dev",
+                &self.interface,
+                "valid_lft",
+                &lft,
+                "preferred_lft",
+                &lft,
             ],
         )
         .await
@@ -88,7 +104,18 @@ impl Vip {
     pub async fn announce(&self) -> anyhow::Result<()> {
         run(
             ARPING,
-            &["-U", "-c", "5", "-i", "0.2", "-I", &self.interface, "-s", &self.address, &self.address],
+            &[
+                "-U",
+                "-c",
+                "5",
+                "-i",
+                "0.2",
+                "-I",
+                &self.interface,
+                "-s",
+                &self.address,
+                &self.address,
+            ],
         )
         .await
         .map(|_| ())
@@ -124,7 +151,16 @@ pub async fn check_host(cfg: &Config, probe_in_use: bool) -> anyhow::Result<()> 
         }
         // Duplicate address detection: exit status 0 means nobody answered.
         let out = tokio::process::Command::new(ARPING)
-            .args(["-D", "-c", "2", "-w", "2", "-I", &vip.interface, &vip.address])
+            .args([
+                "-D",
+                "-c",
+                "2",
+                "-w",
+                "2",
+                "-I",
+                &vip.interface,
+                &vip.address,
+            ])
             .output()
             .await
             .map_err(|e| anyhow::anyhow!("running {ARPING} (install iputils-arping): {e}"))?;

@@ -86,7 +86,11 @@ pub fn checks(s: &AgentStatus, cfg: &Config, disk_free_mb: &[(String, Option<u64
             v.address,
             v.interface,
             if v.present { "present" } else { "absent" },
-            if holders.is_empty() { "no member".to_string() } else { holders.join(", ") }
+            if holders.is_empty() {
+                "no member".to_string()
+            } else {
+                holders.join(", ")
+            }
         );
         if v.present != leader {
             let fix = if leader {
@@ -112,7 +116,10 @@ pub fn checks(s: &AgentStatus, cfg: &Config, disk_free_mb: &[(String, Option<u64
     if leader {
         let streaming = pg.map(|p| p.streaming_followers.len()).unwrap_or(0);
         if streaming >= others {
-            out.push(ok("replication", format!("{streaming} of {others} followers streaming")));
+            out.push(ok(
+                "replication",
+                format!("{streaming} of {others} followers streaming"),
+            ));
         } else {
             out.push(err(
                 "replication",
@@ -133,7 +140,10 @@ pub fn checks(s: &AgentStatus, cfg: &Config, disk_free_mb: &[(String, Option<u64
             Some(PgState::Streaming) => out.push(err(
                 "replication",
                 EXIT_REPLICATION,
-                format!("streaming but {} bytes behind (limit {max})", lag.unwrap_or(0)),
+                format!(
+                    "streaming but {} bytes behind (limit {max})",
+                    lag.unwrap_or(0)
+                ),
                 "wait for it to catch up; check the network and the leader's load",
             )),
             other => out.push(err(
@@ -146,7 +156,10 @@ pub fn checks(s: &AgentStatus, cfg: &Config, disk_free_mb: &[(String, Option<u64
     }
     // etcd.
     if ha.etcd_ok {
-        out.push(ok("etcd", format!("healthy ({} members)", s.etcd_members.len())));
+        out.push(ok(
+            "etcd",
+            format!("healthy ({} members)", s.etcd_members.len()),
+        ));
     } else {
         out.push(err(
             "etcd",
@@ -196,7 +209,12 @@ pub fn checks(s: &AgentStatus, cfg: &Config, disk_free_mb: &[(String, Option<u64
 
 /// The exit code: 0, or the class of the last failing check.
 pub fn exit_code(checks: &[Check]) -> i32 {
-    checks.iter().rev().find(|c| !c.ok).map(|c| c.class).unwrap_or(0)
+    checks
+        .iter()
+        .rev()
+        .find(|c| !c.ok)
+        .map(|c| c.class)
+        .unwrap_or(0)
 }
 
 pub fn render(checks: &[Check]) -> String {
@@ -205,7 +223,10 @@ pub fn render(checks: &[Check]) -> String {
         if c.ok {
             s.push_str(&format!("[OK]    {}: {}\n", c.name, c.detail));
         } else {
-            s.push_str(&format!("[ERROR] {}: {} — fix: {}\n", c.name, c.detail, c.fix));
+            s.push_str(&format!(
+                "[ERROR] {}: {} — fix: {}\n",
+                c.name, c.detail, c.fix
+            ));
         }
     }
     if exit_code(checks) == 0 {
@@ -219,7 +240,10 @@ pub fn render(checks: &[Check]) -> String {
 pub async fn ha_status(paths: &Paths, json: bool) -> anyhow::Result<()> {
     let fail = |msg: String| -> anyhow::Result<()> {
         if json {
-            println!("{}", serde_json::json!({"ok": false, "exit": EXIT_NOT_RUNNING, "checks": [{"name": "agent", "ok": false, "detail": msg}]}));
+            println!(
+                "{}",
+                serde_json::json!({"ok": false, "exit": EXIT_NOT_RUNNING, "checks": [{"name": "agent", "ok": false, "detail": msg}]})
+            );
         } else {
             println!("[ERROR] agent: {msg}\n[ERROR] ERRORS WERE DETECTED.");
         }
@@ -245,7 +269,9 @@ pub async fn ha_status(paths: &Paths, json: bool) -> anyhow::Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"ok": code == 0, "exit": code, "checks": c}))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({"ok": code == 0, "exit": code, "checks": c})
+            )?
         );
     } else {
         print!("{}", render(&c));
@@ -285,7 +311,11 @@ mod tests {
             })
             .collect();
         AgentStatus {
-            services: vec![svc("leaderl", true), svc("etcd", true), svc("postgresql", true)],
+            services: vec![
+                svc("leaderl", true),
+                svc("etcd", true),
+                svc("postgresql", true),
+            ],
             ha: HaStatus {
                 guid: "a".into(),
                 role: Some("leader".into()),

@@ -6,6 +6,7 @@
 //! from the client (every 50 ms through the run) never gets answers from two nodes at once.
 //! The old leader, back, does not take the VIP back. Needs root.
 
+use larder_faults::arp::ArpProber;
 use larder_faults::cluster::Cluster;
 use larder_faults::hosts::{Naming, TestNet};
 use larder_faults::larder::{LarderCluster, LarderConfig};
@@ -51,28 +52,39 @@ fn wait_vip_on(c: &LarderCluster, vip: &str, want: Option<usize>, limit: Duratio
     }
 }
 
-/// ARP probes from the client every 50 ms; records the largest number of distinct MACs that
-/// answered one probe.
-fn arp_sampler(client: Netns, vip: String, stop: Arc<AtomicBool>, worst: Arc<Mutex<Vec<String>>>) {
+/// ARP probes from the client every 50 ms (raw socket, 45 ms reply window); records every
+/// probe answered by more than one MAC and returns (probes sent, probes answered).
+fn arp_sampler(
+    client: Netns,
+    vip: String,
+    stop: Arc<AtomicBool>,
+    worst: Arc<Mutex<Vec<String>>>,
+) -> (u32, u32) {
+    client
+        .enter_current_thread()
+        .expect("enter the client namespace");
+    let prober = ArpProber::new("eth0", client.ip.parse().unwrap()).expect("ARP prober");
+    let target = vip.parse().unwrap();
+    let (mut sent, mut answered) = (0, 0);
+    let run = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();
-        if let Ok(out) = client
-            .command("arping")
-            .args(["-c", "1", "-w", "0.045", "-I", "eth0", &vip])
-            .output()
-        {
-            let text = String::from_utf8_lossy(&out.stdout);
-            let macs: BTreeSet<String> = text
-                .lines()
-                .filter(|l| l.contains("reply from"))
-                .filter_map(|l| Some(l.split('[').nth(1)?.split(']').next()?.to_string()))
-                .collect();
-            if macs.len() > 1 {
-                worst.lock().unwrap().push(text.to_string());
-            }
+        let macs = prober
+            .probe(target, Duration::from_millis(45))
+            .expect("ARP probe");
+        sent += 1;
+        if !macs.is_empty() {
+            answered += 1;
+        }
+        if macs.len() > 1 {
+            worst
+                .lock()
+                .unwrap()
+                .push(format!("{:.2}s: {macs:02x?}", run.elapsed().as_secs_f64()));
         }
         std::thread::sleep(Duration::from_millis(50).saturating_sub(t.elapsed()));
     }
+    (sent, answered)
 }
 
 /// Inserts through the VIP, one at a time, until stopped; returns the acknowledged ids.
@@ -120,20 +132,30 @@ fn vip_follows_the_leader_through_kill_freeze_and_partition() {
     };
     let mut c = LarderCluster::start(net, cfg).expect("cluster up");
     let first = c.wait_healthy(Duration::from_secs(120)).expect("healthy");
-    assert_eq!(wait_vip_on(&c, &vip, Some(first), Duration::from_secs(10)), first);
+    assert_eq!(
+        wait_vip_on(&c, &vip, Some(first), Duration::from_secs(10)),
+        first
+    );
 
     // Schema through the VIP, then the writer and the ARP sampler for the whole run.
     let target = c.pg_target().with_host(&vip);
     let t2 = target.clone();
     inns::block_on(&c.net.client.name.clone(), move || async move {
         let cl = pg::connect(&t2, Duration::from_secs(5)).await?;
-        pg::create_schema(&cl).await.map_err(|e| larder_faults::Error::Invalid(e.to_string()))
+        pg::create_schema(&cl)
+            .await
+            .map_err(|e| larder_faults::Error::Invalid(e.to_string()))
     })
     .expect("schema");
     let stop = Arc::new(AtomicBool::new(false));
     let dual = Arc::new(Mutex::new(Vec::new()));
     let sampler = {
-        let (cl, v, s, d) = (c.net.client.clone(), vip.clone(), stop.clone(), dual.clone());
+        let (cl, v, s, d) = (
+            c.net.client.clone(),
+            vip.clone(),
+            stop.clone(),
+            dual.clone(),
+        );
         std::thread::spawn(move || arp_sampler(cl, v, s, d))
     };
     let writes = {
@@ -150,7 +172,8 @@ fn vip_follows_the_leader_through_kill_freeze_and_partition() {
     wait_vip_on(&c, &vip, Some(l2), Duration::from_secs(15));
     // The old leader comes back as a follower and does not take the VIP.
     c.start_node(old).expect("restart");
-    c.wait_healthy(Duration::from_secs(120)).expect("healthy after restart");
+    c.wait_healthy(Duration::from_secs(120))
+        .expect("healthy after restart");
     assert_eq!(wait_vip_on(&c, &vip, None, Duration::from_secs(10)), l2);
     assert!(!holds_vip(&c.net.nodes[old], &vip));
 
@@ -160,39 +183,68 @@ fn vip_follows_the_leader_through_kill_freeze_and_partition() {
     let start = Instant::now();
     // The kernel lifetime removes it from the frozen node before anyone else is elected.
     while holds_vip(&c.net.nodes[l2], &vip) {
-        assert!(start.elapsed() < Duration::from_secs(3), "VIP outlived the lease on a frozen agent");
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "VIP outlived the lease on a frozen agent"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let l3 = wait_vip_on(&c, &vip, None, Duration::from_secs(15));
     assert_ne!(l3, l2);
     nemesis::thaw(pid).expect("thaw");
-    c.wait_healthy(Duration::from_secs(120)).expect("healthy after thaw");
+    c.wait_healthy(Duration::from_secs(120))
+        .expect("healthy after thaw");
     assert_eq!(wait_vip_on(&c, &vip, None, Duration::from_secs(10)), l3);
 
     // 3. Partition the leader from the other nodes (the client still reaches everyone).
-    let others: Vec<&Netns> = (0..3).filter(|i| *i != l3).map(|i| &c.net.nodes[i]).collect();
+    let others: Vec<&Netns> = (0..3)
+        .filter(|i| *i != l3)
+        .map(|i| &c.net.nodes[i])
+        .collect();
     let p = Partition::new().between(&[&c.net.nodes[l3]], &others);
     p.apply(&c.net.nodes).expect("partition");
     let l4 = wait_vip_on_other(&c, &vip, l3, Duration::from_secs(15));
     partition::heal(&c.net.nodes).expect("heal");
-    c.wait_healthy(Duration::from_secs(120)).expect("healthy after heal");
+    c.wait_healthy(Duration::from_secs(120))
+        .expect("healthy after heal");
     assert_eq!(wait_vip_on(&c, &vip, None, Duration::from_secs(10)), l4);
 
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let acked = writes.join().expect("writer thread");
-    sampler.join().expect("sampler thread");
-    assert!(acked.len() > 50, "too few writes acknowledged: {}", acked.len());
+    let (sent, answered) = sampler.join().expect("sampler thread");
+    eprintln!(
+        "ARP probes: {sent} sent, {answered} answered; {} writes acknowledged",
+        acked.len()
+    );
+    // The probe must really see the VIP (most of the run it is held by someone).
+    assert!(
+        sent > 200 && answered * 2 > sent,
+        "ARP sampler saw too little: {answered}/{sent}"
+    );
+    assert!(
+        acked.len() > 50,
+        "too few writes acknowledged: {}",
+        acked.len()
+    );
     let present: BTreeSet<i64> = inns::block_on(&c.net.client.name.clone(), move || async move {
         pg::read_ids(&target, Duration::from_secs(5)).await
     })
     .expect("read ids")
     .into_iter()
     .collect();
-    let lost: Vec<i64> = acked.iter().copied().filter(|i| !present.contains(i)).collect();
+    let lost: Vec<i64> = acked
+        .iter()
+        .copied()
+        .filter(|i| !present.contains(i))
+        .collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     let dual = dual.lock().unwrap();
-    assert!(dual.is_empty(), "ARP answered by two nodes at once: {:?}", dual.first());
+    assert!(
+        dual.is_empty(),
+        "ARP answered by two nodes at once: {:?}",
+        dual.first()
+    );
     drop(c); // processes, then namespaces, bridge and directory (TestNet's Drop)
 }
 
@@ -203,7 +255,11 @@ fn wait_vip_on_other(c: &LarderCluster, vip: &str, not: usize, limit: Duration) 
         if h.len() == 1 && h[0] != not {
             return h[0];
         }
-        assert!(start.elapsed() < limit, "VIP did not leave n{}: {h:?}", not + 1);
+        assert!(
+            start.elapsed() < limit,
+            "VIP did not leave n{}: {h:?}",
+            not + 1
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -389,8 +389,15 @@ impl Config {
                 "required with `vip` (join-cluster -i IFACE)".into(),
             ));
         }
-        if i.len() > 15 || !i.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
-            return Err(bad("vip_interface", format!("{i:?} is not an interface name")));
+        if i.len() > 15
+            || !i
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+        {
+            return Err(bad(
+                "vip_interface",
+                format!("{i:?} is not an interface name"),
+            ));
         }
         // The leader must be able to hold the VIP for a whole second (the kernel lifetime's
         // unit) after one missed renewal, before the hard bound in front of the fencing

@@ -58,7 +58,14 @@ pub fn render_postgresql_conf(
         ],
     };
     let lines = [
-        format!("listen_addresses = '{}'", cfg.publish_address),
+        // With a VIP, the address comes and goes after PostgreSQL started (it cannot bind an
+        // address the host does not have yet): listen on every address; pg_hba.conf still
+        // decides who may connect.
+        if cfg.vip.is_empty() {
+            format!("listen_addresses = '{}'", cfg.publish_address)
+        } else {
+            "listen_addresses = '*'".into()
+        },
         format!("port = {}", pg.port),
         format!("unix_socket_directories = '{socket_dir}'"),
         format!("max_connections = {}", pg.max_connections),
@@ -168,6 +175,10 @@ mod tests {
             "{a}"
         );
         assert!(c.contains("listen_addresses = '10.0.0.1'"));
+        let mut with_vip = cfg(&[]);
+        with_vip.vip = "10.0.0.100".into();
+        let c = render_postgresql_conf(&with_vip, "/run/x", "/c.pem", "/k.pem", "/ca.pem");
+        assert!(c.contains("listen_addresses = '*'"));
         assert!(c.contains("ssl = on"));
         assert!(c.contains("wal_log_hints = on"));
     }

@@ -17,6 +17,7 @@
 //!   schedule, [`steady`] the no-spurious-failover run (delay on every link + pgbench).
 //! - [`upgrade_bench`]: helpers of the rolling-upgrade benchmark (bench/upgrade/).
 
+pub mod arp;
 pub mod bridge;
 pub mod checker;
 pub mod clients;

@@ -83,7 +83,11 @@ impl Roles {
         let Some(vip) = &self.vip else { return Ok(()) };
         vip.remove().await?;
         self.present = false;
-        tracing::info!("VIP {} removed from {}: {reason}", vip.address, vip.interface);
+        tracing::info!(
+            "VIP {} removed from {}: {reason}",
+            vip.address,
+            vip.interface
+        );
         Ok(())
     }
 }
@@ -97,7 +101,11 @@ impl HaLoop {
             term: s.lease.map(|l| l.term).unwrap_or(s.term),
             node_name: cfg.fqdn.clone(),
             node_address: cfg.publish_address.clone(),
-            leader_name: s.leader.as_ref().map(|l| l.name.clone()).unwrap_or_default(),
+            leader_name: s
+                .leader
+                .as_ref()
+                .map(|l| l.name.clone())
+                .unwrap_or_default(),
             leader_address: s
                 .leader
                 .as_ref()
@@ -135,9 +143,7 @@ impl HaLoop {
             self.roles_fire(Event::Fence);
             return;
         }
-        if had_lease
-            && has(|a| matches!(a, Action::StepDown { .. } | Action::ReleaseLeadership))
-        {
+        if had_lease && has(|a| matches!(a, Action::StepDown { .. } | Action::ReleaseLeadership)) {
             self.roles.promoted_term = None;
             self.roles_fire(Event::Demote);
             return;
@@ -145,7 +151,10 @@ impl HaLoop {
         let (term, writable) = {
             let s = self.state.borrow();
             let primary = s.pg.as_ref().is_some_and(|p| p.state == PgState::Primary);
-            (s.lease.map(|l| l.term), primary && decision.role == NodeRole::Leader)
+            (
+                s.lease.map(|l| l.term),
+                primary && decision.role == NodeRole::Leader,
+            )
         };
         if let (Some(t), true) = (term, writable) {
             if self.roles.promoted_term != Some(t) {

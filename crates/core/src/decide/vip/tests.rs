@@ -3,7 +3,9 @@
 use super::super::*;
 use super::*;
 use crate::config::SyncMode;
-use crate::model::{DownForUpgrade, LeaderRecord, Lsn, MemberStatus, SwitchoverRequest, WalPosition};
+use crate::model::{
+    DownForUpgrade, LeaderRecord, Lsn, MemberStatus, SwitchoverRequest, WalPosition,
+};
 use proptest::prelude::*;
 
 const MARGIN: u64 = 300;
@@ -131,14 +133,32 @@ fn vip_actions(d: &Decision) -> Vec<&Action> {
 #[test]
 fn writable_leader_adds_the_vip_last_with_a_lifetime_before_the_fence() {
     // 12 000 − 10 000 − 300 slack = 1 700 ms of room: a 1 s lifetime.
-    let d = decide(&obs(10_000, PgState::Primary, Some(view(Some("a"))), true, false));
+    let d = decide(&obs(
+        10_000,
+        PgState::Primary,
+        Some(view(Some("a"))),
+        true,
+        false,
+    ));
     assert_eq!(d.role, NodeRole::Leader);
     assert_eq!(d.actions, vec![sync(), Action::AddVip { lifetime_s: 1 }]);
     // Present: the lifetime is extended instead.
-    let d = decide(&obs(10_000, PgState::Primary, Some(view(Some("a"))), true, true));
+    let d = decide(&obs(
+        10_000,
+        PgState::Primary,
+        Some(view(Some("a"))),
+        true,
+        true,
+    ));
     assert_eq!(d.actions, vec![sync(), Action::RenewVip { lifetime_s: 1 }]);
     // A longer lease gives a longer lifetime, always ending before the fencing deadline.
-    let d = decide(&obs(5_000, PgState::Primary, Some(view(Some("a"))), true, true));
+    let d = decide(&obs(
+        5_000,
+        PgState::Primary,
+        Some(view(Some("a"))),
+        true,
+        true,
+    ));
     assert_eq!(d.actions.last(), Some(&Action::RenewVip { lifetime_s: 6 }));
 }
 
@@ -151,7 +171,13 @@ fn no_vip_configured_no_vip_actions() {
 
 #[test]
 fn vip_waits_for_postgresql_to_be_writable() {
-    let d = decide(&obs(10_000, PgState::Standby, Some(view(Some("a"))), true, false));
+    let d = decide(&obs(
+        10_000,
+        PgState::Standby,
+        Some(view(Some("a"))),
+        true,
+        false,
+    ));
     assert_eq!(d.actions.first(), Some(&Action::Promote));
     assert!(vip_actions(&d).is_empty(), "{:?}", d.actions);
 }
@@ -159,27 +185,61 @@ fn vip_waits_for_postgresql_to_be_writable() {
 #[test]
 fn late_renewal_drops_the_vip_before_the_fencing_deadline() {
     // 11 700 = deadline − margin: the VIP goes; PostgreSQL still serves until 12 000.
-    let d = decide(&obs(11_700, PgState::Primary, Some(view(Some("a"))), true, true));
+    let d = decide(&obs(
+        11_700,
+        PgState::Primary,
+        Some(view(Some("a"))),
+        true,
+        true,
+    ));
     assert_eq!(d.role, NodeRole::Leader);
-    assert!(matches!(d.actions[0], Action::RemoveVip { .. }), "{:?}", d.actions);
+    assert!(
+        matches!(d.actions[0], Action::RemoveVip { .. }),
+        "{:?}",
+        d.actions
+    );
     assert!(!d.actions.iter().any(|a| matches!(a, Action::Fence { .. })));
     // Between the hard bound and the soft deadline: kept, but not extended.
-    let d = decide(&obs(11_000, PgState::Primary, Some(view(Some("a"))), true, true));
+    let d = decide(&obs(
+        11_000,
+        PgState::Primary,
+        Some(view(Some("a"))),
+        true,
+        true,
+    ));
     assert_eq!(d.actions, vec![sync()]);
     // Not added either when not even one second fits.
-    let d = decide(&obs(11_000, PgState::Primary, Some(view(Some("a"))), true, false));
+    let d = decide(&obs(
+        11_000,
+        PgState::Primary,
+        Some(view(Some("a"))),
+        true,
+        false,
+    ));
     assert_eq!(d.actions, vec![sync()]);
 }
 
 #[test]
 fn fencing_removes_the_vip_first() {
-    let d = decide(&obs(12_000, PgState::Primary, Some(view(Some("a"))), true, true));
+    let d = decide(&obs(
+        12_000,
+        PgState::Primary,
+        Some(view(Some("a"))),
+        true,
+        true,
+    ));
     assert!(matches!(d.actions[0], Action::RemoveVip { .. }));
     assert!(matches!(d.actions[1], Action::Fence { .. }));
     assert_eq!(d.actions[2], Action::ReleaseLeadership);
     assert_eq!(d.actions.len(), 3);
     // Another node's key seen: the same order.
-    let d = decide(&obs(10_000, PgState::Primary, Some(view(Some("b"))), true, true));
+    let d = decide(&obs(
+        10_000,
+        PgState::Primary,
+        Some(view(Some("b"))),
+        true,
+        true,
+    ));
     assert!(matches!(d.actions[0], Action::RemoveVip { .. }));
     assert!(matches!(d.actions[1], Action::Fence { .. }));
 }
@@ -189,7 +249,11 @@ fn etcd_loss_keeps_the_vip_only_until_the_soft_deadline() {
     let d = decide(&obs(10_000, PgState::Primary, None, true, true));
     assert_eq!(d.actions, vec![Action::RenewVip { lifetime_s: 1 }]);
     let d = decide(&obs(11_750, PgState::Primary, None, true, true));
-    assert!(matches!(d.actions.as_slice(), [Action::RemoveVip { .. }]), "{:?}", d.actions);
+    assert!(
+        matches!(d.actions.as_slice(), [Action::RemoveVip { .. }]),
+        "{:?}",
+        d.actions
+    );
 }
 
 #[test]
@@ -197,11 +261,21 @@ fn a_node_without_the_lease_removes_a_vip_it_finds() {
     // A restarted node (its previous run's key may still exist) finds the VIP on its interface.
     for dcs in [Some(view(Some("a"))), Some(view(Some("b"))), None] {
         let d = decide(&obs(10_000, PgState::Standby, dcs, false, true));
-        assert!(matches!(d.actions[0], Action::RemoveVip { .. }), "{:?}", d.actions);
+        assert!(
+            matches!(d.actions[0], Action::RemoveVip { .. }),
+            "{:?}",
+            d.actions
+        );
         assert_eq!(vip_actions(&d).len(), 1);
     }
     // Not present: nothing to do.
-    let d = decide(&obs(10_000, PgState::Streaming, Some(view(Some("b"))), false, false));
+    let d = decide(&obs(
+        10_000,
+        PgState::Streaming,
+        Some(view(Some("b"))),
+        false,
+        false,
+    ));
     assert!(vip_actions(&d).is_empty());
 }
 
@@ -235,12 +309,18 @@ fn down_for_upgrade_removes_the_vip_before_handing_back() {
     let d = decide(&obs(10_000, PgState::Primary, Some(v), true, true));
     assert_eq!(d.role, NodeRole::Down);
     assert!(matches!(d.actions[0], Action::RemoveVip { .. }));
-    assert_eq!(d.actions[1..], [Action::StopForShutdown, Action::ReleaseLeadership]);
+    assert_eq!(
+        d.actions[1..],
+        [Action::StopForShutdown, Action::ReleaseLeadership]
+    );
 }
 
 #[test]
 fn shutdown_removes_the_vip_first() {
-    assert!(matches!(super::on_shutdown(true)[..], [Action::RemoveVip { .. }]));
+    assert!(matches!(
+        super::on_shutdown(true)[..],
+        [Action::RemoveVip { .. }]
+    ));
     assert!(super::on_shutdown(false).is_empty());
 }
 
@@ -289,7 +369,13 @@ fn run_sequence(stop_renewing: u64, freeze: u64) {
             deadline = now + ttl_minus_margin;
         }
         if now < freeze {
-            let mut o = obs(now, PgState::Primary, Some(view(Some("a"))), true, iface.present);
+            let mut o = obs(
+                now,
+                PgState::Primary,
+                Some(view(Some("a"))),
+                true,
+                iface.present,
+            );
             o.lease = Some(HeldLease {
                 term: 3,
                 fence_deadline_ms: deadline,
@@ -300,7 +386,10 @@ fn run_sequence(stop_renewing: u64, freeze: u64) {
             let d = decide(&o);
             iface.apply(now, &d.actions);
             if now + MARGIN >= deadline {
-                assert!(!iface.present, "loop running at {now}: VIP held past the soft deadline");
+                assert!(
+                    !iface.present,
+                    "loop running at {now}: VIP held past the soft deadline"
+                );
             }
         }
         if now + KERNEL_SLACK_MS >= deadline {
@@ -310,7 +399,10 @@ fn run_sequence(stop_renewing: u64, freeze: u64) {
             );
         }
         if now >= deadline {
-            assert!(!iface.present, "VIP present at {now}, after the fencing deadline {deadline}");
+            assert!(
+                !iface.present,
+                "VIP present at {now}, after the fencing deadline {deadline}"
+            );
         }
         now += 50;
     }
