@@ -207,10 +207,6 @@ fn main() {
     std::process::exit(code);
 }
 
-fn not_yet(verb: &str) -> anyhow::Result<()> {
-    anyhow::bail!("`{verb}` is not available yet in this Larder release")
-}
-
 async fn run(cmd: Cmd, paths: Paths) -> anyhow::Result<()> {
     match cmd {
         Cmd::CreateCluster(a) => bootstrap::create_cluster(&paths, a).await,

@@ -177,7 +177,7 @@ mod tests {
         assert!(c.contains("listen_addresses = '10.0.0.1'"));
         let mut with_vip = cfg(&[]);
         with_vip.vip = "10.0.0.100".into();
-        let c = render_postgresql_conf(&with_vip, "/run/x", "/c.pem", "/k.pem", "/ca.pem");
+        let c = render_postgresql_conf(&with_vip, "/run/x", "/c.pem", "/k.pem", "/ca.pem", None);
         assert!(c.contains("listen_addresses = '*'"));
         assert!(c.contains("ssl = on"));
         assert!(c.contains("wal_log_hints = on"));
