@@ -35,7 +35,7 @@ Maintainer: Larder developers <larder@localhost>
 Section: database
 Priority: optional
 Installed-Size: $size
-Depends: postgresql-15, etcd-server, etcd-client, passwd, procps, pgbackrest
+Depends: postgresql-15, etcd-server, etcd-client, passwd, procps, pgbackrest, iproute2, iputils-arping
 Description: high-availability backend cluster for Chef Infra Server
  Larder is a drop-in replacement for Chef Backend (chef-backend-ctl): one binary that
  supervises etcd, PostgreSQL 15 and an Elasticsearch-compatible search service on each

@@ -18,20 +18,6 @@ fn ids(n: &Node) -> Option<BTreeSet<u32>> {
         .map(|s| s.lines().filter_map(|l| l.parse().ok()).collect())
 }
 
-fn streaming(c: &Cluster, want: usize) {
-    wait_until(Duration::from_secs(60), "followers streaming", || {
-        (c.nodes
-            .iter()
-            .filter(|n| {
-                n.status_json()
-                    .is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")
-            })
-            .count()
-            == want)
-            .then_some(())
-    });
-}
-
 /// Turn backups on in a running cluster the way an operator does: `backup.repo_path` in every
 /// node's larder.toml, `reconfigure`, then restart PostgreSQL (archive_mode needs it).
 fn enable_backups(c: &Cluster, repo: &Path) {
@@ -54,7 +40,7 @@ fn enable_backups(c: &Cluster, repo: &Path) {
     wait_until(T, "archiving on", || {
         (l.sql("SHOW archive_mode").as_deref() == Some("on")).then_some(())
     });
-    streaming(c, c.nodes.len() - 1);
+    wait_streaming(c, c.nodes.len() - 1);
 }
 
 fn passphrase_file(c: &Cluster) -> PathBuf {
@@ -184,7 +170,7 @@ fn backup_while_writing_destroy_restore_and_rejoin() {
     assert_eq!(l.name, "n1");
     c.join(1);
     c.join(2);
-    streaming(&c, 2);
+    wait_streaming(&c, 2);
     for n in &c.nodes {
         let have = ids(n).unwrap();
         assert!(

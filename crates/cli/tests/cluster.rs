@@ -30,7 +30,7 @@ fn cluster_with_rows(subnet: u8) -> Cluster {
         l.sql("CREATE TABLE acked (id int primary key)").unwrap();
         write_rows(l, 0, 300);
     }
-    all_streaming(&c, 2);
+    wait_streaming(&c, 2);
     c
 }
 
@@ -416,20 +416,6 @@ fn pg_logs(c: &Cluster) -> String {
     all
 }
 
-fn all_streaming(c: &Cluster, want: usize) {
-    wait_until(Duration::from_secs(60), "followers streaming", || {
-        c.nodes
-            .iter()
-            .filter(|n| {
-                n.status_json()
-                    .is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")
-            })
-            .count()
-            .eq(&want)
-            .then_some(())
-    });
-}
-
 /// Regression: kill → rejoin → switchover → demote → kill in one cluster once left a zeroed WAL
 /// page behind ("invalid magic number 0000" at promote). Every step must keep every acknowledged
 /// row, and no PostgreSQL may PANIC.
@@ -454,17 +440,17 @@ fn back_to_back_failovers_keep_every_write_and_the_wal_intact() {
         check_and_write(l, &mut rows, &format!("kill in round {round}"));
         // The killed node rejoins; then a planned switchover back to it.
         d.ok(&["start"]);
-        all_streaming(&c, 2);
+        wait_streaming(&c, 2);
         c.node(&l.name).ok(&["promote", &old]);
         let l = c.wait_leader(None, T);
         assert_eq!(l.name, old);
         check_and_write(l, &mut rows, &format!("promote in round {round}"));
         // demote right away: a follower takes over.
-        all_streaming(&c, 2);
+        wait_streaming(&c, 2);
         l.ok(&["demote"]);
         let l = c.wait_leader(Some(&old), T);
         check_and_write(l, &mut rows, &format!("demote in round {round}"));
-        all_streaming(&c, 2);
+        wait_streaming(&c, 2);
     }
     let logs = pg_logs(&c);
     assert!(

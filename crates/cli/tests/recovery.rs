@@ -21,17 +21,7 @@ fn cluster_with_rows(subnet: u8) -> Cluster {
     for i in 0..200 {
         l.sql(&format!("INSERT INTO acked VALUES ({i})")).unwrap();
     }
-    wait_until(Duration::from_secs(60), "followers streaming", || {
-        (c.nodes
-            .iter()
-            .filter(|n| {
-                n.status_json()
-                    .is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")
-            })
-            .count()
-            == 2)
-            .then_some(())
-    });
+    wait_streaming(&c, 2);
     c
 }
 

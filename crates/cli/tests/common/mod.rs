@@ -405,3 +405,18 @@ impl Drop for Haproxy {
         let _ = self.child.wait();
     }
 }
+
+/// Wait until `want` nodes report PostgreSQL streaming from a leader.
+pub fn wait_streaming(c: &Cluster, want: usize) {
+    wait_until(Duration::from_secs(60), "followers streaming", || {
+        (c.nodes
+            .iter()
+            .filter(|n| {
+                n.status_json()
+                    .is_some_and(|s| s["ha"]["postgresql"]["state"] == "streaming")
+            })
+            .count()
+            == want)
+            .then_some(())
+    });
+}
