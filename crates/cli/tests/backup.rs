@@ -13,11 +13,6 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
-fn ids(n: &Node) -> Option<BTreeSet<u32>> {
-    n.sql("SELECT id FROM acked")
-        .map(|s| s.lines().filter_map(|l| l.parse().ok()).collect())
-}
-
 /// Turn backups on in a running cluster the way an operator does: `backup.repo_path` in every
 /// node's larder.toml, `reconfigure`, then restart PostgreSQL (archive_mode needs it).
 fn enable_backups(c: &Cluster, repo: &Path) {

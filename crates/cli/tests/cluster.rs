@@ -17,11 +17,6 @@ fn write_rows(l: &Node, from: u32, to: u32) {
     }
 }
 
-fn count(n: &Node) -> Option<u64> {
-    n.sql("SELECT count(*) FROM acked")
-        .and_then(|s| s.parse().ok())
-}
-
 /// Three nodes, 300 acknowledged rows in `acked`, both followers streaming.
 fn cluster_with_rows(subnet: u8) -> Cluster {
     let c = Cluster::with_nodes(subnet, 3);

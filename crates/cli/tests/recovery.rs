@@ -9,11 +9,6 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
 
-fn count(n: &Node) -> Option<u64> {
-    n.sql("SELECT count(*) FROM acked")
-        .and_then(|s| s.parse().ok())
-}
-
 fn cluster_with_rows(subnet: u8) -> Cluster {
     let c = Cluster::with_nodes(subnet, 3);
     let l = c.wait_leader(None, T);

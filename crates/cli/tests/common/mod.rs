@@ -420,3 +420,15 @@ pub fn wait_streaming(c: &Cluster, want: usize) {
             .then_some(())
     });
 }
+
+/// Rows in the tests' `acked` table on `n`.
+pub fn count(n: &Node) -> Option<u64> {
+    n.sql("SELECT count(*) FROM acked")
+        .and_then(|s| s.parse().ok())
+}
+
+/// The ids in the tests' `acked` table on `n`.
+pub fn ids(n: &Node) -> Option<std::collections::BTreeSet<u32>> {
+    n.sql("SELECT id FROM acked")
+        .map(|s| s.lines().filter_map(|l| l.parse().ok()).collect())
+}
