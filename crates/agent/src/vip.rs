@@ -100,27 +100,31 @@ impl Vip {
         }
     }
 
-    /// Gratuitous ARP (unsolicited requests) so the LAN's caches point at this node now.
+    /// Gratuitous ARP (unsolicited requests) so the LAN's caches point at this node now: five
+    /// of them 200 ms apart, as keepalived does. Each is its own `arping -c 1`, started on
+    /// schedule without waiting for the previous one: bookworm's iputils (20221126) takes `-i`
+    /// in whole seconds only ("invalid argument: '0.2'") and each call lingers ~1 s for replies.
     pub async fn announce(&self) -> anyhow::Result<()> {
-        run(
-            ARPING,
-            &[
-                "-U",
-                "-c",
-                "5",
-                "-i",
-                "0.2",
-                "-I",
-                &self.interface,
-                "-s",
-                &self.address,
-                &self.address,
-            ],
-        )
-        .await
-        .map(|_| ())
+        let mut sent = tokio::task::JoinSet::new();
+        for i in 0..ANNOUNCEMENTS {
+            let (interface, address) = (self.interface.clone(), self.address.clone());
+            sent.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200 * i as u64)).await;
+                let args = ["-U", "-c", "1", "-I", &interface, "-s", &address, &address];
+                run(ARPING, &args).await.map(|_| ())
+            });
+        }
+        let mut first_error = None;
+        while let Some(r) = sent.join_next().await {
+            if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
+
+const ANNOUNCEMENTS: u32 = 5;
 
 /// Whether `ip -o addr show` output lists `address` (as `inet ADDRESS/..`).
 pub fn lists(ip_output: &str, address: &str) -> bool {

@@ -4,7 +4,10 @@
 //! the whole time while the leader's node is killed, its agent frozen and it is partitioned;
 //! each time the VIP moves to the new leader, no acknowledged write is lost, and an ARP probe
 //! from the client (every 50 ms through the run) never gets answers from two nodes at once.
-//! The old leader, back, does not take the VIP back. Needs root.
+//! The old leader, back, does not take the VIP back. Every node runs a recording role-change
+//! hook (`hooks.on_*`) whose fence variant hangs: the hooks see promote/fence/start with the
+//! right environment in order, the hanging one is killed at its timeout and the partitioned
+//! leader still drops the VIP within its lease. Needs root.
 
 use larder_faults::arp::ArpProber;
 use larder_faults::cluster::Cluster;
@@ -118,17 +121,28 @@ fn writer(client: String, target: pg::Target, stop: Arc<AtomicBool>) -> Vec<i64>
 
 #[test]
 fn vip_follows_the_leader_through_kill_freeze_and_partition() {
-    let net = TestNet::create_named(3, NAMING).expect("test hosts");
+    let mut net = TestNet::create_named(3, NAMING).expect("test hosts");
+    // LARDER_TEST_KEEP=1: the nodes' logs survive the run (in /tmp/larder-vip-logs).
+    if std::env::var_os("LARDER_TEST_KEEP").is_some() {
+        net.keep_logs = Some("/tmp/larder-vip-logs".into());
+    }
     let vip = NAMING.ip(net.run, 100);
+    let (hook, hook_log) = recording_hook(&net.dir);
+    let hook_toml = format!("\"{}\"", hook.display());
+    let mut overrides: Vec<(String, String)> = vec![
+        ("vip".into(), format!("\"{vip}\"")),
+        ("vip_interface".into(), "\"eth0\"".into()),
+        ("hooks.timeout_ms".into(), HOOK_TIMEOUT_MS.to_string()),
+    ];
+    for e in ["on_start", "on_promote", "on_demote", "on_fence"] {
+        overrides.push((format!("hooks.{e}"), hook_toml.clone()));
+    }
     let cfg = LarderConfig {
         bin: env!("CARGO_BIN_EXE_larder").into(),
         label: "larder-vip".into(),
         lease: Duration::from_secs(3),
         disk_mb: 0,
-        overrides: vec![
-            ("vip".into(), format!("\"{vip}\"")),
-            ("vip_interface".into(), "\"eth0\"".into()),
-        ],
+        overrides,
     };
     let mut c = LarderCluster::start(net, cfg).expect("cluster up");
     let first = c.wait_healthy(Duration::from_secs(120)).expect("healthy");
@@ -203,6 +217,15 @@ fn vip_follows_the_leader_through_kill_freeze_and_partition() {
         .collect();
     let p = Partition::new().between(&[&c.net.nodes[l3]], &others);
     p.apply(&c.net.nodes).expect("partition");
+    // Fencing runs on time although the fence hook hangs: the VIP leaves within the lease.
+    let start = Instant::now();
+    while holds_vip(&c.net.nodes[l3], &vip) {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "partitioned leader kept the VIP beyond its lease"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let l4 = wait_vip_on_other(&c, &vip, l3, Duration::from_secs(15));
     partition::heal(&c.net.nodes).expect("heal");
     c.wait_healthy(Duration::from_secs(120))
@@ -245,7 +268,122 @@ fn vip_follows_the_leader_through_kill_freeze_and_partition() {
         "ARP answered by two nodes at once: {:?}",
         dual.first()
     );
+
+    check_hooks(&c, &hook_log, &vip, &[first, l2, l3, l4]);
+    // Every takeover announced the VIP: a failing `arping` is only a warning in the log (the
+    // address is up either way), so look there.
+    for i in 0..3 {
+        let log = std::fs::read_to_string(c.root(i).join("var/log/larder/agent/current"))
+            .expect("agent log");
+        assert!(
+            !log.contains("gratuitous ARP for the VIP"),
+            "n{}: gratuitous ARP failed: {}",
+            i + 1,
+            log.lines()
+                .find(|l| l.contains("gratuitous ARP for"))
+                .unwrap_or("")
+        );
+    }
     drop(c); // processes, then namespaces, bridge and directory (TestNet's Drop)
+}
+
+const HOOK_TIMEOUT_MS: u64 = 1500;
+
+/// A hook for every event that appends one line per run to `hooks.log` (shared by the
+/// nodes: one small O_APPEND write per line keeps lines whole); on `fence` it then hangs far
+/// beyond its timeout.
+fn recording_hook(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let log = dir.join("hooks.log");
+    let path = dir.join("record-hook");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n\
+             printf '%s|%s|%s|%s|%s|%s\\n' \"$LARDER_NODE_NAME\" \"$LARDER_EVENT\" \"$LARDER_ROLE\" \
+             \"$LARDER_TERM\" \"$LARDER_LEADER_NAME\" \"$LARDER_VIP\" >> '{}'\n\
+             [ \"$LARDER_EVENT\" = fence ] && exec sleep 120\n\
+             exit 0\n",
+            log.display()
+        ),
+    )
+    .expect("write hook");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod hook");
+    (path, log)
+}
+
+struct HookRun {
+    node: String,
+    event: String,
+    role: String,
+    term: u64,
+    leader: String,
+    vip: String,
+}
+
+/// What the hooks recorded matches the run: each node's first event is `start`; the promotes
+/// are exactly the leaders in the order they were elected, each as leader of its own,
+/// strictly higher term with the VIP; the partitioned leader was told `fence` after its
+/// promote, and its hanging fence hook was killed at the timeout.
+fn check_hooks(c: &LarderCluster, log: &std::path::Path, vip: &str, leaders: &[usize]) {
+    let text = std::fs::read_to_string(log).expect("hooks.log");
+    let runs: Vec<HookRun> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            assert_eq!(f.len(), 6, "malformed hook line {l:?}");
+            HookRun {
+                node: f[0].into(),
+                event: f[1].into(),
+                role: f[2].into(),
+                term: f[3].parse().unwrap_or_else(|_| panic!("term in {l:?}")),
+                leader: f[4].into(),
+                vip: f[5].into(),
+            }
+        })
+        .collect();
+    eprintln!("hooks ran:\n{text}");
+    for n in ["n1", "n2", "n3"] {
+        let first = runs.iter().find(|r| r.node == n).map(|r| r.event.as_str());
+        assert_eq!(first, Some("start"), "{n}'s first hook event");
+    }
+    let promotes: Vec<&HookRun> = runs.iter().filter(|r| r.event == "promote").collect();
+    let want: Vec<String> = leaders.iter().map(|i| format!("n{}", i + 1)).collect();
+    let got: Vec<&str> = promotes.iter().map(|r| r.node.as_str()).collect();
+    assert_eq!(got, want, "promote hooks vs. the leaders in election order");
+    for w in promotes.windows(2) {
+        assert!(
+            w[1].term > w[0].term,
+            "promote terms not increasing: {text}"
+        );
+    }
+    for p in &promotes {
+        assert!(
+            p.role == "leader" && p.leader == p.node && p.vip == vip,
+            "promote environment of {}: role {:?}, leader {:?}, vip {:?}",
+            p.node,
+            p.role,
+            p.leader,
+            p.vip
+        );
+    }
+    let l3 = format!("n{}", leaders[2] + 1);
+    let promoted_at = runs
+        .iter()
+        .position(|r| r.node == l3 && r.event == "promote")
+        .expect("l3 promoted");
+    let fence = runs[promoted_at..]
+        .iter()
+        .find(|r| r.node == l3 && r.event == "fence")
+        .unwrap_or_else(|| panic!("no fence hook on the partitioned leader {l3}: {text}"));
+    assert_eq!(fence.vip, vip);
+    assert!(fence.term >= promotes[2].term, "fence term {}", fence.term);
+    let agent_log = c.root(leaders[2]).join("var/log/larder/agent/current");
+    let agent_log = std::fs::read_to_string(&agent_log).expect("agent log");
+    assert!(
+        agent_log.contains(&format!("killed after its timeout of {HOOK_TIMEOUT_MS} ms")),
+        "the hanging fence hook on {l3} was not reported killed at its timeout"
+    );
 }
 
 fn wait_vip_on_other(c: &LarderCluster, vip: &str, not: usize, limit: Duration) -> usize {
