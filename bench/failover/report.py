@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-ORDER = ["larder", "patroni-defaults", "patroni-aggressive"]
+ORDER = ["larder", "larder-vip", "patroni-defaults", "patroni-aggressive"]
 
 
 def load(results):
@@ -142,7 +142,8 @@ def plots(results_dir, results, png_prefix):
         for x in faults:
             ax.axvline(x, color="k", lw=0.6, alpha=0.5)
         ax.set_yticks([0] + sorted(set(ok_node)), ["err"] + [f"n{n}" for n in sorted(set(ok_node))])
-        ax.set_title(f"{r['label']}: writes every {r['interval_ms']} ms through haproxy (vertical lines: faults)")
+        route = "to the VIP" if r["label"].endswith("-vip") else "through haproxy"
+        ax.set_title(f"{r['label']}: writes every {r['interval_ms']} ms {route} (vertical lines: faults)")
         ax.set_xlabel("seconds since start")
     fig.tight_layout()
     fig.savefig(png_prefix + "-timeline.png", dpi=100)
@@ -153,13 +154,13 @@ def scenario_name(s):
     return {"kill-leader-node": "leader node killed", "kill-leader-postgres": "leader PostgreSQL killed", "switchover": "planned switchover"}.get(s, s)
 
 
-def update_doc(doc, section):
+def update_doc(doc, section, title):
     if os.path.isfile(doc):
         with open(doc) as f:
             text = f.read()
     else:
         text = "# Benchmarks\n"
-    m = re.search(r"^## Failover\n.*?(?=^## |\Z)", text, flags=re.S | re.M)
+    m = re.search(r"^## " + re.escape(title) + r"\n.*?(?=^## |\Z)", text, flags=re.S | re.M)
     if m:
         text = text[: m.start()] + section + text[m.end():]
     else:
@@ -175,6 +176,7 @@ def main():
     ap.add_argument("--doc", default=None)
     ap.add_argument("--command", default="bench/failover/run.sh")
     ap.add_argument("--notes", default=None, help="markdown file appended to the section")
+    ap.add_argument("--section", default="Failover", help="title of the docs section (## TITLE) to replace")
     a = ap.parse_args()
     results = load(a.results)
     if not results:
@@ -185,15 +187,15 @@ def main():
         plots(a.results, results, a.png_prefix)
     if a.doc:
         rel = os.path.relpath(a.png_prefix, os.path.dirname(a.doc)) if a.png_prefix else None
-        section = "## Failover\n\n"
-        section += f"Command: `{a.command}` (raw results: `bench/failover/results/*/result.json`).\n\n"
+        section = f"## {a.section}\n\n"
+        section += f"Command: `{a.command}` (raw results: `{a.results.rstrip('/')}/*/result.json`).\n\n"
         section += md + "\n"
         if rel:
             section += f"![write-unavailability windows]({rel}-windows.png)\n\n![timeline]({rel}-timeline.png)\n\n"
         if a.notes and os.path.isfile(a.notes):
             with open(a.notes) as f:
                 section += f.read().rstrip("\n") + "\n\n"
-        update_doc(a.doc, section)
+        update_doc(a.doc, section, a.section)
 
 
 if __name__ == "__main__":

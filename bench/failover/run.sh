@@ -3,6 +3,9 @@
 #
 #   bench/failover/run.sh                 # 10 trials per scenario, all three systems
 #   TRIALS=3 SYSTEMS="patroni-aggressive" bench/failover/run.sh
+#   # Larder through haproxy vs. clients writing to the VIP (no haproxy), own doc section:
+#   TRIALS=5 SYSTEMS="larder larder-vip" RESULTS=bench/failover/results-vip \
+#     SECTION="Failover through the VIP" PNG=bench/failover/vip bench/failover/run.sh
 #
 # Each system runs in its own set of network namespaces (3 nodes + a client behind haproxy
 # configured as a Chef frontend), one client writes every 10 ms; results go to
@@ -14,7 +17,10 @@ TRIALS="${TRIALS:-10}"
 SYSTEMS="${SYSTEMS:-larder patroni-defaults patroni-aggressive}"
 PROFILE="${PROFILE:-release}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-RESULTS=bench/failover/results
+RESULTS="${RESULTS:-bench/failover/results}"
+SECTION="${SECTION:-Failover}"
+PNG="${PNG:-bench/failover/failover}"
+NOTES="${NOTES:-bench/failover/notes.md}"
 VENV="${PATRONI_VENV:-/opt/larder-bench-venv}"
 
 bench/failover/setup.sh
@@ -29,6 +35,7 @@ status=0
 for s in $SYSTEMS; do
   case "$s" in
     larder) args=(--system larder --larder-bin "$BIN/larder") ;;
+    larder-vip) args=(--system larder --via-vip --larder-bin "$BIN/larder") ;;
     patroni-defaults) args=(--system patroni --settings defaults) ;;
     patroni-aggressive) args=(--system patroni --settings aggressive) ;;
     *) echo "unknown system $s" >&2; exit 2 ;;
@@ -42,8 +49,9 @@ for s in $SYSTEMS; do
 done
 
 "$VENV/bin/python" bench/failover/report.py "$RESULTS" \
-  --png-prefix bench/failover/failover \
+  --png-prefix "$PNG" \
   --doc docs/benchmarks.md \
-  --notes bench/failover/notes.md \
-  --command "TRIALS=$TRIALS bench/failover/run.sh"
+  --section "$SECTION" \
+  --notes "$NOTES" \
+  --command "TRIALS=$TRIALS SYSTEMS=\"$SYSTEMS\" RESULTS=$RESULTS SECTION=\"$SECTION\" PNG=$PNG bench/failover/run.sh"
 exit $status

@@ -217,6 +217,17 @@ async fn peer_vip(peer: &str, port: u16) -> anyhow::Result<String> {
     }
 }
 
+/// What `join-cluster` writes to larder.toml once the cluster accepted the node.
+#[derive(Clone, Copy)]
+enum ConfigWrite {
+    /// The operator's file stays as it is.
+    Keep,
+    /// No file existed: the one generated from the flags.
+    Generated,
+    /// `-i IFACE` changed the VIP settings of the operator's file: only those keys.
+    SetVip,
+}
+
 fn write_config(paths: &Paths, cfg: &Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(paths.config_dir())?;
     std::fs::write(paths.config_file(), cfg.to_toml())?;
@@ -423,8 +434,13 @@ pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
     if a.recovery && !paths.config_file().exists() {
         restore_saved_config(paths)?;
     }
-    let (mut cfg, mut generated) =
+    let (mut cfg, generated) =
         resolve_config(paths, a.publish_address.as_deref(), a.fqdn.as_deref())?;
+    let mut write = if generated {
+        ConfigWrite::Generated
+    } else {
+        ConfigWrite::Keep
+    };
     if let Some(iface) = &a.vip_interface {
         if cfg.vip_interface != *iface {
             if cfg.vip.is_empty() {
@@ -432,8 +448,11 @@ pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
             }
             cfg.vip_interface = iface.clone();
             cfg.validate(&paths.config_file().display().to_string())?;
-            // Written with the rest of the configuration once the cluster accepted the node.
-            generated = true;
+            // Written with the rest of the configuration once the cluster accepted the node;
+            // an operator's file keeps its comments, only the two keys change.
+            if !generated {
+                write = ConfigWrite::SetVip;
+            }
         }
     }
     check_address_is_local(&cfg.publish_address)?;
@@ -523,7 +542,7 @@ pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
             }
         })
     };
-    let result = join_locked(paths, &a, &cfg, generated, &secrets, &dcs, &mut steps).await;
+    let result = join_locked(paths, &a, &cfg, write, &secrets, &dcs, &mut steps).await;
     keeper.abort();
     let _ = dcs.lease_revoke(lock_lease).await;
     result?;
@@ -534,7 +553,7 @@ async fn join_locked(
     paths: &Paths,
     a: &JoinArgs,
     cfg: &Config,
-    generated: bool,
+    write: ConfigWrite,
     secrets: &Secrets,
     dcs: &Dcs,
     steps: &mut Steps,
@@ -570,8 +589,23 @@ async fn join_locked(
         }
     }
     let guid = new_guid();
-    if generated {
-        write_config(paths, cfg)?;
+    match write {
+        ConfigWrite::Keep => {}
+        ConfigWrite::Generated => write_config(paths, cfg)?,
+        ConfigWrite::SetVip => {
+            let file = paths.config_file();
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let kv = [
+                ("vip", cfg.vip.as_str()),
+                ("vip_interface", cfg.vip_interface.as_str()),
+            ];
+            std::fs::write(
+                &file,
+                larder_core::config::set_top_level_strings(&text, &kv),
+            )
+            .with_context(|| format!("writing {}", file.display()))?;
+        }
     }
     write_private(&paths.secrets_file(), secrets.to_json().as_bytes())?;
     write_tls(paths, secrets, cfg)?;

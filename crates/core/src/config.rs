@@ -819,6 +819,39 @@ impl Config {
 }
 
 /// Checks one `md5_auth_cidr_addresses` entry: `samehost`, `samenet`, `all`, or a CIDR.
+/// `text` (a larder.toml) with top-level string keys set, everything else — comments, order,
+/// tables — kept as the operator wrote it: an existing `key = …` line before the first table
+/// header is replaced, a missing key is added just before that header.
+pub fn set_top_level_strings(text: &str, kv: &[(&str, &str)]) -> String {
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    for (key, value) in kv {
+        let line = format!("{key} = {}", toml::Value::String(value.to_string()));
+        let first_table = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with('['))
+            .unwrap_or(lines.len());
+        let existing = lines[..first_table].iter().position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        });
+        match existing {
+            Some(i) => lines[i] = line,
+            None => {
+                // Beside the other top-level keys, not after the blank line that ends them.
+                let mut at = first_table;
+                while at > 0 && lines[at - 1].trim().is_empty() {
+                    at -= 1;
+                }
+                lines.insert(at, line)
+            }
+        }
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
+
 pub fn validate_hba_address(entry: &str) -> Result<(), String> {
     match entry {
         "samehost" | "samenet" | "all" => Ok(()),
@@ -921,6 +954,23 @@ fn emit_table<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn top_level_edit_keeps_comments_and_tables() {
+        let text = "# my node\nfqdn = \"a\" # name\nvip_interface=\"eth0\"\n\n[leaderl]\n# tuned\nvip = 1\n";
+        let out = set_top_level_strings(text, &[("vip_interface", "eth1"), ("vip", "10.0.0.5")]);
+        assert_eq!(
+            out,
+            "# my node\nfqdn = \"a\" # name\nvip_interface = \"eth1\"\nvip = \"10.0.0.5\"\n\n[leaderl]\n# tuned\nvip = 1\n"
+        );
+        let top: toml::Table = toml::from_str(&out).unwrap();
+        assert_eq!(top["vip"].as_str(), Some("10.0.0.5"));
+        assert_eq!(top["vip_interface"].as_str(), Some("eth1"));
+        assert_eq!(top["leaderl"]["vip"].as_integer(), Some(1));
+        // `vipx = …` is another key, not `vip`.
+        let out = set_top_level_strings("vipx = \"1\"\n", &[("vip", "2")]);
+        assert_eq!(out, "vipx = \"1\"\nvip = \"2\"\n");
+    }
+
     use super::*;
 
     fn minimal() -> String {

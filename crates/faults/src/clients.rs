@@ -22,6 +22,9 @@ pub struct ClientOptions {
     pub sample_period: Duration,
     /// Whether to proxy 9200 too (Larder's search); Patroni has no search service.
     pub proxy_search: bool,
+    /// Writers connect to this address (a VIP) instead of the client's haproxy; haproxy still
+    /// runs for the probes' sake but carries no client write.
+    pub direct_host: Option<String>,
 }
 
 pub struct Clients {
@@ -52,9 +55,12 @@ impl Clients {
         }
         let cfg = haproxy::render_config(&nodes, &cluster.check(), &services);
         let hap = Haproxy::start(&net.client, &net.dir, &cfg, 5432)?;
-        let target = cluster.pg_target();
+        let target = match &opts.direct_host {
+            Some(h) => cluster.pg_target().with_host(h),
+            None => cluster.pg_target(),
+        };
         let t2 = target.clone();
-        // Through haproxy, retried until the deadline: haproxy needs one check interval
+        // Through haproxy (or the VIP), retried until the deadline: haproxy needs one check interval
         // before it routes to the leader.
         crate::inns::block_on(&net.client.name, move || async move {
             let deadline = Instant::now() + Duration::from_secs(60);

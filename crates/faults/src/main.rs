@@ -58,6 +58,10 @@ struct Common {
     /// Patroni timing: its defaults, or the most aggressive values it accepts.
     #[arg(long, value_enum, default_value = "defaults")]
     settings: Settings,
+    /// Larder only: give the cluster a VIP (`vip` on the nodes' eth0) and let the clients
+    /// write to it directly, without haproxy: the older Chef HA pattern.
+    #[arg(long)]
+    via_vip: bool,
     /// Number of cluster nodes.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
@@ -343,6 +347,7 @@ fn larder_bin(c: &Common) -> PathBuf {
 
 fn label(c: &Common) -> String {
     match (c.system, c.settings) {
+        (System::Larder, _) if c.via_vip => "larder-vip".into(),
         (System::Larder, _) => "larder".into(),
         (System::Patroni, Settings::Defaults) => "patroni-defaults".into(),
         (System::Patroni, Settings::Aggressive) => "patroni-aggressive".into(),
@@ -353,7 +358,11 @@ fn start_cluster(c: &Common, disk_mb: u64, out: &std::path::Path) -> Result<Box<
     if !c.larder_set.is_empty() && c.system != System::Larder {
         bail!("--larder-set applies to --system larder only");
     }
+    if c.via_vip && c.system != System::Larder {
+        bail!("--via-vip applies to --system larder only");
+    }
     let mut net = TestNet::create(c.nodes).context("creating test hosts")?;
+    let vip = vip_address(&net);
     net.keep_logs = Some(out.join("logs"));
     eprintln!(
         "test hosts: bridge {} subnet 10.213.{}.0/24, dir {}",
@@ -387,16 +396,28 @@ fn start_cluster(c: &Common, disk_mb: u64, out: &std::path::Path) -> Result<Box<
                     label: label(c),
                     lease: Duration::from_secs(c.larder_lease_secs),
                     disk_mb,
-                    overrides: c
-                        .larder_set
-                        .iter()
-                        .map(|s| larder_faults::larder::parse_override(s))
-                        .collect::<std::result::Result<_, _>>()?,
+                    overrides: {
+                        let mut o: Vec<(String, String)> = c
+                            .larder_set
+                            .iter()
+                            .map(|s| larder_faults::larder::parse_override(s))
+                            .collect::<std::result::Result<_, _>>()?;
+                        if c.via_vip {
+                            o.push(("vip".into(), format!("\"{vip}\"")));
+                            o.push(("vip_interface".into(), "\"eth0\"".into()));
+                        }
+                        o
+                    },
                 },
             )
             .context("starting the Larder cluster")?,
         ),
     })
+}
+
+/// The VIP of a run: a free host number on the run's subnet (nodes take 1–9, the client 200).
+fn vip_address(net: &TestNet) -> String {
+    net.naming.ip(net.run, 100)
 }
 
 fn bench(c: &Common, trials: u32, scenarios: &[String], idle_secs: u64) -> Result<()> {
@@ -419,6 +440,7 @@ fn bench(c: &Common, trials: u32, scenarios: &[String], idle_secs: u64) -> Resul
         op_timeout: Duration::from_millis(c.op_timeout_ms),
         sample_period: Duration::from_millis(250),
         proxy_search: false,
+        direct_host: c.via_vip.then(|| vip_address(cluster.net())),
     };
     let history = out.join("history.jsonl");
     let mut cl = Clients::start(cluster.as_ref(), &opts, &history)?;
@@ -552,6 +574,7 @@ fn fault_run(c: &Common, plan: schedule::Plan, disk_mb: u64, writers: u32) -> Re
         op_timeout: Duration::from_millis(c.op_timeout_ms),
         sample_period: Duration::from_millis(200),
         proxy_search: c.system == System::Larder,
+        direct_host: c.via_vip.then(|| vip_address(cluster.net())),
     };
     let history = out.join("history.jsonl");
     let mut cl = Clients::start(cluster.as_ref(), &opts, &history)?;
@@ -693,6 +716,7 @@ fn steady(c: &Common, a: SteadyArgs) -> Result<()> {
         op_timeout: Duration::from_millis(c.op_timeout_ms),
         sample_period: Duration::from_millis(500),
         proxy_search: false,
+        direct_host: c.via_vip.then(|| vip_address(cluster.net())),
     };
     let history = out.join("history.jsonl");
     let mut cl = Clients::start(cluster.as_ref(), &opts, &history)?;
