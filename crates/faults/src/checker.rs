@@ -6,8 +6,12 @@
 //!    so an acknowledged write carries (node, timeline). Two different nodes acknowledging
 //!    on the same timeline, or a node on an older timeline acknowledging a write that
 //!    started after another node had acknowledged on a newer one, is split brain.
-//! 3. The health endpoint: two nodes claiming leadership (runs of 2xx answers) over
-//!    overlapping time spans longer than a tolerance would make haproxy route writes to both.
+//! 3. The health endpoint, as the suite's own sampler sees it: two nodes claiming leadership
+//!    (runs of 2xx answers) over overlapping spans. Every overlap is recorded in
+//!    [`Report::claim_overlaps`]; one longer than the tolerance is a violation of the
+//!    one-leader-answer contract. It is not the safety proof (rule 2 is): haproxy checks each
+//!    server on its own schedule with `rise 1`, so it *can* hold two servers UP during a
+//!    shorter overlap — what haproxy itself did is recorded separately (`routing`).
 //!
 //! A violation carries the part of the history that shows it.
 
@@ -39,6 +43,9 @@ pub struct Report {
     /// Longest gap between two consecutive acknowledged client writes (µs) and where.
     pub longest_gap_us: u64,
     pub longest_gap_at_us: u64,
+    /// Every span in which the sampler saw two nodes answer the leader check with 2xx/3xx:
+    /// (node index, node index, from µs, to µs), violations or not.
+    pub claim_overlaps: Vec<(u32, u32, u64, u64)>,
     pub violations: Vec<Violation>,
 }
 
@@ -298,7 +305,13 @@ fn check_health(entries: &[Entry], tolerance_us: u64, r: &mut Report) {
             }
             let from = x.1.max(y.1);
             let to = x.2.min(y.2);
-            if to > from && to - from > tolerance_us {
+            if to > from {
+                r.claim_overlaps.push((x.0, y.0, from, to));
+            }
+            if to > from
+                && to - from > tolerance_us
+                && r.violations.iter().all(|v| v.kind != "two-healthy-leaders")
+            {
                 r.violations.push(Violation {
                     kind: "two-healthy-leaders",
                     message: format!(
@@ -312,7 +325,6 @@ fn check_health(entries: &[Entry], tolerance_us: u64, r: &mut Report) {
                     ),
                     excerpt: excerpt_with_health(entries, from.saturating_sub(1_000_000), to, 80),
                 });
-                return;
             }
         }
     }

@@ -82,9 +82,19 @@ impl Clients {
                 }
             }
         })?;
+        let servers: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
+        let backend = services[0].backend.clone();
+        let settled =
+            crate::routing::wait_settled(&hap.log, &backend, &servers, Duration::from_secs(30))?;
         let rec = Recorder::create(history)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
+        let mut threads = vec![crate::routing::watch(
+            hap.log.clone(),
+            rec.clone(),
+            backend,
+            settled,
+            stop.clone(),
+        )];
         let wcfg = WorkloadConfig {
             target: target.clone(),
             clients: opts.writers,

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::netns::Netns;
 
+/// haproxy's `inter`: how often it checks each server (Chef frontends' setting).
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
 /// What haproxy checks on each backend node.
 #[derive(Debug, Clone)]
 pub struct HealthCheck {
@@ -95,7 +98,10 @@ pub fn render_config_on(
             "  http-check send meth GET uri {} ver HTTP/1.1 hdr Host localhost:{}\n",
             check.path, check.port
         ));
-        c.push_str("  default-server inter 2s rise 1 fall 1 on-marked-down shutdown-sessions\n");
+        c.push_str(&format!(
+            "  default-server inter {}s rise 1 fall 1 on-marked-down shutdown-sessions\n",
+            CHECK_INTERVAL.as_secs()
+        ));
         for (name, ip) in nodes {
             c.push_str(&format!(
                 "  server {name} {ip}:{} check port {}\n",

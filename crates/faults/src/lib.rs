@@ -38,6 +38,7 @@ pub mod netns;
 pub mod partition;
 pub mod patroni;
 pub mod pg;
+pub mod routing;
 pub mod sampler;
 pub mod scenario;
 pub mod schedule;

@@ -100,6 +100,64 @@ impl Fault {
             Fault::Netem => "netem 50ms±50ms all links",
         }
     }
+
+    pub fn expect(self) -> Expect {
+        match self {
+            Fault::KillAgent
+            | Fault::KillPostgres
+            | Fault::KillNode
+            | Fault::FreezeAgent
+            | Fault::FreezeNode
+            | Fault::FreezeEtcdOne
+            | Fault::PartitionLeader
+            | Fault::OneWayPartition
+            | Fault::DiskFull => Expect::Bounded,
+            Fault::IsolateFollower | Fault::Netem => Expect::NoLeaderChange,
+            Fault::FreezeEtcdTwo | Fault::RestartAll | Fault::BackToBackFailovers => {
+                Expect::Unbounded
+            }
+        }
+    }
+}
+
+/// What a fault may do to write availability, judged while it is still in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// It takes the leader (or its PostgreSQL, its etcd member, its disk, its links) away:
+    /// writes through haproxy must be acknowledged again — by a new leader, or by the old one
+    /// if it could keep its lease — within [`availability_bound`], *before* the heal.
+    Bounded,
+    /// It must not move leadership (a follower's loss, delay within the lease budget): every
+    /// write acknowledged while it holds comes from the leader of before, which still leads.
+    NoLeaderChange,
+    /// It takes away what any leader needs (etcd quorum; every node at once) or is a series of
+    /// hand-overs each with its own deadline: only recovery after the heal is bounded.
+    Unbounded,
+}
+
+impl Expect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expect::Bounded => "bounded gap",
+            Expect::NoLeaderChange => "no leader change",
+            Expect::Unbounded => "recovers after heal",
+        }
+    }
+}
+
+/// Time for the election and promotion beyond the lease, with room for a loaded CI machine:
+/// the agent's loop notices the expired key within one interval (100 ms), etcd commits the
+/// new key, PostgreSQL promotes (≤ 1 s measured); the rest is margin.
+pub const ELECTION_ALLOWANCE: Duration = Duration::from_secs(2);
+
+/// The longest write gap a client behind haproxy may see when the leader is removed:
+/// `lease + 2 × check interval + ELECTION_ALLOWANCE`. The lease runs out (the old leader is
+/// fenced at or before it), a new leader is elected and promoted, and haproxy notices within
+/// one check interval that the new leader passes (`rise 1`) — two intervals because a check
+/// that started just before the promotion answers the old state (a held Larder check wakes
+/// on the change, Patroni's does not).
+pub fn availability_bound(lease: Duration, check_interval: Duration) -> Duration {
+    lease + 2 * check_interval + ELECTION_ALLOWANCE
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +213,12 @@ pub struct StepResult {
     /// Seconds from heal until writes were acknowledged again.
     pub recovered_after_heal_s: f64,
     pub leader_after: Option<String>,
+    /// What the fault may do to availability, and the verdict: `None` = met.
+    pub expect: Expect,
+    /// Longest write gap while the fault was in place (from injection to the heal; for an
+    /// instantaneous fault, to the first write after it).
+    pub in_place_gap_s: f64,
+    pub failure: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +229,8 @@ pub struct RunOptions {
     pub leader_bound: Duration,
     /// Extra time a "longer than the lease" fault is held beyond the lease.
     pub beyond_lease: Duration,
+    /// The frontend's health-check interval (haproxy `inter`), for [`availability_bound`].
+    pub check_interval: Duration,
 }
 
 /// What must be undone when a fault is healed.
@@ -440,10 +506,21 @@ pub fn run(
                     gap_s: 0.0,
                     recovered_after_heal_s: 0.0,
                     leader_after: None,
+                    expect: fault.expect(),
+                    in_place_gap_s: 0.0,
+                    failure: None,
                 });
                 continue;
             }
             Err(e) => return (results, Some(format!("injecting {}: {e}", fault.name()))),
+        };
+        // A fault that removes the leader is held past the availability bound, so the bound is
+        // judged while it is still in place: a build that only recovers at the heal fails.
+        let bound = availability_bound(cluster.lease(), opts.check_interval);
+        let hold = if fault.expect() == Expect::Bounded && !hold.is_zero() {
+            hold.max(bound + Duration::from_secs(1))
+        } else {
+            hold
         };
         // Holding the fault is the experiment itself, not a wait for a condition.
         std::thread::sleep(hold);
@@ -474,8 +551,27 @@ pub fn run(
                 return (results, Some(msg));
             }
         };
-        let (gap, _) = checker::longest_gap(&rec.entries(), at, recovered);
+        let entries = rec.entries();
+        let (gap, _) = checker::longest_gap(&entries, at, recovered);
+        let in_place = if hold.is_zero() {
+            gap
+        } else {
+            checker::longest_gap(&entries, at, heal_at).0
+        };
         let leader_after = cluster.leader().map(|l| format!("n{}", l + 1));
+        let leader_ip = cluster.net().nodes[leader].ip.clone();
+        let failure = judge(
+            fault.expect(),
+            Duration::from_micros(in_place),
+            bound,
+            &foreign_writes(&entries, at, recovered, &leader_ip),
+            &format!("n{}", leader + 1),
+            leader_after.as_deref(),
+        );
+        if let Some(f) = &failure {
+            rec.event("check", format!("#{k} {}: {f}", fault.name()));
+            eprintln!("#{k} {}: {f}", fault.name());
+        }
         results.push(StepResult {
             fault,
             target,
@@ -484,9 +580,62 @@ pub fn run(
             gap_s: gap as f64 / 1e6,
             recovered_after_heal_s: recovered.saturating_sub(heal_at) as f64 / 1e6,
             leader_after,
+            expect: fault.expect(),
+            in_place_gap_s: in_place as f64 / 1e6,
+            failure,
         });
     }
     (results, None)
+}
+
+/// Nodes other than `leader_ip` that acknowledged a client write ending in `[from, to]`.
+fn foreign_writes(
+    entries: &[crate::history::Entry],
+    from: u64,
+    to: u64,
+    leader_ip: &str,
+) -> Vec<String> {
+    let mut v: Vec<String> = checker::ops(entries)
+        .filter(|o| {
+            o.kind == crate::history::OpKind::Write
+                && o.outcome == crate::history::Outcome::Ok
+                && o.end_us >= from
+                && o.end_us <= to
+        })
+        .filter_map(|o| o.node.clone())
+        .filter(|n| n != leader_ip)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The availability verdict of one fault (`None` = as expected), from what the clients saw.
+pub fn judge(
+    expect: Expect,
+    in_place_gap: Duration,
+    bound: Duration,
+    foreign_writers: &[String],
+    leader_before: &str,
+    leader_after: Option<&str>,
+) -> Option<String> {
+    match expect {
+        Expect::Bounded if in_place_gap > bound => Some(format!(
+            "write gap {:.2}s while the fault was in place exceeds the bound {:.1}s (lease + 2 × check interval + {}s)",
+            in_place_gap.as_secs_f64(),
+            bound.as_secs_f64(),
+            ELECTION_ALLOWANCE.as_secs()
+        )),
+        Expect::NoLeaderChange if !foreign_writers.is_empty() => Some(format!(
+            "writes were acknowledged by {} while {leader_before} should have kept leading",
+            foreign_writers.join(", ")
+        )),
+        Expect::NoLeaderChange if leader_after != Some(leader_before) => Some(format!(
+            "leader changed from {leader_before} to {}",
+            leader_after.unwrap_or("none")
+        )),
+        _ => None,
+    }
 }
 
 /// Runs a ~64 MB insert (plus its WAL) directly on node `i` and describes what PostgreSQL answered.
@@ -524,6 +673,47 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), Fault::ALL.len());
         assert!(Fault::from_id("nope").unwrap_err().contains("kill-agent"));
+    }
+
+    #[test]
+    fn availability_verdicts() {
+        let bound = availability_bound(Duration::from_secs(3), Duration::from_secs(2));
+        assert_eq!(bound, Duration::from_secs(9));
+        let ms = Duration::from_millis;
+        assert_eq!(
+            judge(Expect::Bounded, ms(8_900), bound, &[], "n1", Some("n2")),
+            None
+        );
+        let late = judge(Expect::Bounded, ms(9_100), bound, &[], "n1", Some("n2")).unwrap();
+        assert!(late.contains("9.10s") && late.contains("9.0s"), "{late}");
+        // A leader-keeping fault: a write on another node, or another leader afterwards, fails.
+        let other = vec!["10.0.0.2".to_string()];
+        assert!(judge(
+            Expect::NoLeaderChange,
+            ms(1),
+            bound,
+            &other,
+            "n1",
+            Some("n1")
+        )
+        .is_some());
+        assert!(judge(Expect::NoLeaderChange, ms(1), bound, &[], "n1", Some("n2")).is_some());
+        assert!(judge(Expect::NoLeaderChange, ms(1), bound, &[], "n1", None).is_some());
+        assert_eq!(
+            judge(
+                Expect::NoLeaderChange,
+                ms(30_000),
+                bound,
+                &[],
+                "n1",
+                Some("n1")
+            ),
+            None
+        );
+        assert_eq!(
+            judge(Expect::Unbounded, ms(60_000), bound, &other, "n1", None),
+            None
+        );
     }
 
     #[test]
