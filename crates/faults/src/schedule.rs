@@ -422,17 +422,18 @@ fn heal(cluster: &mut dyn Cluster, rec: &crate::history::Recorder, active: Activ
         Active::FreeDisk(d) => d.free(),
         Active::ClearNetem(imp) => {
             let dead = imp.dead();
-            if !dead.is_empty() {
-                rec.event(
-                    "note",
-                    format!(
-                        "delayer thread died on {} (link ran undelayed)",
-                        dead.join(",")
-                    ),
-                );
-            }
             for (host, st) in imp.clear()? {
                 rec.event("note", format!("delayer {host}: {}", st.describe()));
+            }
+            // A dead delayer means its link ran undelayed: the fault did not happen as
+            // claimed, so the run cannot vouch for it.
+            if !dead.is_empty() {
+                let msg = format!(
+                    "delayer thread died on {} (its link ran undelayed)",
+                    dead.join(",")
+                );
+                rec.event("check", msg.clone());
+                return Err(Error::Invalid(msg));
             }
             Ok(())
         }
