@@ -28,6 +28,8 @@ pub enum Fault {
     RestartAll,
     BackToBackFailovers,
     Netem,
+    LossyLink,
+    RestartEtcd,
 }
 
 impl Fault {
@@ -48,6 +50,8 @@ impl Fault {
             Fault::RestartAll => "restart-all",
             Fault::BackToBackFailovers => "back-to-back-switchovers",
             Fault::Netem => "netem",
+            Fault::LossyLink => "lossy-link",
+            Fault::RestartEtcd => "restart-etcd",
         }
     }
 
@@ -65,7 +69,7 @@ impl Fault {
             })
     }
 
-    pub const ALL: [Fault; 14] = [
+    pub const ALL: [Fault; 16] = [
         Fault::KillAgent,
         Fault::KillPostgres,
         Fault::KillNode,
@@ -80,6 +84,8 @@ impl Fault {
         Fault::RestartAll,
         Fault::BackToBackFailovers,
         Fault::Netem,
+        Fault::LossyLink,
+        Fault::RestartEtcd,
     ];
 
     pub fn name(self) -> &'static str {
@@ -98,6 +104,8 @@ impl Fault {
             Fault::RestartAll => "kill and restart all nodes",
             Fault::BackToBackFailovers => "3 back-to-back switchovers",
             Fault::Netem => "netem 50ms±50ms all links",
+            Fault::LossyLink => "15% loss + reordering, leader link",
+            Fault::RestartEtcd => "kill -9 every etcd member",
         }
     }
 
@@ -111,11 +119,13 @@ impl Fault {
             | Fault::FreezeEtcdOne
             | Fault::PartitionLeader
             | Fault::OneWayPartition
-            | Fault::DiskFull => Expect::Bounded,
+            | Fault::DiskFull
+            | Fault::LossyLink => Expect::Bounded,
             Fault::IsolateFollower | Fault::Netem => Expect::NoLeaderChange,
-            Fault::FreezeEtcdTwo | Fault::RestartAll | Fault::BackToBackFailovers => {
-                Expect::Unbounded
-            }
+            Fault::FreezeEtcdTwo
+            | Fault::RestartAll
+            | Fault::BackToBackFailovers
+            | Fault::RestartEtcd => Expect::Unbounded,
         }
     }
 }
@@ -403,6 +413,33 @@ fn inject(
                 .rec
                 .event("note", format!("netem on every node: {what}"));
             (Active::ClearNetem(imp), what, Duration::from_secs(30))
+        }
+        Fault::LossyLink => {
+            let probe = format!("{}{}-netemprobe", crate::hosts::PREFIX, cluster.net().run);
+            let backend = netem::Backend::detect(&probe)?;
+            // Per-packet delays of 0–20 ms reorder back-to-back packets; the loss makes TCP
+            // retransmit (≥ 200 ms) on etcd renewals, replication and client answers alike.
+            let spec = netem::Netem {
+                loss_percent: 15.0,
+                ..netem::Netem::jitter(10, 10)
+            };
+            let imp = netem::apply_all(std::slice::from_ref(&nodes[leader]), spec, backend)?;
+            let what = format!("{lname}: {}", imp.describe());
+            clients.rec.event("note", format!("lossy link: {what}"));
+            (Active::ClearNetem(imp), what, Duration::from_secs(20))
+        }
+        Fault::RestartEtcd => {
+            // Every member at once (PostgreSQL stays up): the agents must restart their etcd,
+            // which keeps its data, and the cluster must find its leader again.
+            let mut killed = Vec::new();
+            for i in 0..n {
+                let pid = cluster
+                    .etcd_pid(i)
+                    .ok_or_else(|| Error::Invalid(format!("no etcd pid on n{}", i + 1)))?;
+                nemesis::kill9(pid)?;
+                killed.push(format!("n{}", i + 1));
+            }
+            (Active::Nothing, killed.join("+"), Duration::ZERO)
         }
     })
 }
