@@ -96,6 +96,10 @@ impl Clients {
             stop.clone(),
         )];
         let wcfg = WorkloadConfig {
+            nodes: match opts.direct_host {
+                Some(_) => nodes.clone(),
+                None => Vec::new(),
+            },
             target: target.clone(),
             clients: opts.writers,
             interval: opts.interval,

@@ -19,6 +19,24 @@ pub struct WorkloadConfig {
     /// An insert without an answer after this long is recorded `Unknown` and its connection
     /// dropped; connecting is bounded by the same value.
     pub op_timeout: Duration,
+    /// Set when `target` is a VIP: (name, ip) of every node, so each connection finds out
+    /// which node it reached (`inet_server_addr()` answers the VIP). Empty through haproxy,
+    /// whose backend connections already come from the node's own address.
+    pub nodes: Vec<(String, String)>,
+}
+
+/// The node a connection reached through an address that is not a node's (a VIP): the
+/// harness names node data directories after the nodes (`…/n2/…`).
+async fn node_behind(cl: &tokio_postgres::Client, nodes: &[(String, String)]) -> Option<String> {
+    let row = cl
+        .query_one("SELECT current_setting('data_directory')", &[])
+        .await
+        .ok()?;
+    let dir: String = row.get(0);
+    nodes
+        .iter()
+        .find(|(name, _)| dir.contains(&format!("/{name}/")))
+        .map(|(_, ip)| ip.clone())
 }
 
 /// Base of client ids: client c writes ids (c+1)*ID_STRIDE + n.
@@ -42,6 +60,8 @@ pub async fn run(cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool>) {
 
 async fn client(c: u32, cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool>) {
     let mut conn: Option<(tokio_postgres::Client, tokio_postgres::Statement)> = None;
+    let via_other_address = !cfg.nodes.is_empty();
+    let mut reached: Option<String> = None;
     let mut tick = tokio::time::interval(cfg.interval);
     // A blocked insert must not be followed by a burst of catch-up inserts: the pace after
     // an outage stays one per interval, as the benchmark promises.
@@ -67,7 +87,17 @@ async fn client(c: u32, cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool
         if conn.as_ref().map(|(cl, _)| cl.is_closed()).unwrap_or(true) {
             conn = None;
             match connect_prepared(&cfg.target, cfg.op_timeout).await {
-                Ok(x) => conn = Some(x),
+                Ok(x) => {
+                    reached = None;
+                    if via_other_address {
+                        reached =
+                            tokio::time::timeout(cfg.op_timeout, node_behind(&x.0, &cfg.nodes))
+                                .await
+                                .ok()
+                                .flatten();
+                    }
+                    conn = Some(x)
+                }
                 Err(e) => {
                     // Nothing was sent: definitely not applied.
                     op.end_us = rec.now_us();
@@ -85,7 +115,7 @@ async fn client(c: u32, cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool
         match res {
             Ok(Ok(row)) => {
                 op.outcome = Outcome::Ok;
-                op.node = row.get::<_, Option<String>>(0);
+                op.node = reached.clone().or(row.get::<_, Option<String>>(0));
                 op.timeline = row
                     .get::<_, Option<String>>(1)
                     .and_then(|s| pg::parse_timeline(&s));
