@@ -81,6 +81,18 @@ pub enum PgState {
     Empty,
 }
 
+impl PgState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PgState::Primary => "primary",
+            PgState::Streaming => "streaming",
+            PgState::Standby => "standby",
+            PgState::Stopped => "stopped",
+            PgState::Empty => "empty",
+        }
+    }
+}
+
 /// What each agent posts to `/larder/status/<guid>` every loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberStatus {
