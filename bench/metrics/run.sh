@@ -4,6 +4,7 @@
 #
 #   bench/metrics/run.sh                 # RUNS=3 windows of WINDOW=60 s each, idle then scraped
 #   RUNS=5 WINDOW=120 bench/metrics/run.sh
+#   PROFILE=debug bench/metrics/run.sh   # the unoptimised build the tests use (a pessimistic bound)
 #
 # The nodes run on 127.0.44.2-4 (this benchmark's loopback addresses; stop the observability
 # test first, its Prometheus uses 127.0.44.1). Measured on the leader: CPU is the agent
@@ -18,8 +19,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 [ "$(id -u)" -eq 0 ] || { echo "run.sh: run as root" >&2; exit 2; }
 command -v curl >/dev/null || { echo "run.sh: curl missing (scripts/install-deps.sh)" >&2; exit 2; }
 
-cargo build --release -q -p larder-cli
-bin="$CARGO_TARGET_DIR/release/larder"
+PROFILE="${PROFILE:-release}"
+case "$PROFILE" in
+  release) cargo build --release -q -p larder-cli ;;
+  debug) cargo build -q -p larder-cli ;;
+  *) echo "run.sh: PROFILE is release or debug" >&2; exit 2 ;;
+esac
+bin="$CARGO_TARGET_DIR/$PROFILE/larder"
+echo "build: $PROFILE ($bin), $(git rev-parse --short HEAD), windows of ${WINDOW}s"
 work=$(mktemp -d /tmp/larder-metrics-bench.XXXXXX)
 ips=(127.0.44.2 127.0.44.3 127.0.44.4)
 cleanup() {

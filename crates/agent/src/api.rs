@@ -47,22 +47,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/cluster", get(cluster))
         .route("/v2/members", get(v2_members))
         .route("/metrics", get(metrics))
-        .route(
-            "/ui",
-            get(|| asset("text/html; charset=utf-8", crate::ui::INDEX_HTML)),
-        )
-        .route(
-            "/ui/",
-            get(|| asset("text/html; charset=utf-8", crate::ui::INDEX_HTML)),
-        )
-        .route(
-            "/ui/style.css",
-            get(|| asset("text/css; charset=utf-8", crate::ui::STYLE_CSS)),
-        )
-        .route(
-            "/ui/app.js",
-            get(|| asset("text/javascript; charset=utf-8", crate::ui::APP_JS)),
-        )
+        .route("/ui", get(|| asset(crate::ui::INDEX_HTML)))
+        .route("/ui/", get(|| asset(crate::ui::INDEX_HTML)))
+        .route("/ui/style.css", get(|| asset(crate::ui::STYLE_CSS)))
+        .route("/ui/app.js", get(|| asset(crate::ui::APP_JS)))
         .route("/ui/data", get(ui_data))
         .fallback(|| async { (StatusCode::SERVICE_UNAVAILABLE, "unknown endpoint\n") })
         .with_state(state)
@@ -243,7 +231,7 @@ async fn metrics(State(st): State<ApiState>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-async fn asset(content_type: &'static str, body: &'static str) -> Response {
+async fn asset((content_type, body): (&'static str, &'static str)) -> Response {
     (
         [
             (axum::http::header::CONTENT_TYPE, content_type),

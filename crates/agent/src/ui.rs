@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-pub const INDEX_HTML: &str = include_str!("ui/index.html");
-pub const STYLE_CSS: &str = include_str!("ui/style.css");
-pub const APP_JS: &str = include_str!("ui/app.js");
+/// The page's files: (content type, body).
+pub const INDEX_HTML: (&str, &str) = ("text/html; charset=utf-8", include_str!("ui/index.html"));
+pub const STYLE_CSS: (&str, &str) = ("text/css; charset=utf-8", include_str!("ui/style.css"));
+pub const APP_JS: (&str, &str) = ("text/javascript; charset=utf-8", include_str!("ui/app.js"));
 
 /// One lag sample every this often...
 pub const LAG_INTERVAL: Duration = Duration::from_secs(2);
@@ -238,12 +239,12 @@ mod tests {
 
     #[test]
     fn assets_are_self_contained() {
-        for asset in [INDEX_HTML, STYLE_CSS, APP_JS] {
+        for (_, asset) in [INDEX_HTML, STYLE_CSS, APP_JS] {
             assert!(
                 !asset.contains("http://") && !asset.contains("https://"),
                 "external reference"
             );
         }
-        assert!(INDEX_HTML.contains("viewport"), "readable on a phone");
+        assert!(INDEX_HTML.1.contains("viewport"), "readable on a phone");
     }
 }

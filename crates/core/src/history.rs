@@ -243,6 +243,12 @@ pub fn classify(a: &Acquisition) -> (Kind, Option<String>, String, Option<u64>) 
     }
     let seen_pg = a.seen.filter(|s| s.guid == prev_guid).map(|s| s.last_pg);
     let reason = match (a.previous_status, seen_pg) {
+        // Still posting itself as the writable leader after its key went: that status is the
+        // last one it posted before it stopped (a live leader that gives up posts
+        // `deposed_leader` within a loop iteration); its status lease just outlived the key.
+        (Some(st), _) if st.role == NodeRole::Leader && st.pg == PgState::Primary => {
+            format!("lease expired: {prev_name} stopped renewing (agent or host down)")
+        }
         (Some(st), _) if st.pg != PgState::Primary => format!(
             "PostgreSQL on {prev_name} down ({}): it gave up leadership",
             st.pg.as_str()
@@ -328,27 +334,9 @@ mod tests {
 
     fn status(guid: &str, role: NodeRole, pg: PgState, at: u64) -> MemberStatus {
         MemberStatus {
-            guid: guid.into(),
             name: format!("n-{guid}"),
-            address: "127.0.0.1".into(),
-            role,
-            pg,
-            position: WalPosition::default(),
-            eligible: true,
-            failover_enabled: true,
-            term: 1,
-            leader_seen: None,
-            voter: true,
-            lag_bytes: None,
-            search_ok: true,
-            etcd_ok: true,
-            seq: 1,
             updated_unix_ms: at,
-            check_phases: vec![],
-            lease_expires_unix_ms: None,
-            version: String::new(),
-            protocol: 0,
-            vip_held: false,
+            ..MemberStatus::test_member(guid, role, pg)
         }
     }
 
@@ -441,6 +429,10 @@ mod tests {
             reason.contains("PostgreSQL on n-a down (stopped)"),
             "{reason}"
         );
+        // Its status outlived the key still saying "writable leader": it stopped, not gave up.
+        let stale = status("a", NodeRole::Leader, PgState::Primary, 1000);
+        let (_, _, reason, _) = classify(&acq(Some(&seen), Some(&stale)));
+        assert!(reason.starts_with("lease expired"), "{reason}");
         // Nothing seen of the previous leader: the gap starts at detection.
         assert_eq!(entry(&acq(None, None), 3000).gap_start_unix_ms, Some(2000));
         // A switchover of the previous term.

@@ -139,6 +139,39 @@ pub struct MemberStatus {
     pub vip_held: bool,
 }
 
+#[cfg(test)]
+impl MemberStatus {
+    /// A healthy voter's status (name "n", timeline 1), for the core's unit tests.
+    pub(crate) fn test_member(guid: &str, role: NodeRole, pg: PgState) -> MemberStatus {
+        MemberStatus {
+            guid: guid.into(),
+            name: "n".into(),
+            address: "a".into(),
+            role,
+            pg,
+            position: WalPosition {
+                timeline: 1,
+                lsn: Lsn(0),
+            },
+            eligible: true,
+            failover_enabled: true,
+            term: 1,
+            leader_seen: None,
+            voter: true,
+            lag_bytes: None,
+            search_ok: true,
+            etcd_ok: true,
+            seq: 1,
+            updated_unix_ms: 0,
+            check_phases: vec![],
+            lease_expires_unix_ms: None,
+            version: String::new(),
+            protocol: 0,
+            vip_held: false,
+        }
+    }
+}
+
 /// Value of the leader key (bound to the leader's lease).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderRecord {

@@ -2,7 +2,8 @@
 // nothing loaded from elsewhere (the page must work on an offline network).
 "use strict";
 
-const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"];
+// No red: red is the write gap.
+const COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
 const colorOf = (() => {
   const seen = {};
   return (name) => {
