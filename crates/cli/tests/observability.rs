@@ -322,6 +322,7 @@ fn metrics_history_and_status_page() {
         "{out:?}"
     );
     let table = c.node(&first).ok(&["history"]);
+    eprintln!("larder history:\n{table}");
     assert!(
         table.contains("failover") && table.contains("switchover"),
         "{table}"
