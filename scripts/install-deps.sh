@@ -15,9 +15,11 @@ build=(build-essential pkg-config protobuf-compiler libprotobuf-dev git)
 run=(postgresql-15 etcd-server etcd-client ca-certificates procps util-linux mount passwd pgbackrest
      iputils-arping)
 # Test and benchmark: frontend routing, fault injection (namespaces, nftables, netem, loop
-# disks), the Python ES/OpenSearch client tests, Debian packaging, fresh-root checks.
+# disks), the Python ES/OpenSearch client tests, Debian packaging, fresh-root checks, and the
+# observability test (promtool and a Prometheus server scrape /metrics, headless Chromium
+# renders /ui). Development only: none of these is in the .deb's Depends.
 test=(haproxy iproute2 nftables iptables e2fsprogs python3 python3-venv curl psmisc
-      dpkg-dev mmdebstrap)
+      dpkg-dev mmdebstrap prometheus chromium)
 
 need=("${build[@]}" "${run[@]}" "${test[@]}")
 missing=()
@@ -43,7 +45,7 @@ commands=(cc protoc git /usr/lib/postgresql/15/bin/postgres /usr/lib/postgresql/
           etcd etcdctl haproxy ip tc ss nft iptables losetup
           mount umount mkfs.ext4 kill pkill pgrep ps timeout tail tar df du uname python3 curl useradd
           arping
-          dpkg-deb mmdebstrap)
+          dpkg-deb mmdebstrap promtool prometheus chromium)
 absent=()
 for c in "${commands[@]}"; do
   command -v "$c" >/dev/null 2>&1 || absent+=("$c")
@@ -55,7 +57,7 @@ if [ "${#absent[@]}" -gt 0 ]; then
 fi
 
 # The Debian packages ship their own services; Larder supervises its own instances.
-for svc in etcd postgresql haproxy; do
+for svc in etcd postgresql haproxy prometheus; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   fi
@@ -63,6 +65,8 @@ done
 # Debian's etcd-server may have been started by its postinst without systemd; it would hold
 # port 2379 on localhost.
 pkill -x etcd -u etcd 2>/dev/null || true
+# Likewise Debian's prometheus (port 9090, which the observability test binds on loopback).
+pkill -x prometheus -u prometheus 2>/dev/null || true
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust (https://rustup.rs) and re-run" >&2
   exit 1

@@ -94,6 +94,13 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         required_followers: node.cfg.leaderl.required_active_followers,
         name: node.cfg.fqdn.clone(),
         guid: node.state.guid.clone(),
+        metrics: crate::metrics::MetricsConfig {
+            fence_margin: Duration::from_millis(node.cfg.leaderl.fence_margin_ms),
+            disk_paths: vec![
+                ("data".into(), paths.data_dir()),
+                ("logs".into(), paths.log_dir()),
+            ],
+        },
     };
     let api_shutdown = CancellationToken::new();
     let api_task = tokio::spawn(api::serve(listener, api_state, api_shutdown.clone()));
@@ -106,6 +113,17 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
     ));
     tokio::spawn(search_health(
         node.clone(),
+        sensors.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(crate::history::run(
+        dcs.clone(),
+        views.ha.clone(),
+        sensors.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(crate::ui::sample_lag(
+        views.ha.clone(),
         sensors.clone(),
         shutdown.clone(),
     ));
@@ -193,7 +211,9 @@ async fn member_refresh(
     }
 }
 
-/// The search service's own health (`GET /` answers), for status; never fails over PostgreSQL.
+/// The search service's own health and figures: `GET /_larder/stats` answering is its health
+/// (for status), its body the search metrics (cached here, so a scrape never reaches the
+/// service). Never fails over PostgreSQL.
 async fn search_health(node: Node, sensors: Arc<Sensors>, shutdown: CancellationToken) {
     let addr = format!(
         "{}:{}",
@@ -210,10 +230,26 @@ async fn search_health(node: Node, sensors: Arc<Sensors>, shutdown: Cancellation
     loop {
         // Search health is reported, never a reason to fail PostgreSQL over (Chef Backend
         // issue #1739): a failed check only counts against its own budget.
-        if http_get_ok(&addr, "/").await {
-            failures = 0;
-        } else {
-            failures = failures.saturating_add(1);
+        let stats = http_get(&addr, "/_larder/stats")
+            .await
+            .filter(|(code, _)| (200..300).contains(code))
+            .map(|(_, body)| {
+                serde_json::from_str::<larder_core::search_stats::SearchStats>(&body).ok()
+            });
+        match stats {
+            Some(parsed) => {
+                failures = 0;
+                let mut probe = sensors.search.lock().unwrap();
+                let now = Instant::now();
+                if let (Some(new), Some(old), Some(at)) = (&parsed, &probe.stats, probe.at) {
+                    let dt = now.duration_since(at).as_secs_f64();
+                    let docs = new.bulk_documents.saturating_sub(old.bulk_documents);
+                    probe.bulk_rate = if dt > 0.0 { docs as f64 / dt } else { 0.0 };
+                }
+                probe.stats = parsed;
+                probe.at = Some(now);
+            }
+            None => failures = failures.saturating_add(1),
         }
         sensors.set_search_ok(failures < budget);
         tokio::select! {
@@ -225,27 +261,33 @@ async fn search_health(node: Node, sensors: Arc<Sensors>, shutdown: Cancellation
 
 /// Minimal HTTP/1.0 GET that reports whether the answer was 2xx.
 pub async fn http_get_ok(addr: &str, path: &str) -> bool {
+    http_get(addr, path)
+        .await
+        .is_some_and(|(code, _)| (200..300).contains(&code))
+}
+
+/// Minimal HTTP/1.0 GET (1 s limit, 1 MiB body at most): status code and body.
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
         s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
             .await
             .ok()?;
-        let mut buf = [0u8; 16];
-        let n = s.read(&mut buf).await.ok()?;
-        let head = String::from_utf8_lossy(&buf[..n]).to_string();
-        Some(
-            head.split_whitespace()
-                .nth(1)
-                .map(|c| c.starts_with('2'))
-                .unwrap_or(false),
-        )
+        let mut buf = Vec::new();
+        s.take(1 << 20).read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((code, body))
     };
     tokio::time::timeout(Duration::from_secs(1), fut)
         .await
         .ok()
         .flatten()
-        .unwrap_or(false)
 }
 
 #[derive(Clone)]
@@ -313,6 +355,13 @@ impl Ctx {
             }
             Request::DownForUpgrade => reply(self.down_for_upgrade().await),
             Request::UpgradeDone => reply(self.upgrade_done().await),
+            Request::History => match crate::history::read(&self.dcs).await {
+                Ok(h) => Response::ok(
+                    format!("{} entries", h.entries.len()),
+                    serde_json::to_value(&h).unwrap_or_default(),
+                ),
+                Err(e) => Response::err(format!("cannot read the leadership history: {e:#}")),
+            },
             Request::RemoveNode { node, apply } => {
                 reply(crate::operator::remove_node(&self.dcs, &self.node, &node, apply).await)
             }

@@ -10,6 +10,8 @@
 //! | `GET /health` | PostgreSQL is running (any role) | 503 |
 //! | `GET /status`, `/cluster` | always (JSON) | — |
 //! | `GET /v2/members` | always: etcd v2 member list for Chef frontends | — |
+//! | `GET /metrics` | always: Prometheus text, OpenMetrics when asked (see `metrics`) | — |
+//! | `GET /ui`, `/ui/data` | always: the read-only status page and its JSON (see `ui`) | — |
 //! | anything else | never | 503 |
 
 use crate::control::{HaStatus, PgStatus};
@@ -33,6 +35,7 @@ pub struct ApiState {
     pub required_followers: u32,
     pub name: String,
     pub guid: String,
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -43,6 +46,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/status", get(status))
         .route("/cluster", get(cluster))
         .route("/v2/members", get(v2_members))
+        .route("/metrics", get(metrics))
+        .route("/ui", get(|| asset(crate::ui::INDEX_HTML)))
+        .route("/ui/", get(|| asset(crate::ui::INDEX_HTML)))
+        .route("/ui/style.css", get(|| asset(crate::ui::STYLE_CSS)))
+        .route("/ui/app.js", get(|| asset(crate::ui::APP_JS)))
+        .route("/ui/data", get(ui_data))
         .fallback(|| async { (StatusCode::SERVICE_UNAVAILABLE, "unknown endpoint\n") })
         .with_state(state)
 }
@@ -198,4 +207,42 @@ async fn v2_members(State(st): State<ApiState>) -> Response {
         })
         .collect();
     Json(json!({ "members": members })).into_response()
+}
+
+/// Prometheus / OpenMetrics exposition from cached state (no etcd or PostgreSQL round trip).
+async fn metrics(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    let format = crate::metrics::Format::from_accept(
+        headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let s = st.views.snapshot();
+    let body = crate::metrics::render(
+        &s,
+        &st.views.sensors,
+        (&st.name, &st.guid),
+        &st.metrics,
+        format,
+    );
+    (
+        [(axum::http::header::CONTENT_TYPE, format.content_type())],
+        body,
+    )
+        .into_response()
+}
+
+async fn asset((content_type, body): (&'static str, &'static str)) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, content_type),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn ui_data(State(st): State<ApiState>) -> Response {
+    let s = st.views.snapshot();
+    Json(crate::ui::data(&s, &st.views.sensors, &st.name)).into_response()
 }

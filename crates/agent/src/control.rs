@@ -35,6 +35,8 @@ pub enum Request {
     DownForUpgrade,
     /// The end of `upgrade` on a node that was down for upgrade (order checked again).
     UpgradeDone,
+    /// The leadership history, read from etcd (`larder history`).
+    History,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -156,6 +156,20 @@ impl Dcs {
         idx
     }
 
+    /// One request attempt under the per-call deadline, timed for `/metrics`.
+    async fn attempt<T, Fut>(
+        &self,
+        fut: Fut,
+    ) -> Result<Result<T, etcd_client::Error>, tokio::time::error::Elapsed>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let sent = std::time::Instant::now();
+        let answer = tokio::time::timeout(self.timeout, fut).await;
+        crate::metrics::record_etcd(sent.elapsed(), matches!(answer, Ok(Ok(_))));
+        answer
+    }
+
     /// Run `f` against members in turn, starting with the last one that worked.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, DcsError>
     where
@@ -176,7 +190,7 @@ impl Dcs {
                     continue;
                 }
             };
-            match tokio::time::timeout(self.timeout, f(c)).await {
+            match self.attempt(f(c)).await {
                 Ok(Ok(v)) => {
                     *self.current.lock().unwrap() = urls[i].clone();
                     if let Some(ep) = self.endpoint(i) {
@@ -478,7 +492,7 @@ impl Dcs {
             .position(|u| u == url)
             .ok_or_else(|| DcsError::Unreachable(format!("{url} is not a known member")))?;
         let c = self.client(i).await?;
-        match tokio::time::timeout(self.timeout, f(c)).await {
+        match self.attempt(f(c)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(DcsError::Etcd(e.to_string())),
             Err(_) => Err(DcsError::Timeout(self.timeout)),

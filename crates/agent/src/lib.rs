@@ -11,7 +11,8 @@
 //! - [`markers`]: data-directory markers (diverged, rewind failed); [`clock`]: wall clock
 //! - [`raft_placement`]: keeps etcd's raft leader off the Larder leader's node
 //! - [`wake`]: etcd watch that wakes the HA loop on changes needing a decision now
-//! - [`api`]: the health API on port 7331
+//! - [`api`]: the health API on port 7331; [`metrics`]: its `/metrics`; [`ui`]: its `/ui`
+//! - [`history`]: the leadership history in etcd and its cached copy
 //! - [`control`]: the root-only control socket; [`operator`]: the cluster verbs it carries out
 //! - [`pki`]: cluster CA and node certificates
 //! - [`node`]: node identity and loaded config/secrets
@@ -27,9 +28,11 @@ pub mod dcs;
 pub mod disk;
 pub mod etcd;
 pub mod ha;
+pub mod history;
 pub mod hooks;
 pub mod leader_check;
 pub mod markers;
+pub mod metrics;
 pub mod node;
 pub mod operator;
 pub mod pgbackrest;
@@ -39,6 +42,7 @@ pub mod raft_placement;
 pub mod search_service;
 pub mod state;
 pub mod supervisor;
+pub mod ui;
 pub mod upgrade;
 pub mod vip;
 pub mod wake;

@@ -303,6 +303,35 @@ pub struct PgObservation {
     /// Followers streaming from us (leader only), by application name.
     pub streaming_followers: Vec<String>,
     pub sync_standby_names: String,
+    /// What only the metrics and the status page use (read in the same round trip).
+    pub detail: PgDetail,
+}
+
+/// WAL positions, per-follower replication and pending restarts, for `/metrics` and `/ui`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PgDetail {
+    /// Primary: written (`pg_current_wal_lsn`) and flushed; standby: received and replayed.
+    pub written: Option<Lsn>,
+    pub flushed: Option<Lsn>,
+    pub received: Option<Lsn>,
+    pub replayed: Option<Lsn>,
+    /// Settings changed in the configuration that take effect only after a restart.
+    pub pending_restart: u32,
+    /// Leader only: one row of `pg_stat_replication` per connected standby.
+    pub replication: Vec<Replication>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replication {
+    /// The standby's application name (`larder_<guid>`, see `model::standby_name`).
+    pub application_name: String,
+    pub state: String,
+    /// `sync`, `quorum`, `potential` or `async`.
+    pub sync_state: String,
+    /// Bytes between the leader's current position and what the standby replayed.
+    pub lag_bytes: u64,
+    /// PostgreSQL's `replay_lag` (0 while idle: PostgreSQL clears it when nothing is sent).
+    pub lag_seconds: f64,
 }
 
 pub async fn observe(client: &tokio_postgres::Client) -> Result<PgObservation, PgError> {
@@ -319,7 +348,12 @@ pub async fn observe(client: &tokio_postgres::Client) -> Result<PgObservation, P
                                        (SELECT min_recovery_end_timeline FROM pg_control_recovery()))
                          ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
                     coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false),
-                    current_setting('synchronous_standby_names')",
+                    current_setting('synchronous_standby_names'),
+                    CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn()::text END,
+                    CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_flush_lsn()::text END,
+                    pg_last_wal_receive_lsn()::text,
+                    pg_last_wal_replay_lsn()::text,
+                    (SELECT count(*) FROM pg_settings WHERE pending_restart)::int",
             &[],
         )
         .await
@@ -329,20 +363,42 @@ pub async fn observe(client: &tokio_postgres::Client) -> Result<PgObservation, P
     let tli: i32 = row.get(2);
     let streaming: bool = row.get(3);
     let ssn: String = row.get(4);
-    let followers = if in_recovery {
-        vec![]
-    } else {
-        client
+    let lsn_at = |i: usize| row.get::<_, Option<String>>(i).and_then(|s| Lsn::parse(&s));
+    let mut detail = PgDetail {
+        written: lsn_at(5),
+        flushed: lsn_at(6),
+        received: lsn_at(7),
+        replayed: lsn_at(8),
+        pending_restart: row.get::<_, i32>(9).max(0) as u32,
+        replication: vec![],
+    };
+    if !in_recovery {
+        detail.replication = client
             .query(
-                "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'",
+                "SELECT application_name, coalesce(state, ''), coalesce(sync_state, ''),
+                        coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::float8,
+                        coalesce(extract(epoch FROM replay_lag), 0)::float8
+                   FROM pg_stat_replication",
                 &[],
             )
             .await
             .map_err(sql)?
             .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect()
-    };
+            .map(|r| Replication {
+                application_name: r.get(0),
+                state: r.get(1),
+                sync_state: r.get(2),
+                lag_bytes: r.get::<_, f64>(3).max(0.0) as u64,
+                lag_seconds: r.get::<_, f64>(4).max(0.0),
+            })
+            .collect();
+    }
+    let followers = detail
+        .replication
+        .iter()
+        .filter(|r| r.state == "streaming")
+        .map(|r| r.application_name.clone())
+        .collect();
     Ok(PgObservation {
         state: match (in_recovery, streaming) {
             (false, _) => PgState::Primary,
@@ -355,6 +411,7 @@ pub async fn observe(client: &tokio_postgres::Client) -> Result<PgObservation, P
         },
         streaming_followers: followers,
         sync_standby_names: ssn,
+        detail,
     })
 }
 

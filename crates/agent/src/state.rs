@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub vip: Option<crate::control::VipStatus>,
     /// The last role-change hook that ran.
     pub last_hook: Option<crate::hooks::HookReport>,
+    /// Since when the loop has read no leader key from etcd (`None` while there is one).
+    pub leaderless_since: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +108,22 @@ pub struct Sensors {
     search_ok: AtomicBool,
     /// The background copy; written by the copy task.
     pub copy: Mutex<CopyState>,
+    /// The leadership history and the hand-overs counted; written by the history task.
+    pub history: Mutex<crate::history::HistoryCache>,
+    /// The search service's own figures; written by its health probe.
+    pub search: Mutex<SearchProbe>,
+    /// Members' replication lag over the last minutes; written by the lag sampler (`ui`).
+    pub lag: Mutex<crate::ui::LagHistory>,
+}
+
+/// What the search probe last fetched from `GET /_larder/stats`.
+#[derive(Debug, Clone, Default)]
+pub struct SearchProbe {
+    pub stats: Option<larder_core::search_stats::SearchStats>,
+    /// Documents per second accepted by `_bulk` between the last two fetches.
+    pub bulk_rate: f64,
+    /// When `stats` was fetched.
+    pub at: Option<Instant>,
 }
 
 impl Sensors {

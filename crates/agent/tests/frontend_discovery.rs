@@ -35,6 +35,7 @@ async fn v2_members_answers_the_frontends_request() {
         required_followers: 0,
         name: "be1".into(),
         guid: "g".into(),
+        metrics: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.42.1:0")
         .await

@@ -26,9 +26,9 @@ pub struct BackupArgs {
     /// List the backups in the repository instead of taking one.
     #[arg(long)]
     list: bool,
-    /// With --list: JSON.
+    /// JSON (the list with --list, else the new backup) and no progress.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
     /// Also write one self-contained tarball (the repository and the saved configuration).
     #[arg(long)]
     output: Option<PathBuf>,
@@ -74,6 +74,9 @@ pub struct RestoreArgs {
     pub passphrase_file: Option<PathBuf>,
     #[arg(short, long)]
     pub yes: bool,
+    /// Print the result as JSON (and no progress).
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn passphrase(file: Option<&Path>) -> anyhow::Result<Option<String>> {
@@ -264,7 +267,13 @@ pub async fn backup(paths: &Paths, a: BackupArgs) -> anyhow::Result<()> {
         set.wal_start,
         set.wal_stop
     ));
-    println!("{}", set.label);
+    match a.json {
+        true => println!(
+            "{}",
+            serde_json::json!({"label": set.label, "kind": set.kind, "size_bytes": set.size, "repo_size_bytes": set.repo_size, "wal_start": set.wal_start, "wal_stop": set.wal_stop})
+        ),
+        false => println!("{}", set.label),
+    }
     Ok(())
 }
 
@@ -527,6 +536,13 @@ pub async fn restore(paths: &Paths, a: RestoreArgs) -> anyhow::Result<()> {
         eprintln!("the restore did not complete; `larder cleanse` resets this node before another attempt");
     }
     r?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"restored_from": repo, "target": target, "leader": cfg.fqdn, "address": cfg.publish_address})
+        );
+        return Ok(());
+    }
     println!(
         "restored from {} {target}: {} leads a new one-node cluster; join the others with `larder join-cluster {} -s {}`",
         repo.display(),

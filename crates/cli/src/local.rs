@@ -197,8 +197,10 @@ pub async fn search_service(settings: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn reindex(paths: &Paths) -> anyhow::Result<()> {
+pub async fn reindex(paths: &Paths, json: bool) -> anyhow::Result<()> {
     let cfg = search_config(paths)?;
+    let mut steps = crate::progress::Steps::new(3);
+    steps.step("stopping the search service");
     let r = control::call(
         &paths.agent_socket(),
         &Request::Service {
@@ -210,7 +212,9 @@ pub async fn reindex(paths: &Paths) -> anyhow::Result<()> {
     if !r.ok {
         bail!("{}", r.message);
     }
+    steps.step("rebuilding the index from PostgreSQL");
     let res = larder_search::rebuild_index(&cfg).await;
+    steps.step("starting the search service");
     // Rebuilt by root: give it back to the service's user before the service starts again.
     let owned = larder_agent::search_service::own_index(&larder_agent::node::Node::load(paths)?);
     let _ = control::call(
@@ -223,6 +227,14 @@ pub async fn reindex(paths: &Paths) -> anyhow::Result<()> {
     .await;
     let stats = res?;
     owned?;
+    steps.finish("index rebuilt");
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"documents": stats.documents, "size_bytes": stats.size_bytes})
+        );
+        return Ok(());
+    }
     println!(
         "index rebuilt: {} documents, {} bytes",
         stats.documents, stats.size_bytes

@@ -10,6 +10,7 @@ mod cluster_ops;
 mod dev;
 mod gather_logs;
 mod ha_status;
+mod history;
 mod import_chef;
 mod local;
 mod progress;
@@ -62,6 +63,11 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Leadership history: who led each term, why it changed hands, each write gap.
+    History {
+        #[arg(long)]
+        json: bool,
+    },
     /// Leader steps down; a follower takes over with zero loss.
     Demote,
     /// Planned switchover to NODE (name or GUID) with zero loss.
@@ -105,7 +111,11 @@ pub enum Cmd {
     /// Stop the agent and every service, keeping data.
     Uninstall,
     /// Rebuild this node's search index from PostgreSQL.
-    Reindex,
+    Reindex {
+        /// Print the result as JSON (and no progress).
+        #[arg(long)]
+        json: bool,
+    },
     /// After installing a new package: restart this node on it and verify it rejoined (one
     /// node at a time; `--failover` on the leader hands leadership over first).
     Upgrade {
@@ -118,6 +128,9 @@ pub enum Cmd {
         /// Seconds to wait for the rejoin to verify.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        /// Print the result as JSON (and no progress).
+        #[arg(long)]
+        json: bool,
     },
     /// Full-downtime upgrade, step 1: take this node down (the leader first, then each
     /// follower); then `upgrade` on the followers, the old leader last.
@@ -207,7 +220,25 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Whether the command was asked for JSON: it then prints no progress.
+fn wants_json(cmd: &Cmd) -> bool {
+    match cmd {
+        Cmd::Status { json, .. }
+        | Cmd::ClusterStatus { json }
+        | Cmd::History { json }
+        | Cmd::HaStatus { json }
+        | Cmd::Reindex { json }
+        | Cmd::Upgrade { json, .. } => *json,
+        Cmd::Backup(a) => a.json,
+        Cmd::Restore(a) => a.json,
+        _ => false,
+    }
+}
+
 async fn run(cmd: Cmd, paths: Paths) -> anyhow::Result<()> {
+    if wants_json(&cmd) {
+        progress::quiet();
+    }
     match cmd {
         Cmd::CreateCluster(a) => bootstrap::create_cluster(&paths, a).await,
         Cmd::JoinCluster(a) => bootstrap::join_cluster(&paths, a).await,
@@ -218,6 +249,7 @@ async fn run(cmd: Cmd, paths: Paths) -> anyhow::Result<()> {
             json,
         } => report::status(&paths, service.as_deref(), simple, json).await,
         Cmd::ClusterStatus { json } => report::cluster_status(&paths, json).await,
+        Cmd::History { json } => history::history(&paths, json).await,
         Cmd::Demote => cluster_ops::switchover(&paths, None).await,
         Cmd::Promote { node } => cluster_ops::switchover(&paths, Some(node)).await,
         Cmd::ForceLeader => cluster_ops::force_leader(&paths).await,
@@ -244,16 +276,18 @@ async fn run(cmd: Cmd, paths: Paths) -> anyhow::Result<()> {
             local::cleanse(&paths, yes).await
         }
         Cmd::Uninstall => local::uninstall(&paths).await,
-        Cmd::Reindex => local::reindex(&paths).await,
+        Cmd::Reindex { json } => local::reindex(&paths, json).await,
         Cmd::Upgrade {
             failover,
             yes,
             timeout,
+            json,
         } => {
             let args = upgrade::Args {
                 failover,
                 yes,
                 timeout: std::time::Duration::from_secs(timeout),
+                json,
             };
             upgrade::upgrade(&paths, args).await
         }

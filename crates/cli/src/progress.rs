@@ -1,8 +1,29 @@
 //! Progress display for long operations: numbered steps, and a byte bar for data copies.
+//! Progress goes to stderr, and not at all in a `--json` run ([`quiet`]): a machine reading
+//! the JSON gets nothing else.
 
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Print no progress from now on (the command was run with `--json`).
+pub fn quiet() {
+    QUIET.store(true, Ordering::Relaxed);
+}
+
+fn shown() -> bool {
+    !QUIET.load(Ordering::Relaxed)
+}
+
+/// A detail line under the current step.
+pub fn note(line: &str) {
+    if shown() {
+        eprintln!("      {line}");
+    }
+}
 
 pub struct Steps {
     total: usize,
@@ -21,6 +42,10 @@ impl Steps {
         }
     }
     pub fn step(&mut self, what: &str) {
+        if !shown() {
+            self.n += 1;
+            return;
+        }
         if self.n > 0 {
             eprintln!(
                 "      done in {:.1}s",
@@ -32,6 +57,9 @@ impl Steps {
         eprintln!("[{}/{}] {what}", self.n, self.total);
     }
     pub fn finish(&self, msg: &str) {
+        if !shown() {
+            return;
+        }
         eprintln!(
             "      done in {:.1}s",
             self.step_started.elapsed().as_secs_f64()
@@ -47,7 +75,7 @@ pub struct CopyBar {
 
 impl CopyBar {
     pub fn new() -> CopyBar {
-        let bar = if std::io::stderr().is_terminal() {
+        let bar = if shown() && std::io::stderr().is_terminal() {
             ProgressBar::new(0)
         } else {
             ProgressBar::hidden()
@@ -72,5 +100,18 @@ impl CopyBar {
     }
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quiet_steps_still_count() {
+        super::quiet();
+        let mut s = super::Steps::new(2);
+        s.step("a");
+        s.step("b");
+        s.finish("done");
+        assert_eq!(s.n, 2);
     }
 }

@@ -25,6 +25,19 @@ pub struct Args {
     pub failover: bool,
     pub yes: bool,
     pub timeout: Duration,
+    /// Print the result as JSON (progress is off then, see `progress::quiet`).
+    pub json: bool,
+}
+
+/// The end of a successful upgrade: the last progress line, or with `--json` the result.
+fn done(steps: &Steps, args: &Args, new: &str, msg: &str) {
+    steps.finish(msg);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"upgraded": true, "version": new, "result": msg})
+        );
+    }
 }
 
 async fn ask(paths: &Paths, req: &Request) -> anyhow::Result<String> {
@@ -63,7 +76,7 @@ async fn follow(
             Err(e) => format!("agent not answering yet ({e})"),
         };
         if line != last {
-            eprintln!("      {line}");
+            crate::progress::note(&line);
             last = line;
         }
         if Instant::now() > deadline {
@@ -155,7 +168,12 @@ pub async fn upgrade(paths: &Paths, args: Args) -> anyhow::Result<()> {
     match result {
         Ok(summary) => {
             lock.release().await?;
-            steps.finish(&format!("upgraded {name} to {new}: {summary}"));
+            done(
+                &steps,
+                &args,
+                &new,
+                &format!("upgraded {name} to {new}: {summary}"),
+            );
             Ok(())
         }
         Err(e) => {
@@ -190,8 +208,8 @@ async fn verify_rolling(
         .filter(|p| *p > 0)
         .min()
         .unwrap_or(larder_core::version::PROTOCOL);
-    eprintln!(
-        "      this build speaks protocol {} (cluster members: {}); {}",
+    crate::progress::note(&format!(
+        "this build speaks protocol {} (cluster members: {}); {}",
         larder_core::version::PROTOCOL,
         recorded,
         if recorded == larder_core::version::PROTOCOL {
@@ -199,7 +217,7 @@ async fn verify_rolling(
         } else {
             "the leader raises the cluster's protocol once every member runs it"
         }
-    );
+    ));
     steps.step("verifying the rejoin");
     let max_lag = Node::load(paths)?
         .cfg
@@ -299,10 +317,15 @@ async fn downtime_upgrade(
         let mut versions: Vec<&str> = s.members.iter().map(|m| m.version.as_str()).collect();
         versions.sort_unstable();
         versions.dedup();
-        steps.finish(&format!(
-            "upgraded to {new}; {leader} leads (members run {})",
-            versions.join(", ")
-        ));
+        done(
+            &steps,
+            args,
+            new,
+            &format!(
+                "upgraded to {new}; {leader} leads (members run {})",
+                versions.join(", ")
+            ),
+        );
     } else {
         steps.step("waiting for PostgreSQL to run as a standby");
         follow(paths, args.timeout, "PostgreSQL to start", |s| {
@@ -315,7 +338,7 @@ async fn downtime_upgrade(
             )
         })
         .await?;
-        steps.finish(&format!("upgraded to {new}; {next}"));
+        done(&steps, args, new, &format!("upgraded to {new}; {next}"));
     }
     Ok(())
 }

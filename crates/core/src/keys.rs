@@ -16,6 +16,7 @@
 //! | [`JOIN_LOCK`] | the node joining | the joiner's lease |
 //! | [`PROTOCOL`] | the cluster's protocol version | permanent, raised by upgrades |
 //! | [`UPGRADE_LOCK`] | [`UpgradeLock`](crate::model::UpgradeLock) | the `upgrade` command's lease |
+//! | [`HISTORY`] | [`History`](crate::history::History) (last 200 terms) | permanent, appended by each new leader |
 //! | [`down_for_upgrade`] | [`DownForUpgrade`](crate::model::DownForUpgrade) | until that node's `upgrade` |
 
 use crate::decide::DcsView;
@@ -44,6 +45,10 @@ pub const JOIN_LOCK: &str = "/larder/join-lock";
 pub const PROTOCOL: &str = "/larder/protocol";
 /// The rolling upgrade in progress (see [`UpgradeLock`]).
 pub const UPGRADE_LOCK: &str = "/larder/upgrade-lock";
+
+/// The leadership history. Deliberately outside [`PREFIX`]: every agent reads that whole
+/// prefix each loop iteration, and the history (tens of KB) changes only with the term.
+pub const HISTORY: &str = "/larder-history";
 
 pub const NODES_PREFIX: &str = "/larder/nodes/";
 pub const STATUS_PREFIX: &str = "/larder/status/";

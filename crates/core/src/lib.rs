@@ -10,6 +10,9 @@
 //! - [`status`]: the `status` / `cluster-status` tables
 //! - [`version`]: release and cluster protocol, and the N / N−1 rule
 //! - [`chef_backend`]: reading chef-backend.rb and its secrets for `import-chef-backend`
+//! - [`history`]: the bounded leadership history; [`histogram`]: latency histograms for
+//!   the metrics
+//! - [`search_stats`]: what the search service reports to the agent
 //! - [`keys`]: the etcd layout; [`lease`]: fencing arithmetic; [`health`]: derived health facts
 
 pub mod backup;
@@ -18,11 +21,14 @@ pub mod chef_backend;
 pub mod config;
 pub mod decide;
 pub mod health;
+pub mod histogram;
+pub mod history;
 pub mod keys;
 pub mod lease;
 pub mod model;
 pub mod paths;
 pub mod pgconf;
+pub mod search_stats;
 pub mod secrets;
 pub mod status;
 pub mod version;

@@ -81,6 +81,18 @@ pub enum PgState {
     Empty,
 }
 
+impl PgState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PgState::Primary => "primary",
+            PgState::Streaming => "streaming",
+            PgState::Standby => "standby",
+            PgState::Stopped => "stopped",
+            PgState::Empty => "empty",
+        }
+    }
+}
+
 /// What each agent posts to `/larder/status/<guid>` every loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberStatus {
@@ -125,6 +137,39 @@ pub struct MemberStatus {
     /// The configured VIP is on this member's interface (see `decide::vip`).
     #[serde(default)]
     pub vip_held: bool,
+}
+
+#[cfg(test)]
+impl MemberStatus {
+    /// A healthy voter's status (name "n", timeline 1), for the core's unit tests.
+    pub(crate) fn test_member(guid: &str, role: NodeRole, pg: PgState) -> MemberStatus {
+        MemberStatus {
+            guid: guid.into(),
+            name: "n".into(),
+            address: "a".into(),
+            role,
+            pg,
+            position: WalPosition {
+                timeline: 1,
+                lsn: Lsn(0),
+            },
+            eligible: true,
+            failover_enabled: true,
+            term: 1,
+            leader_seen: None,
+            voter: true,
+            lag_bytes: None,
+            search_ok: true,
+            etcd_ok: true,
+            seq: 1,
+            updated_unix_ms: 0,
+            check_phases: vec![],
+            lease_expires_unix_ms: None,
+            version: String::new(),
+            protocol: 0,
+            vip_held: false,
+        }
+    }
 }
 
 /// Value of the leader key (bound to the leader's lease).

@@ -235,32 +235,7 @@ mod tests {
     use crate::model::{Lsn, WalPosition};
 
     fn member(role: NodeRole, pg: PgState) -> MemberStatus {
-        MemberStatus {
-            guid: "g".into(),
-            name: "n".into(),
-            address: "a".into(),
-            role,
-            pg,
-            position: WalPosition {
-                timeline: 1,
-                lsn: Lsn(0),
-            },
-            eligible: true,
-            failover_enabled: true,
-            term: 1,
-            leader_seen: None,
-            voter: true,
-            lag_bytes: None,
-            search_ok: true,
-            etcd_ok: true,
-            seq: 1,
-            updated_unix_ms: 0,
-            check_phases: vec![],
-            lease_expires_unix_ms: None,
-            version: String::new(),
-            protocol: 0,
-            vip_held: false,
-        }
+        MemberStatus::test_member("g", role, pg)
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct AppState {
     pub index_known: std::sync::atomic::AtomicBool,
     /// Asks the indexer to commit as soon as it can (someone waits for the index).
     pub flush: Arc<std::sync::atomic::AtomicBool>,
+    /// Counters for `GET /_larder/stats` (see [`crate::stats`]).
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 type St = State<Arc<AppState>>;
@@ -157,6 +159,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/_count", get(count_all).post(count_all))
         .route("/_cluster/health", get(health))
         .route("/_cluster/health/{index}", get(health))
+        .route("/_larder/stats", get(larder_stats))
         .route(
             "/{index}",
             get(index_get).put(index_put).delete(index_delete),
@@ -171,6 +174,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         // ES's http.max_content_length default; erchef flushes bulks at ~5 MB.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(es_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.stats.clone(),
+            crate::stats::measure,
+        ))
         .with_state(state)
 }
 
@@ -245,6 +252,15 @@ impl AppState {
 
 fn shards() -> Value {
     json!({"total": 1, "successful": 1, "skipped": 0, "failed": 0})
+}
+
+/// The service's counters for the agent's `/metrics` (see [`crate::stats`]).
+async fn larder_stats(State(st): St) -> Json<larder_core::search_stats::SearchStats> {
+    Json(st.stats.report(
+        st.index.num_docs(),
+        st.shared.fetched.load(Ordering::Relaxed),
+        *st.applied.borrow(),
+    ))
 }
 
 async fn root(State(st): St) -> Json<Value> {
@@ -513,6 +529,9 @@ async fn do_bulk(
         .map_err(|e| internal(e.to_string()))?
         .map_err(|e| EsError::new(StatusCode::BAD_REQUEST, "illegal_argument_exception", e))?;
     let applied = applied.ok_or_else(|| internal("bulk parsing ended early".into()))?;
+    st.stats
+        .bulk_documents
+        .fetch_add(applied.len() as u64, Ordering::Relaxed);
     st.wake.notify_one();
     if wants_refresh(&params) {
         if let Some(max) = applied.iter().map(|a| a.pos).max() {

@@ -38,6 +38,7 @@ pub mod pg;
 pub mod priority;
 pub mod query;
 pub mod service;
+pub mod stats;
 pub mod tailer;
 
 pub use config::{PgTarget, SearchConfig};

@@ -68,6 +68,7 @@ pub async fn serve(
         wake,
         index_known: Default::default(),
         flush,
+        stats: Default::default(),
     });
     let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())

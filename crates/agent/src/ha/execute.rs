@@ -51,6 +51,7 @@ impl HaLoop {
                 if won {
                     let margin = Duration::from_millis(node.cfg.leaderl.fence_margin_ms);
                     tracing::info!(term, "acquired leadership");
+                    self.draft_history(term, view);
                     let held = LeaseInfo {
                         id,
                         term,

@@ -9,8 +9,10 @@
 //! - [`execute`]: the actions
 //! - [`publish`]: this node's status
 //! - [`renew`]: lease renewals
+//! - [`history`]: the won term's history entry
 
 mod execute;
+mod history;
 mod observe;
 mod publish;
 mod renew;
@@ -56,6 +58,13 @@ struct Intent {
     switchover_due: Option<(SwitchoverRequest, Instant)>,
     /// Last check that etcd's raft leader is not on this (leader) node; see `raft_placement`.
     raft_placement: Option<(Instant, tokio::task::JoinHandle<()>)>,
+    /// The current (or last) leader's last writable moment as seen here: where the write gap
+    /// of a hand-over to this node starts (see `larder_core::history`).
+    gap_seen: Option<larder_core::history::GapStart>,
+    /// Wall-clock time this node first read no leader key (the election's detection time).
+    no_leader_since_unix_ms: Option<u64>,
+    /// The history entry of the term this node won, written once its PostgreSQL is writable.
+    history_draft: Option<larder_core::history::Entry>,
 }
 
 /// An operator request handed to the loop by the control socket, with where to answer.
@@ -170,6 +179,7 @@ impl HaLoop {
                     }
                 }
             };
+            crate::metrics::HA_LOOP.observe(started.elapsed());
             if let Err(e) = result {
                 tracing::warn!("HA loop: {e:#}");
                 self.state
@@ -242,6 +252,7 @@ impl HaLoop {
             postgres::initdb(&node).await?;
         }
         let pg = self.observe_pg().await;
+        self.record_history_when_writable(&pg);
         let dcs_read = self.read_dcs().await;
         let etcd_ok = dcs_read.is_ok();
         let view = match dcs_read {
@@ -252,6 +263,9 @@ impl HaLoop {
             }
         };
         let nodes = view.as_ref().map(|v| v.nodes.clone()).unwrap_or_default();
+        if let Some(v) = &view {
+            self.track_leader_for_history(v);
+        }
         let now = Instant::now();
         self.track_pg(&pg, view.as_ref(), now);
 
@@ -303,6 +317,10 @@ impl HaLoop {
             s.pg = pg.clone();
             s.etcd_ok = etcd_ok;
             if let Some(v) = &view {
+                s.leaderless_since = match v.leader {
+                    Some(_) => None,
+                    None => Some(s.leaderless_since.unwrap_or(now)),
+                };
                 s.leader = v.leader.clone();
                 s.term = v.term;
                 s.members = v.members.clone();
