@@ -8,7 +8,7 @@ use crate::ha::{self, HaLoop};
 use crate::node::Node;
 use crate::state::{Sensors, Snapshot, Views};
 use crate::supervisor::{ServiceSpec, Supervisor};
-use crate::{api, etcd, postgres, search_service};
+use crate::{api, etcd, pgbackrest, postgres, search_service};
 use larder_core::paths::Paths;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -74,6 +74,8 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         });
         sup.add(postgres::service_spec(&node, pre), false);
     }
+    // Registered even while backups are off, so `reconfigure` can start it.
+    sup.add(pgbackrest::service_spec(&node), node.cfg.backup.enabled());
     if node.cfg.elasticsearch.enable {
         sup.add(search_spec(&node)?, true);
     }
@@ -426,6 +428,19 @@ impl Ctx {
             }
         }
         let grace = Duration::from_secs(30);
+        if new.backup != old.backup || new.log_rotation != old.log_rotation {
+            let _ = self.sup.replace_spec(pgbackrest::service_spec(&n));
+            if new.backup.enabled() {
+                let _ = self.sup.restart(pgbackrest::SERVICE, grace).await;
+                done.push("pgbackrest TLS server: restarted".into());
+            } else {
+                let _ = self.sup.stop(pgbackrest::SERVICE, grace).await;
+                done.push("pgbackrest TLS server: stopped (no backup.repo_path)".into());
+            }
+            if new.backup.server_port != old.backup.server_port {
+                done.push("backup.server_port: the other nodes learn the new port when this agent restarts (`systemctl restart larder`)".into());
+            }
+        }
         if new.etcd != old.etcd || new.log_rotation != old.log_rotation {
             match etcd_spec(&n) {
                 Ok(spec) => {

@@ -80,6 +80,27 @@ pub fn issue_node_cert(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// Issue a client-only certificate with common name `cn` (pgBackRest's TLS servers authorize
+/// clients by CN). Returns (certificate PEM, key PEM).
+pub fn issue_client_cert(ca_key_pem: &str, cn: &str) -> Result<(String, String), PkiError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +111,7 @@ mod tests {
         let (cert, nkey) = issue_node_cert(&key, "n1", "127.0.0.2").unwrap();
         assert!(cert.contains("BEGIN CERTIFICATE") && nkey.contains("PRIVATE KEY"));
         assert!(issue_node_cert(&key, "n1", "not-ip").is_err());
+        let (c, k) = issue_client_cert(&key, "larder-pgbackrest").unwrap();
+        assert!(c.contains("BEGIN CERTIFICATE") && k.contains("PRIVATE KEY"));
     }
 }

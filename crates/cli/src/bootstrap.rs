@@ -58,6 +58,27 @@ pub async fn create_cluster_restoring(
     .await
 }
 
+/// `create-cluster` for `restore --from-pg-dump` (the dump is loaded once it leads).
+pub async fn create_cluster_for_dump(
+    paths: &Paths,
+    publish_address: Option<String>,
+    fqdn: Option<String>,
+) -> anyhow::Result<()> {
+    create_cluster(
+        paths,
+        CreateArgs {
+            quorum_loss_recovery: false,
+            yes: true,
+            etcd_wait_time: 30,
+            elasticsearch_wait_time: 30,
+            publish_address,
+            fqdn,
+            restore: None,
+        },
+    )
+    .await
+}
+
 #[derive(clap::Args)]
 pub struct JoinArgs {
     /// Address of any current cluster member.
@@ -160,13 +181,16 @@ fn check_privileges(paths: &Paths) -> anyhow::Result<()> {
 
 /// Every port this node needs must be free on its address; name the one that is not.
 pub fn check_ports(cfg: &Config) -> anyhow::Result<()> {
-    let ports = [
+    let mut ports = vec![
         (cfg.etcd.client_port, "etcd client"),
         (cfg.etcd.peer_port, "etcd peer"),
         (cfg.postgresql.port, "postgresql"),
         (cfg.leaderl.http_port, "leaderl health API"),
         (cfg.elasticsearch.port, "search (elasticsearch)"),
     ];
+    if cfg.backup.enabled() {
+        ports.push((cfg.backup.server_port, "pgBackRest TLS server"));
+    }
     for (port, service) in ports {
         let addr = format!("{}:{port}", url_host(&cfg.publish_address));
         if let Err(e) = TcpListener::bind(&addr) {

@@ -10,9 +10,11 @@
 //! - [`status`]: the `status` / `cluster-status` tables
 //! - [`version`]: release and cluster protocol, and the N / N−1 rule
 //! - [`chef_backend`]: reading chef-backend.rb and its secrets for `import-chef-backend`
+//! - [`backup`], [`backup_source`]: pgBackRest configuration, archive gaps, where a backup reads from
 //! - [`keys`]: the etcd layout; [`lease`]: fencing arithmetic; [`health`]: derived health facts
 
 pub mod backup;
+pub mod backup_source;
 pub mod check_phase;
 pub mod chef_backend;
 pub mod config;

@@ -260,6 +260,7 @@ mod tests {
             version: String::new(),
             protocol: 0,
             vip_held: false,
+            backup_host: None,
         }
     }
 
