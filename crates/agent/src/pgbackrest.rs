@@ -20,7 +20,8 @@ pub fn conf_path(node: &Node) -> PathBuf {
     node.paths.data_dir().join("postgresql/pgbackrest.conf")
 }
 
-/// PostgreSQL's private copies of the node's TLS files (see `postgres::prepare_dirs`).
+/// PostgreSQL's private copies of the node's TLS files (see `postgres::prepare_dirs`), and
+/// pgBackRest's certificates beside them.
 fn pg_tls_dir(node: &Node) -> PathBuf {
     node.paths.data_dir().join("postgresql/tls")
 }
@@ -30,8 +31,8 @@ fn files(node: &Node) -> Files {
     let tls = pg_tls_dir(node);
     let path = |f: &str| tls.join(f).display().to_string();
     Files {
-        tls_cert: path("server.crt"),
-        tls_key: path("server.key"),
+        tls_cert: path("pgbackrest-server.crt"),
+        tls_key: path("pgbackrest-server.key"),
         tls_ca: path("ca.crt"),
         pg_data: node.paths.pg_data().display().to_string(),
         socket_dir: node.paths.pg_socket_dir().display().to_string(),
@@ -75,7 +76,7 @@ pub fn write_conf(node: &Node) -> Result<Option<String>, PgError> {
         }
         chown(node, repo)?;
     }
-    write_client_cert(node)?;
+    write_certs(node)?;
     let text = backup::render_conf(&node.cfg, &f);
     if std::fs::read_to_string(&conf).ok().as_deref() != Some(text.as_str()) {
         std::fs::write(&conf, &text)?;
@@ -96,25 +97,42 @@ pub fn client_tls(node: &Node) -> ClientTls {
     }
 }
 
-/// Issue the [`CLIENT_CN`] certificate from the cluster CA once (PostgreSQL's user reads it:
-/// pgBackRest runs as that user).
-fn write_client_cert(node: &Node) -> Result<(), PgError> {
-    let t = client_tls(node);
-    let (cert, key) = (PathBuf::from(&t.cert), PathBuf::from(&t.key));
-    if cert.exists() && key.exists() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(pg_tls_dir(node))?;
-    let (c, k) = crate::pki::issue_client_cert(node.secrets.larder.ca_key_pem.expose(), CLIENT_CN)
-        .map_err(|e| {
-            PgError::Command(format!(
-                "cannot issue the pgBackRest client certificate: {e}"
-            ))
-        })?;
-    for (path, text) in [(&key, k), (&cert, c)] {
-        std::fs::write(path, text)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        chown(node, path)?;
+/// Issue, once, the TLS server's certificate and the [`CLIENT_CN`] client certificate from
+/// the cluster CA, beside PostgreSQL's copies (pgBackRest runs as PostgreSQL's user).
+fn write_certs(node: &Node) -> Result<(), PgError> {
+    let dir = pg_tls_dir(node);
+    std::fs::create_dir_all(&dir)?;
+    let ca_key = node.secrets.larder.ca_key_pem.expose();
+    let wanted: [(
+        &str,
+        &dyn Fn() -> Result<(String, String), crate::pki::PkiError>,
+    ); 2] = [
+        ("pgbackrest-server", &|| {
+            crate::pki::issue_pgbackrest_server_cert(
+                ca_key,
+                &node.cfg.fqdn,
+                &node.cfg.publish_address,
+            )
+        }),
+        ("pgbackrest-client", &|| {
+            crate::pki::issue_client_cert(ca_key, CLIENT_CN)
+        }),
+    ];
+    for (base, issue) in wanted {
+        let (cert, key) = (
+            dir.join(format!("{base}.crt")),
+            dir.join(format!("{base}.key")),
+        );
+        if cert.exists() && key.exists() {
+            continue;
+        }
+        let (c, k) = issue()
+            .map_err(|e| PgError::Command(format!("cannot issue the {base} certificate: {e}")))?;
+        for (path, text) in [(&key, k), (&cert, c)] {
+            std::fs::write(path, text)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            chown(node, path)?;
+        }
     }
     Ok(())
 }

@@ -595,7 +595,7 @@ pub async fn restore(paths: &Paths, a: RestoreArgs) -> anyhow::Result<()> {
         to_time: a.to_time.clone(),
         to_lsn: a.to_lsn.clone(),
     };
-    let r = crate::bootstrap::create_cluster_restoring(paths, plan).await;
+    let r = crate::bootstrap::create_cluster_for_restore(paths, None, None, Some(plan)).await;
     if r.is_err() {
         eprintln!("the restore did not complete; `larder cleanse` resets this node before another attempt");
     }

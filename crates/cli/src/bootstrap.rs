@@ -38,31 +38,13 @@ pub struct CreateArgs {
     restore: Option<crate::backup::RestorePlan>,
 }
 
-/// `create-cluster` on restored data (`larder restore` wrote the config and secrets).
-pub async fn create_cluster_restoring(
-    paths: &Paths,
-    plan: crate::backup::RestorePlan,
-) -> anyhow::Result<()> {
-    create_cluster(
-        paths,
-        CreateArgs {
-            quorum_loss_recovery: false,
-            yes: true,
-            etcd_wait_time: 30,
-            elasticsearch_wait_time: 30,
-            publish_address: None,
-            fqdn: None,
-            restore: Some(plan),
-        },
-    )
-    .await
-}
-
-/// `create-cluster` for `restore --from-pg-dump` (the dump is loaded once it leads).
-pub async fn create_cluster_for_dump(
+/// `create-cluster` for `larder restore`: on restored data (`plan`; restore wrote the config
+/// and secrets), or empty for `--from-pg-dump` (the dump is loaded once the node leads).
+pub async fn create_cluster_for_restore(
     paths: &Paths,
     publish_address: Option<String>,
     fqdn: Option<String>,
+    plan: Option<crate::backup::RestorePlan>,
 ) -> anyhow::Result<()> {
     create_cluster(
         paths,
@@ -73,7 +55,7 @@ pub async fn create_cluster_for_dump(
             elasticsearch_wait_time: 30,
             publish_address,
             fqdn,
-            restore: None,
+            restore: plan,
         },
     )
     .await

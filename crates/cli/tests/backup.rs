@@ -43,6 +43,31 @@ fn enable_backups_on(c: &Cluster, nodes: &[Node], repo: &Path) {
     wait_streaming(c, nodes.len() - 1);
 }
 
+/// `restore SOURCE…` with a wrong passphrase is refused and writes no configuration or secrets.
+fn wrong_passphrase_refused(c: &Cluster, n: &Node, source: &[&str]) {
+    let wrong = c.dir.path().join("wrong");
+    std::fs::write(&wrong, "not the passphrase\n").unwrap();
+    let wrong = wrong.display().to_string();
+    let args = [
+        &["restore"][..],
+        source,
+        &["--passphrase-file", &wrong, "-y"],
+    ]
+    .concat();
+    let o = n.larder(&args);
+    assert!(!o.status.success(), "{args:?} succeeded");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("wrong passphrase"),
+        "{o:?}"
+    );
+    for f in ["larder.toml", "chef-backend-secrets.json"] {
+        assert!(
+            !n.root.join("etc/larder").join(f).exists(),
+            "a refused restore wrote {f}"
+        );
+    }
+}
+
 fn passphrase_file(c: &Cluster) -> PathBuf {
     let p = c.dir.path().join("passphrase");
     std::fs::write(&p, "a long enough passphrase\n").unwrap();
@@ -95,25 +120,13 @@ fn backup_while_writing_destroy_restore_and_rejoin() {
     let pass = passphrase_file(&c);
     let pass_arg = pass.display().to_string();
     // Writes flow during the backup; those acknowledged before it ends must come back.
-    let stop = AtomicBool::new(false);
-    let next = AtomicU32::new(1000);
-    let acked = Mutex::new(BTreeSet::new());
-    let out = std::thread::scope(|s| {
-        s.spawn(|| {
-            while !stop.load(Ordering::SeqCst) {
-                let id = next.fetch_add(1, Ordering::SeqCst);
-                if l.sql(&format!("INSERT INTO acked VALUES ({id})")).is_some() {
-                    acked.lock().unwrap().insert(id);
-                }
-            }
-        });
-        let out = l.ok(&["backup", "--type", "full", "--passphrase-file", &pass_arg]);
-        // Everything acknowledged so far was committed before the backup ended.
-        let before_end = acked.lock().unwrap().clone();
-        stop.store(true, Ordering::SeqCst);
-        (out, before_end)
-    });
-    let (label, before_end) = (out.0.trim().to_string(), out.1);
+    // Run on the leader, it reads from one of the two streaming followers.
+    let ((label, said), before_end) = while_writing(
+        l,
+        l,
+        &["backup", "--type", "full", "--passphrase-file", &pass_arg],
+    );
+    assert!(said.contains("read from the follower n"), "{said}");
     assert!(label.ends_with('F'), "a full backup label: {label}");
     assert!(!before_end.is_empty(), "no write during the backup");
     let list = l.ok(&["backup", "--list", "--json"]);
@@ -137,25 +150,8 @@ fn backup_while_writing_destroy_restore_and_rejoin() {
         String::from_utf8_lossy(&o.stderr).contains("does not exist"),
         "{o:?}"
     );
-    let wrong = c.dir.path().join("wrong");
-    std::fs::write(&wrong, "not the passphrase\n").unwrap();
     let repo_arg = repo.display().to_string();
-    let o = n1.larder(&[
-        "restore",
-        &repo_arg,
-        "--passphrase-file",
-        &wrong.display().to_string(),
-        "-y",
-    ]);
-    assert!(!o.status.success());
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("wrong passphrase"),
-        "{o:?}"
-    );
-    assert!(
-        !n1.root.join("etc/larder/larder.toml").exists(),
-        "a refused restore wrote config"
-    );
+    wrong_passphrase_refused(&c, n1, &[&repo_arg]);
     // Restore on n1, then the others join the new cluster.
     n1.ok(&["restore", &repo_arg, "--passphrase-file", &pass_arg, "-y"]);
     let l = c.wait_leader(None, T);
@@ -295,6 +291,29 @@ fn archive_follows_the_leader_across_a_failover() {
     );
 }
 
+/// `larder ARGS` on `n` (see [`backup_on`]) while a writer inserts into `acked` on the leader
+/// `l`; also returns the ids acknowledged before the command returned.
+fn while_writing(l: &Node, n: &Node, args: &[&str]) -> ((String, String), BTreeSet<u32>) {
+    let stop = AtomicBool::new(false);
+    let next = AtomicU32::new(1000);
+    let acked = Mutex::new(BTreeSet::new());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                let id = next.fetch_add(1, Ordering::SeqCst);
+                if l.sql(&format!("INSERT INTO acked VALUES ({id})")).is_some() {
+                    acked.lock().unwrap().insert(id);
+                }
+            }
+        });
+        let out = backup_on(n, args);
+        // Everything acknowledged so far was committed before the command ended.
+        let before_end = acked.lock().unwrap().clone();
+        stop.store(true, Ordering::SeqCst);
+        (out, before_end)
+    })
+}
+
 /// The options the set was taken with, from pgBackRest's own manifest.
 fn manifest(repo: &Path, label: &str) -> String {
     std::fs::read_to_string(
@@ -338,26 +357,11 @@ fn backup_reads_from_a_streaming_follower_while_writes_flow() {
     let pass = passphrase_file(&c);
     let pass_arg = pass.display().to_string();
     // On the follower, while writes flow on the leader.
-    let stop = AtomicBool::new(false);
-    let next = AtomicU32::new(1000);
-    let acked = Mutex::new(BTreeSet::new());
-    let (label, said, before_end) = std::thread::scope(|s| {
-        s.spawn(|| {
-            while !stop.load(Ordering::SeqCst) {
-                let id = next.fetch_add(1, Ordering::SeqCst);
-                if l.sql(&format!("INSERT INTO acked VALUES ({id})")).is_some() {
-                    acked.lock().unwrap().insert(id);
-                }
-            }
-        });
-        let (label, said) = backup_on(
-            f,
-            &["backup", "--type", "full", "--passphrase-file", &pass_arg],
-        );
-        let before_end = acked.lock().unwrap().clone();
-        stop.store(true, Ordering::SeqCst);
-        (label, said, before_end)
-    });
+    let ((label, said), before_end) = while_writing(
+        l,
+        f,
+        &["backup", "--type", "full", "--passphrase-file", &pass_arg],
+    );
     assert!(!before_end.is_empty(), "no write during the backup");
     assert!(
         said.contains(&format!("read from the follower {}", f.name)),
@@ -445,27 +449,7 @@ fn tarball_restores_alone_and_a_second_node_joins() {
     let tar_arg = tar.display().to_string();
     let stage = c.dir.path().join("stage");
     let stage_arg = stage.display().to_string();
-    let wrong = c.dir.path().join("wrong");
-    std::fs::write(&wrong, "not the passphrase\n").unwrap();
-    let o = n1.larder(&[
-        "restore",
-        &tar_arg,
-        "-d",
-        &stage_arg,
-        "--passphrase-file",
-        &wrong.display().to_string(),
-        "-y",
-    ]);
-    assert!(!o.status.success());
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("wrong passphrase"),
-        "{o:?}"
-    );
-    assert!(!n1.root.join("etc/larder/larder.toml").exists());
-    assert!(!n1
-        .root
-        .join("etc/larder/chef-backend-secrets.json")
-        .exists());
+    wrong_passphrase_refused(&c, n1, &[&tar_arg, "-d", &stage_arg]);
     assert!(
         !stage.exists(),
         "a refused restore left its staging directory behind"

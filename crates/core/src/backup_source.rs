@@ -179,38 +179,30 @@ pub fn server_section(address: &str, port: u16, cert: &str, key: &str, ca: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::WalPosition;
 
     fn member(guid: &str, role: NodeRole, pg: PgState, lag: Option<u64>) -> MemberStatus {
-        MemberStatus {
-            guid: guid.into(),
-            name: format!("n{guid}"),
-            address: format!("10.0.0.{guid}"),
-            role,
-            pg,
-            position: WalPosition::default(),
-            eligible: true,
-            failover_enabled: true,
-            term: 1,
-            leader_seen: Some("1".into()),
-            voter: true,
-            lag_bytes: lag,
-            search_ok: true,
-            etcd_ok: true,
-            seq: 1,
-            updated_unix_ms: 0,
-            check_phases: vec![],
-            lease_expires_unix_ms: None,
-            version: String::new(),
-            protocol: 0,
-            vip_held: false,
-            backup_host: Some(BackupHost {
-                port: 8432,
-                config: format!("/n{guid}/pgbackrest.conf"),
-                pg_path: format!("/n{guid}/data"),
-                pg_socket: format!("/n{guid}/run"),
-                pg_port: 5432,
-            }),
+        let mut m: MemberStatus = serde_json::from_value(serde_json::json!({
+            "guid": guid, "name": format!("n{guid}"), "address": format!("10.0.0.{guid}"),
+            "role": role, "pg": pg, "position": {"timeline": 1, "lsn": 0}, "eligible": true,
+            "failover_enabled": true, "term": 1, "leader_seen": "1", "voter": true,
+            "lag_bytes": lag, "search_ok": true, "etcd_ok": true, "seq": 1, "updated_unix_ms": 0,
+        }))
+        .unwrap();
+        m.backup_host = Some(BackupHost {
+            port: 8432,
+            config: format!("/n{guid}/pgbackrest.conf"),
+            pg_path: format!("/n{guid}/data"),
+            pg_socket: format!("/n{guid}/run"),
+            pg_port: 5432,
+        });
+        m
+    }
+
+    fn tls() -> ClientTls {
+        ClientTls {
+            cert: "/c".into(),
+            key: "/k".into(),
+            ca: "/ca".into(),
         }
     }
 
@@ -246,12 +238,7 @@ mod tests {
         assert!(p.standby);
         assert_eq!(p.source, "n3");
         assert_eq!(remote_names(&p), ["local", "n3"]);
-        let tls = ClientTls {
-            cert: "/c".into(),
-            key: "/k".into(),
-            ca: "/ca".into(),
-        };
-        let o = host_options(&p, &tls, "chef_pgsql");
+        let o = host_options(&p, &tls(), "chef_pgsql");
         for want in [
             "--pg2-host=10.0.0.3",
             "--pg2-host-type=tls",
@@ -287,12 +274,7 @@ mod tests {
         assert!(p.note.contains("no follower streams"), "{}", p.note);
         let p = plan("2", "1", &c).unwrap();
         assert_eq!(remote_names(&p), ["n1"]);
-        let tls = ClientTls {
-            cert: "/c".into(),
-            key: "/k".into(),
-            ca: "/ca".into(),
-        };
-        let o = host_options(&p, &tls, "u");
+        let o = host_options(&p, &tls(), "u");
         assert!(o.contains(&"--pg1-host=10.0.0.1".to_string()), "{o:?}");
         assert!(!o.contains(&"--backup-standby".to_string()));
     }
