@@ -235,7 +235,12 @@ pub async fn backup(paths: &Paths, a: BackupArgs) -> anyhow::Result<()> {
         plan.note
     ));
     let type_arg = format!("--type={kind}");
-    let mut child = pgbackrest::command(&node, &with(&["backup", &type_arg], &hosts))
+    let standby = if plan.standby {
+        "--backup-standby"
+    } else {
+        "--no-backup-standby"
+    };
+    let mut child = pgbackrest::command(&node, &with(&["backup", &type_arg, standby], &hosts))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -538,7 +543,8 @@ pub async fn restore(paths: &Paths, a: RestoreArgs) -> anyhow::Result<()> {
         return crate::restore_dump::restore(paths, &a, dump).await;
     }
     refuse_member(paths)?;
-    let path = path
+    let path = a
+        .path
         .clone()
         .expect("clap requires PATH without --from-pg-dump");
     // A tarball is unpacked first; a refusal after that removes what was unpacked.

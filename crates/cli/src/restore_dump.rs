@@ -111,8 +111,13 @@ pub async fn restore(
         ),
         a.yes,
     )?;
-    crate::bootstrap::create_cluster_for_dump(paths, a.publish_address.clone(), a.fqdn.clone())
-        .await?;
+    crate::bootstrap::create_cluster_for_restore(
+        paths,
+        a.publish_address.clone(),
+        a.fqdn.clone(),
+        None,
+    )
+    .await?;
     let node = Node::load(paths)?;
     let r = async {
         load(&node, file)?;

@@ -297,7 +297,7 @@ fn while_writing(l: &Node, n: &Node, args: &[&str]) -> ((String, String), BTreeS
     let stop = AtomicBool::new(false);
     let next = AtomicU32::new(1000);
     let acked = Mutex::new(BTreeSet::new());
-    std::thread::scope(|s| {
+    let (o, before_end) = std::thread::scope(|s| {
         s.spawn(|| {
             while !stop.load(Ordering::SeqCst) {
                 let id = next.fetch_add(1, Ordering::SeqCst);
@@ -306,27 +306,19 @@ fn while_writing(l: &Node, n: &Node, args: &[&str]) -> ((String, String), BTreeS
                 }
             }
         });
-        let out = backup_on(n, args);
+        // No assertion in here: a panic would leave the writer running and the scope waiting.
+        let o = n.larder(args);
         // Everything acknowledged so far was committed before the command ended.
         let before_end = acked.lock().unwrap().clone();
         stop.store(true, Ordering::SeqCst);
-        (out, before_end)
-    })
+        (o, before_end)
+    });
+    (finished(n, args, o), before_end)
 }
 
-/// The options the set was taken with, from pgBackRest's own manifest.
-fn manifest(repo: &Path, label: &str) -> String {
-    std::fs::read_to_string(
-        repo.join("backup/larder")
-            .join(label)
-            .join("backup.manifest"),
-    )
-    .unwrap_or_else(|e| panic!("manifest of {label}: {e}"))
-}
-
-/// `larder backup`'s step lines (stderr) and the label (stdout).
-fn backup_on(n: &Node, args: &[&str]) -> (String, String) {
-    let o = n.larder(args);
+/// `larder backup`'s label (last stdout line) and everything it printed; the command must
+/// have succeeded.
+fn finished(n: &Node, args: &[&str], o: std::process::Output) -> (String, String) {
     let (out, err) = (
         String::from_utf8_lossy(&o.stdout).to_string(),
         String::from_utf8_lossy(&o.stderr).to_string(),
@@ -341,6 +333,21 @@ fn backup_on(n: &Node, args: &[&str]) -> (String, String) {
         out.trim().lines().last().unwrap_or("").to_string(),
         out + &err,
     )
+}
+
+/// The options the set was taken with, from pgBackRest's own manifest.
+fn manifest(repo: &Path, label: &str) -> String {
+    std::fs::read_to_string(
+        repo.join("backup/larder")
+            .join(label)
+            .join("backup.manifest"),
+    )
+    .unwrap_or_else(|e| panic!("manifest of {label}: {e}"))
+}
+
+/// [`finished`] of `larder ARGS` on `n`.
+fn backup_on(n: &Node, args: &[&str]) -> (String, String) {
+    finished(n, args, n.larder(args))
 }
 
 #[test]

@@ -140,7 +140,8 @@ pub fn plan(me: &str, leader_guid: &str, members: &[MemberStatus]) -> Result<Sou
 }
 
 /// pgBackRest command-line options for the plan's hosts (they override the local
-/// pgbackrest.conf, which describes only this node's own PostgreSQL as pg1).
+/// pgbackrest.conf, which describes only this node's own PostgreSQL as pg1). The `backup`
+/// command itself also takes `--backup-standby` when [`SourcePlan::standby`].
 pub fn host_options(plan: &SourcePlan, tls: &ClientTls, pg_user: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (i, h) in plan.hosts.iter().enumerate() {
@@ -160,9 +161,6 @@ pub fn host_options(plan: &SourcePlan, tls: &ClientTls, pg_user: &str) -> Vec<St
                 format!("--pg{n}-user={pg_user}"),
             ]);
         }
-    }
-    if plan.standby {
-        out.push("--backup-standby".into());
     }
     out
 }
@@ -247,7 +245,6 @@ mod tests {
             "--pg2-socket-path=/n3/run",
             "--pg2-host-config=/n3/pgbackrest.conf",
             "--pg2-user=chef_pgsql",
-            "--backup-standby",
         ] {
             assert!(o.iter().any(|x| x == want), "{want} missing from {o:?}");
         }
@@ -276,7 +273,6 @@ mod tests {
         assert_eq!(remote_names(&p), ["n1"]);
         let o = host_options(&p, &tls(), "u");
         assert!(o.contains(&"--pg1-host=10.0.0.1".to_string()), "{o:?}");
-        assert!(!o.contains(&"--backup-standby".to_string()));
     }
 
     #[test]
