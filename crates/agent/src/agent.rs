@@ -74,8 +74,10 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         });
         sup.add(postgres::service_spec(&node, pre), false);
     }
-    // Registered even while backups are off, so `reconfigure` can start it.
-    sup.add(pgbackrest::service_spec(&node), node.cfg.backup.enabled());
+    // Only with backups configured (`reconfigure` adds it when they are turned on).
+    if node.cfg.backup.enabled() {
+        sup.add(pgbackrest::service_spec(&node), true);
+    }
     if node.cfg.elasticsearch.enable {
         sup.add(search_spec(&node)?, true);
     }
@@ -429,11 +431,14 @@ impl Ctx {
         }
         let grace = Duration::from_secs(30);
         if new.backup != old.backup || new.log_rotation != old.log_rotation {
-            let _ = self.sup.replace_spec(pgbackrest::service_spec(&n));
-            if new.backup.enabled() {
+            let known = self.sup.replace_spec(pgbackrest::service_spec(&n)).is_ok();
+            if new.backup.enabled() && !known {
+                self.sup.add(pgbackrest::service_spec(&n), true);
+                done.push("pgbackrest TLS server: started".into());
+            } else if new.backup.enabled() {
                 let _ = self.sup.restart(pgbackrest::SERVICE, grace).await;
                 done.push("pgbackrest TLS server: restarted".into());
-            } else {
+            } else if known {
                 let _ = self.sup.stop(pgbackrest::SERVICE, grace).await;
                 done.push("pgbackrest TLS server: stopped (no backup.repo_path)".into());
             }
