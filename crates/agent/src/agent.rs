@@ -8,7 +8,7 @@ use crate::ha::{self, HaLoop};
 use crate::node::Node;
 use crate::state::{Sensors, Snapshot, Views};
 use crate::supervisor::{ServiceSpec, Supervisor};
-use crate::{api, etcd, postgres, search_service};
+use crate::{api, etcd, pgbackrest, postgres, search_service};
 use larder_core::paths::Paths;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -73,6 +73,10 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
             postgres::set_standby(&n, standby).map_err(|e| e.to_string())
         });
         sup.add(postgres::service_spec(&node, pre), false);
+    }
+    // Only with backups configured (`reconfigure` adds it when they are turned on).
+    if node.cfg.backup.enabled() {
+        sup.add(pgbackrest::service_spec(&node), true);
     }
     if node.cfg.elasticsearch.enable {
         sup.add(search_spec(&node)?, true);
@@ -475,6 +479,22 @@ impl Ctx {
             }
         }
         let grace = Duration::from_secs(30);
+        if new.backup != old.backup || new.log_rotation != old.log_rotation {
+            let known = self.sup.replace_spec(pgbackrest::service_spec(&n)).is_ok();
+            if new.backup.enabled() && !known {
+                self.sup.add(pgbackrest::service_spec(&n), true);
+                done.push("pgbackrest TLS server: started".into());
+            } else if new.backup.enabled() {
+                let _ = self.sup.restart(pgbackrest::SERVICE, grace).await;
+                done.push("pgbackrest TLS server: restarted".into());
+            } else if known {
+                let _ = self.sup.stop(pgbackrest::SERVICE, grace).await;
+                done.push("pgbackrest TLS server: stopped (no backup.repo_path)".into());
+            }
+            if new.backup.server_port != old.backup.server_port {
+                done.push("backup.server_port: the other nodes learn the new port when this agent restarts (`systemctl restart larder`)".into());
+            }
+        }
         if new.etcd != old.etcd || new.log_rotation != old.log_rotation {
             match etcd_spec(&n) {
                 Ok(spec) => {

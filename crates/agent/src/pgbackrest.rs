@@ -1,12 +1,18 @@
 //! pgBackRest on this node: its configuration file (written with PostgreSQL's, so archiving is
-//! configured wherever PostgreSQL runs) and running it as PostgreSQL's OS user. What goes in
-//! the file is `larder_core::backup`.
+//! configured wherever PostgreSQL runs), its TLS server (supervised like the other services,
+//! so other nodes can back up this node's PostgreSQL) and running it as PostgreSQL's OS user.
+//! What goes in the file is `larder_core::backup`.
 
 use crate::node::Node;
 use crate::postgres::{chown, PgError};
+use crate::supervisor::ServiceSpec;
 use larder_core::backup::{self, Files};
+use larder_core::backup_source::{BackupHost, ClientTls, CLIENT_CN};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+
+/// The supervised pgBackRest TLS server.
+pub const SERVICE: &str = "pgbackrest";
 
 /// The node's pgBackRest config (beside PostgreSQL's TLS files: PostgreSQL's user must read
 /// it when it runs `archive_command`).
@@ -14,9 +20,20 @@ pub fn conf_path(node: &Node) -> PathBuf {
     node.paths.data_dir().join("postgresql/pgbackrest.conf")
 }
 
+/// PostgreSQL's private copies of the node's TLS files (see `postgres::prepare_dirs`), and
+/// pgBackRest's certificates beside them.
+fn pg_tls_dir(node: &Node) -> PathBuf {
+    node.paths.data_dir().join("postgresql/tls")
+}
+
 fn files(node: &Node) -> Files {
     let base = node.paths.data_dir().join("postgresql");
+    let tls = pg_tls_dir(node);
+    let path = |f: &str| tls.join(f).display().to_string();
     Files {
+        tls_cert: path("pgbackrest-server.crt"),
+        tls_key: path("pgbackrest-server.key"),
+        tls_ca: path("ca.crt"),
         pg_data: node.paths.pg_data().display().to_string(),
         socket_dir: node.paths.pg_socket_dir().display().to_string(),
         log_dir: node
@@ -59,6 +76,7 @@ pub fn write_conf(node: &Node) -> Result<Option<String>, PgError> {
         }
         chown(node, repo)?;
     }
+    write_certs(node)?;
     let text = backup::render_conf(&node.cfg, &f);
     if std::fs::read_to_string(&conf).ok().as_deref() != Some(text.as_str()) {
         std::fs::write(&conf, &text)?;
@@ -66,6 +84,95 @@ pub fn write_conf(node: &Node) -> Result<Option<String>, PgError> {
     std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600))?;
     chown(node, &conf)?;
     Ok(Some(backup::archive_command(&conf.display().to_string())))
+}
+
+/// The certificate this node presents to the other nodes' TLS servers.
+pub fn client_tls(node: &Node) -> ClientTls {
+    let tls = pg_tls_dir(node);
+    let path = |f: &str| tls.join(f).display().to_string();
+    ClientTls {
+        cert: path("pgbackrest-client.crt"),
+        key: path("pgbackrest-client.key"),
+        ca: path("ca.crt"),
+    }
+}
+
+/// Issue, once, the TLS server's certificate and the [`CLIENT_CN`] client certificate from
+/// the cluster CA, beside PostgreSQL's copies (pgBackRest runs as PostgreSQL's user).
+fn write_certs(node: &Node) -> Result<(), PgError> {
+    let dir = pg_tls_dir(node);
+    std::fs::create_dir_all(&dir)?;
+    let ca_key = node.secrets.larder.ca_key_pem.expose();
+    let wanted: [(
+        &str,
+        &dyn Fn() -> Result<(String, String), crate::pki::PkiError>,
+    ); 2] = [
+        ("pgbackrest-server", &|| {
+            crate::pki::issue_pgbackrest_server_cert(
+                ca_key,
+                &node.cfg.fqdn,
+                &node.cfg.publish_address,
+            )
+        }),
+        ("pgbackrest-client", &|| {
+            crate::pki::issue_client_cert(ca_key, CLIENT_CN)
+        }),
+    ];
+    for (base, issue) in wanted {
+        let (cert, key) = (
+            dir.join(format!("{base}.crt")),
+            dir.join(format!("{base}.key")),
+        );
+        if cert.exists() && key.exists() {
+            continue;
+        }
+        let (c, k) = issue()
+            .map_err(|e| PgError::Command(format!("cannot issue the {base} certificate: {e}")))?;
+        for (path, text) in [(&key, k), (&cert, c)] {
+            std::fs::write(path, text)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            chown(node, path)?;
+        }
+    }
+    Ok(())
+}
+
+/// What this node publishes, while its TLS server runs, so the others can back up its
+/// PostgreSQL.
+pub fn backup_host(node: &Node) -> BackupHost {
+    BackupHost {
+        port: node.cfg.backup.server_port,
+        config: conf_path(node).display().to_string(),
+        pg_path: node.paths.pg_data().display().to_string(),
+        pg_socket: node.paths.pg_socket_dir().display().to_string(),
+        pg_port: node.cfg.postgresql.port,
+    }
+}
+
+/// The supervised `pgbackrest server`: as PostgreSQL's user (it reads the data directory for
+/// backups from this node), with the superuser's password for the local connections remote
+/// commands make (in its environment, never on a command line).
+pub fn service_spec(node: &Node) -> ServiceSpec {
+    ServiceSpec {
+        args: vec![
+            format!("--config={}", conf_path(node).display()),
+            "server".into(),
+        ],
+        env: vec![
+            ("HOME".into(), "/tmp".into()),
+            (
+                "PGPASSWORD".into(),
+                node.secrets
+                    .postgresql
+                    .db_superuser_password
+                    .expose()
+                    .to_string(),
+            ),
+        ],
+        user: node.pg_user,
+        cwd: Some(PathBuf::from("/tmp")),
+        ..node.service_base(SERVICE, PathBuf::from("pgbackrest"))
+    }
 }
 
 /// `pgbackrest --config=… --stanza=larder ARGS` as PostgreSQL's OS user, with the superuser's

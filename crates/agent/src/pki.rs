@@ -43,32 +43,21 @@ pub fn generate_ca() -> Result<(String, String), PkiError> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Issue a certificate for a node: SANs are its name, its address, localhost and 127.0.0.1.
-/// Returns (certificate PEM, key PEM).
-pub fn issue_node_cert(
+/// Issue a certificate signed by the cluster CA. Returns (certificate PEM, key PEM).
+fn issue(
     ca_key_pem: &str,
-    name: &str,
-    address: &str,
+    cn: &str,
+    sans: Vec<SanType>,
+    usages: Vec<ExtendedKeyUsagePurpose>,
 ) -> Result<(String, String), PkiError> {
     let ca_key = KeyPair::from_pem(ca_key_pem)?;
     let issuer = Issuer::new(ca_params(), ca_key);
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, name);
+    dn.push(DnType::CommonName, cn);
     p.distinguished_name = dn;
-    let ip: IpAddr = address
-        .parse()
-        .map_err(|_| PkiError::Address(address.to_string()))?;
-    p.subject_alt_names = vec![
-        SanType::DnsName(name.try_into()?),
-        SanType::DnsName("localhost".try_into()?),
-        SanType::IpAddress(ip),
-        SanType::IpAddress("127.0.0.1".parse().expect("literal")),
-    ];
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    p.subject_alt_names = sans;
+    p.extended_key_usages = usages;
     p.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
@@ -78,6 +67,66 @@ pub fn issue_node_cert(
     let key = KeyPair::generate()?;
     let cert = p.signed_by(&key, &issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn ip(address: &str) -> Result<IpAddr, PkiError> {
+    address
+        .parse()
+        .map_err(|_| PkiError::Address(address.to_string()))
+}
+
+/// Issue a certificate for a node: SANs are its name, its address, localhost and 127.0.0.1.
+/// Returns (certificate PEM, key PEM).
+pub fn issue_node_cert(
+    ca_key_pem: &str,
+    name: &str,
+    address: &str,
+) -> Result<(String, String), PkiError> {
+    let sans = vec![
+        SanType::DnsName(name.try_into()?),
+        SanType::DnsName("localhost".try_into()?),
+        SanType::IpAddress(ip(address)?),
+        SanType::IpAddress("127.0.0.1".parse().expect("literal")),
+    ];
+    issue(
+        ca_key_pem,
+        name,
+        sans,
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    )
+}
+
+/// The certificate of a node's pgBackRest TLS server. pgBackRest's client matches the host it
+/// dialled (the publish address) against DNS names only, so the address is also a DNS SAN.
+pub fn issue_pgbackrest_server_cert(
+    ca_key_pem: &str,
+    name: &str,
+    address: &str,
+) -> Result<(String, String), PkiError> {
+    let sans = vec![
+        SanType::DnsName(address.try_into()?),
+        SanType::IpAddress(ip(address)?),
+    ];
+    issue(
+        ca_key_pem,
+        name,
+        sans,
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
+    )
+}
+
+/// Issue a client-only certificate with common name `cn` (pgBackRest's TLS servers authorize
+/// clients by CN). Returns (certificate PEM, key PEM).
+pub fn issue_client_cert(ca_key_pem: &str, cn: &str) -> Result<(String, String), PkiError> {
+    issue(
+        ca_key_pem,
+        cn,
+        vec![],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    )
 }
 
 #[cfg(test)]
@@ -90,5 +139,9 @@ mod tests {
         let (cert, nkey) = issue_node_cert(&key, "n1", "127.0.0.2").unwrap();
         assert!(cert.contains("BEGIN CERTIFICATE") && nkey.contains("PRIVATE KEY"));
         assert!(issue_node_cert(&key, "n1", "not-ip").is_err());
+        let (c, k) = issue_client_cert(&key, "larder-pgbackrest").unwrap();
+        assert!(c.contains("BEGIN CERTIFICATE") && k.contains("PRIVATE KEY"));
+        assert!(issue_pgbackrest_server_cert(&key, "n1", "10.0.0.1").is_ok());
+        assert!(issue_pgbackrest_server_cert(&key, "n1", "n1").is_err());
     }
 }

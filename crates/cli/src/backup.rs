@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use larder_agent::node::{write_private, Node};
 use larder_agent::pgbackrest;
 use larder_core::backup::{self, BackupSet, RepoInfo};
+use larder_core::backup_source;
 use larder_core::paths::Paths;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,7 +47,12 @@ pub struct BackupArgs {
 #[derive(clap::Args, Clone)]
 pub struct RestoreArgs {
     /// A pgBackRest repository directory, or a tarball written by `backup --output`.
-    pub path: PathBuf,
+    #[arg(required_unless_present = "from_pg_dump")]
+    pub path: Option<PathBuf>,
+    /// Build the new cluster from a `pg_dumpall` of a Chef Backend leader instead (the
+    /// cut-over from Chef Backend); search is rebuilt from the Chef objects in it.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["path", "set", "to_time", "to_lsn", "secrets", "passphrase_file", "staging_dir"])]
+    pub from_pg_dump: Option<PathBuf>,
     /// Where a tarball is unpacked (default: /var/tmp under the node's root).
     #[arg(short = 'd', long)]
     pub staging_dir: Option<PathBuf>,
@@ -113,6 +119,14 @@ fn run(node: &Node, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
+/// `args` followed by the options naming the backup's PostgreSQL hosts.
+fn with<'a>(args: &[&'a str], hosts: &'a [String]) -> Vec<&'a str> {
+    args.iter()
+        .copied()
+        .chain(hosts.iter().map(String::as_str))
+        .collect()
+}
+
 fn info(node: &Node) -> anyhow::Result<RepoInfo> {
     let json = run(node, &["info", "--output=json"])?;
     backup::parse_info(&json).map_err(|e| anyhow::anyhow!(e))
@@ -170,15 +184,17 @@ pub async fn backup(paths: &Paths, a: BackupArgs) -> anyhow::Result<()> {
         return list(&node, a.json);
     }
     let st = agent_status(paths).await?;
-    if !st.ha.writable_leader {
-        let leader = st
-            .ha
-            .leader
-            .as_ref()
-            .map(|l| format!("{} ({})", l.name, l.address))
-            .unwrap_or_else(|| "the leader, once there is one".into());
-        bail!("pgBackRest takes the backup from the primary: run `larder backup` on {leader}; nothing was changed");
-    }
+    let Some(leader) = st.ha.leader.clone() else {
+        bail!("the cluster has no leader: pgBackRest starts every backup on the primary; wait for one (`larder cluster-status`); nothing was changed");
+    };
+    let plan = backup_source::plan(&node.state.guid, &leader.guid, &st.members)
+        .map_err(|e| anyhow::anyhow!("{e}; nothing was changed"))?;
+    let hosts = backup_source::host_options(
+        &plan,
+        &pgbackrest::client_tls(&node),
+        &node.cfg.postgresql.db_superuser,
+    );
+    let on_leader = leader.guid == node.state.guid;
     let kind = match a.kind.as_deref() {
         Some(k @ ("full" | "diff" | "incr")) => k.to_string(),
         Some(other) => bail!("--type {other:?}: use full, diff or incr"),
@@ -187,9 +203,14 @@ pub async fn backup(paths: &Paths, a: BackupArgs) -> anyhow::Result<()> {
     let pass = passphrase(a.passphrase_file.as_deref())?;
     let mut steps = Steps::new(if a.output.is_some() { 5 } else { 4 });
     steps.step("checking the repository and WAL archiving");
-    run(&node, &["stanza-create"])?;
-    run(&node, &["check"]).map_err(|e| {
-        anyhow::anyhow!("{e:#}\nWAL archiving does not work; if archive_mode is off, run `larder restart postgresql` (after `larder demote` on a multi-node cluster)")
+    run(&node, &with(&["stanza-create"], &hosts))?;
+    run(&node, &with(&["check"], &hosts)).map_err(|e| {
+        let shared = if on_leader {
+            String::new()
+        } else {
+            format!(" If {} is a directory of this node only, the leader archives into its own copy: a backup taken here needs backup.repo_path on a mount every node shares (or an object store), else run `larder backup` on the leader {}.", node.cfg.backup.repo_path, leader.name)
+        };
+        anyhow::anyhow!("{e:#}\nWAL archiving does not work; if archive_mode is off, run `larder restart postgresql` (after `larder demote` on a multi-node cluster).{shared}")
     })?;
     let found = gaps(&node);
     if !found.is_empty() && !a.force {
@@ -212,9 +233,17 @@ pub async fn backup(paths: &Paths, a: BackupArgs) -> anyhow::Result<()> {
     } else {
         kind
     };
-    steps.step(&format!("taking a {kind} backup with pgBackRest"));
+    steps.step(&format!(
+        "taking a {kind} backup with pgBackRest, {}",
+        plan.note
+    ));
     let type_arg = format!("--type={kind}");
-    let mut child = pgbackrest::command(&node, &["backup", &type_arg])
+    let standby = if plan.standby {
+        "--backup-standby"
+    } else {
+        "--no-backup-standby"
+    };
+    let mut child = pgbackrest::command(&node, &with(&["backup", &type_arg, standby], &hosts))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -259,9 +288,14 @@ pub async fn backup(paths: &Paths, a: BackupArgs) -> anyhow::Result<()> {
         write_tarball(&node, out)?;
     }
     steps.finish(&format!(
-        "{} backup {} ({} of data, {} in the repository, WAL {}..{}); {saved}",
+        "{} backup {} read from {} ({} of data, {} in the repository, WAL {}..{}); {saved}",
         set.kind,
         set.label,
+        if plan.standby {
+            format!("the follower {}", plan.source)
+        } else {
+            format!("the leader {}", plan.source)
+        },
         mib(set.size),
         mib(set.repo_size),
         set.wal_start,
@@ -402,45 +436,24 @@ fn info_of(repo: &Path) -> anyhow::Result<RepoInfo> {
 
 /// `restore PATH`: a new single-node cluster on this node from a backup; the other nodes then
 /// `join-cluster`. Everything is checked before anything is written.
-pub async fn restore(paths: &Paths, a: RestoreArgs) -> anyhow::Result<()> {
-    if paths.node_state_file().exists() || paths.pg_data().join("PG_VERSION").exists() {
-        bail!("this node belongs to a cluster (or holds its data); `restore` builds a new cluster: run it on a cleansed node (`larder cleanse` keeps a copy of the config); nothing was changed");
+/// Remove what a refused restore unpacked (the directory itself only if it made it).
+fn unstage(staged: &Option<(PathBuf, bool)>) {
+    if let Some((dir, existed)) = staged {
+        let _ = std::fs::remove_dir_all(dir);
+        if *existed {
+            let _ = std::fs::create_dir_all(dir);
+        }
     }
-    let (repo, from_tarball) = if a.path.is_dir() {
-        (a.path.canonicalize()?, false)
-    } else if a.path.is_file() {
-        let dir = a
-            .staging_dir
-            .clone()
-            .unwrap_or_else(|| paths.root().join("var/tmp/larder-restore"));
-        if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
-            bail!(
-                "the staging directory {} is not empty; give another with -d DIR or remove it",
-                dir.display()
-            );
-        }
-        std::fs::create_dir_all(&dir)?;
-        let st = std::process::Command::new("tar")
-            .arg("-xzf")
-            .arg(&a.path)
-            .arg("-C")
-            .arg(&dir)
-            .status()
-            .context("cannot run tar")?;
-        if !st.success() {
-            bail!(
-                "{} is not a backup tarball (tar failed: {st}); nothing was changed",
-                a.path.display()
-            );
-        }
-        (dir.canonicalize()?, true)
-    } else {
-        bail!(
-            "{} does not exist; give a repository directory or a `backup --output` tarball",
-            a.path.display()
-        );
-    };
-    let i = info_of(&repo)?;
+}
+
+/// Everything `restore` checks before it writes: the repository, the set, the saved
+/// configuration and the secrets (opened with the passphrase), and the operator's yes.
+fn check_restore(
+    a: &RestoreArgs,
+    repo: &Path,
+    from_tarball: bool,
+) -> anyhow::Result<(larder_core::config::Config, Vec<u8>, String)> {
+    let i = info_of(repo)?;
     if i.backups.is_empty() {
         bail!(
             "{} holds no backup ({}); nothing was changed",
@@ -465,13 +478,13 @@ pub async fn restore(paths: &Paths, a: RestoreArgs) -> anyhow::Result<()> {
     let bundle = a
         .set
         .as_ref()
-        .map(|s| bundle_dir(&repo, s))
+        .map(|s| bundle_dir(repo, s))
         .filter(|d| d.exists())
         .or_else(|| {
             i.backups
                 .iter()
                 .rev()
-                .map(|b| bundle_dir(&repo, &b.label))
+                .map(|b| bundle_dir(repo, &b.label))
                 .find(|d| d.exists())
         })
         .ok_or_else(|| {
@@ -523,6 +536,72 @@ pub async fn restore(paths: &Paths, a: RestoreArgs) -> anyhow::Result<()> {
         ),
         a.yes,
     )?;
+    Ok((cfg, secrets, target))
+}
+
+/// `restore` builds a new cluster: refused on a node that has one.
+pub(crate) fn refuse_member(paths: &Paths) -> anyhow::Result<()> {
+    if paths.node_state_file().exists() || paths.pg_data().join("PG_VERSION").exists() {
+        bail!("this node belongs to a cluster (or holds its data); `restore` builds a new cluster: run it on a cleansed node (`larder cleanse` keeps a copy of the config); nothing was changed");
+    }
+    Ok(())
+}
+
+pub async fn restore(paths: &Paths, a: RestoreArgs) -> anyhow::Result<()> {
+    if let Some(dump) = &a.from_pg_dump {
+        return crate::restore_dump::restore(paths, &a, dump).await;
+    }
+    refuse_member(paths)?;
+    let path = a
+        .path
+        .clone()
+        .expect("clap requires PATH without --from-pg-dump");
+    // A tarball is unpacked first; a refusal after that removes what was unpacked.
+    let mut staged: Option<(PathBuf, bool)> = None;
+    let (repo, from_tarball) = if path.is_dir() {
+        (path.canonicalize()?, false)
+    } else if path.is_file() {
+        let dir = a
+            .staging_dir
+            .clone()
+            .unwrap_or_else(|| paths.root().join("var/tmp/larder-restore"));
+        if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+            bail!(
+                "the staging directory {} is not empty; give another with -d DIR or remove it",
+                dir.display()
+            );
+        }
+        let existed = dir.exists();
+        std::fs::create_dir_all(&dir)?;
+        staged = Some((dir.clone(), existed));
+        let st = std::process::Command::new("tar")
+            .arg("-xzf")
+            .arg(&path)
+            .arg("-C")
+            .arg(&dir)
+            .status()
+            .context("cannot run tar")?;
+        if !st.success() {
+            unstage(&staged);
+            bail!(
+                "{} is not a backup tarball (tar failed: {st}); nothing was changed",
+                path.display()
+            );
+        }
+        (dir.canonicalize()?, true)
+    } else {
+        bail!(
+            "{} does not exist; give a repository directory or a `backup --output` tarball",
+            path.display()
+        );
+    };
+    let (cfg, secrets, target) = match check_restore(&a, &repo, from_tarball) {
+        Ok(v) => v,
+        Err(e) => {
+            unstage(&staged);
+            return Err(e);
+        }
+    };
     std::fs::create_dir_all(paths.config_file().parent().expect("config dir"))?;
     write_private(&paths.config_file(), cfg.to_toml().as_bytes())?;
     write_private(&paths.secrets_file(), &secrets)?;
@@ -531,7 +610,7 @@ pub async fn restore(paths: &Paths, a: RestoreArgs) -> anyhow::Result<()> {
         to_time: a.to_time.clone(),
         to_lsn: a.to_lsn.clone(),
     };
-    let r = crate::bootstrap::create_cluster_restoring(paths, plan).await;
+    let r = crate::bootstrap::create_cluster_for_restore(paths, None, None, Some(plan)).await;
     if r.is_err() {
         eprintln!("the restore did not complete; `larder cleanse` resets this node before another attempt");
     }

@@ -38,10 +38,13 @@ pub struct CreateArgs {
     restore: Option<crate::backup::RestorePlan>,
 }
 
-/// `create-cluster` on restored data (`larder restore` wrote the config and secrets).
-pub async fn create_cluster_restoring(
+/// `create-cluster` for `larder restore`: on restored data (`plan`; restore wrote the config
+/// and secrets), or empty for `--from-pg-dump` (the dump is loaded once the node leads).
+pub async fn create_cluster_for_restore(
     paths: &Paths,
-    plan: crate::backup::RestorePlan,
+    publish_address: Option<String>,
+    fqdn: Option<String>,
+    plan: Option<crate::backup::RestorePlan>,
 ) -> anyhow::Result<()> {
     create_cluster(
         paths,
@@ -50,9 +53,9 @@ pub async fn create_cluster_restoring(
             yes: true,
             etcd_wait_time: 30,
             elasticsearch_wait_time: 30,
-            publish_address: None,
-            fqdn: None,
-            restore: Some(plan),
+            publish_address,
+            fqdn,
+            restore: plan,
         },
     )
     .await
@@ -160,13 +163,16 @@ fn check_privileges(paths: &Paths) -> anyhow::Result<()> {
 
 /// Every port this node needs must be free on its address; name the one that is not.
 pub fn check_ports(cfg: &Config) -> anyhow::Result<()> {
-    let ports = [
+    let mut ports = vec![
         (cfg.etcd.client_port, "etcd client"),
         (cfg.etcd.peer_port, "etcd peer"),
         (cfg.postgresql.port, "postgresql"),
         (cfg.leaderl.http_port, "leaderl health API"),
         (cfg.elasticsearch.port, "search (elasticsearch)"),
     ];
+    if cfg.backup.enabled() {
+        ports.push((cfg.backup.server_port, "pgBackRest TLS server"));
+    }
     for (port, service) in ports {
         let addr = format!("{}:{port}", url_host(&cfg.publish_address));
         if let Err(e) = TcpListener::bind(&addr) {

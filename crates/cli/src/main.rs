@@ -17,6 +17,7 @@ mod progress;
 mod prompt;
 mod recovery;
 mod report;
+mod restore_dump;
 mod seal;
 mod upgrade;
 

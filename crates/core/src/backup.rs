@@ -23,6 +23,11 @@ pub struct Files {
     pub log_dir: String,
     pub lock_dir: String,
     pub spool_dir: String,
+    /// The node certificate, its key and the cluster CA as PostgreSQL's user can read them
+    /// (the TLS server runs as that user).
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub tls_ca: String,
 }
 
 /// Why a `backup.pgbackrest` option was refused.
@@ -85,6 +90,13 @@ pub fn render_conf(cfg: &Config, files: &Files) -> String {
     out.push_str(&format!(
         "\n[{STANZA}]\npg1-path={}\npg1-port={}\npg1-socket-path={}\npg1-user={}\n",
         files.pg_data, cfg.postgresql.port, files.socket_dir, cfg.postgresql.db_superuser
+    ));
+    out.push_str(&crate::backup_source::server_section(
+        &cfg.publish_address,
+        b.server_port,
+        &files.tls_cert,
+        &files.tls_key,
+        &files.tls_ca,
     ));
     out
 }
@@ -324,6 +336,7 @@ mod tests {
         assert!(check_option("Repo1", "x").is_err());
         assert!(check_option("process-max", "2\n[evil]").is_err());
         let mut c = Config::default();
+        c.publish_address = "127.0.0.1".into();
         c.backup.repo_path = "/backups".into();
         c.backup
             .pgbackrest
@@ -335,6 +348,9 @@ mod tests {
             log_dir: "/l".into(),
             lock_dir: "/k".into(),
             spool_dir: "/p".into(),
+            tls_cert: "/t/server.crt".into(),
+            tls_key: "/t/server.key".into(),
+            tls_ca: "/t/ca.crt".into(),
         };
         let conf = render_conf(&c, &files);
         assert!(conf.contains("repo1-path=/backups\n"), "{conf}");
@@ -344,5 +360,11 @@ mod tests {
         );
         assert!(conf.contains("process-max=2\n"), "{conf}");
         assert!(conf.contains("[larder]\npg1-path=/d\n"), "{conf}");
+        assert!(
+            conf.contains("[global:server]\ntls-server-address=127.0.0.1\ntls-server-port=8432\n")
+                && conf.contains("tls-server-cert-file=/t/server.crt\n")
+                && conf.contains("tls-server-auth=larder-pgbackrest=larder\n"),
+            "{conf}"
+        );
     }
 }

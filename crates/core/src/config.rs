@@ -80,6 +80,10 @@ pub struct BackupConfig {
     pub repo_path: String,
     /// Full backups kept (older ones and their WAL are expired after each backup).
     pub retention_full: u32,
+    /// Port of the pgBackRest TLS server the agent runs on the publish address while backups
+    /// are configured: the node taking a backup reaches the other nodes' PostgreSQL through
+    /// it (TLS with cluster certificates only).
+    pub server_port: u16,
     /// Extra pgBackRest options for the `[global]` section, passed through unchanged
     /// (`repo1-type`, `repo1-s3-bucket`, `process-max`, …).
     pub pgbackrest: std::collections::BTreeMap<String, String>,
@@ -90,6 +94,7 @@ impl Default for BackupConfig {
         BackupConfig {
             repo_path: String::new(),
             retention_full: 2,
+            server_port: crate::backup_source::DEFAULT_SERVER_PORT,
             pgbackrest: Default::default(),
         }
     }
@@ -582,6 +587,10 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "pgBackRest repository: a directory all nodes mount (archiving follows the leader); empty = no backups",
     ),
     ("backup.retention_full", "full backups kept"),
+    (
+        "backup.server_port",
+        "pgBackRest TLS server port on the publish address (backups from a follower reach the other nodes through it)",
+    ),
     (
         "backup.pgbackrest",
         "extra pgBackRest [global] options passed through (repo1-type, repo1-s3-bucket, ...)",

@@ -13,9 +13,11 @@
 //! - [`history`]: the bounded leadership history; [`histogram`]: latency histograms for
 //!   the metrics
 //! - [`search_stats`]: what the search service reports to the agent
+//! - [`backup`], [`backup_source`]: pgBackRest configuration, archive gaps, where a backup reads from
 //! - [`keys`]: the etcd layout; [`lease`]: fencing arithmetic; [`health`]: derived health facts
 
 pub mod backup;
+pub mod backup_source;
 pub mod check_phase;
 pub mod chef_backend;
 pub mod config;

@@ -137,6 +137,10 @@ pub struct MemberStatus {
     /// The configured VIP is on this member's interface (see `decide::vip`).
     #[serde(default)]
     pub vip_held: bool,
+    /// How other nodes reach this node's PostgreSQL for a backup (its pgBackRest TLS server;
+    /// `None` from releases before it, see `backup_source`).
+    #[serde(default)]
+    pub backup_host: Option<crate::backup_source::BackupHost>,
 }
 
 #[cfg(test)]
@@ -168,6 +172,7 @@ impl MemberStatus {
             version: String::new(),
             protocol: 0,
             vip_held: false,
+            backup_host: None,
         }
     }
 }

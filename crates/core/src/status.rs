@@ -232,7 +232,6 @@ pub fn search_summary(online: usize, total: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Lsn, WalPosition};
 
     fn member(role: NodeRole, pg: PgState) -> MemberStatus {
         MemberStatus::test_member("g", role, pg)

@@ -19,13 +19,16 @@
 //! - [`log`]: the change log schema and statements in PostgreSQL.
 //! - [`tailer`]: follows the local log, tracks the node's role.
 //! - [`pg`]: connections, database creation, role detection, pool.
-//! - [`flatten`]: Chef's object → `content` flattening (tests, benchmark).
+//! - [`flatten`]: Chef's object → `content` flattening (tests, benchmark, [`chef_docs`]).
+//! - [`chef_docs`]: search documents from Chef Server's `opscode_chef` database (restore from a
+//!   Chef Backend dump).
 //! - [`service`]: `serve` and `rebuild_index`.
 //! - [`errors`]: the `SearchError` type.
 
 pub mod api;
 pub mod buffers;
 pub mod bulk;
+pub mod chef_docs;
 pub mod codec;
 pub mod config;
 pub mod errors;

@@ -85,6 +85,13 @@ impl HaLoop {
             version: crate::build::version().into(),
             protocol: larder_core::version::PROTOCOL,
             vip_held: self.state.borrow().vip.as_ref().is_some_and(|v| v.present),
+            // Only while the TLS server runs (`reconfigure` may have started or stopped it
+            // after this loop read its configuration).
+            backup_host: self
+                .sup
+                .state(crate::pgbackrest::SERVICE)
+                .filter(|s| s.want_up)
+                .map(|_| crate::pgbackrest::backup_host(node)),
         };
         if let Ok(b) = serde_json::to_vec(&status) {
             let _ = self

@@ -35,6 +35,7 @@ fn member(guid: &str, p: u64, term: u64, leader_seen: Option<&str>) -> MemberSta
         version: crate::version::VERSION.into(),
         protocol: crate::version::PROTOCOL,
         vip_held: false,
+        backup_host: None,
     }
 }
 

@@ -40,6 +40,7 @@ fn member(guid: &str, pg: PgState, leader_seen: Option<&str>) -> MemberStatus {
         version: crate::version::VERSION.into(),
         protocol: crate::version::PROTOCOL,
         vip_held: false,
+        backup_host: None,
     }
 }
 
