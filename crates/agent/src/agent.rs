@@ -94,6 +94,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         required_followers: node.cfg.leaderl.required_active_followers,
         name: node.cfg.fqdn.clone(),
         guid: node.state.guid.clone(),
+        status_allowed_cidrs: node.cfg.leaderl.status_allowed_cidrs.clone(),
     };
     let api_shutdown = CancellationToken::new();
     let api_task = tokio::spawn(api::serve(listener, api_state, api_shutdown.clone()));
@@ -195,11 +196,6 @@ async fn member_refresh(
 
 /// The search service's own health (`GET /` answers), for status; never fails over PostgreSQL.
 async fn search_health(node: Node, sensors: Arc<Sensors>, shutdown: CancellationToken) {
-    let addr = format!(
-        "{}:{}",
-        crate::node::url_host(&node.cfg.publish_address),
-        node.cfg.elasticsearch.port
-    );
     let budget = node
         .cfg
         .leaderl
@@ -210,7 +206,7 @@ async fn search_health(node: Node, sensors: Arc<Sensors>, shutdown: Cancellation
     loop {
         // Search health is reported, never a reason to fail PostgreSQL over (Chef Backend
         // issue #1739): a failed check only counts against its own budget.
-        if http_get_ok(&addr, "/").await {
+        if crate::search_service::probe(&node).await {
             failures = 0;
         } else {
             failures = failures.saturating_add(1);

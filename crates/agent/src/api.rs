@@ -8,9 +8,13 @@
 //! | `GET /leader[?wait=0]` | writable leader, lease valid, `required_active_followers` streaming (held up to 1.5 s while about to change, see `leader_check`) | 503 |
 //! | `GET /replica[?lag=N]` | streaming follower (lag ≤ N bytes) | 503 |
 //! | `GET /health` | PostgreSQL is running (any role) | 503 |
-//! | `GET /status`, `/cluster` | always (JSON) | — |
+//! | `GET /status`, `/cluster` | always (JSON), to allowed clients | 403 to others |
 //! | `GET /v2/members` | always: etcd v2 member list for Chef frontends | — |
 //! | anything else | never | 503 |
+//!
+//! `/status`, `/cluster`, `/metrics` and `/ui` show the topology and state: they answer only
+//! clients from `leaderl.status_allowed_cidrs` (default loopback) and the cluster's members,
+//! 403 to anyone else. The health answers haproxy needs stay open to all.
 
 use crate::control::{HaStatus, PgStatus};
 use crate::leader_check;
@@ -33,6 +37,47 @@ pub struct ApiState {
     pub required_followers: u32,
     pub name: String,
     pub guid: String,
+    /// `leaderl.status_allowed_cidrs`.
+    pub status_allowed_cidrs: Vec<String>,
+}
+
+/// Paths (and everything under them) only allowed clients may read.
+const RESTRICTED: &[&str] = &["/status", "/cluster", "/metrics", "/ui"];
+
+fn restricted(path: &str) -> bool {
+    RESTRICTED.iter().any(|p| {
+        path.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
+/// 403 for a restricted path unless the client is on an allowed network or a member.
+async fn read_acl(
+    State(st): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if restricted(req.uri().path()) {
+        let members: Vec<std::net::IpAddr> = st
+            .views
+            .ha
+            .borrow()
+            .nodes
+            .iter()
+            .filter_map(|n| n.address.parse().ok())
+            .collect();
+        if !larder_core::security::status_allowed(peer.ip(), &st.status_allowed_cidrs, &members) {
+            return (
+                StatusCode::FORBIDDEN,
+                Json(json!({
+                    "error": format!("{} is readable only from leaderl.status_allowed_cidrs and the cluster's members; {} is neither", req.uri().path(), peer.ip())
+                })),
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -44,6 +89,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/cluster", get(cluster))
         .route("/v2/members", get(v2_members))
         .fallback(|| async { (StatusCode::SERVICE_UNAVAILABLE, "unknown endpoint\n") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_acl,
+        ))
         .with_state(state)
 }
 
@@ -198,4 +247,26 @@ async fn v2_members(State(st): State<ApiState>) -> Response {
         })
         .collect();
     Json(json!({ "members": members })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restricted;
+
+    #[test]
+    fn restricted_paths() {
+        for p in ["/status", "/cluster", "/metrics", "/ui", "/ui/app.js"] {
+            assert!(restricted(p), "{p}");
+        }
+        for p in [
+            "/leader",
+            "/replica",
+            "/health",
+            "/v2/members",
+            "/statusx",
+            "/",
+        ] {
+            assert!(!restricted(p), "{p}");
+        }
+    }
 }

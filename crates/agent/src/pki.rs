@@ -15,6 +15,8 @@ pub enum PkiError {
     Rcgen(#[from] rcgen::Error),
     #[error("invalid address {0:?} for a certificate")]
     Address(String),
+    #[error("cannot read certificate: {0}")]
+    Parse(String),
 }
 
 const CA_NAME: &str = "Larder cluster CA";
@@ -80,6 +82,19 @@ pub fn issue_node_cert(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// When a PEM certificate stops being valid, as Unix seconds.
+pub fn not_after_unix(cert_pem: &str) -> Result<i64, PkiError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// Certificates expiring within this many days are warned about in `status`.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +105,8 @@ mod tests {
         let (cert, nkey) = issue_node_cert(&key, "n1", "127.0.0.2").unwrap();
         assert!(cert.contains("BEGIN CERTIFICATE") && nkey.contains("PRIVATE KEY"));
         assert!(issue_node_cert(&key, "n1", "not-ip").is_err());
+        // 2124-01-01T00:00:00Z
+        assert_eq!(not_after_unix(&cert).unwrap(), 4_859_740_800); // 2124-01-01T00:00:00Z
+        assert!(not_after_unix("not a certificate").is_err());
     }
 }

@@ -35,6 +35,8 @@ async fn v2_members_answers_the_frontends_request() {
         required_followers: 0,
         name: "be1".into(),
         guid: "g".into(),
+        // Nobody may read /status here; /v2/members must stay open regardless.
+        status_allowed_cidrs: vec![],
     };
     let listener = tokio::net::TcpListener::bind("127.0.42.1:0")
         .await
