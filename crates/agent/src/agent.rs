@@ -105,6 +105,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                 ("logs".into(), paths.log_dir()),
             ],
         },
+        status_allowed_cidrs: node.cfg.leaderl.status_allowed_cidrs.clone(),
     };
     let api_shutdown = CancellationToken::new();
     let api_task = tokio::spawn(api::serve(listener, api_state, api_shutdown.clone()));
@@ -219,11 +220,6 @@ async fn member_refresh(
 /// (for status), its body the search metrics (cached here, so a scrape never reaches the
 /// service). Never fails over PostgreSQL.
 async fn search_health(node: Node, sensors: Arc<Sensors>, shutdown: CancellationToken) {
-    let addr = format!(
-        "{}:{}",
-        crate::node::url_host(&node.cfg.publish_address),
-        node.cfg.elasticsearch.port
-    );
     let budget = node
         .cfg
         .leaderl
@@ -234,7 +230,7 @@ async fn search_health(node: Node, sensors: Arc<Sensors>, shutdown: Cancellation
     loop {
         // Search health is reported, never a reason to fail PostgreSQL over (Chef Backend
         // issue #1739): a failed check only counts against its own budget.
-        let stats = http_get(&addr, "/_larder/stats")
+        let stats = crate::search_service::get(&node, "/_larder/stats")
             .await
             .filter(|(code, _)| (200..300).contains(code))
             .map(|(_, body)| {

@@ -8,11 +8,15 @@
 //! | `GET /leader[?wait=0]` | writable leader, lease valid, `required_active_followers` streaming (held up to 1.5 s while about to change, see `leader_check`) | 503 |
 //! | `GET /replica[?lag=N]` | streaming follower (lag ≤ N bytes) | 503 |
 //! | `GET /health` | PostgreSQL is running (any role) | 503 |
-//! | `GET /status`, `/cluster` | always (JSON) | — |
+//! | `GET /status`, `/cluster` | always (JSON), to allowed clients | 403 to others |
 //! | `GET /v2/members` | always: etcd v2 member list for Chef frontends | — |
 //! | `GET /metrics` | always: Prometheus text, OpenMetrics when asked (see `metrics`) | — |
 //! | `GET /ui`, `/ui/data` | always: the read-only status page and its JSON (see `ui`) | — |
 //! | anything else | never | 503 |
+//!
+//! `/status`, `/cluster`, `/metrics` and `/ui` show the topology and state: they answer only
+//! clients from `leaderl.status_allowed_cidrs` (default loopback) and the cluster's members,
+//! 403 to anyone else. The health answers haproxy needs stay open to all.
 
 use crate::control::{HaStatus, PgStatus};
 use crate::leader_check;
@@ -36,6 +40,47 @@ pub struct ApiState {
     pub name: String,
     pub guid: String,
     pub metrics: crate::metrics::MetricsConfig,
+    /// `leaderl.status_allowed_cidrs`.
+    pub status_allowed_cidrs: Vec<String>,
+}
+
+/// Paths (and everything under them) only allowed clients may read.
+const RESTRICTED: &[&str] = &["/status", "/cluster", "/metrics", "/ui"];
+
+fn restricted(path: &str) -> bool {
+    RESTRICTED.iter().any(|p| {
+        path.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
+/// 403 for a restricted path unless the client is on an allowed network or a member.
+async fn read_acl(
+    State(st): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if restricted(req.uri().path()) {
+        let members: Vec<std::net::IpAddr> = st
+            .views
+            .ha
+            .borrow()
+            .nodes
+            .iter()
+            .filter_map(|n| n.address.parse().ok())
+            .collect();
+        if !larder_core::security::status_allowed(peer.ip(), &st.status_allowed_cidrs, &members) {
+            return (
+                StatusCode::FORBIDDEN,
+                Json(json!({
+                    "error": format!("{} is readable only from leaderl.status_allowed_cidrs and the cluster's members; {} is neither", req.uri().path(), peer.ip())
+                })),
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -53,6 +98,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/ui/app.js", get(|| asset(crate::ui::APP_JS)))
         .route("/ui/data", get(ui_data))
         .fallback(|| async { (StatusCode::SERVICE_UNAVAILABLE, "unknown endpoint\n") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_acl,
+        ))
         .with_state(state)
 }
 
@@ -245,4 +294,26 @@ async fn asset((content_type, body): (&'static str, &'static str)) -> Response {
 async fn ui_data(State(st): State<ApiState>) -> Response {
     let s = st.views.snapshot();
     Json(crate::ui::data(&s, &st.views.sensors, &st.name)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restricted;
+
+    #[test]
+    fn restricted_paths() {
+        for p in ["/status", "/cluster", "/metrics", "/ui", "/ui/app.js"] {
+            assert!(restricted(p), "{p}");
+        }
+        for p in [
+            "/leader",
+            "/replica",
+            "/health",
+            "/v2/members",
+            "/statusx",
+            "/",
+        ] {
+            assert!(!restricted(p), "{p}");
+        }
+    }
 }

@@ -83,6 +83,17 @@ pub fn new_password(n: usize) -> String {
         .collect()
 }
 
+/// Fresh search API credentials for a new cluster's secrets file.
+pub fn new_search_credentials() -> (String, larder_core::secrets::Secret) {
+    (
+        SEARCH_USER_NAME.to_string(),
+        larder_core::secrets::Secret::new(new_password(40)),
+    )
+}
+
+/// The HTTP Basic user name a new cluster's search API accepts.
+pub const SEARCH_USER_NAME: &str = "larder";
+
 fn fill_random(buf: &mut [u8]) {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")
@@ -98,6 +109,8 @@ pub struct Node {
     pub state: NodeState,
     /// uid/gid PostgreSQL runs as (`postgres` when we are root, else ourselves).
     pub pg_user: Option<(u32, u32)>,
+    /// What the listeners enforce (config and secrets together, `larder_core::security`).
+    pub security: larder_core::security::Effective,
 }
 
 impl Node {
@@ -105,12 +118,15 @@ impl Node {
         let cfg = Config::load(&paths.config_file())?;
         let secrets = Secrets::load(&paths.secrets_file())?;
         let state = NodeState::load(&paths.node_state_file())?;
+        let security = larder_core::security::Effective::of(&cfg, &secrets)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", paths.config_file().display()))?;
         Ok(Node {
             paths: paths.clone(),
             cfg,
             secrets,
             state,
             pg_user: pg_os_user()?,
+            security,
         })
     }
 

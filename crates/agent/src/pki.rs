@@ -15,6 +15,8 @@ pub enum PkiError {
     Rcgen(#[from] rcgen::Error),
     #[error("invalid address {0:?} for a certificate")]
     Address(String),
+    #[error("cannot read certificate: {0}")]
+    Parse(String),
 }
 
 const CA_NAME: &str = "Larder cluster CA";
@@ -129,6 +131,19 @@ pub fn issue_client_cert(ca_key_pem: &str, cn: &str) -> Result<(String, String),
     )
 }
 
+/// When a PEM certificate stops being valid, as Unix seconds.
+pub fn not_after_unix(cert_pem: &str) -> Result<i64, PkiError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// Certificates expiring within this many days are warned about in `status`.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +158,9 @@ mod tests {
         assert!(c.contains("BEGIN CERTIFICATE") && k.contains("PRIVATE KEY"));
         assert!(issue_pgbackrest_server_cert(&key, "n1", "10.0.0.1").is_ok());
         assert!(issue_pgbackrest_server_cert(&key, "n1", "n1").is_err());
+
+        // 2124-01-01T00:00:00Z
+        assert_eq!(not_after_unix(&cert).unwrap(), 4_859_740_800); // 2124-01-01T00:00:00Z
+        assert!(not_after_unix("not a certificate").is_err());
     }
 }

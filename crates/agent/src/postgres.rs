@@ -191,7 +191,7 @@ pub fn write_config(node: &Node) -> Result<bool, PgError> {
     changed |= write_if_changed(
         node,
         &data.join("pg_hba.conf"),
-        &pgconf::render_hba(&node.cfg),
+        &pgconf::render_hba(&node.cfg, node.security.pg_require_ssl),
     )?;
     let main = data.join("postgresql.conf");
     let text = std::fs::read_to_string(&main).unwrap_or_default();

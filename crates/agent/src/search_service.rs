@@ -17,7 +17,17 @@ pub const SERVICE: &str = "elasticsearch";
 /// What the search service process needs, and nothing more.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Settings {
+    /// The search port on the publish address: HTTPS when `tls` is set.
     pub listen: String,
+    /// Certificate chain and key copied where the service's user can read them.
+    #[serde(default)]
+    pub tls: Option<larder_search::tls::TlsFiles>,
+    /// Accepted HTTP Basic credentials; empty = no authentication.
+    #[serde(default)]
+    pub auth: Vec<larder_search::auth::Credential>,
+    /// `elasticsearch.plain_http_port` on 127.0.0.1, when configured.
+    #[serde(default)]
+    pub plain_listen: Option<String>,
     pub pg_host: String,
     pub pg_port: u16,
     pub pg_user: String,
@@ -32,6 +42,9 @@ impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
+            .field("tls", &self.tls)
+            .field("auth", &self.auth)
+            .field("plain_listen", &self.plain_listen)
             .field("pg_host", &self.pg_host)
             .field("pg_user", &self.pg_user)
             .field("pg_password", &"********")
@@ -42,12 +55,24 @@ impl std::fmt::Debug for Settings {
 
 impl Settings {
     pub fn of(node: &Node) -> Settings {
+        let sec = &node.secrets.elasticsearch;
         Settings {
             listen: format!(
                 "{}:{}",
                 crate::node::url_host(&node.cfg.publish_address),
                 node.cfg.elasticsearch.port
             ),
+            tls: node.security.search_tls.then(|| tls_files(node)),
+            auth: if node.security.search_auth {
+                vec![larder_search::auth::Credential {
+                    username: sec.auth_username.clone(),
+                    password: sec.auth_password.expose().to_string(),
+                }]
+            } else {
+                Vec::new()
+            },
+            plain_listen: (node.cfg.elasticsearch.plain_http_port != 0)
+                .then(|| format!("127.0.0.1:{}", node.cfg.elasticsearch.plain_http_port)),
             pg_host: node.paths.pg_socket_dir().display().to_string(),
             pg_port: node.cfg.postgresql.port,
             pg_user: node.cfg.postgresql.db_superuser.clone(),
@@ -81,13 +106,47 @@ pub fn settings_file(node: &Node) -> PathBuf {
     node.paths.data_dir().join("search/service.json")
 }
 
+/// Where the service reads its certificate chain and key.
+fn tls_files(node: &Node) -> larder_search::tls::TlsFiles {
+    let dir = node.paths.data_dir().join("search/tls");
+    larder_search::tls::TlsFiles {
+        cert_chain: dir.join("chain.pem"),
+        key: dir.join("key.pem"),
+    }
+}
+
+/// Copy the node certificate (with its CA) and key where the service's user can read them.
+/// The service picks up new files at its next handshake (`larder_search::tls`), so this is
+/// also how a re-issued certificate reaches it.
+pub fn write_tls(node: &Node, account: Option<Account>) -> anyhow::Result<()> {
+    let files = tls_files(node);
+    let src = node.paths.tls_dir();
+    let cert = std::fs::read_to_string(src.join("node.crt"))?;
+    let key = std::fs::read_to_string(src.join("node.key"))?;
+    let chain = format!("{}\n{}", cert.trim_end(), node.secrets.larder.ca_cert_pem);
+    // Key first: a handshake between the two writes fails to load the pair and keeps the old.
+    accounts::write_owned(&files.key, key.as_bytes(), account, accounts::SEARCH_USER)?;
+    accounts::write_owned(
+        &files.cert_chain,
+        chain.as_bytes(),
+        account,
+        accounts::SEARCH_USER,
+    )?;
+    Ok(())
+}
+
 /// Create the account, the service's directories (owned by it) and its settings file.
 pub fn prepare(node: &Node) -> anyhow::Result<Option<Account>> {
     let account = accounts::ensure(accounts::SEARCH_USER)?;
     let dir = node.paths.data_dir().join("search");
     std::fs::create_dir_all(node.paths.search_index())?;
+    std::fs::create_dir_all(dir.join("tls"))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::set_permissions(dir.join("tls"), std::fs::Permissions::from_mode(0o700))?;
     accounts::chown_tree(&dir, account, accounts::SEARCH_USER)?;
+    if node.security.search_tls {
+        write_tls(node, account)?;
+    }
     let json = serde_json::to_vec_pretty(&Settings::of(node))?;
     accounts::write_owned(&settings_file(node), &json, account, accounts::SEARCH_USER)?;
     Ok(account)
@@ -156,4 +215,80 @@ pub fn service_spec(node: &Node, account: Option<Account>, program: PathBuf) -> 
         cwd: Some(node.paths.data_dir().join("search")),
         ..node.service_base(SERVICE, program)
     }
+}
+
+/// `GET path` of this node's search service over the same TLS and with the same credentials
+/// a frontend uses (trusting the cluster CA): the status code and body, or `None` when it did
+/// not answer within 2 s.
+pub async fn get(node: &Node, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = Settings::of(node).listen;
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n");
+    if node.security.search_auth {
+        use base64::Engine;
+        let s = &node.secrets.elasticsearch;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            s.auth_username,
+            s.auth_password.expose()
+        ));
+        req.push_str(&format!("Authorization: Basic {token}\r\n"));
+    }
+    req.push_str("\r\n");
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.ok()?;
+        let mut answer = Vec::new();
+        // HTTP/1.0: the service closes the connection after the answer.
+        if node.security.search_tls {
+            let connector = tokio_rustls::TlsConnector::from(
+                client_config(&node.secrets.larder.ca_cert_pem).ok()?,
+            );
+            let ip: std::net::IpAddr = node.cfg.publish_address.parse().ok()?;
+            let mut s = connector
+                .connect(rustls::pki_types::ServerName::IpAddress(ip.into()), tcp)
+                .await
+                .ok()?;
+            s.write_all(req.as_bytes()).await.ok()?;
+            // A peer closing without close_notify still delivered what it sent.
+            let _ = s.read_to_end(&mut answer).await;
+        } else {
+            let mut s = tcp;
+            s.write_all(req.as_bytes()).await.ok()?;
+            s.read_to_end(&mut answer).await.ok()?;
+        }
+        let text = String::from_utf8_lossy(&answer).to_string();
+        let code: u16 = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((code, body))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The agent's own health check of its search service: `GET /`, 2xx = healthy.
+pub async fn probe(node: &Node) -> bool {
+    get(node, "/")
+        .await
+        .is_some_and(|(code, _)| (200..300).contains(&code))
+}
+
+/// A rustls client trusting only `ca_pem` (the cluster CA).
+pub fn client_config(ca_pem: &str) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(std::sync::Arc::new(cfg))
 }

@@ -36,6 +36,8 @@ async fn v2_members_answers_the_frontends_request() {
         name: "be1".into(),
         guid: "g".into(),
         metrics: Default::default(),
+        // Nobody may read /status here; /v2/members must stay open regardless.
+        status_allowed_cidrs: vec![],
     };
     let listener = tokio::net::TcpListener::bind("127.0.42.1:0")
         .await

@@ -207,12 +207,18 @@ fn write_tls(paths: &Paths, secrets: &Secrets, cfg: &Config) -> anyhow::Result<(
 /// The cluster's VIP as a member reports it on its health API (`GET /status`).
 async fn peer_vip(peer: &str, port: u16) -> anyhow::Result<String> {
     let url = format!("http://{}:{port}/status", url_host(peer));
-    let st: larder_agent::control::HaStatus = reqwest::Client::new()
+    let resp = reqwest::Client::new()
         .get(&url)
         .timeout(Duration::from_secs(5))
         .send()
         .await
-        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("-i/--vip-interface: reading the cluster's VIP from {url}"))?;
+    // A joiner is not a member yet: the cluster may not show it its status.
+    if resp.status() == reqwest::StatusCode::FORBIDDEN {
+        bail!("-i/--vip-interface: {url} refuses this address (leaderl.status_allowed_cidrs); put the cluster's `vip` in this node's larder.toml, or allow this address on the cluster, and retry; nothing was changed");
+    }
+    let st: larder_agent::control::HaStatus = resp
+        .error_for_status()
         .with_context(|| format!("-i/--vip-interface: reading the cluster's VIP from {url}"))?
         .json()
         .await
@@ -250,6 +256,7 @@ fn node_tls(paths: &Paths, secrets: &Secrets) -> anyhow::Result<TlsFiles> {
 
 fn new_secrets() -> anyhow::Result<Secrets> {
     let (ca_cert, ca_key) = pki::generate_ca()?;
+    let (auth_username, auth_password) = larder_agent::node::new_search_credentials();
     Ok(Secrets {
         postgresql: PgSecrets {
             db_superuser_password: Secret::new(new_password(40)),
@@ -260,6 +267,8 @@ fn new_secrets() -> anyhow::Result<Secrets> {
         },
         elasticsearch: SearchSecrets {
             cluster_name: format!("larder-{}", &new_guid()[..8]),
+            auth_username,
+            auth_password,
         },
         larder: LarderSecrets {
             ca_cert_pem: ca_cert,

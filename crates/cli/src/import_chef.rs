@@ -71,6 +71,7 @@ pub fn import_chef_backend(paths: &Paths, a: ImportArgs) -> anyhow::Result<()> {
     let (ca_cert, ca_key) = larder_agent::pki::generate_ca()?;
     let generated_token = chef.initial_cluster_token.is_none();
     let generated_name = chef.cluster_name.is_none();
+    let (auth_username, auth_password) = larder_agent::node::new_search_credentials();
     let secrets = Secrets {
         postgresql: PgSecrets {
             db_superuser_password: chef.db_superuser_password.clone(),
@@ -87,6 +88,9 @@ pub fn import_chef_backend(paths: &Paths, a: ImportArgs) -> anyhow::Result<()> {
                 .cluster_name
                 .clone()
                 .unwrap_or_else(|| format!("larder-{}", &new_guid()[..8])),
+            // A new cluster: its frontends get the credentials from gen-server-config.
+            auth_username,
+            auth_password,
         },
         larder: LarderSecrets {
             ca_cert_pem: ca_cert,

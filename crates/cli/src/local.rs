@@ -173,6 +173,7 @@ fn to_search_config(s: larder_agent::search_service::Settings) -> larder_search:
         cluster_name: s.cluster_name,
         node_name: s.node_name,
         bulk_piece_bytes: larder_search::SearchConfig::DEFAULT_BULK_PIECE_BYTES,
+        auth: s.auth,
     }
 }
 
@@ -180,11 +181,22 @@ fn to_search_config(s: larder_agent::search_service::Settings) -> larder_search:
 /// file the agent wrote for it (it cannot read the secrets file).
 pub async fn search_service(settings: &std::path::Path) -> anyhow::Result<()> {
     let s = larder_agent::search_service::Settings::load(settings)?;
-    let listen = s.listen.clone();
+    let bind = |addr: String| async move {
+        tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot bind the search API on {addr}"))
+    };
+    let main = bind(s.listen.clone()).await?;
+    let mut listeners = vec![match &s.tls {
+        Some(files) => {
+            larder_search::Listener::Tls(main, larder_search::tls::server_config(files)?)
+        }
+        None => larder_search::Listener::Plain(main),
+    }];
+    if let Some(plain) = &s.plain_listen {
+        listeners.push(larder_search::Listener::Plain(bind(plain.clone()).await?));
+    }
     let cfg = to_search_config(s);
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("cannot bind the search API on {listen}"))?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let s2 = shutdown.clone();
     tokio::spawn(async move {
@@ -193,7 +205,7 @@ pub async fn search_service(settings: &std::path::Path) -> anyhow::Result<()> {
         term.recv().await;
         s2.cancel();
     });
-    larder_search::serve(listener, cfg, shutdown).await?;
+    larder_search::serve_on(listeners, cfg, shutdown).await?;
     Ok(())
 }
 

@@ -19,6 +19,7 @@ mod recovery;
 mod report;
 mod restore_dump;
 mod seal;
+mod server_config;
 mod upgrade;
 
 use clap::{Parser, Subcommand};
@@ -84,6 +85,10 @@ pub enum Cmd {
         fqdn: String,
         #[arg(short = 'f', long)]
         file: Option<String>,
+        /// chef-backend: Chef Infra Server ≤ 14 keys (`opscode_solr4`); opensearch: Chef 15
+        /// (`opensearch['external_url']`, `search_provider 'opensearch'`).
+        #[arg(long, value_enum, default_value = "chef-backend")]
+        style: server_config::Style,
     },
     /// Print every larder.toml setting with its default and an explanation.
     GenSampleBackendConfig,
@@ -256,8 +261,8 @@ async fn run(cmd: Cmd, paths: Paths) -> anyhow::Result<()> {
         Cmd::ForceLeader => cluster_ops::force_leader(&paths).await,
         Cmd::SetClusterFailover { state } => cluster_ops::set_failover(&paths, &state, true).await,
         Cmd::SetNodeFailover { state } => cluster_ops::set_failover(&paths, &state, false).await,
-        Cmd::GenServerConfig { fqdn, file } => {
-            report::gen_server_config(&paths, &fqdn, file.as_deref()).await
+        Cmd::GenServerConfig { fqdn, file, style } => {
+            server_config::gen_server_config(&paths, &fqdn, file.as_deref(), style).await
         }
         Cmd::GenSampleBackendConfig => {
             print!("{}", larder_core::config::sample_config());

@@ -1,4 +1,4 @@
-//! `status`, `cluster-status` and `gen-server-config`: read the agent's view and render it.
+//! `status` and `cluster-status`: read the agent's view and render it.
 
 use crate::agent_client::agent_status;
 use anyhow::bail;
@@ -85,11 +85,12 @@ pub async fn status(
             }
         })
         .collect();
+    let security = security_report(paths, now as i64);
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"services": rows, "disks": disks, "ha": s.ha, "upgrade": s.upgrade})
+                &serde_json::json!({"services": rows, "disks": disks, "ha": s.ha, "upgrade": s.upgrade, "security": security})
             )?
         );
     } else if simple {
@@ -98,8 +99,100 @@ pub async fn status(
         }
     } else {
         print!("{}", status::render_status(&rows, &disks));
+        print_security(&security);
     }
     Ok(())
+}
+
+/// What this node's listeners enforce and when its certificate expires (`status`), with a
+/// warning for anything left open and for a certificate expiring within 30 days.
+fn security_report(paths: &Paths, now_unix: i64) -> serde_json::Value {
+    let node = match larder_agent::node::Node::load(paths) {
+        Ok(n) => n,
+        Err(e) => return serde_json::json!({"error": e.to_string()}),
+    };
+    let sec = node.security;
+    let mut warnings = sec.warnings();
+    let cert = std::fs::read_to_string(paths.tls_dir().join("node.crt"))
+        .map_err(|e| e.to_string())
+        .and_then(|pem| larder_agent::pki::not_after_unix(&pem).map_err(|e| e.to_string()));
+    let (not_after, days_left) = match &cert {
+        Ok(t) => {
+            let days = (t - now_unix).div_euclid(86_400);
+            if days < larder_agent::pki::EXPIRY_WARNING_DAYS {
+                warnings.push(format!(
+                    "the node certificate expires in {days} days: run `larder rotate-certs`"
+                ));
+            }
+            (Some(unix_date(*t)), Some(days))
+        }
+        Err(e) => {
+            warnings.push(format!("cannot read the node certificate: {e}"));
+            (None, None)
+        }
+    };
+    serde_json::json!({
+        "search_tls": sec.search_tls,
+        "search_auth": sec.search_auth,
+        "postgresql_require_ssl": sec.pg_require_ssl,
+        "postgresql_auth_method": node.cfg.postgresql.client_auth_method,
+        "certificate_not_after": not_after,
+        "certificate_days_left": days_left,
+        "warnings": warnings,
+    })
+}
+
+fn print_security(v: &serde_json::Value) {
+    if let Some(e) = v["error"].as_str() {
+        println!("Security: unknown ({e})");
+        return;
+    }
+    let on = |k: &str| v[k].as_bool().unwrap_or(false);
+    println!(
+        "Security: search {} {}; PostgreSQL clients {} ({})",
+        if on("search_tls") {
+            "HTTPS"
+        } else {
+            "plain HTTP"
+        },
+        if on("search_auth") {
+            "with authentication"
+        } else {
+            "WITHOUT authentication"
+        },
+        if on("postgresql_require_ssl") {
+            "TLS required"
+        } else {
+            "TLS optional"
+        },
+        v["postgresql_auth_method"].as_str().unwrap_or("?"),
+    );
+    if let (Some(d), Some(n)) = (
+        v["certificate_not_after"].as_str(),
+        v["certificate_days_left"].as_i64(),
+    ) {
+        println!("Node certificate expires {d} (in {n} days)");
+    }
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        println!("Warning: {}", w.as_str().unwrap_or_default());
+    }
+}
+
+/// `YYYY-MM-DD` of a Unix time (UTC).
+fn unix_date(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .map(|d| d.date().to_string())
+        .unwrap_or_else(|_| format!("@{t}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unix_dates() {
+        assert_eq!(super::unix_date(0), "1970-01-01");
+        assert_eq!(super::unix_date(4_859_740_800), "2124-01-01");
+        assert_eq!(super::unix_date(951_782_400), "2000-02-29");
+    }
 }
 
 pub fn cluster_rows(s: &AgentStatus) -> Vec<ClusterRow> {
@@ -200,99 +293,4 @@ pub async fn cluster_status(paths: &Paths, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// chef-server.rb for a frontend, exactly the keys Chef's `use_chef_backend` mode reads.
-pub fn server_config(
-    fqdn: &str,
-    members: &[String],
-    superuser: &str,
-    password: &str,
-    pg_port: u16,
-    es_port: u16,
-    discovery_port: u16,
-) -> String {
-    let list = members
-        .iter()
-        .map(|m| format!("\"{m}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "# chef-server.rb for a Chef Infra Server frontend of this Larder cluster.\nfqdn \"{fqdn}\"\nuse_chef_backend true\nchef_backend_members [{list}]\n\nhaproxy['remote_postgresql_port'] = {pg_port}\nhaproxy['remote_elasticsearch_port'] = {es_port}\n# Member discovery: frontends GET http://MEMBER:PORT/v2/members (etcd's v2 shape). Larder's\n# etcd accepts only TLS clients with a cluster certificate; its health API serves the list.\nhaproxy['etcd_port'] = {discovery_port}\n\n# PostgreSQL is the cluster's, reached through the local haproxy.\npostgresql['external'] = true\npostgresql['vip'] = '127.0.0.1'\npostgresql['db_superuser'] = '{superuser}'\npostgresql['db_superuser_password'] = '{password}'\n\n# Search is Larder's Elasticsearch-compatible service, written in batches.\nopscode_solr4['external'] = true\nopscode_solr4['external_url'] = 'http://127.0.0.1:{es_port}'\nopscode_erchef['search_provider'] = 'elasticsearch'\nopscode_erchef['search_queue_mode'] = 'batch'\n\nbookshelf['storage_type'] = :sql\n\n# No message queue in this topology.\nrabbitmq['enable'] = false\nrabbitmq['management_enabled'] = false\nrabbitmq['queue_length_monitor_enabled'] = false\nopscode_expander['enable'] = false\ndark_launch['actions'] = false\n\nopscode_erchef['nginx_bookshelf_caching'] = :on\nopscode_erchef['s3_url_expiry_window_size'] = '50%'\n"
-    )
-}
-
-pub async fn gen_server_config(
-    paths: &Paths,
-    fqdn: &str,
-    file: Option<&str>,
-) -> anyhow::Result<()> {
-    require_configured(paths)?;
-    let node = larder_agent::node::Node::load(paths)?;
-    let s = agent_status(paths).await?;
-    let nodes = &s.nodes;
-    if nodes.is_empty() {
-        bail!("the cluster has no registered members yet (is the agent connected to etcd?); see `larder status`");
-    }
-    let members: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
-    let text = server_config(
-        fqdn,
-        &members,
-        &node.cfg.postgresql.db_superuser,
-        node.secrets.postgresql.db_superuser_password.expose(),
-        node.cfg.postgresql.port,
-        node.cfg.elasticsearch.port,
-        node.cfg.leaderl.http_port,
-    );
-    match file {
-        Some(f) => {
-            larder_agent::node::write_private(std::path::Path::new(f), text.as_bytes())?;
-            eprintln!("wrote {f} (mode 0600: it holds the database superuser password)");
-        }
-        None => print!("{text}"),
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[test]
-    fn server_config_has_every_frontend_key() {
-        let t = server_config(
-            "fe1.example.com",
-            &["10.0.0.1".into(), "10.0.0.2".into()],
-            "chef_pgsql",
-            "pw",
-            5432,
-            9200,
-            7331,
-        );
-        for key in [
-            "fqdn \"fe1.example.com\"",
-            "use_chef_backend true",
-            "chef_backend_members [\"10.0.0.1\", \"10.0.0.2\"]",
-            "haproxy['remote_postgresql_port'] = 5432",
-            "haproxy['remote_elasticsearch_port'] = 9200",
-            "haproxy['etcd_port'] = 7331",
-            "postgresql['external'] = true",
-            "postgresql['vip'] = '127.0.0.1'",
-            "postgresql['db_superuser'] = 'chef_pgsql'",
-            "postgresql['db_superuser_password'] = 'pw'",
-            "opscode_solr4['external'] = true",
-            "opscode_solr4['external_url'] = 'http://127.0.0.1:9200'",
-            "opscode_erchef['search_provider'] = 'elasticsearch'",
-            "opscode_erchef['search_queue_mode'] = 'batch'",
-            "bookshelf['storage_type'] = :sql",
-            "rabbitmq['enable'] = false",
-            "rabbitmq['management_enabled'] = false",
-            "rabbitmq['queue_length_monitor_enabled'] = false",
-            "opscode_expander['enable'] = false",
-            "dark_launch['actions'] = false",
-            "opscode_erchef['nginx_bookshelf_caching'] = :on",
-            "opscode_erchef['s3_url_expiry_window_size'] = '50%'",
-        ] {
-            assert!(t.contains(key), "missing {key}");
-        }
-    }
 }

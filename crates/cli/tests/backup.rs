@@ -75,11 +75,11 @@ fn passphrase_file(c: &Cluster) -> PathBuf {
 }
 
 fn index_docs(n: &Node, count: u32) {
-    let es = format!("{}:9200", n.ip);
+    // HTTPS with the cluster's credentials, as a frontend.
     wait_until(T, "search service", || {
-        (http_json(&es, "GET", "/", "").0 == 200).then_some(())
+        (n.es("GET", "/", "").0 == 200).then_some(())
     });
-    let (code, _) = http_json(&es, "PUT", "/chef", "{}");
+    let (code, _) = n.es("PUT", "/chef", "{}");
     assert!(code == 200 || code == 400, "PUT /chef: {code}");
     let mut bulk = String::new();
     for i in 0..count {
@@ -88,15 +88,13 @@ fn index_docs(n: &Node, count: u32) {
         ));
         bulk.push_str(&format!("{{\"content\":\"X_CHEF_id_CHEF_X__=__n{i} name__=__web{i} \",\"X_CHEF_id_CHEF_X\":\"n{i}\",\"X_CHEF_database_CHEF_X\":\"chef_db1\",\"X_CHEF_type_CHEF_X\":\"node\"}}\n"));
     }
-    let (code, body) = http_json(&es, "POST", "/_bulk", &bulk);
+    let (code, body) = n.es("POST", "/_bulk", &bulk);
     assert_eq!(code, 200, "{body}");
 }
 
 fn searchable(n: &Node, count: u32) {
-    let es = format!("{}:9200", n.ip);
     wait_until(Duration::from_secs(60), "documents searchable", || {
-        let (code, body) = http_json(
-            &es,
+        let (code, body) = n.es(
             "POST",
             "/chef/_search",
             r#"{"stored_fields":"_id","size":100,"query":{"query_string":{"query":"content:name__=__web*"}}}"#,

@@ -66,11 +66,11 @@ fn three_nodes_replicate_fail_over_and_rejoin() {
     );
 
     // Search: documents acknowledged by _bulk on the leader survive its loss (checked below).
-    let es = format!("{}:9200", l.ip);
+    // HTTPS with the cluster's credentials, as a frontend.
     wait_until(T, "search service", || {
-        (http_json(&es, "GET", "/", "").0 == 200).then_some(())
+        (l.es("GET", "/", "").0 == 200).then_some(())
     });
-    let (code, _) = http_json(&es, "PUT", "/chef", "{}");
+    let (code, _) = l.es("PUT", "/chef", "{}");
     assert!(code == 200 || code == 400, "PUT /chef: {code}");
     let mut bulk = String::new();
     for i in 0..50 {
@@ -79,7 +79,7 @@ fn three_nodes_replicate_fail_over_and_rejoin() {
         ));
         bulk.push_str(&format!("{{\"content\":\"X_CHEF_id_CHEF_X__=__n{i} name__=__web{i} \",\"X_CHEF_id_CHEF_X\":\"n{i}\",\"X_CHEF_database_CHEF_X\":\"chef_db1\",\"X_CHEF_type_CHEF_X\":\"node\"}}\n"));
     }
-    let (code, body) = http_json(&es, "POST", "/_bulk", &bulk);
+    let (code, body) = l.es("POST", "/_bulk", &bulk);
     assert_eq!(code, 200, "{body}");
 
     // kill -9 of the leader's agent (its PostgreSQL dies with it): a new leader, no loss.
@@ -93,13 +93,11 @@ fn three_nodes_replicate_fail_over_and_rejoin() {
         "acknowledged writes lost on {}",
         l2.name
     );
-    let es2 = format!("{}:9200", l2.ip);
     wait_until(
         T,
         "all acknowledged documents searchable on the new leader",
         || {
-            let (code, body) = http_json(
-                &es2,
+            let (code, body) = l2.es(
                 "POST",
                 "/chef/_search",
                 r#"{"stored_fields":"_id","size":100,"query":{"query_string":{"query":"content:name__=__web*"}}}"#,

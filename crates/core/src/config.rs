@@ -163,6 +163,14 @@ pub struct PostgresqlConfig {
     pub max_slot_wal_keep_size: String,
     pub wal_keep_size: String,
     pub bin_dir: String,
+    /// Client lines in pg_hba.conf are `hostssl` (TLS required) rather than `host`. Unset:
+    /// on for clusters whose secrets file carries search credentials (created by a release
+    /// with issue 17), off for older clusters, whose frontends may connect without TLS
+    /// (chef-server's `postgresql['sslmode']` defaults to `disable`). See `crate::security`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require_ssl: Option<bool>,
+    /// Password method of client lines: `scram-sha-256`, or `md5` for old clients only.
+    pub client_auth_method: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -200,6 +208,10 @@ pub struct LeaderlConfig {
     /// rewound needlessly; former primaries are rewound at once through the diverged marker.
     pub rejoin_timeout_ms: u64,
     pub required_active_followers: u32,
+    /// Networks that may read `/status`, `/cluster`, `/metrics` and `/ui` on the health API
+    /// without authentication (the cluster's members always may). `/leader`, `/replica`,
+    /// `/health` and `/v2/members` stay open: frontends' haproxy needs them.
+    pub status_allowed_cidrs: Vec<String>,
     pub health_check: HealthCheckConfig,
 }
 
@@ -222,6 +234,16 @@ pub struct SearchConfig {
     pub port: u16,
     /// Elasticsearch major version the search API claims to be (5, 6 or 7).
     pub major_version: u8,
+    /// HTTPS on `port` with the node certificate. Unset: like `postgresql.require_ssl`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl: Option<bool>,
+    /// HTTP Basic authentication with the secrets file's `elasticsearch.auth_username` /
+    /// `auth_password`. Unset: like `postgresql.require_ssl`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require_auth: Option<bool>,
+    /// An extra plain-HTTP listener on 127.0.0.1 only (0 = none), for a frontend on the same
+    /// host whose haproxy or client cannot speak TLS. Authentication still applies.
+    pub plain_http_port: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -267,6 +289,8 @@ impl Default for PostgresqlConfig {
             max_slot_wal_keep_size: "2GB".into(),
             wal_keep_size: "256MB".into(),
             bin_dir: "/usr/lib/postgresql/15/bin".into(),
+            require_ssl: None,
+            client_auth_method: "scram-sha-256".into(),
         }
     }
 }
@@ -304,6 +328,7 @@ impl Default for LeaderlConfig {
             db_timeout: 500,
             rejoin_timeout_ms: 15_000,
             required_active_followers: 0,
+            status_allowed_cidrs: vec!["127.0.0.0/8".into(), "::1/128".into()],
             health_check: HealthCheckConfig::default(),
         }
     }
@@ -329,6 +354,9 @@ impl Default for SearchConfig {
             enable: true,
             port: 9200,
             major_version: 7,
+            ssl: None,
+            require_auth: None,
+            plain_http_port: 0,
         }
     }
 }
@@ -501,6 +529,14 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "postgresql.bin_dir",
         "directory of the PostgreSQL 15 binaries",
     ),
+    (
+        "postgresql.require_ssl",
+        "client lines are hostssl (TLS required); unset = on for clusters created with search credentials, off for older ones",
+    ),
+    (
+        "postgresql.client_auth_method",
+        "password method for clients: scram-sha-256, or md5 for old clients only",
+    ),
     ("etcd.client_port", "etcd client port"),
     ("etcd.peer_port", "etcd peer port"),
     ("etcd.heartbeat_interval", "etcd raft heartbeat, ms"),
@@ -544,6 +580,10 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "/leader answers 503 until this many followers stream",
     ),
     (
+        "leaderl.status_allowed_cidrs",
+        "networks that may read /status, /cluster, /metrics, /ui on the health API (members always may); others get 403",
+    ),
+    (
         "leaderl.health_check.interval_seconds",
         "seconds between health checks",
     ),
@@ -576,6 +616,18 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     (
         "elasticsearch.major_version",
         "Elasticsearch major the search API reports: 5, 6 or 7",
+    ),
+    (
+        "elasticsearch.ssl",
+        "HTTPS on the search port; unset = like postgresql.require_ssl",
+    ),
+    (
+        "elasticsearch.require_auth",
+        "HTTP Basic authentication (secrets file elasticsearch.auth_username/auth_password); unset = like postgresql.require_ssl",
+    ),
+    (
+        "elasticsearch.plain_http_port",
+        "extra plain-HTTP search listener on 127.0.0.1 only, for a co-located frontend; 0 = none",
     ),
     (
         "log_rotation.file_maxbytes",
@@ -680,6 +732,23 @@ impl Config {
                 format!("{:?} is not an IP address", self.leaderl.http_address),
             ));
         }
+        for entry in &self.leaderl.status_allowed_cidrs {
+            entry.parse::<ipnet::IpNet>().map_err(|_| {
+                bad(
+                    "leaderl.status_allowed_cidrs",
+                    format!("{entry:?} is not a CIDR (like 10.0.0.0/8 or ::1/128)"),
+                )
+            })?;
+        }
+        if !["scram-sha-256", "md5"].contains(&self.postgresql.client_auth_method.as_str()) {
+            return Err(bad(
+                "postgresql.client_auth_method",
+                format!(
+                    "{:?} is not supported; use \"scram-sha-256\" (default) or \"md5\" (old clients only)",
+                    self.postgresql.client_auth_method
+                ),
+            ));
+        }
         for entry in &self.postgresql.md5_auth_cidr_addresses {
             validate_hba_address(entry)
                 .map_err(|m| bad("postgresql.md5_auth_cidr_addresses", m))?;
@@ -690,8 +759,15 @@ impl Config {
             ("etcd.peer_port", self.etcd.peer_port),
             ("leaderl.http_port", self.leaderl.http_port),
             ("elasticsearch.port", self.elasticsearch.port),
+            (
+                "elasticsearch.plain_http_port",
+                self.elasticsearch.plain_http_port,
+            ),
         ];
         for (i, (k, p)) in ports.iter().enumerate() {
+            if *p == 0 && *k == "elasticsearch.plain_http_port" {
+                continue;
+            }
             if *p == 0 {
                 return Err(bad(k, "port 0 is not allowed".into()));
             }
@@ -959,7 +1035,25 @@ fn emit_table<'a>(
         }
         out.push_str(&format!("{k} = {v}\n"));
     }
+    // Keys whose default depends on the cluster (unset in the file) are shown commented out.
+    for (key, value) in UNSET_BY_DEFAULT {
+        if let Some((table, leaf)) = key.rsplit_once('.') {
+            if table == prefix && !t.contains_key(leaf) {
+                if let Some((_, doc)) = KEY_DOCS.iter().find(|(k, _)| k == key) {
+                    out.push_str(&format!("# {doc}\n"));
+                }
+                out.push_str(&format!("# {leaf} = {value}\n"));
+            }
+        }
+    }
 }
+
+/// Keys left unset by default, with the value a new cluster gets (see `crate::security`).
+const UNSET_BY_DEFAULT: &[(&str, &str)] = &[
+    ("postgresql.require_ssl", "true"),
+    ("elasticsearch.ssl", "true"),
+    ("elasticsearch.require_auth", "true"),
+];
 
 #[cfg(test)]
 mod tests {
@@ -1096,6 +1190,18 @@ mod tests {
                 "[postgresql]\nmax_wal_senders = 1\n",
                 "postgresql.max_wal_senders",
             ),
+            (
+                "[postgresql]\nclient_auth_method = \"trust\"\n",
+                "postgresql.client_auth_method",
+            ),
+            (
+                "[leaderl]\nstatus_allowed_cidrs = [\"10.0.0.1\"]\n",
+                "leaderl.status_allowed_cidrs",
+            ),
+            (
+                "[elasticsearch]\nplain_http_port = 5432\n",
+                "elasticsearch.plain_http_port",
+            ),
         ];
         for (extra, key) in cases {
             assert_eq!(invalid_key(extra), key, "case {extra:?}");
@@ -1128,7 +1234,9 @@ mod tests {
             let leaf = k.rsplit('.').next().unwrap();
             // A free-form table (`backup.pgbackrest`) appears as its header.
             assert!(
-                s.contains(&format!("\n{leaf} = ")) || s.contains(&format!("\n[{k}]")),
+                s.contains(&format!("\n{leaf} = "))
+                    || s.contains(&format!("\n# {leaf} = "))
+                    || s.contains(&format!("\n[{k}]")),
                 "missing {k}"
             );
         }

@@ -7,6 +7,7 @@
 //! - [`check_phase`]: frontends' health-check rhythm and switchover timing
 //! - [`decide`]: the HA decision engine (observation in, actions out)
 //! - [`pgconf`]: `pg_hba.conf` / `postgresql.conf` rendering
+//! - [`security`]: effective TLS/authentication of the listeners, the health API's read ACL
 //! - [`status`]: the `status` / `cluster-status` tables
 //! - [`version`]: release and cluster protocol, and the N / N−1 rule
 //! - [`chef_backend`]: reading chef-backend.rb and its secrets for `import-chef-backend`
@@ -32,5 +33,6 @@ pub mod paths;
 pub mod pgconf;
 pub mod search_stats;
 pub mod secrets;
+pub mod security;
 pub mod status;
 pub mod version;

@@ -3,9 +3,13 @@
 use crate::config::Config;
 
 /// `pg_hba.conf`: local socket access for the agent, then for every configured network one
-/// password line for clients and one TLS-only replication line.
-pub fn render_hba(cfg: &Config) -> String {
+/// password line for clients (`hostssl` when `require_ssl`, see `crate::security`) and one
+/// TLS-only replication line. A `hostssl` line matches only TLS connections, so with it a
+/// plain connection from those networks finds no line and is refused.
+pub fn render_hba(cfg: &Config, require_ssl: bool) -> String {
     let pg = &cfg.postgresql;
+    let client_type = if require_ssl { "hostssl" } else { "host   " };
+    let method = &pg.client_auth_method;
     let mut out = String::from(
         "# Managed by Larder from postgresql.md5_auth_cidr_addresses; edits are overwritten.\n\
          # TYPE   DATABASE     USER         ADDRESS        METHOD\n\
@@ -23,7 +27,7 @@ pub fn render_hba(cfg: &Config) -> String {
     }
     for addr in entries {
         out.push_str(&format!(
-            "host     all          all          {addr:<14} scram-sha-256\n"
+            "{client_type}  all          all          {addr:<14} {method}\n"
         ));
         out.push_str(&format!(
             "hostssl  replication  {:<12} {addr:<14} scram-sha-256\n",
@@ -129,8 +133,35 @@ mod tests {
     }
 
     #[test]
+    fn hba_requires_tls_for_clients_when_asked() {
+        let mut c = cfg(&["10.1.0.0/16"]);
+        let h = render_hba(&c, true);
+        assert!(!h.lines().any(|l| l.starts_with("host ")), "{h}");
+        let clients: Vec<_> = h
+            .lines()
+            .filter(|l| {
+                l.starts_with("hostssl") && l.contains(" all ") && !l.contains("replication")
+            })
+            .collect();
+        assert_eq!(clients.len(), 2, "{h}");
+        assert!(clients.iter().all(|l| l.ends_with("scram-sha-256")), "{h}");
+        c.postgresql.client_auth_method = "md5".into();
+        let h = render_hba(&c, true);
+        assert!(
+            h.lines()
+                .any(|l| l.starts_with("hostssl") && l.ends_with(" md5")),
+            "{h}"
+        );
+        // Replication stays scram whatever old clients need.
+        assert!(h
+            .lines()
+            .filter(|l| l.contains("replication"))
+            .all(|l| l.ends_with("scram-sha-256")));
+    }
+
+    #[test]
     fn hba_has_one_host_and_one_hostssl_line_per_entry() {
-        let h = render_hba(&cfg(&["samehost", "10.1.0.0/16"]));
+        let h = render_hba(&cfg(&["samehost", "10.1.0.0/16"]), false);
         let host: Vec<_> = h.lines().filter(|l| l.starts_with("host ")).collect();
         let ssl: Vec<_> = h.lines().filter(|l| l.starts_with("hostssl")).collect();
         assert_eq!(host.len(), 2);
@@ -142,7 +173,7 @@ mod tests {
 
     #[test]
     fn hba_always_allows_samehost() {
-        let h = render_hba(&cfg(&["192.168.0.0/24"]));
+        let h = render_hba(&cfg(&["192.168.0.0/24"]), false);
         assert!(h
             .lines()
             .any(|l| l.starts_with("host ") && l.contains("samehost")));

@@ -74,6 +74,24 @@ pub struct EtcdSecrets {
 pub struct SearchSecrets {
     #[serde(default)]
     pub cluster_name: String,
+    /// HTTP Basic credentials of the search API (Chef 15's `opscode_erchef['search_auth_*']`).
+    /// Absent in secrets files written before they existed: such a cluster keeps its old,
+    /// open defaults until the operator adds them (`crate::security`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub auth_username: String,
+    #[serde(default, skip_serializing_if = "secret_is_empty")]
+    pub auth_password: Secret,
+}
+
+fn secret_is_empty(s: &Secret) -> bool {
+    s.0.is_empty()
+}
+
+impl SearchSecrets {
+    /// Both halves of the search credentials are present.
+    pub fn has_credentials(&self) -> bool {
+        !self.auth_username.is_empty() && !self.auth_password.0.is_empty()
+    }
 }
 
 /// Larder's additions: the cluster CA every node issues its certificate from, and the token
@@ -128,6 +146,15 @@ impl Secrets {
         if s.elasticsearch.cluster_name.is_empty() {
             return Err(missing("elasticsearch.cluster_name"));
         }
+        // Half a credential is a mistake, not an old file.
+        match (
+            s.elasticsearch.auth_username.is_empty(),
+            s.elasticsearch.auth_password.0.is_empty(),
+        ) {
+            (false, true) => return Err(missing("elasticsearch.auth_password")),
+            (true, false) => return Err(missing("elasticsearch.auth_username")),
+            _ => {}
+        }
         if !s.larder.ca_cert_pem.contains("BEGIN CERTIFICATE") {
             return Err(missing("larder.ca_cert_pem"));
         }
@@ -178,6 +205,8 @@ mod tests {
             },
             elasticsearch: SearchSecrets {
                 cluster_name: "chef".into(),
+                auth_username: "larder".into(),
+                auth_password: Secret::new("search-pass"),
             },
             larder: LarderSecrets {
                 ca_cert_pem: "-----BEGIN CERTIFICATE-----\nx\n".into(),
@@ -225,9 +254,26 @@ mod tests {
     }
 
     #[test]
+    fn search_credentials_are_optional_but_never_half() {
+        let mut old = sample();
+        old.elasticsearch.auth_username.clear();
+        old.elasticsearch.auth_password = Secret::default();
+        let json = old.to_json();
+        assert!(!json.contains("auth_username"), "{json}");
+        let back = Secrets::parse(&json, "s.json").unwrap();
+        assert!(!back.elasticsearch.has_credentials());
+        assert!(sample().elasticsearch.has_credentials());
+        let mut half = sample();
+        half.elasticsearch.auth_password = Secret::default();
+        let e = Secrets::parse(&half.to_json(), "s.json").unwrap_err();
+        assert!(e.to_string().contains("elasticsearch.auth_password"), "{e}");
+    }
+
+    #[test]
     fn secrets_never_print() {
         let s = sample();
         let dbg = format!("{s:?}");
+        assert!(!dbg.contains("search-pass"));
         assert!(!dbg.contains("su-pass") && !dbg.contains("repl-pass") && !dbg.contains("tok\""));
         assert_eq!(s.postgresql.db_superuser_password.to_string(), "********");
     }

@@ -20,7 +20,8 @@ pub struct LarderConfig {
     /// Size of a loop filesystem mounted at each node's root (0 = none).
     pub disk_mb: u64,
     /// larder.toml settings that differ from Larder's defaults, as (dotted key, TOML value),
-    /// e.g. ("leaderl.leader_ttl_seconds", "2"). Empty = the CLI generates the file.
+    /// e.g. ("leaderl.leader_ttl_seconds", "2"), on top of the suite's own settings
+    /// (`with_suite_settings`).
     pub overrides: Vec<(String, String)>,
 }
 
@@ -55,6 +56,27 @@ pub fn render_config(fqdn: &str, ip: &str, overrides: &[(String, String)]) -> St
         }
     }
     top
+}
+
+/// Settings every suite node needs whatever the scenario, unless an override sets them: the
+/// suite's PostgreSQL clients are tokio-postgres without TLS (Patroni, the baseline, has none
+/// either, and TLS set-up would skew the comparison), so client TLS is not required; its
+/// samplers read `/status` from the suite's own network, which is therefore allowed.
+fn with_suite_settings(net: &TestNet, overrides: &[(String, String)]) -> Vec<(String, String)> {
+    let subnet = match net.client.ip.rsplit_once('.') {
+        Some((prefix, _)) => format!("{prefix}.0/24"),
+        None => net.client.ip.clone(),
+    };
+    let mut all: Vec<(String, String)> = vec![
+        ("postgresql.require_ssl".into(), "false".into()),
+        (
+            "leaderl.status_allowed_cidrs".into(),
+            format!("[\"127.0.0.0/8\", \"{subnet}\"]"),
+        ),
+    ];
+    all.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
+    all.extend(overrides.iter().cloned());
+    all
 }
 
 pub struct LarderCluster {
@@ -112,14 +134,13 @@ impl LarderCluster {
                 std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
             }
         }
-        if !cfg.overrides.is_empty() {
-            for (i, node) in net.nodes.iter().enumerate() {
-                let dir = net.dir.join(format!("n{}/etc/larder", i + 1));
-                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-                let file = dir.join("larder.toml");
-                let text = render_config(&format!("n{}", i + 1), &node.ip, &cfg.overrides);
-                std::fs::write(&file, text).map_err(|e| Error::io(&file, e))?;
-            }
+        let overrides = with_suite_settings(&net, &cfg.overrides);
+        for (i, node) in net.nodes.iter().enumerate() {
+            let dir = net.dir.join(format!("n{}/etc/larder", i + 1));
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            let file = dir.join("larder.toml");
+            let text = render_config(&format!("n{}", i + 1), &node.ip, &overrides);
+            std::fs::write(&file, text).map_err(|e| Error::io(&file, e))?;
         }
         let mut c = LarderCluster {
             net,

@@ -216,6 +216,8 @@ async fn main() {
             "BENCH_PIECE_BYTES",
             larder_search::SearchConfig::DEFAULT_BULK_PIECE_BYTES,
         ),
+        // The library on a loopback listener it owns: no node, no credentials to check.
+        auth: Vec::new(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

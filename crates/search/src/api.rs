@@ -151,6 +151,7 @@ type R = Result<Response, EsError>;
 
 /// Builds the router.
 pub fn router(state: Arc<AppState>) -> Router {
+    let accepted = Arc::new(state.cfg.auth.clone());
     Router::new()
         .route("/", get(root))
         .route("/_bulk", post(bulk_root).put(bulk_root))
@@ -173,6 +174,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(fallback)
         // ES's http.max_content_length default; erchef flushes bulks at ~5 MB.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        // Before anything reads a body: an unauthenticated client gets nothing but the 401.
+        .layer(axum::middleware::from_fn_with_state(
+            accepted,
+            crate::auth::require,
+        ))
         .layer(axum::middleware::map_response(es_headers))
         .layer(axum::middleware::from_fn_with_state(
             state.stats.clone(),

@@ -78,6 +78,8 @@ pub struct SearchConfig {
     /// Source text per piece of a `_bulk` body: a body is parsed and written to PostgreSQL
     /// piece by piece, so one piece is stored while the next is parsed (see `log::write_pieces`).
     pub bulk_piece_bytes: usize,
+    /// Accepted HTTP Basic credentials; empty = no authentication (see `auth`).
+    pub auth: Vec<crate::auth::Credential>,
 }
 
 impl SearchConfig {
@@ -97,6 +99,7 @@ impl SearchConfig {
             cluster_name: "larder".into(),
             node_name: "larder".into(),
             bulk_piece_bytes: Self::DEFAULT_BULK_PIECE_BYTES,
+            auth: Vec::new(),
         }
     }
 
@@ -111,6 +114,15 @@ impl SearchConfig {
         if self.bulk_piece_bytes == 0 {
             return Err(crate::SearchError::Config(
                 "bulk_piece_bytes must be at least 1".into(),
+            ));
+        }
+        if self
+            .auth
+            .iter()
+            .any(|c| c.username.is_empty() || c.username.contains(':') || c.password.is_empty())
+        {
+            return Err(crate::SearchError::Config(
+                "search credentials need a user name without ':' and a non-empty password".into(),
             ));
         }
         if self.pg.dbname.is_empty() {

@@ -24,8 +24,12 @@
 //!   Chef Backend dump).
 //! - [`service`]: `serve` and `rebuild_index`.
 //! - [`errors`]: the `SearchError` type.
+//! - [`auth`]: HTTP Basic authentication with ES-shaped 401s.
+//! - [`tls`]: the HTTPS listener (handshakes off the accept path, certificate reload, plain
+//!   HTTP on the TLS port answered with an ES-shaped 400).
 
 pub mod api;
+pub mod auth;
 pub mod buffers;
 pub mod bulk;
 pub mod chef_docs;
@@ -43,12 +47,13 @@ pub mod query;
 pub mod service;
 pub mod stats;
 pub mod tailer;
+pub mod tls;
 
 pub use config::{PgTarget, SearchConfig};
 pub use errors::SearchError;
 pub use flatten::{flatten, flatten_chef};
 pub use index::IndexStats;
-pub use service::{rebuild_index, serve};
+pub use service::{rebuild_index, serve, serve_on, Listener};
 
 /// Cheap stats for `larder status` (document count, index size bytes, last applied position).
 pub fn index_stats(index_dir: &std::path::Path) -> Result<IndexStats, SearchError> {

@@ -9,7 +9,10 @@ use crate::indexer::{self, Indexer};
 use crate::log;
 use crate::pg::{self, Pool};
 use crate::tailer::{self, Shared};
+use crate::tls::TlsListener;
 use crate::SearchError;
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
 use std::sync::Arc;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -18,9 +21,42 @@ const POOL_SIZE: usize = 4;
 /// Idle `_bulk` body buffers kept: one per connection of the pool covers concurrent bulks.
 const BODY_BUFFERS: usize = POOL_SIZE;
 
-/// Serves the ES API on an already-bound listener until `shutdown` is cancelled.
+/// One listener of the service: plain HTTP, or HTTPS with a rustls configuration
+/// (`tls::server_config`).
+pub enum Listener {
+    Plain(tokio::net::TcpListener),
+    Tls(tokio::net::TcpListener, Arc<rustls::ServerConfig>),
+}
+
+/// The client's address, for handlers and logs, whatever the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(s: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Peer(*s.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(s: IncomingStream<'_, TlsListener>) -> Self {
+        Peer(*s.remote_addr())
+    }
+}
+
+/// Serves the ES API on an already-bound plain-HTTP listener until `shutdown` is cancelled.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    cfg: SearchConfig,
+    shutdown: CancellationToken,
+) -> Result<(), SearchError> {
+    serve_on(vec![Listener::Plain(listener)], cfg, shutdown).await
+}
+
+/// Serves the ES API on every listener (the same index and state behind each) until
+/// `shutdown` is cancelled.
+pub async fn serve_on(
+    listeners: Vec<Listener>,
     cfg: SearchConfig,
     shutdown: CancellationToken,
 ) -> Result<(), SearchError> {
@@ -70,10 +106,40 @@ pub async fn serve(
         flush,
         stats: Default::default(),
     });
-    let served = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(SearchError::Serve);
+    let app = api::router(state);
+    let mut servers = tokio::task::JoinSet::new();
+    for l in listeners {
+        let app = app.clone();
+        let stop = shutdown.clone().cancelled_owned();
+        match l {
+            Listener::Plain(tcp) => servers.spawn(async move {
+                axum::serve(tcp, app.into_make_service_with_connect_info::<Peer>())
+                    .with_graceful_shutdown(stop)
+                    .await
+            }),
+            Listener::Tls(tcp, tls) => {
+                let tls = TlsListener::new(tcp, tls).map_err(SearchError::Serve)?;
+                servers.spawn(async move {
+                    axum::serve(tls, app.into_make_service_with_connect_info::<Peer>())
+                        .with_graceful_shutdown(stop)
+                        .await
+                })
+            }
+        };
+    }
+    let mut served = Ok(());
+    while let Some(r) = servers.join_next().await {
+        let r = r
+            .map_err(|e| SearchError::Other(format!("listener task failed: {e}")))
+            .and_then(|r| r.map_err(SearchError::Serve));
+        if r.is_err() {
+            // One listener failing stops the service; the supervisor restarts it whole.
+            shutdown.cancel();
+            if served.is_ok() {
+                served = r;
+            }
+        }
+    }
     // HTTP first, then the tailer; dropping its sender lets the indexer commit and exit.
     tail_stop.cancel();
     let _ = tail.await;

@@ -83,6 +83,46 @@ impl Node {
         http_status(&format!("{}:7331", self.ip), path)
     }
 
+    /// The secrets file as JSON.
+    pub fn secrets_json(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.secrets()).unwrap()).unwrap()
+    }
+
+    /// The cluster CA certificate (PEM).
+    pub fn ca_pem(&self) -> String {
+        self.secrets_json()["larder"]["ca_cert_pem"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The search API's (user, password) from the secrets file.
+    pub fn search_credentials(&self) -> (String, String) {
+        let v = self.secrets_json();
+        let get = |k: &str| {
+            v["elasticsearch"][k]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        (get("auth_username"), get("auth_password"))
+    }
+
+    /// A request to this node's search API as a frontend makes it: HTTPS trusting the cluster
+    /// CA, with the cluster's credentials. (status, body); status 0 when unreachable.
+    pub fn es(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let (u, p) = self.search_credentials();
+        https_json(
+            &format!("{}:9200", self.ip),
+            &self.ip,
+            &self.ca_pem(),
+            Some((&u, &p)),
+            method,
+            path,
+            body,
+        )
+    }
+
     pub fn is_leader(&self) -> bool {
         self.http("/leader") == 200
     }
@@ -187,6 +227,90 @@ pub fn http_json(addr: &str, method: &str, path: &str, body: &str) -> (u16, Stri
     (code, body)
 }
 
+/// [`http_json`] over TLS: the server must present a certificate for `server_name` issued by
+/// `ca_pem`; `auth` adds HTTP Basic credentials. Status 0 when unreachable or the handshake
+/// failed.
+pub fn https_json(
+    addr: &str,
+    server_name: &str,
+    ca_pem: &str,
+    auth: Option<(&str, &str)>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    use rustls::pki_types::pem::PemObject;
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let Ok(tcp) =
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
+    else {
+        return (0, String::new());
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    let mut head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some((u, p)) = auth {
+        head.push_str(&format!(
+            "Authorization: Basic {}\r\n",
+            base64_encode(&format!("{u}:{p}"))
+        ));
+    }
+    head.push_str("\r\n");
+    if s.write_all(format!("{head}{body}").as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let out = String::from_utf8_lossy(&raw).to_string();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Standard base64 (for a Basic header; the tests need nothing more).
+pub fn base64_encode(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, x)| acc | (*x as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Minimal HTTP GET returning the status code (0 when unreachable).
 pub fn http_status(addr: &str, path: &str) -> u16 {
     use std::io::{Read, Write};
@@ -265,6 +389,29 @@ impl Cluster {
             &n.name,
             "-y",
         ]);
+    }
+
+    /// Like [`Cluster::with_nodes`], each node's larder.toml holding its identity plus `extra`
+    /// (TOML tables) before it is created or joined.
+    pub fn with_config(subnet: u8, n: usize, extra: &str) -> Cluster {
+        let c = Cluster::nodes_only(subnet, n);
+        for node in &c.nodes {
+            let dir = node.root.join("etc/larder");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("larder.toml"),
+                format!(
+                    "fqdn = \"{}\"\npublish_address = \"{}\"\n{extra}",
+                    node.name, node.ip
+                ),
+            )
+            .unwrap();
+        }
+        c.create_first();
+        for i in 1..n {
+            c.join(i);
+        }
+        c
     }
 
     pub fn with_nodes(subnet: u8, n: usize) -> Cluster {
@@ -368,6 +515,11 @@ pub struct Haproxy {
 
 impl Haproxy {
     pub fn start(dir: &Path, bind: &str, nodes: &[Node]) -> Haproxy {
+        Haproxy::start_ports(dir, bind, nodes, &[5432])
+    }
+
+    /// haproxy for the given Chef frontend ports (5432 and/or 9200), as a frontend runs it.
+    pub fn start_ports(dir: &Path, bind: &str, nodes: &[Node], ports: &[u16]) -> Haproxy {
         use larder_faults::haproxy::{chef_services, render_config_on, HealthCheck};
         let servers: Vec<(String, String)> = nodes
             .iter()
@@ -375,7 +527,7 @@ impl Haproxy {
             .collect();
         let pg: Vec<_> = chef_services()
             .into_iter()
-            .filter(|s| s.port == 5432)
+            .filter(|s| ports.contains(&s.port))
             .collect();
         let cfg = dir.join("haproxy.cfg");
         std::fs::write(
@@ -393,7 +545,9 @@ impl Haproxy {
             .spawn()
             .expect("start haproxy");
         wait_until(Duration::from_secs(10), "haproxy to listen", || {
-            std::net::TcpStream::connect((bind, 5432)).ok().map(|_| ())
+            std::net::TcpStream::connect((bind, ports[0]))
+                .ok()
+                .map(|_| ())
         });
         Haproxy { child }
     }

@@ -1,6 +1,10 @@
 """Drives Larder's search service with a real ES/OpenSearch client library.
 
-usage: chef_client_check.py (elasticsearch7|opensearch) URL
+usage: chef_client_check.py (elasticsearch7|opensearch) URL [CA_FILE USER PASSWORD]
+
+With CA_FILE, USER and PASSWORD the client verifies the server against CA_FILE (an https URL)
+and sends HTTP Basic credentials, as a Chef 15 frontend does; it then also checks that a
+client without credentials and one with a wrong password are refused with 401.
 
 Exits non-zero (assertion) on any mismatch. Documents have the exact shape erchef writes.
 """
@@ -24,12 +28,26 @@ def chef_doc(db, i):
 
 def main():
     flavor, url = sys.argv[1], sys.argv[2]
+    secure = sys.argv[3:6]
     if flavor == "elasticsearch7":
         from elasticsearch7 import Elasticsearch as Client, helpers
     else:
         from opensearchpy import OpenSearch as Client, helpers
     db = "es7" if flavor == "elasticsearch7" else "os"
-    es = Client([url])
+    if secure:
+        ca, user, password = secure
+        tls = {"verify_certs": True, "ca_certs": ca}
+        es = Client([url], http_auth=(user, password), **tls)
+        for auth in (None, (user, password + "x")):
+            bad = Client([url], http_auth=auth, max_retries=0, **tls) if auth else Client([url], max_retries=0, **tls)
+            try:
+                bad.info()
+                raise AssertionError(f"accepted without valid credentials: {auth and auth[0]}")
+            except Exception as e:  # library-specific AuthenticationException
+                assert getattr(e, "status_code", None) == 401, repr(e)
+                assert "security_exception" in str(e), repr(e)
+    else:
+        es = Client([url])
 
     info = es.info()
     assert info["version"]["number"].startswith("7."), info

@@ -1,0 +1,508 @@
+//! Issue 17, security on every port, on a real 3-node cluster (127.0.51.x): search over HTTPS
+//! with HTTP Basic authentication (raw requests, the Python ES/OpenSearch clients, and the
+//! erchef request flow through a haproxy configured from `gen-server-config`), PostgreSQL
+//! requiring TLS and scram for clients, the health API's read ACL, and a scan of every port
+//! a node listens on.
+
+mod common;
+
+use common::*;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(120);
+
+/// `/status` is allowed from 127.0.51.128/26 (and the members); 127.0.51.200 is a stranger.
+const CONFIG: &str = "\n[leaderl]\nstatus_allowed_cidrs = [\"127.0.51.128/26\"]\n";
+
+#[test]
+fn security_on_every_port() {
+    let c = Cluster::with_config(51, 3, CONFIG);
+    let l = c.wait_leader(None, T);
+    wait_streaming(&c, 2);
+    search_requires_tls_and_credentials(l);
+    python_clients_with_tls_and_auth(l);
+    erchef_flow_through_haproxy_from_gen_server_config(&c, l);
+    postgresql_requires_tls_from_frontend_networks(l);
+    health_api_read_acl(&c);
+    for n in &c.nodes {
+        scan_listening_ports(n);
+    }
+}
+
+fn search_requires_tls_and_credentials(l: &Node) {
+    wait_until(T, "search over HTTPS with credentials", || {
+        (l.es("GET", "/", "").0 == 200).then_some(())
+    });
+    let addr = format!("{}:9200", l.ip);
+    let ca = l.ca_pem();
+    let (user, pass) = l.search_credentials();
+    assert_eq!(user, "larder");
+    assert!(pass.len() >= 32, "generated search password too short");
+
+    let es_error = |body: &str| -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+        assert!(v["error"]["root_cause"].is_array(), "{v}");
+        v
+    };
+    let (code, body) = https_json(&addr, &l.ip, &ca, None, "GET", "/chef/_search", "{}");
+    assert_eq!(code, 401, "{body}");
+    let v = es_error(&body);
+    assert_eq!(v["error"]["type"], "security_exception", "{v}");
+    assert_eq!(v["status"], 401);
+    assert!(v["error"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("missing authentication credentials"));
+
+    let wrong = format!("{pass}x");
+    let (code, body) = https_json(&addr, &l.ip, &ca, Some((&user, &wrong)), "GET", "/", "");
+    assert_eq!(code, 401, "{body}");
+    let v = es_error(&body);
+    assert!(
+        v["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unable to authenticate user [larder]"),
+        "{v}"
+    );
+    assert!(!body.contains(&pass), "a refusal echoed the password");
+
+    // Plain HTTP on the HTTPS port: an ES-shaped 400 naming the fix, not a reset.
+    let (code, body) = http_json(&addr, "GET", "/", "");
+    assert_eq!(code, 400, "{body}");
+    let v = es_error(&body);
+    assert!(
+        v["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("HTTPS only"),
+        "{v}"
+    );
+
+    // Nothing logged a password.
+    let log = std::fs::read_to_string(l.root.join("var/log/larder/elasticsearch/current"))
+        .unwrap_or_default();
+    assert!(
+        !log.contains(&pass) && !log.contains(&wrong),
+        "search log holds a password"
+    );
+    let agent_log =
+        std::fs::read_to_string(l.root.join("var/log/larder/agent/current")).unwrap_or_default();
+    assert!(
+        !agent_log.contains(&pass),
+        "agent log holds the search password"
+    );
+}
+
+fn python_clients_with_tls_and_auth(l: &Node) {
+    let python = std::env::var("LARDER_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "LARDER_TEST_PYTHON is not set: point it at a python with \
+             crates/search/tests/requirements.txt installed (scripts/test.sh does)"
+        )
+    });
+    let ca = l.root.join("ca.pem");
+    std::fs::write(&ca, l.ca_pem()).unwrap();
+    let (user, pass) = l.search_credentials();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../search/tests/clients/chef_client_check.py"
+    );
+    for flavor in ["elasticsearch7", "opensearch"] {
+        let out = Command::new(&python)
+            .arg(script)
+            .arg(flavor)
+            .arg(format!("https://{}:9200", l.ip))
+            .arg(&ca)
+            .arg(&user)
+            .arg(&pass)
+            .output()
+            .expect("run python");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{flavor} over HTTPS failed:\n{text}");
+        assert!(text.contains(&format!("{flavor}: ok")), "{text}");
+    }
+}
+
+/// The value of `key = 'value'` in a chef-server.rb.
+fn rb_value(text: &str, key: &str) -> String {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_else(|| panic!("{key} missing from:\n{text}"));
+    line.split_once('=')
+        .unwrap()
+        .1
+        .trim()
+        .trim_matches('\'')
+        .to_string()
+}
+
+fn erchef_flow_through_haproxy_from_gen_server_config(c: &Cluster, l: &Node) {
+    let file = c.dir.path().join("chef-server.rb");
+    let f = file.display().to_string();
+    l.ok(&["gen-server-config", "fe1.example.com", "-f", &f]);
+    let rb = std::fs::read_to_string(&file).unwrap();
+    let ca = std::fs::read_to_string(c.dir.path().join("larder-cluster-ca.pem")).unwrap();
+    assert_eq!(ca, l.ca_pem());
+    let url = rb_value(&rb, "opscode_solr4['external_url']");
+    assert_eq!(url, "https://127.0.0.1:9200");
+    let user = rb_value(&rb, "opscode_erchef['search_auth_username']");
+    let pass = rb_value(&rb, "opscode_erchef['search_auth_password']");
+    assert_eq!(rb_value(&rb, "postgresql['sslmode']"), "require");
+    let pg_pass = rb_value(&rb, "postgresql['db_superuser_password']");
+    let os = l.ok(&[
+        "gen-server-config",
+        "fe1.example.com",
+        "--style",
+        "opensearch",
+    ]);
+    assert_eq!(rb_value(&os, "opensearch['external_url']"), url);
+    assert_eq!(
+        rb_value(&os, "opscode_erchef['search_provider']"),
+        "opensearch"
+    );
+
+    // The frontend's haproxy, as chef-server writes it, beside the cluster (its 127.0.0.1 is
+    // shared by other tests). It proxies TCP, so TLS goes through to the leader; the frontend
+    // verifies the name of its URL, 127.0.0.1 (in every node certificate).
+    let proxy = "127.0.51.100";
+    let _h = Haproxy::start_ports(c.dir.path(), proxy, &c.nodes, &[5432, 9200]);
+    let addr = format!("{proxy}:9200");
+    let es = |method: &str, path: &str, body: &str| {
+        https_json(
+            &addr,
+            "127.0.0.1",
+            &ca,
+            Some((&user, &pass)),
+            method,
+            path,
+            body,
+        )
+    };
+    let (code, body) = wait_until(T, "search through haproxy", || {
+        let r = es("GET", "/", "");
+        (r.0 == 200).then_some(r)
+    });
+    assert!(body.contains("\"7.10.2\""), "{code} {body}");
+    let (code, _) = es("GET", "/chef", "");
+    if code == 404 {
+        let (code, body) = es(
+            "PUT",
+            "/chef",
+            r#"{"settings":{"analysis":{"analyzer":{"default":{"type":"whitespace"}}},"number_of_shards":5,"number_of_replicas":1},"mappings":{"properties":{"X_CHEF_database_CHEF_X":{"type":"keyword","norms":false},"X_CHEF_type_CHEF_X":{"type":"keyword","norms":false},"X_CHEF_id_CHEF_X":{"type":"keyword","norms":false},"data_bag":{"type":"keyword","norms":false},"content":{"type":"text","index":true,"norms":false}},"_source":{"enabled":false}}}"#,
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    let mut bulk = String::new();
+    for i in 0..20 {
+        bulk.push_str(&format!(
+            "{{\"index\":{{\"_index\":\"chef\",\"_id\":\"fe-{i}\"}}}}\n"
+        ));
+        bulk.push_str(&format!("{{\"content\":\"X_CHEF_database_CHEF_X__=__chef_org1 X_CHEF_id_CHEF_X__=__fe-{i} X_CHEF_type_CHEF_X__=__node name__=__web{i} \",\"X_CHEF_id_CHEF_X\":\"fe-{i}\",\"X_CHEF_database_CHEF_X\":\"chef_org1\",\"X_CHEF_type_CHEF_X\":\"node\"}}\n"));
+    }
+    bulk.push_str("{\"delete\":{\"_index\":\"chef\",\"_id\":\"fe-19\" }}\n");
+    let (code, body) = es("POST", "/_bulk", &bulk);
+    assert_eq!(code, 200, "{body}");
+    let search = r#"{"stored_fields":"_id","from":0,"size":1000,"sort":[{"X_CHEF_id_CHEF_X":{"order":"asc"}}],"query":{"bool":{"must":{"query_string":{"query":"content:name__=__web1*"}},"filter":{"query_string":{"query":"+X_CHEF_database_CHEF_X:chef_org1 +X_CHEF_type_CHEF_X:node"}}}}}"#;
+    wait_until(T, "the frontend's search answered", || {
+        let (code, body) = es("GET", "/chef/_search", search);
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        // web1, web10..web18 (web19 deleted)
+        (code == 200 && v["hits"]["total"]["value"] == 10).then_some(())
+    });
+    let (code, body) = es(
+        "POST",
+        "/chef/_delete_by_query",
+        r#"{"query":{"query_string":{"query":"X_CHEF_database_CHEF_X:chef_org1"}}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(es("POST", "/_refresh", "").0, 200);
+    let (_, body) = es("GET", "/chef/_search", search);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["hits"]["total"]["value"], 0, "{v}");
+
+    // PostgreSQL through the same haproxy with the file's sslmode and password.
+    let out = psql(
+        proxy,
+        &pg_pass,
+        "sslmode=require",
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    );
+    assert_eq!(out, Ok("t".to_string()));
+}
+
+/// psql as chef_pgsql to `host` with extra connection options.
+fn psql(host: &str, password: &str, opts: &str, sql: &str) -> Result<String, String> {
+    let o = Command::new("/usr/lib/postgresql/15/bin/psql")
+        .arg(format!(
+            "host={host} user=chef_pgsql dbname=postgres connect_timeout=5 {opts}"
+        ))
+        .args(["-Atqc", sql])
+        .env("PGPASSWORD", password)
+        .output()
+        .unwrap();
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).trim().to_string())
+    }
+}
+
+fn postgresql_requires_tls_from_frontend_networks(l: &Node) {
+    let pw = l.password();
+    let e = psql(&l.ip, &pw, "sslmode=disable", "SELECT 1").unwrap_err();
+    assert!(
+        e.contains("no pg_hba.conf entry") && e.contains("no encryption"),
+        "{e}"
+    );
+    let ca = l.root.join("pg-ca.pem");
+    std::fs::write(&ca, l.ca_pem()).unwrap();
+    let out = psql(
+        &l.ip,
+        &pw,
+        &format!("sslmode=verify-full sslrootcert={}", ca.display()),
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    );
+    assert_eq!(out, Ok("t".to_string()));
+    // Every client line is hostssl with scram; there is no plain `host` line at all.
+    let rules = psql(
+        &l.ip,
+        &pw,
+        "sslmode=require",
+        "SELECT type || ' ' || array_to_string(database, ',') || ' ' || auth_method FROM pg_hba_file_rules WHERE type <> 'local'",
+    )
+    .unwrap();
+    assert!(!rules.lines().any(|r| r.starts_with("host ")), "{rules}");
+    assert!(
+        rules
+            .lines()
+            .filter(|r| r.starts_with("hostssl all "))
+            .all(|r| r.ends_with(" scram-sha-256")),
+        "{rules}"
+    );
+    assert!(
+        rules.lines().any(|r| r.starts_with("hostssl all ")),
+        "{rules}"
+    );
+    // A wrong password over TLS is refused too.
+    assert!(psql(&l.ip, "wrong", "sslmode=require", "SELECT 1").is_err());
+}
+
+/// HTTP status of `GET path` on `ip`:7331 sent from the source address `from`.
+fn get_from(from: &str, ip: &str, path: &str) -> u16 {
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "--interface",
+            from,
+        ])
+        .arg(format!("http://{ip}:7331{path}"))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+fn health_api_read_acl(c: &Cluster) {
+    let n = &c.nodes[0];
+    let stranger = "127.0.51.200";
+    for path in ["/status", "/cluster", "/metrics", "/ui"] {
+        assert_eq!(
+            get_from(stranger, &n.ip, path),
+            403,
+            "{path} from a stranger"
+        );
+    }
+    let leader = c.leader().unwrap();
+    assert_eq!(get_from(stranger, &leader.ip, "/leader"), 200);
+    assert_eq!(get_from(stranger, &n.ip, "/health"), 200);
+    assert_eq!(get_from(stranger, &n.ip, "/v2/members"), 200);
+    // Allowed network, and a member.
+    assert_eq!(get_from("127.0.51.150", &n.ip, "/status"), 200);
+    assert_eq!(get_from(&c.nodes[1].ip, &n.ip, "/status"), 200);
+}
+
+/// Every TCP socket a node's processes listen on, as (address, port).
+fn listening(n: &Node) -> Vec<(IpAddr, u16)> {
+    let agent = n.agent_pid().expect("agent running");
+    // The agent and all its descendants.
+    let mut parent = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let ppid: i32 = after.split(' ').nth(1).unwrap().parse().unwrap();
+        parent.insert(pid, ppid);
+    }
+    let descends = |mut p: i32| loop {
+        if p == agent {
+            return true;
+        }
+        match parent.get(&p) {
+            Some(&pp) if pp > 1 => p = pp,
+            _ => return false,
+        }
+    };
+    let mut inodes = std::collections::HashSet::new();
+    for &pid in parent.keys().filter(|p| descends(**p)) {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(t) = std::fs::read_link(fd.path()) {
+                let t = t.display().to_string();
+                if let Some(i) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+                    inodes.insert(i.to_string());
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let text = std::fs::read_to_string(file).unwrap();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f[3] != "0A" || !inodes.contains(f[9]) {
+                continue;
+            }
+            let (addr, port) = f[1].split_once(':').unwrap();
+            let port = u16::from_str_radix(port, 16).unwrap();
+            let words: Vec<u32> = (0..addr.len() / 8)
+                .map(|i| {
+                    u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16)
+                        .unwrap()
+                        .swap_bytes()
+                })
+                .collect();
+            let ip = if v6 {
+                let mut b = [0u8; 16];
+                for (i, w) in words.iter().enumerate() {
+                    b[i * 4..i * 4 + 4].copy_from_slice(&w.to_be_bytes());
+                }
+                IpAddr::from(b)
+            } else {
+                IpAddr::from(words[0].to_be_bytes())
+            };
+            out.push((ip, port));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Ports that may answer without TLS, and why (README, "Security"): the health API, whose
+/// open answers are what frontends' haproxy checks; everything else on it is ACL'd.
+const DOCUMENTED_OPEN: &[u16] = &[7331];
+
+/// Does `addr` complete a TLS handshake whose certificate the cluster CA issued for `name`?
+/// PostgreSQL negotiates TLS in-band (SSLRequest first). The node certificate is offered as
+/// client certificate, so mutual-TLS listeners (etcd) complete too.
+fn speaks_tls(addr: &str, name: &str, ca_pem: &str, tls_dir: &Path, postgres: bool) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(tls_dir.join("node.crt"))
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(tls_dir.join("node.key")).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    let Ok(mut tcp) =
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
+    else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+    if postgres {
+        // SSLRequest: length 8, code 80877103.
+        if tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).is_err() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        if tcp.read_exact(&mut b).is_err() || b[0] != b'S' {
+            return false;
+        }
+    }
+    let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    while conn.is_handshaking() {
+        if conn.complete_io(&mut tcp).is_err() {
+            return false;
+        }
+    }
+    conn.peer_certificates().is_some_and(|c| !c.is_empty())
+}
+
+fn scan_listening_ports(n: &Node) {
+    let ports = listening(n);
+    let found: Vec<u16> = ports.iter().map(|(_, p)| *p).collect();
+    for want in [2379, 2380, 5432, 7331, 9200] {
+        assert!(
+            found.contains(&want),
+            "{}: nothing on {want}: {ports:?}",
+            n.name
+        );
+    }
+    let ca = n.ca_pem();
+    let tls_dir = n.root.join("etc/larder/tls");
+    let mut report = Vec::new();
+    for (ip, port) in &ports {
+        let loopback_only =
+            *ip == IpAddr::from([127, 0, 0, 1]) || *ip == IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]);
+        let kind = if loopback_only {
+            "loopback-only"
+        } else if ip.is_unspecified() {
+            panic!("{}: {ip}:{port} listens on every address", n.name);
+        } else if speaks_tls(&format!("{ip}:{port}"), &n.ip, &ca, &tls_dir, *port == 5432) {
+            "TLS"
+        } else if DOCUMENTED_OPEN.contains(port) {
+            "documented open"
+        } else {
+            panic!(
+                "{}: {ip}:{port} is neither TLS nor loopback-only nor on the documented open list",
+                n.name
+            );
+        };
+        report.push(format!("{ip}:{port} {kind}"));
+    }
+    eprintln!("{} listens on: {}", n.name, report.join(", "));
+    // 9200 must be TLS, not merely "documented".
+    assert!(
+        report.iter().any(|r| r.ends_with(":9200 TLS")),
+        "{report:?}"
+    );
+}
