@@ -97,16 +97,16 @@ pub fn client_tls(node: &Node) -> ClientTls {
     }
 }
 
+/// Issues one certificate: (certificate PEM, key PEM).
+type IssueFn<'a> = dyn Fn() -> Result<(String, String), crate::pki::PkiError> + 'a;
+
 /// Issue, once, the TLS server's certificate and the [`CLIENT_CN`] client certificate from
 /// the cluster CA, beside PostgreSQL's copies (pgBackRest runs as PostgreSQL's user).
 fn write_certs(node: &Node) -> Result<(), PgError> {
     let dir = pg_tls_dir(node);
     std::fs::create_dir_all(&dir)?;
     let ca_key = node.secrets.larder.ca_key_pem.expose();
-    let wanted: [(
-        &str,
-        &dyn Fn() -> Result<(String, String), crate::pki::PkiError>,
-    ); 2] = [
+    let wanted: [(&str, &IssueFn); 2] = [
         ("pgbackrest-server", &|| {
             crate::pki::issue_pgbackrest_server_cert(
                 ca_key,

@@ -185,16 +185,6 @@ fn unix_date(t: i64) -> String {
         .unwrap_or_else(|_| format!("@{t}"))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn unix_dates() {
-        assert_eq!(super::unix_date(0), "1970-01-01");
-        assert_eq!(super::unix_date(4_859_740_800), "2124-01-01");
-        assert_eq!(super::unix_date(951_782_400), "2000-02-29");
-    }
-}
-
 pub fn cluster_rows(s: &AgentStatus) -> Vec<ClusterRow> {
     let (nodes, members) = (&s.nodes, &s.members);
     // The column says whether the node may be promoted automatically: both flags count.
@@ -293,4 +283,14 @@ pub async fn cluster_status(paths: &Paths, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unix_dates() {
+        assert_eq!(super::unix_date(0), "1970-01-01");
+        assert_eq!(super::unix_date(4_859_740_800), "2124-01-01");
+        assert_eq!(super::unix_date(951_782_400), "2000-02-29");
+    }
 }

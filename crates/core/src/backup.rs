@@ -335,8 +335,10 @@ mod tests {
         assert!(check_option("repo1-path", "/x").is_err());
         assert!(check_option("Repo1", "x").is_err());
         assert!(check_option("process-max", "2\n[evil]").is_err());
-        let mut c = Config::default();
-        c.publish_address = "127.0.0.1".into();
+        let mut c = Config {
+            publish_address: "127.0.0.1".into(),
+            ..Config::default()
+        };
         c.backup.repo_path = "/backups".into();
         c.backup
             .pgbackrest
