@@ -28,6 +28,8 @@ esac
 bin="$CARGO_TARGET_DIR/$PROFILE/larder"
 echo "build: $PROFILE ($bin), $(git rev-parse --short HEAD), windows of ${WINDOW}s"
 work=$(mktemp -d /tmp/larder-metrics-bench.XXXXXX)
+# etcd and the search service run as their own users: they must reach their roots.
+chmod 755 "$work"
 ips=(127.0.44.2 127.0.44.3 127.0.44.4)
 cleanup() {
   for i in 1 2 3; do "$bin" --root "$work/n$i" uninstall >/dev/null 2>&1 || true; done
@@ -35,10 +37,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$bin" --root "$work/n1" create-cluster --publish-address "${ips[0]}" --fqdn b1 -y >/dev/null 2>&1
+"$bin" --root "$work/n1" create-cluster --publish-address "${ips[0]}" --fqdn b1 -y >"$work/create.log" 2>&1 || { cat "$work/create.log" >&2; exit 1; }
 for i in 2 3; do
   "$bin" --root "$work/n$i" join-cluster "${ips[0]}" -s "$work/n1/etc/larder/chef-backend-secrets.json" \
-    --publish-address "${ips[$((i - 1))]}" --fqdn "b$i" -y >/dev/null 2>&1
+    --publish-address "${ips[$((i - 1))]}" --fqdn "b$i" -y >"$work/join.log" 2>&1 || { cat "$work/join.log" >&2; exit 1; }
 done
 leader=""
 for _ in $(seq 1 120); do
