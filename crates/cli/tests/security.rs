@@ -193,6 +193,15 @@ fn erchef_flow_through_haproxy_from_gen_server_config(c: &Cluster, l: &Node) {
         (r.0 == 200).then_some(r)
     });
     assert!(body.contains("\"7.10.2\""), "{code} {body}");
+    // haproxy starts with every server UP until its first checks (within `inter`, 2 s) took
+    // the followers out; round robin over three servers means three writes in a row succeed
+    // only once the leader alone is UP. A frontend waits for exactly one UP server likewise.
+    let probe = "{\"delete\":{\"_index\":\"chef\",\"_id\":\"probe\" }}\n";
+    wait_until(T, "haproxy routing to the leader only", || {
+        (0..3)
+            .all(|_| es("POST", "/_bulk", probe).0 == 200)
+            .then_some(())
+    });
     let (code, _) = es("GET", "/chef", "");
     if code == 404 {
         let (code, body) = es(
@@ -225,10 +234,12 @@ fn erchef_flow_through_haproxy_from_gen_server_config(c: &Cluster, l: &Node) {
         r#"{"query":{"query_string":{"query":"X_CHEF_database_CHEF_X:chef_org1"}}}"#,
     );
     assert_eq!(code, 200, "{body}");
+    let deleted: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(deleted["deleted"], 19, "{deleted}");
     assert_eq!(es("POST", "/_refresh", "").0, 200);
     let (_, body) = es("GET", "/chef/_search", search);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["hits"]["total"]["value"], 0, "{v}");
+    assert_eq!(v["hits"]["total"]["value"], 0, "after {deleted}: {v}");
 
     // PostgreSQL through the same haproxy with the file's sslmode and password.
     let out = psql(

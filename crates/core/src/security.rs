@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SecurityError {
-    #[error("elasticsearch.require_auth is on but the secrets file has no elasticsearch.auth_username/auth_password; add both to the secrets file on every node (or set elasticsearch.require_auth = false), then restart the agent")]
+    #[error("elasticsearch.require_auth is on but the secrets file has no elasticsearch.auth_username and elasticsearch.auth_password; add both to the secrets file on every node (or set elasticsearch.require_auth = false), then restart the agent")]
     NoSearchCredentials,
 }
 
