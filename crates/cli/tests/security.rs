@@ -1,4 +1,4 @@
-//! Issue 17, security on every port, on a real 3-node cluster (127.0.51.x): search over HTTPS
+//! Issue 17, security on every port, on a real 3-node cluster (127.0.53.x): search over HTTPS
 //! with HTTP Basic authentication (raw requests, the Python ES/OpenSearch clients, and the
 //! erchef request flow through a haproxy configured from `gen-server-config`), PostgreSQL
 //! requiring TLS and scram for clients, the health API's read ACL, and a scan of every port
@@ -14,12 +14,12 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(120);
 
-/// `/status` is allowed from 127.0.51.128/26 (and the members); 127.0.51.200 is a stranger.
-const CONFIG: &str = "\n[leaderl]\nstatus_allowed_cidrs = [\"127.0.51.128/26\"]\n";
+/// `/status` is allowed from 127.0.53.128/26 (and the members); 127.0.53.200 is a stranger.
+const CONFIG: &str = "\n[leaderl]\nstatus_allowed_cidrs = [\"127.0.53.128/26\"]\n";
 
 #[test]
 fn security_on_every_port() {
-    let c = Cluster::with_config(51, 3, CONFIG);
+    let c = Cluster::with_config(53, 3, CONFIG);
     let l = c.wait_leader(None, T);
     wait_streaming(&c, 2);
     search_requires_tls_and_credentials(l);
@@ -174,7 +174,7 @@ fn erchef_flow_through_haproxy_from_gen_server_config(c: &Cluster, l: &Node) {
     // The frontend's haproxy, as chef-server writes it, beside the cluster (its 127.0.0.1 is
     // shared by other tests). It proxies TCP, so TLS goes through to the leader; the frontend
     // verifies the name of its URL, 127.0.0.1 (in every node certificate).
-    let proxy = "127.0.51.100";
+    let proxy = "127.0.53.100";
     let _h = Haproxy::start_ports(c.dir.path(), proxy, &c.nodes, &[5432, 9200]);
     let addr = format!("{proxy}:9200");
     let es = |method: &str, path: &str, body: &str| {
@@ -333,7 +333,7 @@ fn get_from(from: &str, ip: &str, path: &str) -> u16 {
 
 fn health_api_read_acl(c: &Cluster) {
     let n = &c.nodes[0];
-    let stranger = "127.0.51.200";
+    let stranger = "127.0.53.200";
     for path in ["/status", "/cluster", "/metrics", "/ui"] {
         assert_eq!(
             get_from(stranger, &n.ip, path),
@@ -346,7 +346,7 @@ fn health_api_read_acl(c: &Cluster) {
     assert_eq!(get_from(stranger, &n.ip, "/health"), 200);
     assert_eq!(get_from(stranger, &n.ip, "/v2/members"), 200);
     // Allowed network, and a member.
-    assert_eq!(get_from("127.0.51.150", &n.ip, "/status"), 200);
+    assert_eq!(get_from("127.0.53.150", &n.ip, "/status"), 200);
     assert_eq!(get_from(&c.nodes[1].ip, &n.ip, "/status"), 200);
 }
 
