@@ -424,10 +424,11 @@ fn tarball_restores_alone_and_a_second_node_joins() {
     let repo = c.dir.path().join("repo");
     enable_backups_on(&c, &c.nodes[..1], &repo);
     let n1 = &c.nodes[0];
-    n1.sql("CREATE TABLE acked (id int primary key)").unwrap();
-    for i in 0..150 {
-        n1.sql(&format!("INSERT INTO acked VALUES ({i})")).unwrap();
-    }
+    // Idempotent statements, retried: right after the restart that turned archiving on, a
+    // loaded machine may time a first statement out.
+    wait_until(T, "the table and its rows", || {
+        n1.sql("CREATE TABLE IF NOT EXISTS acked (id int primary key); INSERT INTO acked SELECT generate_series(0, 149) ON CONFLICT DO NOTHING")
+    });
     index_docs(n1, 25);
     let pass = passphrase_file(&c);
     let pass_arg = pass.display().to_string();
