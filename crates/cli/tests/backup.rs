@@ -79,8 +79,11 @@ fn index_docs(n: &Node, count: u32) {
     wait_until(T, "search service", || {
         (n.es("GET", "/", "").0 == 200).then_some(())
     });
-    let (code, _) = n.es("PUT", "/chef", "{}");
-    assert!(code == 200 || code == 400, "PUT /chef: {code}");
+    // The service answers 503 while it reconnects to a PostgreSQL that just restarted.
+    wait_until(T, "PUT /chef", || {
+        let (code, _) = n.es("PUT", "/chef", "{}");
+        (code == 200 || code == 400).then_some(())
+    });
     let mut bulk = String::new();
     for i in 0..count {
         bulk.push_str(&format!(
