@@ -309,14 +309,24 @@ async fn reindex(node: &Node) -> anyhow::Result<String> {
     Ok(counts.join(", "))
 }
 
-/// `_bulk` requests of about 4 MiB to the local search service, each checked item by item.
+/// `_bulk` requests of about 4 MiB to the local search service, each checked item by item,
+/// over the same TLS and credentials a frontend uses (new clusters refuse plain HTTP).
 async fn send_bulks(node: &Node, docs: &[String]) -> anyhow::Result<()> {
+    let sec = &node.security;
     let url = format!(
-        "http://{}:{}/_bulk",
+        "{}://{}:{}/_bulk",
+        if sec.search_tls { "https" } else { "http" },
         url_host(&node.cfg.publish_address),
         node.cfg.elasticsearch.port
     );
-    let http = reqwest::Client::new();
+    let mut builder = reqwest::Client::builder();
+    if sec.search_tls {
+        let ca = reqwest::Certificate::from_pem_bundle(node.secrets.larder.ca_cert_pem.as_bytes())
+            .context("the cluster CA in the secrets file (larder.ca_cert_pem) is not valid PEM")?;
+        builder = builder.tls_certs_only(ca);
+    }
+    let http = builder.build()?;
+    let creds = &node.secrets.elasticsearch;
     let mut i = 0;
     while i < docs.len() {
         let mut body = String::new();
@@ -324,17 +334,32 @@ async fn send_bulks(node: &Node, docs: &[String]) -> anyhow::Result<()> {
             body.push_str(&docs[i]);
             i += 1;
         }
-        let r = http
-            .post(&url)
-            .header("Content-Type", "application/x-ndjson")
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the search service at {url}"))?;
-        let status = r.status();
-        let v: serde_json::Value = r.json().await.unwrap_or_default();
-        if !status.is_success() || v["errors"] != serde_json::Value::Bool(false) {
-            bail!("the search service refused the documents ({status}): {v}");
+        // The service answers 503 until its database exists on this fresh node (it was just
+        // created by the restore): wait for that, bounded, and fail on anything else.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let mut req = http.post(&url);
+            if sec.search_auth {
+                req = req.basic_auth(&creds.auth_username, Some(creds.auth_password.expose()));
+            }
+            let r = req
+                .header("Content-Type", "application/x-ndjson")
+                .body(body.clone())
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the search service at {url}"))?;
+            let status = r.status();
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+            if !status.is_success() || v["errors"] != serde_json::Value::Bool(false) {
+                bail!("the search service refused the documents ({status}): {v}");
+            }
+            break;
         }
     }
     Ok(())

@@ -517,8 +517,7 @@ fn gzip_hex(text: &str) -> String {
 }
 
 fn search_count(n: &Node, query: &str) -> Option<u64> {
-    let (code, body) = http_json(
-        &format!("{}:9200", n.ip),
+    let (code, body) = n.es(
         "POST",
         "/chef/_search",
         &serde_json::json!({"stored_fields": "_id", "size": 0,
