@@ -212,36 +212,47 @@ mod tests {
         "opscode_erchef['s3_url_expiry_window_size'] = '50%'",
     ];
 
-    #[test]
-    fn chef_backend_style_has_every_frontend_key() {
-        let t = render(&frontend(true), Style::ChefBackend);
-        for key in COMMON.iter().chain(&[
-            "opscode_solr4['external'] = true",
-            "opscode_solr4['external_url'] = 'https://127.0.0.1:9200'",
-            "opscode_erchef['search_provider'] = 'elasticsearch'",
+    /// `style`'s file holds every common key, `specific` and nothing of `absent`.
+    fn check_style(style: Style, specific: &[&str], absent: &str) {
+        let t = render(&frontend(true), style);
+        for key in COMMON.iter().chain(specific) {
+            assert!(t.contains(key), "missing {key}\n{t}");
+        }
+        for key in [
             "opscode_erchef['search_auth_username'] = 'larder'",
             "opscode_erchef['search_auth_password'] = 'spw'",
             "postgresql['sslmode'] = 'require'",
-        ]) {
+        ] {
             assert!(t.contains(key), "missing {key}\n{t}");
         }
-        assert!(!t.contains("opensearch["), "{t}");
+        assert!(!t.contains(absent), "{t}");
+    }
+
+    #[test]
+    fn chef_backend_style_has_every_frontend_key() {
+        check_style(
+            Style::ChefBackend,
+            &[
+                "opscode_solr4['external'] = true",
+                "opscode_solr4['external_url'] = 'https://127.0.0.1:9200'",
+                "opscode_erchef['search_provider'] = 'elasticsearch'",
+            ],
+            "opensearch[",
+        );
     }
 
     #[test]
     fn opensearch_style_uses_chef_15_keys() {
-        let t = render(&frontend(true), Style::Opensearch);
-        for key in COMMON.iter().chain(&[
-            "elasticsearch['enable'] = false",
-            "opensearch['external'] = true",
-            "opensearch['external_url'] = 'https://127.0.0.1:9200'",
-            "opscode_erchef['search_provider'] = 'opensearch'",
-            "opscode_erchef['search_auth_username'] = 'larder'",
-            "opscode_erchef['search_auth_password'] = 'spw'",
-        ]) {
-            assert!(t.contains(key), "missing {key}\n{t}");
-        }
-        assert!(!t.contains("opscode_solr4"), "{t}");
+        check_style(
+            Style::Opensearch,
+            &[
+                "elasticsearch['enable'] = false",
+                "opensearch['external'] = true",
+                "opensearch['external_url'] = 'https://127.0.0.1:9200'",
+                "opscode_erchef['search_provider'] = 'opensearch'",
+            ],
+            "opscode_solr4",
+        );
     }
 
     #[test]

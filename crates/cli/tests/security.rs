@@ -42,46 +42,29 @@ fn search_requires_tls_and_credentials(l: &Node) {
     assert_eq!(user, "larder");
     assert!(pass.len() >= 32, "generated search password too short");
 
-    let es_error = |body: &str| -> serde_json::Value {
-        let v: serde_json::Value =
-            serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
-        assert!(v["error"]["root_cause"].is_array(), "{v}");
-        v
-    };
     let (code, body) = https_json(&addr, &l.ip, &ca, None, "GET", "/chef/_search", "{}");
-    assert_eq!(code, 401, "{body}");
-    let v = es_error(&body);
-    assert_eq!(v["error"]["type"], "security_exception", "{v}");
-    assert_eq!(v["status"], 401);
-    assert!(v["error"]["reason"]
-        .as_str()
-        .unwrap()
-        .contains("missing authentication credentials"));
+    assert_es_error(
+        code,
+        &body,
+        401,
+        "security_exception",
+        "missing authentication credentials",
+    );
 
     let wrong = format!("{pass}x");
     let (code, body) = https_json(&addr, &l.ip, &ca, Some((&user, &wrong)), "GET", "/", "");
-    assert_eq!(code, 401, "{body}");
-    let v = es_error(&body);
-    assert!(
-        v["error"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("unable to authenticate user [larder]"),
-        "{v}"
+    assert_es_error(
+        code,
+        &body,
+        401,
+        "security_exception",
+        "unable to authenticate user [larder]",
     );
     assert!(!body.contains(&pass), "a refusal echoed the password");
 
     // Plain HTTP on the HTTPS port: an ES-shaped 400 naming the fix, not a reset.
     let (code, body) = http_json(&addr, "GET", "/", "");
-    assert_eq!(code, 400, "{body}");
-    let v = es_error(&body);
-    assert!(
-        v["error"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("HTTPS only"),
-        "{v}"
-    );
+    assert_es_error(code, &body, 400, "illegal_argument_exception", "HTTPS only");
 
     // Nothing logged a password.
     let log = std::fs::read_to_string(l.root.join("var/log/larder/elasticsearch/current"))
@@ -96,6 +79,18 @@ fn search_requires_tls_and_credentials(l: &Node) {
         !agent_log.contains(&pass),
         "agent log holds the search password"
     );
+}
+
+/// An Elasticsearch-shaped error: `{"error":{"root_cause":[..],"type":..,"reason":..},"status":N}`.
+fn assert_es_error(code: u16, body: &str, status: u16, kind: &str, reason_part: &str) {
+    assert_eq!(code, status, "{body}");
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    assert!(v["error"]["root_cause"].is_array(), "{v}");
+    assert_eq!(v["error"]["type"], kind, "{v}");
+    assert_eq!(v["status"], status, "{v}");
+    let reason = v["error"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(reason_part), "{v}");
 }
 
 fn python_clients_with_tls_and_auth(l: &Node) {

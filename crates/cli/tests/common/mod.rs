@@ -215,6 +215,11 @@ pub fn http_json(addr: &str, method: &str, path: &str, body: &str) -> (u16, Stri
     }
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
+    split_response(&out)
+}
+
+/// (status, body) of a raw HTTP/1.0 response; status 0 when there is none.
+fn split_response(out: &str) -> (u16, String) {
     let code = out
         .split_whitespace()
         .nth(1)
@@ -277,17 +282,7 @@ pub fn https_json(
     }
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    let out = String::from_utf8_lossy(&raw).to_string();
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    split_response(&String::from_utf8_lossy(&raw))
 }
 
 /// Standard base64 (for a Basic header; the tests need nothing more).
