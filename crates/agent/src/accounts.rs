@@ -118,8 +118,14 @@ pub fn write_owned(
     account: Option<Account>,
     user: &str,
 ) -> anyhow::Result<()> {
-    crate::node::write_private(path, data)?;
-    chown_tree(path, account, user)?;
+    // Owned by the service before it is renamed into place: a service re-reading the file
+    // (a TLS reload at its next handshake) never finds it half-written or still root's.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    crate::node::write_private(&tmp, data)?;
+    chown_tree(&tmp, account, user)?;
+    std::fs::rename(&tmp, path)?;
     Ok(())
 }
 

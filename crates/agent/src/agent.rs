@@ -127,6 +127,12 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         sensors.clone(),
         shutdown.clone(),
     ));
+    tokio::spawn(crate::cert_rotation::serve(
+        node.clone(),
+        dcs.clone(),
+        sup.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(crate::ui::sample_lag(
         views.ha.clone(),
         sensors.clone(),
@@ -362,6 +368,22 @@ impl Ctx {
                 ),
                 Err(e) => Response::err(format!("cannot read the leadership history: {e:#}")),
             },
+            Request::RotateCerts { node, days } => {
+                match crate::cert_rotation::rotate_cluster(
+                    &self.node,
+                    &self.dcs,
+                    node.as_deref(),
+                    days,
+                )
+                .await
+                {
+                    Ok(done) => Response::ok(
+                        format!("{} node(s) rotated", done.len()),
+                        serde_json::to_value(done).unwrap_or_default(),
+                    ),
+                    Err(e) => Response::err(format!("{e:#}")),
+                }
+            }
             Request::RemoveNode { node, apply } => {
                 reply(crate::operator::remove_node(&self.dcs, &self.node, &node, apply).await)
             }

@@ -37,6 +37,12 @@ pub enum Request {
     UpgradeDone,
     /// The leadership history, read from etcd (`larder history`).
     History,
+    /// `rotate-certs`: every node (or only `node`) re-issues its certificates, one at a time;
+    /// answered when all are done, with each node's old and new certificate.
+    RotateCerts {
+        node: Option<String>,
+        days: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

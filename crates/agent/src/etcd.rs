@@ -24,11 +24,20 @@ pub fn prepare(node: &Node) -> anyhow::Result<Option<Account>> {
     std::fs::create_dir_all(&data)?;
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
     accounts::chown_tree(&data, account, accounts::ETCD_USER)?;
+    install_certs(node, account)?;
+    Ok(account)
+}
+
+/// etcd's copies of the node certificate, key and CA. etcd reads its certificate files at
+/// every TLS handshake, so replacing them (`rotate-certs`) needs no restart.
+pub fn install_certs(node: &Node, account: Option<Account>) -> anyhow::Result<()> {
     let dir = tls_dir(node);
     std::fs::create_dir_all(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     let src = node.paths.tls_dir();
-    for f in ["node.crt", "node.key"] {
+    // Key first: a handshake between the two renames fails to pair them and is retried by
+    // the client; certificate first would be the same.
+    for f in ["node.key", "node.crt"] {
         let data = std::fs::read(src.join(f))
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", src.join(f).display()))?;
         accounts::write_owned(&dir.join(f), &data, account, accounts::ETCD_USER)?;
@@ -40,7 +49,7 @@ pub fn prepare(node: &Node) -> anyhow::Result<Option<Account>> {
         accounts::ETCD_USER,
     )?;
     accounts::chown_tree(&dir, account, accounts::ETCD_USER)?;
-    Ok(account)
+    Ok(())
 }
 
 pub fn service_spec(node: &Node, account: Option<Account>) -> ServiceSpec {

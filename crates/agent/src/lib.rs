@@ -22,6 +22,7 @@ pub mod accounts;
 pub mod agent;
 pub mod api;
 pub mod build;
+pub mod cert_rotation;
 pub mod clock;
 pub mod control;
 pub mod dcs;

@@ -76,7 +76,7 @@ pub fn write_conf(node: &Node) -> Result<Option<String>, PgError> {
         }
         chown(node, repo)?;
     }
-    write_certs(node)?;
+    write_certs(node, false)?;
     let text = backup::render_conf(&node.cfg, &f);
     if std::fs::read_to_string(&conf).ok().as_deref() != Some(text.as_str()) {
         std::fs::write(&conf, &text)?;
@@ -100,22 +100,25 @@ pub fn client_tls(node: &Node) -> ClientTls {
 /// Issues one certificate: (certificate PEM, key PEM).
 type IssueFn<'a> = dyn Fn() -> Result<(String, String), crate::pki::PkiError> + 'a;
 
-/// Issue, once, the TLS server's certificate and the [`CLIENT_CN`] client certificate from
-/// the cluster CA, beside PostgreSQL's copies (pgBackRest runs as PostgreSQL's user).
-fn write_certs(node: &Node) -> Result<(), PgError> {
+/// Issue the TLS server's certificate and the [`CLIENT_CN`] client certificate from the
+/// cluster CA, beside PostgreSQL's copies (pgBackRest runs as PostgreSQL's user): once, or
+/// again when `reissue` (`rotate-certs`; the TLS server reads them only when it starts).
+pub fn write_certs(node: &Node, reissue: bool) -> Result<(), PgError> {
     let dir = pg_tls_dir(node);
     std::fs::create_dir_all(&dir)?;
     let ca_key = node.secrets.larder.ca_key_pem.expose();
+    let validity = crate::pki::Validity::of(&node.cfg);
     let wanted: [(&str, &IssueFn); 2] = [
         ("pgbackrest-server", &|| {
             crate::pki::issue_pgbackrest_server_cert(
                 ca_key,
                 &node.cfg.fqdn,
                 &node.cfg.publish_address,
+                validity,
             )
         }),
         ("pgbackrest-client", &|| {
-            crate::pki::issue_client_cert(ca_key, CLIENT_CN)
+            crate::pki::issue_client_cert(ca_key, CLIENT_CN, validity)
         }),
     ];
     for (base, issue) in wanted {
@@ -123,15 +126,13 @@ fn write_certs(node: &Node) -> Result<(), PgError> {
             dir.join(format!("{base}.crt")),
             dir.join(format!("{base}.key")),
         );
-        if cert.exists() && key.exists() {
+        if cert.exists() && key.exists() && !reissue {
             continue;
         }
         let (c, k) = issue()
             .map_err(|e| PgError::Command(format!("cannot issue the {base} certificate: {e}")))?;
         for (path, text) in [(&key, k), (&cert, c)] {
-            std::fs::write(path, text)?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-            chown(node, path)?;
+            crate::postgres::write_owned(node, path, text.as_bytes())?;
         }
     }
     Ok(())

@@ -45,12 +45,37 @@ pub fn generate_ca() -> Result<(String, String), PkiError> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// How long a node certificate issued now is valid: from an hour ago (a peer whose clock is a
+/// little behind must not see it as not yet valid) for `days` (`ssl.duration_days`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Validity {
+    pub days: u32,
+}
+
+impl Validity {
+    /// The configured validity (`ssl.duration_days`).
+    pub fn of(cfg: &larder_core::config::Config) -> Validity {
+        Validity {
+            days: cfg.ssl.duration_days,
+        }
+    }
+
+    fn window(self) -> (time::OffsetDateTime, time::OffsetDateTime) {
+        let now = time::OffsetDateTime::now_utc();
+        (
+            now - time::Duration::hours(1),
+            now + time::Duration::days(i64::from(self.days)),
+        )
+    }
+}
+
 /// Issue a certificate signed by the cluster CA. Returns (certificate PEM, key PEM).
 fn issue(
     ca_key_pem: &str,
     cn: &str,
     sans: Vec<SanType>,
     usages: Vec<ExtendedKeyUsagePurpose>,
+    validity: Validity,
 ) -> Result<(String, String), PkiError> {
     let ca_key = KeyPair::from_pem(ca_key_pem)?;
     let issuer = Issuer::new(ca_params(), ca_key);
@@ -64,8 +89,7 @@ fn issue(
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    (p.not_before, p.not_after) = validity.window();
     let key = KeyPair::generate()?;
     let cert = p.signed_by(&key, &issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -83,6 +107,7 @@ pub fn issue_node_cert(
     ca_key_pem: &str,
     name: &str,
     address: &str,
+    validity: Validity,
 ) -> Result<(String, String), PkiError> {
     let sans = vec![
         SanType::DnsName(name.try_into()?),
@@ -98,6 +123,7 @@ pub fn issue_node_cert(
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ],
+        validity,
     )
 }
 
@@ -107,6 +133,7 @@ pub fn issue_pgbackrest_server_cert(
     ca_key_pem: &str,
     name: &str,
     address: &str,
+    validity: Validity,
 ) -> Result<(String, String), PkiError> {
     let sans = vec![
         SanType::DnsName(address.try_into()?),
@@ -117,28 +144,53 @@ pub fn issue_pgbackrest_server_cert(
         name,
         sans,
         vec![ExtendedKeyUsagePurpose::ServerAuth],
+        validity,
     )
 }
 
 /// Issue a client-only certificate with common name `cn` (pgBackRest's TLS servers authorize
 /// clients by CN). Returns (certificate PEM, key PEM).
-pub fn issue_client_cert(ca_key_pem: &str, cn: &str) -> Result<(String, String), PkiError> {
+pub fn issue_client_cert(
+    ca_key_pem: &str,
+    cn: &str,
+    validity: Validity,
+) -> Result<(String, String), PkiError> {
     issue(
         ca_key_pem,
         cn,
         vec![],
         vec![ExtendedKeyUsagePurpose::ClientAuth],
+        validity,
     )
 }
 
 /// When a PEM certificate stops being valid, as Unix seconds.
 pub fn not_after_unix(cert_pem: &str) -> Result<i64, PkiError> {
+    Ok(cert_info_pem(cert_pem)?.not_after_unix)
+}
+
+/// What identifies one issued certificate: its serial (hex) and end of validity.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CertInfo {
+    pub serial: String,
+    pub not_after_unix: i64,
+}
+
+/// [`CertInfo`] of the first certificate of a PEM text.
+pub fn cert_info_pem(cert_pem: &str) -> Result<CertInfo, PkiError> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
         .map_err(|e| PkiError::Parse(e.to_string()))?;
-    let cert = pem
-        .parse_x509()
-        .map_err(|e| PkiError::Parse(e.to_string()))?;
-    Ok(cert.validity().not_after.timestamp())
+    cert_info_der(&pem.contents)
+}
+
+/// [`CertInfo`] of a DER certificate (as a TLS peer presents it).
+pub fn cert_info_der(der: &[u8]) -> Result<CertInfo, PkiError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    Ok(CertInfo {
+        serial: cert.raw_serial_as_string(),
+        not_after_unix: cert.validity().not_after.timestamp(),
+    })
 }
 
 /// Certificates expiring within this many days are warned about in `status`.
@@ -151,16 +203,24 @@ mod tests {
     fn issues_node_cert_from_ca() {
         let (ca, key) = generate_ca().unwrap();
         assert!(ca.contains("BEGIN CERTIFICATE"));
-        let (cert, nkey) = issue_node_cert(&key, "n1", "127.0.0.2").unwrap();
+        let v = Validity { days: 30 };
+        let (cert, nkey) = issue_node_cert(&key, "n1", "127.0.0.2", v).unwrap();
         assert!(cert.contains("BEGIN CERTIFICATE") && nkey.contains("PRIVATE KEY"));
-        assert!(issue_node_cert(&key, "n1", "not-ip").is_err());
-        let (c, k) = issue_client_cert(&key, "larder-pgbackrest").unwrap();
+        assert!(issue_node_cert(&key, "n1", "not-ip", v).is_err());
+        let (c, k) = issue_client_cert(&key, "larder-pgbackrest", v).unwrap();
         assert!(c.contains("BEGIN CERTIFICATE") && k.contains("PRIVATE KEY"));
-        assert!(issue_pgbackrest_server_cert(&key, "n1", "10.0.0.1").is_ok());
-        assert!(issue_pgbackrest_server_cert(&key, "n1", "n1").is_err());
+        assert!(issue_pgbackrest_server_cert(&key, "n1", "10.0.0.1", v).is_ok());
+        assert!(issue_pgbackrest_server_cert(&key, "n1", "n1", v).is_err());
 
-        // 2124-01-01T00:00:00Z
-        assert_eq!(not_after_unix(&cert).unwrap(), 4_859_740_800); // 2124-01-01T00:00:00Z
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let end = not_after_unix(&cert).unwrap();
+        assert!((end - (now + 30 * 86_400)).abs() < 60, "{end} vs {now}");
         assert!(not_after_unix("not a certificate").is_err());
+        // A re-issued certificate is told apart by its serial.
+        let (again, _) = issue_node_cert(&key, "n1", "127.0.0.2", v).unwrap();
+        assert_ne!(
+            cert_info_pem(&cert).unwrap().serial,
+            cert_info_pem(&again).unwrap().serial
+        );
     }
 }

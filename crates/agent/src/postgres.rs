@@ -113,17 +113,38 @@ pub fn prepare_dirs(node: &Node) -> Result<(), PgError> {
     std::fs::create_dir_all(&parent)?;
     chown(node, &parent)?;
     chown(node, parent.parent().expect("has parent"))?;
-    // PostgreSQL's TLS key must belong to its user and be 0600.
-    let tls = node.paths.tls_dir();
-    for (src, dst) in [("node.crt", "server.crt"), ("node.key", "server.key")] {
-        let to = tls_dir(node).join(dst);
-        std::fs::copy(tls.join(src), &to)?;
-        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))?;
-        chown(node, &to)?;
+    install_certs(node)
+}
+
+/// PostgreSQL's copies of the node certificate and key (its user's, 0600, as it requires)
+/// and of the CA, each replaced whole: PostgreSQL re-reads them on a reload and every new
+/// replication connection reads the client pair, so neither may see half a file.
+pub fn install_certs(node: &Node) -> Result<(), PgError> {
+    let src = node.paths.tls_dir();
+    let dir = tls_dir(node);
+    let ca = node.secrets.larder.ca_cert_pem.as_bytes();
+    for (from, to) in [
+        (Some("node.key"), "server.key"),
+        (Some("node.crt"), "server.crt"),
+        (None, "ca.crt"),
+    ] {
+        let data = match from {
+            Some(f) => std::fs::read(src.join(f))?,
+            None => ca.to_vec(),
+        };
+        write_owned(node, &dir.join(to), &data)?;
     }
-    let ca = tls_dir(node).join("ca.crt");
-    std::fs::write(&ca, &node.secrets.larder.ca_cert_pem)?;
-    chown(node, &ca)?;
+    Ok(())
+}
+
+/// Write `path` 0600 and owned by PostgreSQL's user, replacing it in one rename.
+pub(crate) fn write_owned(node: &Node, path: &Path, data: &[u8]) -> Result<(), PgError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    crate::node::write_private(&tmp, data).map_err(|e| PgError::Command(format!("{e:#}")))?;
+    chown(node, &tmp)?;
+    std::fs::rename(&tmp, path)?;
     Ok(())
 }
 

@@ -196,6 +196,7 @@ fn write_tls(paths: &Paths, secrets: &Secrets, cfg: &Config) -> anyhow::Result<(
         secrets.larder.ca_key_pem.expose(),
         &cfg.fqdn,
         &cfg.publish_address,
+        pki::Validity::of(cfg),
     )?;
     let dir = paths.tls_dir();
     write_private(&dir.join("node.crt"), cert.as_bytes())?;
@@ -485,6 +486,7 @@ pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
         secrets.larder.ca_key_pem.expose(),
         &cfg.fqdn,
         &cfg.publish_address,
+        pki::Validity::of(&cfg),
     )?;
     let tls = TlsFiles {
         ca_pem: secrets.larder.ca_cert_pem.clone(),

@@ -18,6 +18,7 @@ mod prompt;
 mod recovery;
 mod report;
 mod restore_dump;
+mod rotate_certs;
 mod seal;
 mod server_config;
 mod upgrade;
@@ -67,6 +68,18 @@ pub enum Cmd {
     },
     /// Leadership history: who led each term, why it changed hands, each write gap.
     History {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-issue the node certificates from the cluster CA, one node at a time (followers
+    /// first, the leader last), with no restart and no failover.
+    RotateCerts {
+        /// Only this node (name, address or GUID).
+        #[arg(long)]
+        node: Option<String>,
+        /// Validity of the new certificates in days (default: each node's ssl.duration_days).
+        #[arg(long)]
+        days: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -232,6 +245,7 @@ fn wants_json(cmd: &Cmd) -> bool {
         Cmd::Status { json, .. }
         | Cmd::ClusterStatus { json }
         | Cmd::History { json }
+        | Cmd::RotateCerts { json, .. }
         | Cmd::HaStatus { json }
         | Cmd::Reindex { json }
         | Cmd::Upgrade { json, .. } => *json,
@@ -256,6 +270,9 @@ async fn run(cmd: Cmd, paths: Paths) -> anyhow::Result<()> {
         } => report::status(&paths, service.as_deref(), simple, json).await,
         Cmd::ClusterStatus { json } => report::cluster_status(&paths, json).await,
         Cmd::History { json } => history::history(&paths, json).await,
+        Cmd::RotateCerts { node, days, json } => {
+            rotate_certs::rotate_certs(&paths, node, days, json).await
+        }
         Cmd::Demote => cluster_ops::switchover(&paths, None).await,
         Cmd::Promote { node } => cluster_ops::switchover(&paths, Some(node)).await,
         Cmd::ForceLeader => cluster_ops::force_leader(&paths).await,

@@ -179,7 +179,7 @@ fn print_security(v: &serde_json::Value) {
 }
 
 /// `YYYY-MM-DD` of a Unix time (UTC).
-fn unix_date(t: i64) -> String {
+pub(crate) fn unix_date(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .map(|d| d.date().to_string())
         .unwrap_or_else(|_| format!("@{t}"))

@@ -2,7 +2,8 @@
 //! with HTTP Basic authentication (raw requests, the Python ES/OpenSearch clients, and the
 //! erchef request flow through a haproxy configured from `gen-server-config`), PostgreSQL
 //! requiring TLS and scram for clients, the health API's read ACL, and a scan of every port
-//! a node listens on.
+//! a node listens on; and `rotate-certs` on a second 3-node cluster (127.0.54.x) under write
+//! load.
 
 mod common;
 
@@ -423,9 +424,20 @@ fn listening(n: &Node) -> Vec<(IpAddr, u16)> {
 const DOCUMENTED_OPEN: &[u16] = &[7331];
 
 /// Does `addr` complete a TLS handshake whose certificate the cluster CA issued for `name`?
-/// PostgreSQL negotiates TLS in-band (SSLRequest first). The node certificate is offered as
-/// client certificate, so mutual-TLS listeners (etcd) complete too.
 fn speaks_tls(addr: &str, name: &str, ca_pem: &str, tls_dir: &Path, postgres: bool) -> bool {
+    presented(addr, name, ca_pem, tls_dir, postgres).is_some()
+}
+
+/// The certificate (DER) `addr` presents in a TLS handshake verified against the cluster CA
+/// for `name`. PostgreSQL negotiates TLS in-band (SSLRequest first). The node certificate is
+/// offered as client certificate, so mutual-TLS listeners (etcd) complete too.
+fn presented(
+    addr: &str,
+    name: &str,
+    ca_pem: &str,
+    tls_dir: &Path,
+    postgres: bool,
+) -> Option<Vec<u8>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use std::io::{Read, Write};
@@ -447,30 +459,25 @@ fn speaks_tls(addr: &str, name: &str, ca_pem: &str, tls_dir: &Path, postgres: bo
     .with_root_certificates(roots)
     .with_client_auth_cert(chain, key)
     .unwrap();
-    let Ok(mut tcp) =
+    let mut tcp =
         std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
-    else {
-        return false;
-    };
+            .ok()?;
     let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
     if postgres {
         // SSLRequest: length 8, code 80877103.
-        if tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).is_err() {
-            return false;
-        }
+        tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).ok()?;
         let mut b = [0u8; 1];
-        if tcp.read_exact(&mut b).is_err() || b[0] != b'S' {
-            return false;
+        tcp.read_exact(&mut b).ok()?;
+        if b[0] != b'S' {
+            return None;
         }
     }
     let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
     let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
     while conn.is_handshaking() {
-        if conn.complete_io(&mut tcp).is_err() {
-            return false;
-        }
+        conn.complete_io(&mut tcp).ok()?;
     }
-    conn.peer_certificates().is_some_and(|c| !c.is_empty())
+    conn.peer_certificates()?.first().map(|c| c.to_vec())
 }
 
 fn scan_listening_ports(n: &Node) {
@@ -511,4 +518,163 @@ fn scan_listening_ports(n: &Node) {
         report.iter().any(|r| r.ends_with(":9200 TLS")),
         "{report:?}"
     );
+}
+
+/// The certificate each of a node's TLS ports presents: (etcd, PostgreSQL, search).
+fn presented_all(n: &Node) -> [Option<Vec<u8>>; 3] {
+    let tls = n.root.join("etc/larder/tls");
+    let ca = n.ca_pem();
+    [(2379, false), (5432, true), (9200, false)]
+        .map(|(port, pg)| presented(&format!("{}:{port}", n.ip), &n.ip, &ca, &tls, pg))
+}
+
+fn pem_der(path: &Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(path)
+        .unwrap()
+        .to_vec()
+}
+
+#[test]
+fn rotate_certs_under_write_load_without_failover() {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Mutex;
+    let c = Cluster::with_nodes(54, 3);
+    let l = c.wait_leader(None, T);
+    wait_streaming(&c, 2);
+    l.sql("CREATE TABLE acked (id int PRIMARY KEY)").unwrap();
+    let term = |n: &Node| n.status_json().and_then(|s| s["ha"]["term"].as_u64());
+    let term_before = term(l).expect("term");
+    let before: Vec<_> = c.nodes.iter().map(presented_all).collect();
+    for (n, certs) in c.nodes.iter().zip(&before) {
+        assert!(
+            certs.iter().all(|c| c.is_some()),
+            "{}: a TLS port did not answer before the rotation",
+            n.name
+        );
+    }
+    // Bad input changes nothing.
+    let o = l.larder(&["rotate-certs", "--node", "nosuch"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no node named \"nosuch\""),
+        "{err}"
+    );
+    let o = l.larder(&["rotate-certs", "--days", "1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("out of range"), "{err}");
+    assert_eq!(
+        c.nodes.iter().map(presented_all).collect::<Vec<_>>(),
+        before
+    );
+
+    let proxy = "127.0.54.100";
+    let _h = Haproxy::start(c.dir.path(), proxy, &c.nodes);
+    wait_routed_to_leader(l, proxy);
+    let stop = AtomicBool::new(false);
+    let next = AtomicU32::new(0);
+    let acked = Mutex::new(BTreeSet::new());
+    let failed = Mutex::new(Vec::new());
+    let out = std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let id = next.fetch_add(1, Ordering::SeqCst);
+                    match l.try_sql_at(proxy, &format!("INSERT INTO acked VALUES ({id})")) {
+                        Ok(_) => {
+                            acked.lock().unwrap().insert(id);
+                        }
+                        Err(e) => failed.lock().unwrap().push(e),
+                    }
+                }
+            });
+        }
+        // No assertion in here: a panic would leave the writers running and the scope waiting.
+        let o = l.larder(&["rotate-certs", "--days", "400"]);
+        stop.store(true, Ordering::SeqCst);
+        o
+    });
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "rotate-certs:\n{stdout}\n{stderr}");
+    eprintln!("rotate-certs printed:\n{stdout}{stderr}");
+    let failed = failed.into_inner().unwrap();
+    let acked = acked.into_inner().unwrap();
+    assert!(
+        failed.is_empty(),
+        "writes failed during the rotation: {failed:?}"
+    );
+    // Two psql writers manage ~10 inserts/s each and a rotation of three nodes takes a few
+    // seconds: fewer than 5 would mean the load never overlapped it.
+    assert!(
+        acked.len() >= 5,
+        "too few writes ran during the rotation: {}",
+        acked.len()
+    );
+    assert_eq!(
+        term(l),
+        Some(term_before),
+        "the rotation changed the leader"
+    );
+    assert!(c.leader().is_some_and(|x| x.name == l.name));
+    let in_db: BTreeSet<u32> = l
+        .sql("SELECT string_agg(id::text, ',') FROM acked")
+        .unwrap()
+        .split(',')
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert!(acked.is_subset(&in_db), "acknowledged writes missing");
+
+    // Every port of every node now presents the node's new certificate, valid for 400 days,
+    // and `status` shows that expiry.
+    let want_days = 399..=400;
+    for (n, old) in c.nodes.iter().zip(&before) {
+        let file = pem_der(&n.root.join("etc/larder/tls/node.crt"));
+        let now = presented_all(n);
+        for (port, (new, old)) in ["etcd", "postgresql", "search"]
+            .iter()
+            .zip(now.iter().zip(old))
+        {
+            assert_eq!(
+                new.as_ref(),
+                Some(&file),
+                "{} {port}: not the new certificate",
+                n.name
+            );
+            assert_ne!(new, old, "{} {port}: still the old certificate", n.name);
+        }
+        let s = n.status_json().unwrap();
+        let days = s["security"]["certificate_days_left"].as_i64().unwrap();
+        assert!(want_days.contains(&days), "{}: {days} days left", n.name);
+        let shown = s["security"]["certificate_not_after"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            stdout
+                .lines()
+                .any(|line| line.contains(&n.name) && line.contains(&shown)),
+            "{} with {shown} missing from:\n{stdout}",
+            n.name
+        );
+    }
+    // The leader went last.
+    let order: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| {
+            c.nodes
+                .iter()
+                .find(|n| line.contains(&format!(" {} ", n.name)))
+        })
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(order.last(), Some(&l.name.as_str()), "{stdout}");
+    // Replication reconnects with the new client certificates.
+    for f in c.nodes.iter().filter(|n| n.name != l.name) {
+        f.larder(&["restart", "postgresql"]);
+    }
+    wait_streaming(&c, 2);
 }

@@ -125,18 +125,7 @@ fn rolling_upgrade_from_the_pinned_release_loses_nothing() {
     }
     let proxy = "127.0.32.100";
     let _haproxy = Haproxy::start(c.dir.path(), proxy, &c.nodes);
-    // haproxy starts with every server up until its first checks: wait until it routes only
-    // to the writable leader (several connections in a row, as it balances across servers).
-    let mut in_a_row = 0;
-    wait_until(T, "haproxy routing to the leader only", || {
-        let writable = c.nodes[0].sql_at(proxy, "SELECT NOT pg_is_in_recovery()");
-        in_a_row = if writable.as_deref() == Some("t") {
-            in_a_row + 1
-        } else {
-            0
-        };
-        (in_a_row >= 6).then_some(())
-    });
+    wait_routed_to_leader(&c.nodes[0], proxy);
 
     let stop = AtomicBool::new(false);
     let next = AtomicU32::new(0);

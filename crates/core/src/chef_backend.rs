@@ -670,6 +670,7 @@ const MAP: &[(&str, &str, Kind)] = &[
         Kind::U64,
     ),
     ("elasticsearch.port", "elasticsearch.port", Kind::Port),
+    ("ssl.duration", "ssl.duration_days", Kind::U32),
     ("elasticsearch.enable", "elasticsearch.enable", Kind::Bool),
 ];
 
@@ -683,7 +684,7 @@ fn unmapped_reason(key: &str) -> String {
         None => (key, key),
     };
     if top == "ssl" {
-        return "Larder issues every node's TLS certificate from its own cluster CA (kept in the secrets file)".into();
+        return "Larder issues every node's TLS certificate from its own cluster CA (kept in the secrets file); only the validity (ssl.duration → ssl.duration_days) carries over".into();
     }
     if leaf == "log_directory" {
         return "Larder logs every service under /var/log/larder/<service>".into();

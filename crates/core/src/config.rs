@@ -68,6 +68,24 @@ pub struct Config {
     pub elasticsearch: SearchConfig,
     pub log_rotation: LogRotation,
     pub backup: BackupConfig,
+    pub ssl: SslConfig,
+}
+
+/// The node certificates Larder issues from the cluster CA (`create-cluster`, `join-cluster`,
+/// `rotate-certs`); Chef Backend's `ssl.duration`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SslConfig {
+    /// Validity of a newly issued node certificate, in days.
+    pub duration_days: u32,
+}
+
+impl Default for SslConfig {
+    fn default() -> Self {
+        SslConfig {
+            duration_days: 3650,
+        }
+    }
 }
 
 /// Backups and WAL archiving through pgBackRest (`larder backup`, `larder restore`).
@@ -269,6 +287,7 @@ impl Default for Config {
             elasticsearch: SearchConfig::default(),
             log_rotation: LogRotation::default(),
             backup: BackupConfig::default(),
+            ssl: SslConfig::default(),
         }
     }
 }
@@ -640,6 +659,10 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     ),
     ("backup.retention_full", "full backups kept"),
     (
+        "ssl.duration_days",
+        "validity in days of node certificates issued from the cluster CA (create, join, rotate-certs)",
+    ),
+    (
         "backup.server_port",
         "pgBackRest TLS server port on the publish address (backups from a follower reach the other nodes through it)",
     ),
@@ -677,6 +700,16 @@ impl Config {
             key: key.to_string(),
             message,
         };
+        if !(2..=36_500).contains(&self.ssl.duration_days) {
+            // Under two days `status` would warn about a certificate it just issued forever.
+            return Err(bad(
+                "ssl.duration_days",
+                format!(
+                    "{} is out of range: give a validity between 2 and 36500 days (3650 is the default)",
+                    self.ssl.duration_days
+                ),
+            ));
+        }
         for (k, v) in &self.backup.pgbackrest {
             crate::backup::check_option(k, v)
                 .map_err(|m| bad(&format!("backup.pgbackrest.{k}"), m))?;

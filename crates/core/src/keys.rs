@@ -55,6 +55,9 @@ pub const STATUS_PREFIX: &str = "/larder/status/";
 pub const VOTERS_PREFIX: &str = "/larder/voters/";
 pub const NODE_FAILOVER_PREFIX: &str = "/larder/node-failover/";
 pub const DOWN_PREFIX: &str = "/larder/down-for-upgrade/";
+/// `rotate-certs`: a request for one node to re-issue its certificates, and its answer.
+pub const CERT_ROTATION_PREFIX: &str = "/larder/cert-rotation/";
+pub const CERT_ROTATED_PREFIX: &str = "/larder/cert-rotated/";
 
 pub fn node(guid: &str) -> String {
     format!("{NODES_PREFIX}{guid}")
@@ -70,6 +73,14 @@ pub fn node_failover(guid: &str) -> String {
 }
 pub fn down_for_upgrade(guid: &str) -> String {
     format!("{DOWN_PREFIX}{guid}")
+}
+
+pub fn cert_rotation(guid: &str) -> String {
+    format!("{CERT_ROTATION_PREFIX}{guid}")
+}
+
+pub fn cert_rotated(guid: &str) -> String {
+    format!("{CERT_ROTATED_PREFIX}{guid}")
 }
 
 impl Default for DcsView {

@@ -52,7 +52,17 @@ fn load_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, SearchError> {
         .key_provider
         .load_private_key(key)
         .map_err(|e| bad("key", &files.key, e.to_string()))?;
-    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+    let pair = CertifiedKey::new(chain, signing);
+    // Read between the replacement of the key and of the certificate (`rotate-certs`), the
+    // two do not match: refused, so the previous pair is served until both are new.
+    pair.keys_match().map_err(|e| {
+        bad(
+            "certificate",
+            &files.cert_chain,
+            format!("does not match the key in {}: {e}", files.key.display()),
+        )
+    })?;
+    Ok(Arc::new(pair))
 }
 
 /// Serves the current certificate, reloading it when the files' modification time changes.

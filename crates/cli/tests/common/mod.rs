@@ -402,20 +402,20 @@ impl Cluster {
             )
             .unwrap();
         }
-        c.create_first();
-        for i in 1..n {
-            c.join(i);
-        }
-        c
+        c.formed()
     }
 
     pub fn with_nodes(subnet: u8, n: usize) -> Cluster {
-        let c = Cluster::nodes_only(subnet, n);
-        c.create_first();
-        for i in 1..n {
-            c.join(i);
+        Cluster::nodes_only(subnet, n).formed()
+    }
+
+    /// The first node creates the cluster, the others join it.
+    fn formed(self) -> Cluster {
+        self.create_first();
+        for i in 1..self.nodes.len() {
+            self.join(i);
         }
-        c
+        self
     }
 
     pub fn leader(&self) -> Option<&Node> {
@@ -553,6 +553,26 @@ impl Drop for Haproxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// haproxy starts with every server up until its first checks: wait until the one at `proxy`
+/// routes only to the writable leader (several connections in a row, as it balances across
+/// servers). `n` is any node (its password is the cluster's).
+pub fn wait_routed_to_leader(n: &Node, proxy: &str) {
+    let mut in_a_row = 0;
+    wait_until(
+        Duration::from_secs(120),
+        "haproxy routing to the leader only",
+        || {
+            let writable = n.sql_at(proxy, "SELECT NOT pg_is_in_recovery()");
+            in_a_row = if writable.as_deref() == Some("t") {
+                in_a_row + 1
+            } else {
+                0
+            };
+            (in_a_row >= 6).then_some(())
+        },
+    );
 }
 
 /// Wait until `want` nodes report PostgreSQL streaming from a leader.

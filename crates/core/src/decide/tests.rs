@@ -14,28 +14,14 @@ fn pos(lsn: u64) -> WalPosition {
 
 fn member(guid: &str, p: u64, term: u64, leader_seen: Option<&str>) -> MemberStatus {
     MemberStatus {
-        guid: guid.into(),
         name: format!("node-{guid}"),
         address: "10.0.0.1".into(),
-        role: NodeRole::WaitingForLeader,
-        pg: PgState::Standby,
         position: pos(p),
-        eligible: true,
-        failover_enabled: true,
         term,
         leader_seen: leader_seen.map(str::to_string),
-        voter: true,
-        lag_bytes: None,
-        search_ok: true,
-        etcd_ok: true,
-        seq: 1,
-        updated_unix_ms: 0,
-        check_phases: vec![],
-        lease_expires_unix_ms: None,
         version: crate::version::VERSION.into(),
         protocol: crate::version::PROTOCOL,
-        vip_held: false,
-        backup_host: None,
+        ..MemberStatus::test_member(guid, NodeRole::WaitingForLeader, PgState::Standby)
     }
 }
 

@@ -19,28 +19,15 @@ fn pos(lsn: u64) -> WalPosition {
 
 fn member(guid: &str, pg: PgState, leader_seen: Option<&str>) -> MemberStatus {
     MemberStatus {
-        guid: guid.into(),
         name: format!("node-{guid}"),
         address: "10.0.0.1".into(),
-        role: NodeRole::Follower,
-        pg,
         position: pos(100),
-        eligible: true,
-        failover_enabled: true,
         term: 3,
         leader_seen: leader_seen.map(str::to_string),
-        voter: true,
         lag_bytes: Some(0),
-        search_ok: true,
-        etcd_ok: true,
-        seq: 1,
-        updated_unix_ms: 0,
-        check_phases: vec![],
-        lease_expires_unix_ms: None,
         version: crate::version::VERSION.into(),
         protocol: crate::version::PROTOCOL,
-        vip_held: false,
-        backup_host: None,
+        ..MemberStatus::test_member(guid, NodeRole::Follower, pg)
     }
 }
 
