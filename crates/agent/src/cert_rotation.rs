@@ -52,42 +52,64 @@ pub struct Rotated {
     pub checked: Vec<String>,
 }
 
-/// Re-issue this node's certificate and install it for every service.
+/// Re-issue this node's certificate (or take the operator's, `ssl.certificate`) and install
+/// it, with the trust of the current `ssl.ca`, for every service. larder.toml is read again,
+/// so this is also how a new `ssl.*` setting takes effect.
 pub async fn rotate_local(
     node: &Node,
     sup: &Supervisor,
+    dcs: &Dcs,
     days: Option<u32>,
 ) -> anyhow::Result<CertInfo> {
-    let validity = days
-        .map(|days| pki::Validity { days })
-        .unwrap_or_else(|| pki::Validity::of(&node.cfg));
-    let (cert, key) = pki::issue_node_cert(
-        node.secrets.larder.ca_key_pem.expose(),
-        &node.cfg.fqdn,
-        &node.cfg.publish_address,
-        validity,
-    )?;
-    let info = pki::cert_info_pem(&cert)?;
-    let dir = node.paths.tls_dir();
-    crate::node::write_private(&dir.join("node.key"), key.as_bytes())?;
-    crate::node::write_private(&dir.join("node.crt"), cert.as_bytes())?;
+    let cfg = larder_core::config::Config::load(&node.paths.config_file())
+        .map_err(|e| anyhow::anyhow!("{e}; nothing was changed"))?;
+    anyhow::ensure!(
+        cfg.fqdn == node.cfg.fqdn && cfg.publish_address == node.cfg.publish_address,
+        "fqdn and publish_address in larder.toml differ from the running node's; nothing was changed"
+    );
+    let mut n = node.clone();
+    n.cfg = cfg;
+    let trust = crate::identity::trust_pem(&n.cfg, &n.secrets)?;
+    let id = crate::identity::node_identity(&n.cfg, &n.secrets, days)?;
+    if id.operator {
+        // Every other member must accept it before this node presents it anywhere.
+        let view = read_view(&n, dcs).await?;
+        for peer in view.nodes.iter().filter(|p| p.guid != n.state.guid) {
+            trusted_by(&n, &peer.address, &trust, &id.cert_pem, &id.key_pem)
+                .await
+                .map_err(|e| anyhow::anyhow!(
+                    "{} does not accept this node's ssl.certificate ({e:#}): set ssl.ca on every node and run `larder rotate-certs` before switching any node to ssl.certificate; nothing was changed",
+                    peer.name
+                ))?;
+        }
+    }
+    let dir = n.paths.tls_dir();
+    let trust_changed = n.trust_pem() != trust;
+    crate::node::write_private(&dir.join("ca.crt"), trust.as_bytes())?;
+    crate::node::write_private(&dir.join("node.key"), id.key_pem.as_bytes())?;
+    crate::node::write_private(&dir.join("node.crt"), id.cert_pem.as_bytes())?;
     let etcd_account = crate::accounts::ensure(crate::accounts::ETCD_USER)?;
-    crate::etcd::install_certs(node, etcd_account)?;
+    crate::etcd::install_certs(&n, etcd_account)?;
+    if trust_changed {
+        // etcd reads its trusted CAs only when it starts; one member restarting keeps quorum.
+        sup.restart(crate::etcd::SERVICE, Duration::from_secs(30))
+            .await?;
+    }
     let search_account = crate::accounts::ensure(crate::accounts::SEARCH_USER)?;
-    crate::search_service::write_tls(node, search_account)?;
-    crate::postgres::install_certs(node)?;
+    crate::search_service::write_tls(&n, search_account)?;
+    crate::postgres::install_certs(&n)?;
     if sup
         .state(crate::postgres::SERVICE)
         .is_some_and(|s| s.running)
     {
-        let client = crate::postgres::connect(node, Duration::from_secs(5)).await?;
+        let client = crate::postgres::connect(&n, Duration::from_secs(5)).await?;
         client
             .batch_execute("SELECT pg_reload_conf()")
             .await
             .map_err(|e| anyhow::anyhow!("PostgreSQL did not take the reload: {e}"))?;
     }
-    if node.cfg.backup.enabled() {
-        crate::pgbackrest::write_certs(node, true)?;
+    if n.cfg.backup.enabled() {
+        crate::pgbackrest::write_certs(&n, true)?;
         if sup
             .state(crate::pgbackrest::SERVICE)
             .is_some_and(|s| s.want_up)
@@ -97,12 +119,24 @@ pub async fn rotate_local(
                 .await?;
         }
     }
+    // This agent's own etcd connections: the next call reconnects with the new pair.
+    dcs.set_tls(n.tls()?).await;
     tracing::info!(
-        "certificates re-issued (serial {}, valid until {})",
-        info.serial,
-        info.not_after_unix
+        "certificates {} (serial {}, valid until {}){}",
+        if id.operator {
+            "installed from ssl.certificate"
+        } else {
+            "re-issued"
+        },
+        id.info.serial,
+        id.info.not_after_unix,
+        if trust_changed {
+            "; trust changed, etcd restarted"
+        } else {
+            ""
+        }
     );
-    Ok(info)
+    Ok(id.info)
 }
 
 /// Answer the rotation requests addressed to this node, until shutdown.
@@ -132,7 +166,7 @@ pub async fn serve(node: Node, dcs: Dcs, sup: Supervisor, shutdown: Cancellation
                 }
             }
         }
-        let answer = match rotate_local(&node, &sup, req.days).await {
+        let answer = match rotate_local(&node, &sup, &dcs, req.days).await {
             Ok(cert) => Answer {
                 id: req.id.clone(),
                 cert: Some(cert),
@@ -324,26 +358,27 @@ async fn wait_presented(
     Ok(checked)
 }
 
-/// The certificate the TLS server at `address:port` presents, authenticating with this
-/// node's own certificate (etcd requires one). `pg`: PostgreSQL's in-protocol TLS request
-/// first.
-pub async fn presented(
-    node: &Node,
+/// A TLS connection to `address:port` trusting `trust_pem`, authenticating with
+/// `cert_pem`/`key_pem` (etcd requires a client certificate). `pg`: PostgreSQL's in-protocol
+/// TLS request first.
+async fn tls_connect(
     address: &str,
     port: u16,
     pg: bool,
-) -> anyhow::Result<CertInfo> {
+    trust_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tls = node.tls()?;
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()) {
+    for c in CertificateDer::pem_slice_iter(trust_pem.as_bytes()) {
         roots.add(c?)?;
     }
     let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes())?;
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
     let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -353,18 +388,30 @@ pub async fn presented(
     let ip: std::net::IpAddr = address
         .parse()
         .map_err(|_| anyhow::anyhow!("{address:?} is not an IP address"))?;
+    let mut tcp = tokio::net::TcpStream::connect((ip, port)).await?;
+    if pg {
+        // SSLRequest: length 8, code 80877103; the server answers 'S' and then speaks TLS.
+        tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+        let mut b = [0u8; 1];
+        tcp.read_exact(&mut b).await?;
+        anyhow::ensure!(b[0] == b'S', "PostgreSQL refused TLS");
+    }
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(rustls::pki_types::ServerName::IpAddress(ip.into()), tcp)
+        .await?)
+}
+
+/// The certificate the TLS server at `address:port` presents, seen with this node's own
+/// certificate and trust.
+pub async fn presented(
+    node: &Node,
+    address: &str,
+    port: u16,
+    pg: bool,
+) -> anyhow::Result<CertInfo> {
+    let tls = node.tls()?;
     let exchange = async {
-        let mut tcp = tokio::net::TcpStream::connect((ip, port)).await?;
-        if pg {
-            // SSLRequest: length 8, code 80877103; the server answers 'S' and then speaks TLS.
-            tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
-            let mut b = [0u8; 1];
-            tcp.read_exact(&mut b).await?;
-            anyhow::ensure!(b[0] == b'S', "PostgreSQL refused TLS");
-        }
-        let s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-            .connect(rustls::pki_types::ServerName::IpAddress(ip.into()), tcp)
-            .await?;
+        let s = tls_connect(address, port, pg, &tls.ca_pem, &tls.cert_pem, &tls.key_pem).await?;
         let der = s
             .get_ref()
             .1
@@ -377,6 +424,36 @@ pub async fn presented(
     tokio::time::timeout(Duration::from_secs(3), exchange)
         .await
         .map_err(|_| anyhow::anyhow!("no TLS answer within 3 s"))?
+}
+
+/// Whether the etcd of the member at `address` accepts `cert_pem` as a client certificate:
+/// an HTTP request over the connection must be answered (with TLS 1.3 a server refuses a
+/// client certificate only after the handshake has completed on the client's side).
+async fn trusted_by(
+    node: &Node,
+    address: &str,
+    trust_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = node.cfg.etcd.client_port;
+    let exchange = async {
+        let mut s = tls_connect(address, port, false, trust_pem, cert_pem, key_pem).await?;
+        s.write_all(b"GET /version HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+        let text = String::from_utf8_lossy(&answer);
+        anyhow::ensure!(
+            text.starts_with("HTTP/1.1 200"),
+            "its etcd ({address}:{port}) refused the certificate"
+        );
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {address}:{port} within 5 s"))?
 }
 
 #[cfg(test)]

@@ -45,7 +45,8 @@ pub struct Dcs {
     /// URL of the member that answered last; calls start there.
     current: Arc<std::sync::Mutex<String>>,
     timeout: Duration,
-    tls: TlsFiles,
+    /// Shared by every clone: `set_tls` (after `rotate-certs`) reaches them all.
+    tls: Arc<std::sync::RwLock<TlsFiles>>,
 }
 
 /// A key's value with its etcd metadata.
@@ -74,7 +75,18 @@ impl Dcs {
             )),
             current: Arc::new(std::sync::Mutex::new(String::new())),
             timeout,
-            tls,
+            tls: Arc::new(std::sync::RwLock::new(tls)),
+        }
+    }
+
+    /// Use a new certificate and trust from now on: every cached connection is dropped, so
+    /// the next call connects with them (a peer that now presents a certificate from a CA
+    /// only the new trust holds must still be reachable).
+    pub async fn set_tls(&self, tls: TlsFiles) {
+        *self.tls.write().unwrap() = tls;
+        let endpoints: Vec<Arc<Endpoint>> = self.endpoints.read().unwrap().clone();
+        for e in endpoints {
+            *e.client.lock().await = None;
         }
     }
 
@@ -118,9 +130,12 @@ impl Dcs {
         if let Some(c) = g.as_ref() {
             return Ok(c.clone());
         }
-        let tls = TlsOptions::new()
-            .ca_certificate(Certificate::from_pem(&self.tls.ca_pem))
-            .identity(Identity::from_pem(&self.tls.cert_pem, &self.tls.key_pem));
+        let tls = {
+            let t = self.tls.read().unwrap();
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(&t.ca_pem))
+                .identity(Identity::from_pem(&t.cert_pem, &t.key_pem))
+        };
         let opts = ConnectOptions::new()
             .with_tls(tls)
             .with_connect_timeout(self.timeout)

@@ -44,7 +44,7 @@ pub fn install_certs(node: &Node, account: Option<Account>) -> anyhow::Result<()
     }
     accounts::write_owned(
         &dir.join("ca.crt"),
-        node.secrets.larder.ca_cert_pem.as_bytes(),
+        node.trust_pem().as_bytes(),
         account,
         accounts::ETCD_USER,
     )?;

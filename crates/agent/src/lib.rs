@@ -31,6 +31,7 @@ pub mod etcd;
 pub mod ha;
 pub mod history;
 pub mod hooks;
+pub mod identity;
 pub mod leader_check;
 pub mod markers;
 pub mod metrics;

@@ -157,10 +157,21 @@ impl Node {
         ))
     }
 
+    /// The CA certificates this node trusts: its installed `ca.crt` (the cluster CA and
+    /// `ssl.ca`, written by create/join and `rotate-certs`, see `crate::identity`); the cluster
+    /// CA alone if that file is missing. Read each time, so a rotation that changed it reaches
+    /// every later copy.
+    pub fn trust_pem(&self) -> String {
+        std::fs::read_to_string(self.paths.tls_dir().join("ca.crt"))
+            .ok()
+            .filter(|t| t.contains("BEGIN CERTIFICATE"))
+            .unwrap_or_else(|| self.secrets.larder.ca_cert_pem.clone())
+    }
+
     pub fn tls(&self) -> anyhow::Result<crate::dcs::TlsFiles> {
         let dir = self.paths.tls_dir();
         Ok(crate::dcs::TlsFiles {
-            ca_pem: self.secrets.larder.ca_cert_pem.clone(),
+            ca_pem: self.trust_pem(),
             cert_pem: std::fs::read_to_string(dir.join("node.crt"))?,
             key_pem: std::fs::read_to_string(dir.join("node.key"))?,
         })

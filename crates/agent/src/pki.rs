@@ -193,6 +193,117 @@ pub fn cert_info_der(der: &[u8]) -> Result<CertInfo, PkiError> {
     })
 }
 
+/// Whether the first certificate of `cert_pem` names the subject of `ca_pem` as its issuer
+/// (an issued node certificate, as opposed to one from the operator's PKI).
+pub fn issued_by(cert_pem: &str, ca_pem: &str) -> bool {
+    let subject = |pem: &str, issuer: bool| -> Option<Vec<u8>> {
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+        let c = p.parse_x509().ok()?;
+        Some(
+            if issuer {
+                c.issuer().as_raw()
+            } else {
+                c.subject().as_raw()
+            }
+            .to_vec(),
+        )
+    };
+    matches!((subject(cert_pem, true), subject(ca_pem, false)), (Some(a), Some(b)) if a == b)
+}
+
+/// The CA certificates a node trusts: the cluster CA, and the operator's (`ssl.ca`) if any.
+pub fn trust_bundle(cluster_ca_pem: &str, operator_ca_pem: Option<&str>) -> String {
+    match operator_ca_pem {
+        Some(op) => format!("{}\n{}\n", cluster_ca_pem.trim_end(), op.trim_end()),
+        None => cluster_ca_pem.to_string(),
+    }
+}
+
+/// Check an operator-supplied node certificate (`ssl.certificate`, leaf first then any
+/// intermediates) before anything uses it: its key matches, it chains to `ca_pem`
+/// (`ssl.ca`), it is valid now, names `address` (the publish address: peers dial it) and may
+/// serve *and* authenticate as a client (etcd peers and replication use it both ways).
+pub fn check_operator_cert(
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+    address: &str,
+) -> Result<CertInfo, PkiError> {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+    use std::sync::Arc;
+    let bad = |what: &str, e: String| PkiError::Parse(format!("{what}: {e}"));
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad("ssl.certificate is not PEM", e.to_string()))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| bad("ssl.certificate", "holds no certificate".into()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
+        bad(
+            "ssl.certificate_key is not a PEM private key",
+            e.to_string(),
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let signer = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| bad("ssl.certificate_key", e.to_string()))?;
+    rustls::sign::CertifiedKey::new(chain.clone(), signer)
+        .keys_match()
+        .map_err(|e| {
+            bad(
+                "ssl.certificate_key is not the key of ssl.certificate",
+                e.to_string(),
+            )
+        })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let c = c.map_err(|e| bad("ssl.ca is not PEM", e.to_string()))?;
+        roots
+            .add(c)
+            .map_err(|e| bad("ssl.ca holds an unusable certificate", e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("ssl.ca", "holds no certificate".into()));
+    }
+    let roots = Arc::new(roots);
+    let ip = ip(address)?;
+    let now = UnixTime::now();
+    let server = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| bad("ssl.ca", e.to_string()))?;
+    server
+        .verify_server_cert(
+            leaf,
+            &chain[1..],
+            &ServerName::IpAddress(ip.into()),
+            &[],
+            now,
+        )
+        .map_err(|e| {
+            bad(
+                &format!("ssl.certificate does not verify as the server {address} against ssl.ca (it needs {address} as an IP subject alternative name, the serverAuth usage, and to chain to ssl.ca)"),
+                e.to_string(),
+            )
+        })?;
+    let client = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+        .build()
+        .map_err(|e| bad("ssl.ca", e.to_string()))?;
+    client.verify_client_cert(leaf, &chain[1..], now).map_err(|e| {
+        bad(
+            "ssl.certificate cannot authenticate as a client (etcd and replication need the clientAuth usage too)",
+            e.to_string(),
+        )
+    })?;
+    cert_info_der(leaf)
+}
+
 /// Certificates expiring within this many days are warned about in `status`.
 pub const EXPIRY_WARNING_DAYS: i64 = 30;
 
@@ -222,5 +333,70 @@ mod tests {
             cert_info_pem(&cert).unwrap().serial,
             cert_info_pem(&again).unwrap().serial
         );
+    }
+
+    /// A CA other than Larder's (the operator's PKI) and a leaf it issues.
+    fn operator_ca() -> (CertificateParams, KeyPair, String) {
+        let mut p = CertificateParams::default();
+        p.distinguished_name
+            .push(DnType::CommonName, "Example Corp CA");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let key = KeyPair::generate().unwrap();
+        let pem = p.self_signed(&key).unwrap().pem();
+        (p, key, pem)
+    }
+
+    fn operator_leaf(
+        ca: &(CertificateParams, KeyPair, String),
+        ip: &str,
+        usages: Vec<ExtendedKeyUsagePurpose>,
+    ) -> (String, String) {
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = vec![SanType::IpAddress(ip.parse().unwrap())];
+        p.extended_key_usages = usages;
+        let key = KeyPair::generate().unwrap();
+        let issuer = Issuer::new(
+            ca.0.clone(),
+            KeyPair::from_pem(&ca.1.serialize_pem()).unwrap(),
+        );
+        (
+            p.signed_by(&key, &issuer).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    }
+
+    #[test]
+    fn operator_certificates_are_checked_before_use() {
+        use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let ca = operator_ca();
+        let (cert, key) = operator_leaf(&ca, "10.0.0.1", vec![ServerAuth, ClientAuth]);
+        let info = check_operator_cert(&cert, &key, &ca.2, "10.0.0.1").unwrap();
+        assert_eq!(info, cert_info_pem(&cert).unwrap());
+        let err = |r: Result<CertInfo, PkiError>| r.unwrap_err().to_string();
+        // Another node's address, another key, another CA, a server-only certificate.
+        assert!(err(check_operator_cert(&cert, &key, &ca.2, "10.0.0.2")).contains("10.0.0.2"));
+        let (_, other_key) = operator_leaf(&ca, "10.0.0.1", vec![ServerAuth, ClientAuth]);
+        assert!(
+            err(check_operator_cert(&cert, &other_key, &ca.2, "10.0.0.1"))
+                .contains("is not the key of ssl.certificate")
+        );
+        let (larder_ca, _) = generate_ca().unwrap();
+        assert!(
+            err(check_operator_cert(&cert, &key, &larder_ca, "10.0.0.1"))
+                .contains("against ssl.ca")
+        );
+        let (server_only, k) = operator_leaf(&ca, "10.0.0.1", vec![ServerAuth]);
+        assert!(
+            err(check_operator_cert(&server_only, &k, &ca.2, "10.0.0.1")).contains("clientAuth")
+        );
+        assert!(
+            err(check_operator_cert("junk", &key, &ca.2, "10.0.0.1")).contains("no certificate")
+        );
+        assert!(!issued_by(&cert, &larder_ca) && issued_by(&cert, &ca.2));
+        // The trust bundle keeps both CAs.
+        let b = trust_bundle(&larder_ca, Some(&ca.2));
+        assert_eq!(b.matches("BEGIN CERTIFICATE").count(), 2);
+        assert_eq!(trust_bundle(&larder_ca, None), larder_ca);
     }
 }

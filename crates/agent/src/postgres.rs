@@ -122,7 +122,8 @@ pub fn prepare_dirs(node: &Node) -> Result<(), PgError> {
 pub fn install_certs(node: &Node) -> Result<(), PgError> {
     let src = node.paths.tls_dir();
     let dir = tls_dir(node);
-    let ca = node.secrets.larder.ca_cert_pem.as_bytes();
+    let ca = node.trust_pem();
+    let ca = ca.as_bytes();
     for (from, to) in [
         (Some("node.key"), "server.key"),
         (Some("node.crt"), "server.crt"),

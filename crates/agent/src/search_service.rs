@@ -123,7 +123,13 @@ pub fn write_tls(node: &Node, account: Option<Account>) -> anyhow::Result<()> {
     let src = node.paths.tls_dir();
     let cert = std::fs::read_to_string(src.join("node.crt"))?;
     let key = std::fs::read_to_string(src.join("node.key"))?;
-    let chain = format!("{}\n{}", cert.trim_end(), node.secrets.larder.ca_cert_pem);
+    // An issued certificate is sent with the cluster CA; an operator's file already holds
+    // its leaf and intermediates.
+    let chain = if !crate::pki::issued_by(&cert, &node.secrets.larder.ca_cert_pem) {
+        cert
+    } else {
+        format!("{}\n{}", cert.trim_end(), node.secrets.larder.ca_cert_pem)
+    };
     // Key first: a handshake between the two writes fails to load the pair and keeps the old.
     accounts::write_owned(&files.key, key.as_bytes(), account, accounts::SEARCH_USER)?;
     accounts::write_owned(
@@ -240,9 +246,8 @@ pub async fn get(node: &Node, path: &str) -> Option<(u16, String)> {
         let mut answer = Vec::new();
         // HTTP/1.0: the service closes the connection after the answer.
         if node.security.search_tls {
-            let connector = tokio_rustls::TlsConnector::from(
-                client_config(&node.secrets.larder.ca_cert_pem).ok()?,
-            );
+            let connector =
+                tokio_rustls::TlsConnector::from(client_config(&node.trust_pem()).ok()?);
             let ip: std::net::IpAddr = node.cfg.publish_address.parse().ok()?;
             let mut s = connector
                 .connect(rustls::pki_types::ServerName::IpAddress(ip.into()), tcp)

@@ -191,17 +191,22 @@ fn check_address_is_local(addr: &str) -> anyhow::Result<()> {
     })
 }
 
-fn write_tls(paths: &Paths, secrets: &Secrets, cfg: &Config) -> anyhow::Result<()> {
-    let (cert, key) = pki::issue_node_cert(
-        secrets.larder.ca_key_pem.expose(),
-        &cfg.fqdn,
-        &cfg.publish_address,
-        pki::Validity::of(cfg),
-    )?;
+/// This node's certificate, key and trust (`larder_agent::identity`), checked before anything
+/// is written.
+fn node_files(secrets: &Secrets, cfg: &Config) -> anyhow::Result<TlsFiles> {
+    let id = larder_agent::identity::node_identity(cfg, secrets, None)?;
+    Ok(TlsFiles {
+        ca_pem: larder_agent::identity::trust_pem(cfg, secrets)?,
+        cert_pem: id.cert_pem,
+        key_pem: id.key_pem,
+    })
+}
+
+fn write_tls(paths: &Paths, tls: &TlsFiles) -> anyhow::Result<()> {
     let dir = paths.tls_dir();
-    write_private(&dir.join("node.crt"), cert.as_bytes())?;
-    write_private(&dir.join("node.key"), key.as_bytes())?;
-    write_private(&dir.join("ca.crt"), secrets.larder.ca_cert_pem.as_bytes())?;
+    write_private(&dir.join("node.crt"), tls.cert_pem.as_bytes())?;
+    write_private(&dir.join("node.key"), tls.key_pem.as_bytes())?;
+    write_private(&dir.join("ca.crt"), tls.ca_pem.as_bytes())?;
     Ok(())
 }
 
@@ -247,9 +252,9 @@ fn write_config(paths: &Paths, cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn node_tls(paths: &Paths, secrets: &Secrets) -> anyhow::Result<TlsFiles> {
+fn node_tls(paths: &Paths, secrets: &Secrets, cfg: &Config) -> anyhow::Result<TlsFiles> {
     Ok(TlsFiles {
-        ca_pem: secrets.larder.ca_cert_pem.clone(),
+        ca_pem: larder_agent::identity::trust_pem(cfg, secrets)?,
         cert_pem: std::fs::read_to_string(paths.tls_dir().join("node.crt"))?,
         key_pem: std::fs::read_to_string(paths.tls_dir().join("node.key"))?,
     })
@@ -307,13 +312,14 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
     } else {
         new_secrets()?
     };
+    let tls = node_files(&secrets, &cfg)?;
     if generated {
         write_config(paths, &cfg)?;
     }
     if !imported {
         write_private(&paths.secrets_file(), secrets.to_json().as_bytes())?;
     }
-    write_tls(paths, &secrets, &cfg)?;
+    write_tls(paths, &tls)?;
     let guid = new_guid();
     let state = NodeState {
         guid: guid.clone(),
@@ -344,7 +350,7 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
             url_host(&cfg.publish_address),
             cfg.etcd.client_port
         )],
-        node_tls(paths, &secrets)?,
+        node_tls(paths, &secrets, &cfg)?,
         Duration::from_secs(2),
     );
     let deadline = Instant::now() + Duration::from_secs(a.etcd_wait_time);
@@ -482,17 +488,9 @@ pub async fn join_cluster(paths: &Paths, a: JoinArgs) -> anyhow::Result<()> {
     ));
     // Authenticate with a certificate issued in memory: nothing is written until the cluster
     // has accepted these secrets.
-    let (cert, key) = pki::issue_node_cert(
-        secrets.larder.ca_key_pem.expose(),
-        &cfg.fqdn,
-        &cfg.publish_address,
-        pki::Validity::of(&cfg),
-    )?;
-    let tls = TlsFiles {
-        ca_pem: secrets.larder.ca_cert_pem.clone(),
-        cert_pem: cert,
-        key_pem: key,
-    };
+    // With `ssl.certificate` that is the operator's (checked here): the cluster must already
+    // trust `ssl.ca`.
+    let tls = node_files(&secrets, &cfg)?;
     let peer_url = format!("https://{}:{}", url_host(&a.peer), cfg.etcd.client_port);
     let dcs = Dcs::new(vec![peer_url.clone()], tls, Duration::from_secs(3));
     let cluster = dcs.get(keys::CLUSTER).await.map_err(|e| anyhow::anyhow!(
@@ -625,7 +623,7 @@ async fn join_locked(
         }
     }
     write_private(&paths.secrets_file(), secrets.to_json().as_bytes())?;
-    write_tls(paths, secrets, cfg)?;
+    write_tls(paths, &node_files(secrets, cfg)?)?;
     let state = NodeState {
         guid: guid.clone(),
         etcd_initial_cluster: initial.join(","),

@@ -321,7 +321,7 @@ async fn send_bulks(node: &Node, docs: &[String]) -> anyhow::Result<()> {
     );
     let mut builder = reqwest::Client::builder();
     if sec.search_tls {
-        let ca = reqwest::Certificate::from_pem_bundle(node.secrets.larder.ca_cert_pem.as_bytes())
+        let ca = reqwest::Certificate::from_pem_bundle(node.trust_pem().as_bytes())
             .context("the cluster CA in the secrets file (larder.ca_cert_pem) is not valid PEM")?;
         builder = builder.tls_certs_only(ca);
     }

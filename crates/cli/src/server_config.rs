@@ -158,7 +158,7 @@ pub async fn gen_server_config(
             eprintln!("wrote {f} (mode 0600: it holds the database and search passwords)");
             if node.security.search_tls {
                 let ca = path.with_file_name(CA_FILE);
-                std::fs::write(&ca, &node.secrets.larder.ca_cert_pem)?;
+                std::fs::write(&ca, node.trust_pem())?;
                 eprintln!(
                     "wrote {} (the cluster CA certificate; public)",
                     ca.display()

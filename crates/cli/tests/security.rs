@@ -475,7 +475,10 @@ fn presented(
     let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
     let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
     while conn.is_handshaking() {
-        conn.complete_io(&mut tcp).ok()?;
+        if let Err(e) = conn.complete_io(&mut tcp) {
+            eprintln!("TLS handshake with {addr}: {e}");
+            return None;
+        }
     }
     conn.peer_certificates()?.first().map(|c| c.to_vec())
 }
@@ -520,10 +523,63 @@ fn scan_listening_ports(n: &Node) {
     );
 }
 
+/// Run `f` while two clients insert ids from `first` on into `acked` through haproxy at
+/// `proxy` (a frontend's path): its result, the ids acknowledged, the errors of the writes
+/// that failed.
+fn under_write_load<R>(
+    l: &Node,
+    proxy: &str,
+    first: u32,
+    f: impl FnOnce() -> R,
+) -> (R, std::collections::BTreeSet<u32>, Vec<String>) {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Mutex;
+    let stop = AtomicBool::new(false);
+    let next = AtomicU32::new(first);
+    let acked = Mutex::new(std::collections::BTreeSet::new());
+    let failed = Mutex::new(Vec::new());
+    let out = std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let id = next.fetch_add(1, Ordering::SeqCst);
+                    match l.try_sql_at(proxy, &format!("INSERT INTO acked VALUES ({id})")) {
+                        Ok(_) => {
+                            acked.lock().unwrap().insert(id);
+                        }
+                        Err(e) => failed.lock().unwrap().push(e),
+                    }
+                }
+            });
+        }
+        // No assertion in here: a panic would leave the writers running and the scope waiting.
+        let o = f();
+        stop.store(true, Ordering::SeqCst);
+        o
+    });
+    (
+        out,
+        acked.into_inner().unwrap(),
+        failed.into_inner().unwrap(),
+    )
+}
+
+fn assert_all_in_db(l: &Node, acked: &std::collections::BTreeSet<u32>) {
+    let in_db: std::collections::BTreeSet<u32> = l
+        .sql("SELECT string_agg(id::text, ',') FROM acked")
+        .unwrap()
+        .split(',')
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let lost: Vec<_> = acked.difference(&in_db).collect();
+    assert!(lost.is_empty(), "acknowledged writes missing: {lost:?}");
+}
+
 /// The certificate each of a node's TLS ports presents: (etcd, PostgreSQL, search).
 fn presented_all(n: &Node) -> [Option<Vec<u8>>; 3] {
     let tls = n.root.join("etc/larder/tls");
-    let ca = n.ca_pem();
+    // What the node trusts: the cluster CA, and the operator's once configured.
+    let ca = std::fs::read_to_string(tls.join("ca.crt")).unwrap();
     [(2379, false), (5432, true), (9200, false)]
         .map(|(port, pg)| presented(&format!("{}:{port}", n.ip), &n.ip, &ca, &tls, pg))
 }
@@ -537,9 +593,6 @@ fn pem_der(path: &Path) -> Vec<u8> {
 
 #[test]
 fn rotate_certs_under_write_load_without_failover() {
-    use std::collections::BTreeSet;
-    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-    use std::sync::Mutex;
     let c = Cluster::with_nodes(54, 3);
     let l = c.wait_leader(None, T);
     wait_streaming(&c, 2);
@@ -572,37 +625,14 @@ fn rotate_certs_under_write_load_without_failover() {
     let proxy = "127.0.54.100";
     let _h = Haproxy::start(c.dir.path(), proxy, &c.nodes);
     wait_routed_to_leader(l, proxy);
-    let stop = AtomicBool::new(false);
-    let next = AtomicU32::new(0);
-    let acked = Mutex::new(BTreeSet::new());
-    let failed = Mutex::new(Vec::new());
-    let out = std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| {
-                while !stop.load(Ordering::SeqCst) {
-                    let id = next.fetch_add(1, Ordering::SeqCst);
-                    match l.try_sql_at(proxy, &format!("INSERT INTO acked VALUES ({id})")) {
-                        Ok(_) => {
-                            acked.lock().unwrap().insert(id);
-                        }
-                        Err(e) => failed.lock().unwrap().push(e),
-                    }
-                }
-            });
-        }
-        // No assertion in here: a panic would leave the writers running and the scope waiting.
-        let o = l.larder(&["rotate-certs", "--days", "400"]);
-        stop.store(true, Ordering::SeqCst);
-        o
-    });
+    let (out, acked, failed) =
+        under_write_load(l, proxy, 0, || l.larder(&["rotate-certs", "--days", "400"]));
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
     assert!(out.status.success(), "rotate-certs:\n{stdout}\n{stderr}");
     eprintln!("rotate-certs printed:\n{stdout}{stderr}");
-    let failed = failed.into_inner().unwrap();
-    let acked = acked.into_inner().unwrap();
     assert!(
         failed.is_empty(),
         "writes failed during the rotation: {failed:?}"
@@ -620,13 +650,7 @@ fn rotate_certs_under_write_load_without_failover() {
         "the rotation changed the leader"
     );
     assert!(c.leader().is_some_and(|x| x.name == l.name));
-    let in_db: BTreeSet<u32> = l
-        .sql("SELECT string_agg(id::text, ',') FROM acked")
-        .unwrap()
-        .split(',')
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    assert!(acked.is_subset(&in_db), "acknowledged writes missing");
+    assert_all_in_db(l, &acked);
 
     // Every port of every node now presents the node's new certificate, valid for 400 days,
     // and `status` shows that expiry.
@@ -677,4 +701,190 @@ fn rotate_certs_under_write_load_without_failover() {
         f.larder(&["restart", "postgresql"]);
     }
     wait_streaming(&c, 2);
+}
+
+/// The operator's own PKI: a CA unrelated to the cluster's, and a node certificate from it
+/// (SAN = the node's address, server and client auth), written as PEM files under `dir`.
+struct OperatorPki {
+    ca: rcgen::CertificateParams,
+    ca_key: rcgen::KeyPair,
+    ca_file: std::path::PathBuf,
+}
+
+impl OperatorPki {
+    fn new(dir: &Path) -> OperatorPki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name
+            .push(DnType::CommonName, "Example Corp Root CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let ca_key = KeyPair::generate().unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let ca_file = dir.join("corp-ca.pem");
+        std::fs::write(&ca_file, ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+        OperatorPki {
+            ca,
+            ca_key,
+            ca_file,
+        }
+    }
+
+    /// (certificate file, key file) for address `ip`.
+    fn issue(&self, name: &str, ip: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.subject_alt_names = vec![SanType::IpAddress(ip.parse().unwrap())];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let issuer = Issuer::new(
+            self.ca.clone(),
+            KeyPair::from_pem(&self.ca_key.serialize_pem()).unwrap(),
+        );
+        let dir = self.ca_file.parent().unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, p.signed_by(&key, &issuer).unwrap().pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+/// Set `ssl.*` keys in a node's larder.toml.
+fn set_ssl(n: &Node, f: impl FnOnce(&mut larder_core::config::SslConfig)) {
+    let path = n.root.join("etc/larder/larder.toml");
+    let mut cfg = larder_core::config::Config::load(&path).unwrap();
+    f(&mut cfg.ssl);
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+}
+
+#[test]
+fn switch_to_the_operators_certificates_under_write_load() {
+    let c = Cluster::with_nodes(55, 3);
+    let l = c.wait_leader(None, T);
+    wait_streaming(&c, 2);
+    l.sql("CREATE TABLE acked (id int PRIMARY KEY)").unwrap();
+    let term = |n: &Node| n.status_json().and_then(|s| s["ha"]["term"].as_u64());
+    let term_before = term(l).expect("term");
+    let pki = OperatorPki::new(&c.dir.path().join("corp-pki"));
+    let certs: Vec<_> = c.nodes.iter().map(|n| pki.issue(&n.name, &n.ip)).collect();
+    let ca = pki.ca_file.display().to_string();
+    let before: Vec<_> = c.nodes.iter().map(presented_all).collect();
+    let f = c.nodes.iter().find(|n| n.name != l.name).unwrap();
+    let fi = c.nodes.iter().position(|n| n.name == f.name).unwrap();
+
+    // Refused, changing nothing: a node presenting a certificate the others do not trust yet,
+    // and a certificate made out to another node's address.
+    set_ssl(f, |s| {
+        s.ca = ca.clone();
+        s.certificate = certs[fi].0.display().to_string();
+        s.certificate_key = certs[fi].1.display().to_string();
+    });
+    let o = l.larder(&["rotate-certs", "--node", &f.name]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("does not accept"),
+        "{err}"
+    );
+    let other = (fi + 1) % 3;
+    set_ssl(f, |s| {
+        s.certificate = certs[other].0.display().to_string();
+        s.certificate_key = certs[other].1.display().to_string();
+    });
+    let o = l.larder(&["rotate-certs", "--node", &f.name]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains(&format!("as the server {}", f.ip)),
+        "{err}"
+    );
+    assert_eq!(
+        c.nodes.iter().map(presented_all).collect::<Vec<_>>(),
+        before
+    );
+
+    let proxy = "127.0.55.100";
+    let _h = Haproxy::start(c.dir.path(), proxy, &c.nodes);
+    wait_routed_to_leader(l, proxy);
+    // Step 1: every node trusts the operator's CA (etcd restarts to read it, one at a time).
+    for n in &c.nodes {
+        set_ssl(n, |s| {
+            s.ca = ca.clone();
+            s.certificate = String::new();
+            s.certificate_key = String::new();
+        });
+    }
+    let (o1, acked1, failed1) = under_write_load(l, proxy, 0, || l.larder(&["rotate-certs"]));
+    // Step 2: every node presents the operator's certificate.
+    for (n, (cert, key)) in c.nodes.iter().zip(&certs) {
+        set_ssl(n, |s| {
+            s.certificate = cert.display().to_string();
+            s.certificate_key = key.display().to_string();
+        });
+    }
+    let (o2, acked2, failed2) =
+        under_write_load(l, proxy, 1_000_000, || l.larder(&["rotate-certs"]));
+    for (step, o) in [("trust", &o1), ("switch", &o2)] {
+        assert!(
+            o.status.success(),
+            "rotate-certs ({step}):\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    eprintln!("switch printed:\n{}", String::from_utf8_lossy(&o2.stdout));
+    assert!(
+        failed1.is_empty() && failed2.is_empty(),
+        "writes failed: {failed1:?} {failed2:?}"
+    );
+    assert!(
+        acked1.len() >= 5 && acked2.len() >= 5,
+        "the load did not overlap"
+    );
+    assert_eq!(term(l), Some(term_before), "the switch changed the leader");
+    assert_all_in_db(l, &acked1);
+    assert_all_in_db(l, &acked2);
+    for (n, (cert, _)) in c.nodes.iter().zip(&certs) {
+        let want = pem_der(cert);
+        for (port, got) in ["etcd", "postgresql", "search"]
+            .iter()
+            .zip(presented_all(n))
+        {
+            assert_eq!(
+                got.as_ref(),
+                Some(&want),
+                "{} {port}: not the operator's certificate",
+                n.name
+            );
+        }
+    }
+    // The cluster keeps working on the operator's PKI alone: a follower's etcd and PostgreSQL
+    // restart, rejoin (peer TLS) and stream again (replication TLS).
+    f.ok(&["restart", "etcd"]);
+    f.ok(&["restart", "postgresql"]);
+    wait_streaming(&c, 2);
+    wait_until(T, "etcd healthy on every node", || {
+        c.nodes
+            .iter()
+            .all(|n| n.status_json().is_some_and(|s| s["ha"]["etcd_ok"] == true))
+            .then_some(())
+    });
+    // A frontend that trusts the operator's CA (and only it) reaches search over HTTPS.
+    let (u, p) = l.search_credentials();
+    let corp_ca = std::fs::read_to_string(&pki.ca_file).unwrap();
+    let (code, body) = https_json(
+        &format!("{}:9200", l.ip),
+        &l.ip,
+        &corp_ca,
+        Some((&u, &p)),
+        "GET",
+        "/",
+        "",
+    );
+    assert_eq!(code, 200, "search with the operator's CA: {body}");
 }

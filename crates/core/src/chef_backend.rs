@@ -684,7 +684,7 @@ fn unmapped_reason(key: &str) -> String {
         None => (key, key),
     };
     if top == "ssl" {
-        return "Larder issues every node's TLS certificate from its own cluster CA (kept in the secrets file); only the validity (ssl.duration → ssl.duration_days) carries over".into();
+        return "Larder issues every node's TLS certificate from its own cluster CA (kept in the secrets file); only the validity carries over (ssl.duration → ssl.duration_days). To use your own certificates set ssl.ca, ssl.certificate and ssl.certificate_key in larder.toml (README, Security)".into();
     }
     if leaf == "log_directory" {
         return "Larder logs every service under /var/log/larder/<service>".into();

@@ -78,13 +78,31 @@ pub struct Config {
 pub struct SslConfig {
     /// Validity of a newly issued node certificate, in days.
     pub duration_days: u32,
+    /// The operator's own PKI: this node's certificate (PEM, leaf first, then any
+    /// intermediates) and key, used instead of one issued from the cluster CA. Empty = issue.
+    pub certificate: String,
+    pub certificate_key: String,
+    /// CA certificates (PEM) every node trusts besides the cluster CA: the operator CA that
+    /// issued `certificate`s. Set it on every node before any node uses such a certificate.
+    pub ca: String,
 }
 
 impl Default for SslConfig {
     fn default() -> Self {
         SslConfig {
             duration_days: 3650,
+            certificate: String::new(),
+            certificate_key: String::new(),
+            ca: String::new(),
         }
+    }
+}
+
+impl SslConfig {
+    /// The operator's certificate and key files, when this node uses its own PKI.
+    pub fn operator_cert(&self) -> Option<(&str, &str)> {
+        (!self.certificate.is_empty())
+            .then_some((self.certificate.as_str(), self.certificate_key.as_str()))
     }
 }
 
@@ -663,6 +681,15 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
         "validity in days of node certificates issued from the cluster CA (create, join, rotate-certs)",
     ),
     (
+        "ssl.certificate",
+        "this node's certificate from your own PKI (PEM path, leaf then intermediates; SAN = publish address, server and client auth); empty = issued from the cluster CA",
+    ),
+    ("ssl.certificate_key", "the key of ssl.certificate (PEM path)"),
+    (
+        "ssl.ca",
+        "CA certificates (PEM path) trusted besides the cluster CA; set on every node before any uses ssl.certificate",
+    ),
+    (
         "backup.server_port",
         "pgBackRest TLS server port on the publish address (backups from a follower reach the other nodes through it)",
     ),
@@ -708,6 +735,30 @@ impl Config {
                     "{} is out of range: give a validity between 2 and 36500 days (3650 is the default)",
                     self.ssl.duration_days
                 ),
+            ));
+        }
+        for (key, path) in [
+            ("ssl.certificate", &self.ssl.certificate),
+            ("ssl.certificate_key", &self.ssl.certificate_key),
+            ("ssl.ca", &self.ssl.ca),
+        ] {
+            if !path.is_empty() && !path.starts_with('/') {
+                return Err(bad(
+                    key,
+                    format!("{path:?} is not an absolute path; give the PEM file's absolute path"),
+                ));
+            }
+        }
+        if self.ssl.certificate.is_empty() != self.ssl.certificate_key.is_empty() {
+            return Err(bad(
+                "ssl.certificate",
+                "ssl.certificate and ssl.certificate_key go together: set both (your certificate and its key) or neither (Larder issues one from the cluster CA)".into(),
+            ));
+        }
+        if !self.ssl.certificate.is_empty() && self.ssl.ca.is_empty() {
+            return Err(bad(
+                "ssl.ca",
+                "ssl.certificate needs ssl.ca, the CA that issued it: every node must trust it (set ssl.ca on every node first)".into(),
             ));
         }
         for (k, v) in &self.backup.pgbackrest {
@@ -1276,6 +1327,44 @@ mod tests {
         let c = Config::parse(&s, "sample").unwrap();
         assert_eq!(c.fqdn, "backend1.example.com");
         assert!(s.contains("[leaderl.health_check]"));
+    }
+
+    #[test]
+    fn operator_certificates_are_all_or_nothing_and_absolute() {
+        let base = "fqdn = \"n1\"\npublish_address = \"10.0.0.1\"\n[ssl]\n";
+        let parse = |extra: &str| Config::parse(&format!("{base}{extra}"), "t.toml");
+        let c = parse("certificate = \"/c.pem\"\ncertificate_key = \"/k.pem\"\nca = \"/ca.pem\"\n")
+            .unwrap();
+        assert_eq!(c.ssl.operator_cert(), Some(("/c.pem", "/k.pem")));
+        // Trusting an operator CA before using its certificates is the first step.
+        assert_eq!(
+            parse("ca = \"/ca.pem\"\n").unwrap().ssl.operator_cert(),
+            None
+        );
+        for (extra, key, says) in [
+            (
+                "certificate = \"/c.pem\"\nca = \"/ca.pem\"\n",
+                "ssl.certificate",
+                "go together",
+            ),
+            (
+                "certificate = \"/c.pem\"\ncertificate_key = \"/k.pem\"\n",
+                "ssl.ca",
+                "needs ssl.ca",
+            ),
+            ("ca = \"ca.pem\"\n", "ssl.ca", "absolute"),
+            ("duration_days = 1\n", "ssl.duration_days", "out of range"),
+        ] {
+            match parse(extra) {
+                Err(ConfigError::Invalid {
+                    key: k, message, ..
+                }) => {
+                    assert_eq!(k, key, "{extra}");
+                    assert!(message.contains(says), "{extra}: {message}");
+                }
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
     }
 
     #[test]
