@@ -133,6 +133,11 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         sup.clone(),
         shutdown.clone(),
     ));
+    tokio::spawn(crate::secret_rotation::serve(
+        node.clone(),
+        dcs.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(crate::ui::sample_lag(
         views.ha.clone(),
         sensors.clone(),
@@ -380,6 +385,17 @@ impl Ctx {
                     Ok(done) => Response::ok(
                         format!("{} node(s) rotated", done.len()),
                         serde_json::to_value(done).unwrap_or_default(),
+                    ),
+                    Err(e) => Response::err(format!("{e:#}")),
+                }
+            }
+            Request::RotateSearchPassword { finish } => {
+                use crate::secret_rotation::{rotate_search, Step};
+                let step = if finish { Step::Finish } else { Step::Stage };
+                match rotate_search(&self.node, &self.dcs, step).await {
+                    Ok(done) => Response::ok(
+                        done.join(", "),
+                        serde_json::to_value(&done).unwrap_or_default(),
                     ),
                     Err(e) => Response::err(format!("{e:#}")),
                 }

@@ -18,8 +18,6 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// How often an agent looks for a request addressed to it.
-const POLL: Duration = Duration::from_secs(1);
 /// How long a node may take to answer a request.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long its ports may take to present the new certificate (PostgreSQL's reload).
@@ -142,52 +140,37 @@ pub async fn rotate_local(
 /// Answer the rotation requests addressed to this node, until shutdown.
 pub async fn serve(node: Node, dcs: Dcs, sup: Supervisor, shutdown: CancellationToken) {
     let guid = node.state.guid.clone();
-    let mut answered: Option<String> = None;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(POLL) => {}
-        }
-        let Ok(Some(kv)) = dcs.get(&keys::cert_rotation(&guid)).await else {
-            continue;
-        };
-        let Ok(req) = serde_json::from_slice::<Request>(&kv.value) else {
-            continue;
-        };
-        if answered.as_deref() == Some(req.id.as_str()) {
-            continue;
-        }
-        if answered.is_none() {
-            // After an agent restart: a request answered before it is not carried out again.
-            if let Ok(Some(a)) = dcs.get(&keys::cert_rotated(&guid)).await {
-                if serde_json::from_slice::<Answer>(&a.value).is_ok_and(|a| a.id == req.id) {
-                    answered = Some(req.id);
-                    continue;
+    let handler_dcs = dcs.clone();
+    crate::node_requests::serve(
+        dcs,
+        keys::cert_rotation(&guid),
+        keys::cert_rotated(&guid),
+        shutdown,
+        |req: Request| {
+            let (node, sup, dcs) = (&node, &sup, &handler_dcs);
+            async move {
+                match rotate_local(node, sup, dcs, req.days).await {
+                    Ok(cert) => Answer {
+                        id: req.id,
+                        cert: Some(cert),
+                        error: None,
+                    },
+                    Err(e) => {
+                        tracing::warn!("rotate-certs: {e:#}");
+                        Answer {
+                            id: req.id,
+                            cert: None,
+                            error: Some(format!("{e:#}")),
+                        }
+                    }
                 }
             }
-        }
-        let answer = match rotate_local(&node, &sup, &dcs, req.days).await {
-            Ok(cert) => Answer {
-                id: req.id.clone(),
-                cert: Some(cert),
-                error: None,
-            },
-            Err(e) => {
-                tracing::warn!("rotate-certs: {e:#}");
-                Answer {
-                    id: req.id.clone(),
-                    cert: None,
-                    error: Some(format!("{e:#}")),
-                }
-            }
-        };
-        if let Ok(v) = serde_json::to_vec(&answer) {
-            if dcs.put(&keys::cert_rotated(&guid), &v, None).await.is_ok() {
-                answered = Some(req.id);
-            }
-        }
-    }
+        },
+    )
+    .await
 }
+
+crate::node_requests::tagged_by_id!(Request, Answer);
 
 /// Rotate every node (or only `only`): followers first, the leader last, stopping at the first
 /// node that fails, does not answer or does not present its new certificate, and if the
@@ -233,19 +216,18 @@ pub async fn rotate_cluster(
         let old = presented(node, &t.address, node.cfg.etcd.client_port, false)
             .await
             .ok();
-        let id = format!("{}-{}", crate::clock::unix_ms(), std::process::id());
-        dcs.put(
+        let answer: anyhow::Result<Answer> = crate::node_requests::ask(
+            dcs,
             &keys::cert_rotation(&t.guid),
-            &serde_json::to_vec(&Request {
-                id: id.clone(),
+            &keys::cert_rotated(&t.guid),
+            &Request {
+                id: crate::node_requests::new_id(),
                 days,
-            })?,
-            None,
+            },
+            ANSWER_TIMEOUT,
         )
-        .await?;
-        let answer = wait_answer(dcs, &t.guid, &id).await;
-        let _ = dcs.delete(&keys::cert_rotation(&t.guid)).await;
-        let new = match answer? {
+        .await;
+        let new = match answer.map_err(|e| anyhow::anyhow!("{}: {e:#}", t.name))? {
             Answer {
                 cert: Some(c),
                 error: None,
@@ -298,26 +280,6 @@ async fn read_view(node: &Node, dcs: &Dcs) -> anyhow::Result<DcsView> {
         kvs.iter().map(|kv| (kv.key.as_str(), kv.value.as_slice())),
         &node.state.guid,
     ))
-}
-
-async fn wait_answer(dcs: &Dcs, guid: &str, id: &str) -> anyhow::Result<Answer> {
-    let deadline = Instant::now() + ANSWER_TIMEOUT;
-    loop {
-        if let Ok(Some(kv)) = dcs.get(&keys::cert_rotated(guid)).await {
-            if let Ok(a) = serde_json::from_slice::<Answer>(&kv.value) {
-                if a.id == id {
-                    return Ok(a);
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!(
-                "no answer within {} s to the rotation request; is its agent running a Larder release without rotate-certs (see `larder cluster-status`)?",
-                ANSWER_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Until every TLS port of the node at `address` presents `want`: the ports checked.

@@ -43,6 +43,9 @@ pub enum Request {
         node: Option<String>,
         days: Option<u32>,
     },
+    /// `rotate-secrets --search`: a new search password accepted on every node beside the
+    /// old (`finish: false`), or the old dropped everywhere (`finish: true`).
+    RotateSearchPassword { finish: bool },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -157,6 +157,16 @@ impl Node {
         ))
     }
 
+    /// The secrets as the file says now: `rotate-secrets` changes the file under a running
+    /// agent, so what is handed to services and probes comes from here, not from the copy
+    /// loaded at start (which it falls back to if the file cannot be read).
+    pub fn secrets_now(&self) -> Secrets {
+        Secrets::load(&self.paths.secrets_file()).unwrap_or_else(|e| {
+            tracing::warn!("{e}; using the secrets read at start");
+            self.secrets.clone()
+        })
+    }
+
     /// The CA certificates this node trusts: its installed `ca.crt` (the cluster CA and
     /// `ssl.ca`, written by create/join and `rotate-certs`, see `crate::identity`); the cluster
     /// CA alone if that file is missing. Read each time, so a rotation that changed it reaches

@@ -55,7 +55,8 @@ impl std::fmt::Debug for Settings {
 
 impl Settings {
     pub fn of(node: &Node) -> Settings {
-        let sec = &node.secrets.elasticsearch;
+        let secrets = node.secrets_now();
+        let sec = &secrets.elasticsearch;
         Settings {
             listen: format!(
                 "{}:{}",
@@ -64,10 +65,15 @@ impl Settings {
             ),
             tls: node.security.search_tls.then(|| tls_files(node)),
             auth: if node.security.search_auth {
-                vec![larder_search::auth::Credential {
-                    username: sec.auth_username.clone(),
-                    password: sec.auth_password.expose().to_string(),
-                }]
+                // During `rotate-secrets` the replaced password is accepted too.
+                [&sec.auth_password, &sec.previous_auth_password]
+                    .into_iter()
+                    .filter(|p| !p.expose().is_empty())
+                    .map(|p| larder_search::auth::Credential {
+                        username: sec.auth_username.clone(),
+                        password: p.expose().to_string(),
+                    })
+                    .collect()
             } else {
                 Vec::new()
             },
@@ -84,7 +90,7 @@ impl Settings {
                 .to_string(),
             index_dir: node.paths.search_index(),
             es_major: node.cfg.elasticsearch.major_version,
-            cluster_name: node.secrets.elasticsearch.cluster_name.clone(),
+            cluster_name: sec.cluster_name.clone(),
             node_name: node.cfg.fqdn.clone(),
         }
     }
@@ -153,9 +159,15 @@ pub fn prepare(node: &Node) -> anyhow::Result<Option<Account>> {
     if node.security.search_tls {
         write_tls(node, account)?;
     }
-    let json = serde_json::to_vec_pretty(&Settings::of(node))?;
-    accounts::write_owned(&settings_file(node), &json, account, accounts::SEARCH_USER)?;
+    write_settings(node, account)?;
     Ok(account)
+}
+
+/// (Re)write the service's settings file; the running service re-reads the accepted
+/// credentials from it when it changes (`larder_search::auth::Accepted`).
+pub fn write_settings(node: &Node, account: Option<Account>) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(&Settings::of(node))?;
+    accounts::write_owned(&settings_file(node), &json, account, accounts::SEARCH_USER)
 }
 
 /// Give the index (rebuilt by `larder reindex` as root) back to the service's user.
@@ -224,20 +236,36 @@ pub fn service_spec(node: &Node, account: Option<Account>, program: PathBuf) -> 
 }
 
 /// `GET path` of this node's search service over the same TLS and with the same credentials
-/// a frontend uses (trusting the cluster CA): the status code and body, or `None` when it did
+/// a frontend uses (trusting the node's CAs): the status code and body, or `None` when it did
 /// not answer within 2 s.
 pub async fn get(node: &Node, path: &str) -> Option<(u16, String)> {
+    let secrets = node.secrets_now();
+    let s = &secrets.elasticsearch;
+    let creds = node
+        .security
+        .search_auth
+        .then(|| (s.auth_username.as_str(), s.auth_password.expose()));
+    get_as(node, &node.cfg.publish_address, path, creds).await
+}
+
+/// `GET path` of the search service of the node at `address` (this node's port and TLS
+/// setting), with `creds` as HTTP Basic credentials.
+pub async fn get_as(
+    node: &Node,
+    address: &str,
+    path: &str,
+    creds: Option<(&str, &str)>,
+) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = Settings::of(node).listen;
+    let addr = format!(
+        "{}:{}",
+        crate::node::url_host(address),
+        node.cfg.elasticsearch.port
+    );
     let mut req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n");
-    if node.security.search_auth {
+    if let Some((user, password)) = creds {
         use base64::Engine;
-        let s = &node.secrets.elasticsearch;
-        let token = base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            s.auth_username,
-            s.auth_password.expose()
-        ));
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         req.push_str(&format!("Authorization: Basic {token}\r\n"));
     }
     req.push_str("\r\n");
@@ -248,7 +276,7 @@ pub async fn get(node: &Node, path: &str) -> Option<(u16, String)> {
         if node.security.search_tls {
             let connector =
                 tokio_rustls::TlsConnector::from(client_config(&node.trust_pem()).ok()?);
-            let ip: std::net::IpAddr = node.cfg.publish_address.parse().ok()?;
+            let ip: std::net::IpAddr = address.parse().ok()?;
             let mut s = connector
                 .connect(rustls::pki_types::ServerName::IpAddress(ip.into()), tcp)
                 .await

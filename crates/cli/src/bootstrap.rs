@@ -275,6 +275,7 @@ fn new_secrets() -> anyhow::Result<Secrets> {
             cluster_name: format!("larder-{}", &new_guid()[..8]),
             auth_username,
             auth_password,
+            previous_auth_password: Secret::default(),
         },
         larder: LarderSecrets {
             ca_cert_pem: ca_cert,

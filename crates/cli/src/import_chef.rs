@@ -91,6 +91,7 @@ pub fn import_chef_backend(paths: &Paths, a: ImportArgs) -> anyhow::Result<()> {
             // A new cluster: its frontends get the credentials from gen-server-config.
             auth_username,
             auth_password,
+            previous_auth_password: Secret::default(),
         },
         larder: LarderSecrets {
             ca_cert_pem: ca_cert,

@@ -156,10 +156,15 @@ fn search_config(paths: &Paths) -> anyhow::Result<larder_search::SearchConfig> {
     let node = larder_agent::node::Node::load(paths)?;
     Ok(to_search_config(
         larder_agent::search_service::Settings::of(&node),
+        None,
     ))
 }
 
-fn to_search_config(s: larder_agent::search_service::Settings) -> larder_search::SearchConfig {
+/// `auth_file`: where the running service re-reads its accepted credentials (its settings).
+fn to_search_config(
+    s: larder_agent::search_service::Settings,
+    auth_file: Option<std::path::PathBuf>,
+) -> larder_search::SearchConfig {
     larder_search::SearchConfig {
         pg: larder_search::PgTarget {
             host: s.pg_host,
@@ -174,6 +179,7 @@ fn to_search_config(s: larder_agent::search_service::Settings) -> larder_search:
         node_name: s.node_name,
         bulk_piece_bytes: larder_search::SearchConfig::DEFAULT_BULK_PIECE_BYTES,
         auth: s.auth,
+        auth_file,
     }
 }
 
@@ -196,7 +202,7 @@ pub async fn search_service(settings: &std::path::Path) -> anyhow::Result<()> {
     if let Some(plain) = &s.plain_listen {
         listeners.push(larder_search::Listener::Plain(bind(plain.clone()).await?));
     }
-    let cfg = to_search_config(s);
+    let cfg = to_search_config(s, Some(settings.to_path_buf()));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let s2 = shutdown.clone();
     tokio::spawn(async move {

@@ -19,6 +19,7 @@ mod recovery;
 mod report;
 mod restore_dump;
 mod rotate_certs;
+mod rotate_secrets;
 mod seal;
 mod server_config;
 mod upgrade;
@@ -70,6 +71,19 @@ pub enum Cmd {
     History {
         #[arg(long)]
         json: bool,
+    },
+    /// Rotate a secret without cutting off frontends: the new search password is accepted
+    /// beside the old on every node until `--finish`.
+    RotateSecrets {
+        /// The search API's HTTP Basic password.
+        #[arg(long)]
+        search: bool,
+        /// The PostgreSQL passwords (not available yet).
+        #[arg(long)]
+        postgresql: bool,
+        /// Drop the old value everywhere (after the frontends moved over).
+        #[arg(long)]
+        finish: bool,
     },
     /// Re-issue the node certificates from the cluster CA, one node at a time (followers
     /// first, the leader last), with no restart and no failover.
@@ -270,6 +284,11 @@ async fn run(cmd: Cmd, paths: Paths) -> anyhow::Result<()> {
         } => report::status(&paths, service.as_deref(), simple, json).await,
         Cmd::ClusterStatus { json } => report::cluster_status(&paths, json).await,
         Cmd::History { json } => history::history(&paths, json).await,
+        Cmd::RotateSecrets {
+            search,
+            postgresql,
+            finish,
+        } => rotate_secrets::rotate_secrets(&paths, search, postgresql, finish).await,
         Cmd::RotateCerts { node, days, json } => {
             rotate_certs::rotate_certs(&paths, node, days, json).await
         }

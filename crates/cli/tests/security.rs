@@ -888,3 +888,137 @@ fn switch_to_the_operators_certificates_under_write_load() {
     );
     assert_eq!(code, 200, "search with the operator's CA: {body}");
 }
+
+/// Every file under `dir` (recursively) that contains `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for (path, _) in tree_snapshot(dir) {
+        let full = dir.join(&path);
+        if std::fs::read(&full)
+            .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        {
+            out.push(full);
+        }
+    }
+    out
+}
+
+#[test]
+fn rotate_the_search_password_without_cutting_off_frontends() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::with_nodes(56, 3);
+    let l = c.wait_leader(None, T);
+    wait_streaming(&c, 2);
+    let (user, old) = l.search_credentials();
+    let ca = l.ca_pem();
+    let answer = |n: &Node, password: &str| {
+        https_json(
+            &format!("{}:9200", n.ip),
+            &n.ip,
+            &ca,
+            Some((&user, password)),
+            "GET",
+            "/",
+            "",
+        )
+        .0
+    };
+    for n in &c.nodes {
+        wait_until(T, "search with the first password", || {
+            (answer(n, &old) == 200).then_some(())
+        });
+    }
+    // Bad requests change nothing.
+    for (args, says) in [
+        (
+            &["rotate-secrets", "--search", "--finish"][..],
+            "no search password rotation is under way",
+        ),
+        (&["rotate-secrets"][..], "--search"),
+        (&["rotate-secrets", "--postgresql"][..], "not available yet"),
+    ] {
+        let o = l.larder(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(says), "{args:?}: {err}");
+    }
+    assert_eq!(l.search_credentials().1, old);
+
+    let out = l.ok(&["rotate-secrets", "--search"]);
+    assert!(out.contains("accepted on every node"), "{out}");
+    let new = l.search_credentials().1;
+    assert_ne!(new, old);
+    for n in &c.nodes {
+        assert_eq!(
+            n.search_credentials().1,
+            new,
+            "{}: not the new password",
+            n.name
+        );
+        let mode = std::fs::metadata(n.secrets()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}: secrets file mode", n.name);
+        // Both work while the frontends move over.
+        assert_eq!(answer(n, &new), 200, "{}: new password", n.name);
+        assert_eq!(
+            answer(n, &old),
+            200,
+            "{}: old password during the rotation",
+            n.name
+        );
+        // etcd carried the password sealed: no clear copy in its data files.
+        let leaked = files_containing(&n.root.join("var/opt/larder/etcd"), &new);
+        assert!(
+            leaked.is_empty(),
+            "{}: the new password in clear in {leaked:?}",
+            n.name
+        );
+    }
+    let fe = l.ok(&["gen-server-config", "fe1.example"]);
+    assert!(
+        fe.contains(&new) && !fe.contains(&old),
+        "frontend settings:\n{fe}"
+    );
+    let o = l.larder(&["rotate-secrets", "--search"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("already under way"),
+        "{err}"
+    );
+
+    let out = l.ok(&["rotate-secrets", "--search", "--finish"]);
+    assert!(out.contains("refused on every node"), "{out}");
+    for n in &c.nodes {
+        assert_eq!(
+            answer(n, &new),
+            200,
+            "{}: new password after finish",
+            n.name
+        );
+        assert_eq!(
+            answer(n, &old),
+            401,
+            "{}: old password after finish",
+            n.name
+        );
+        let text = std::fs::read_to_string(n.secrets()).unwrap();
+        assert!(
+            !text.contains(&old),
+            "{}: old password still in the secrets file",
+            n.name
+        );
+    }
+    // A search service started afresh takes the new password only, and the agent's own probe
+    // (reading the secrets file, not its copy from start) finds it healthy.
+    let f = c.nodes.iter().find(|n| n.name != l.name).unwrap();
+    let restarted = f.status_json().unwrap()["ha"]["search_ok"].clone();
+    assert_eq!(restarted, true);
+    f.ok(&["restart", "elasticsearch"]);
+    wait_until(T, "search back with the new password", || {
+        (answer(f, &new) == 200).then_some(())
+    });
+    assert_eq!(answer(f, &old), 401);
+    wait_until(T, "the agent's probe healthy after the restart", || {
+        f.status_json()
+            .is_some_and(|s| s["ha"]["search_ok"] == true)
+            .then_some(())
+    });
+}

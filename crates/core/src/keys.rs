@@ -58,6 +58,9 @@ pub const DOWN_PREFIX: &str = "/larder/down-for-upgrade/";
 /// `rotate-certs`: a request for one node to re-issue its certificates, and its answer.
 pub const CERT_ROTATION_PREFIX: &str = "/larder/cert-rotation/";
 pub const CERT_ROTATED_PREFIX: &str = "/larder/cert-rotated/";
+/// `rotate-secrets`: a request for one node to take a new secret, and its answer.
+pub const SECRET_ROTATION_PREFIX: &str = "/larder/secret-rotation/";
+pub const SECRET_ROTATED_PREFIX: &str = "/larder/secret-rotated/";
 
 pub fn node(guid: &str) -> String {
     format!("{NODES_PREFIX}{guid}")
@@ -81,6 +84,14 @@ pub fn cert_rotation(guid: &str) -> String {
 
 pub fn cert_rotated(guid: &str) -> String {
     format!("{CERT_ROTATED_PREFIX}{guid}")
+}
+
+pub fn secret_rotation(guid: &str) -> String {
+    format!("{SECRET_ROTATION_PREFIX}{guid}")
+}
+
+pub fn secret_rotated(guid: &str) -> String {
+    format!("{SECRET_ROTATED_PREFIX}{guid}")
 }
 
 impl Default for DcsView {

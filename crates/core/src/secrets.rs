@@ -81,6 +81,10 @@ pub struct SearchSecrets {
     pub auth_username: String,
     #[serde(default, skip_serializing_if = "secret_is_empty")]
     pub auth_password: Secret,
+    /// The password `auth_password` replaced, still accepted while `rotate-secrets` is under
+    /// way (until `--finish`), so frontends can move over one at a time.
+    #[serde(default, skip_serializing_if = "secret_is_empty")]
+    pub previous_auth_password: Secret,
 }
 
 fn secret_is_empty(s: &Secret) -> bool {
@@ -207,6 +211,7 @@ mod tests {
                 cluster_name: "chef".into(),
                 auth_username: "larder".into(),
                 auth_password: Secret::new("search-pass"),
+                previous_auth_password: Secret::new("old-search-pass"),
             },
             larder: LarderSecrets {
                 ca_cert_pem: "-----BEGIN CERTIFICATE-----\nx\n".into(),

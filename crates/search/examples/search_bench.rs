@@ -218,6 +218,7 @@ async fn main() {
         ),
         // The library on a loopback listener it owns: no node, no credentials to check.
         auth: Vec::new(),
+        auth_file: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

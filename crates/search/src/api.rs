@@ -151,7 +151,10 @@ type R = Result<Response, EsError>;
 
 /// Builds the router.
 pub fn router(state: Arc<AppState>) -> Router {
-    let accepted = Arc::new(state.cfg.auth.clone());
+    let accepted = Arc::new(crate::auth::Accepted::new(
+        state.cfg.auth.clone(),
+        state.cfg.auth_file.clone(),
+    ));
     Router::new()
         .route("/", get(root))
         .route("/_bulk", post(bulk_root).put(bulk_root))

@@ -30,6 +30,72 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// The accepted credentials, re-read from `file` (JSON with an `auth` array of
+/// [`Credential`]s, the service's settings file) when it is replaced or changes: how a
+/// rotated password reaches a running service (`larder rotate-secrets`).
+pub struct Accepted {
+    file: Option<std::path::PathBuf>,
+    current: std::sync::Mutex<(Option<Stamp>, Arc<Vec<Credential>>)>,
+}
+
+/// Identifies one version of a file: a rename gives a new inode even within one mtime tick.
+type Stamp = (u64, std::time::SystemTime, u64);
+
+fn stamp(path: &std::path::Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.modified().ok()?, m.len()))
+}
+
+#[derive(serde::Deserialize)]
+struct AuthFile {
+    #[serde(default)]
+    auth: Vec<Credential>,
+}
+
+impl Accepted {
+    pub fn new(initial: Vec<Credential>, file: Option<std::path::PathBuf>) -> Accepted {
+        let s = file.as_deref().and_then(stamp);
+        Accepted {
+            file,
+            current: std::sync::Mutex::new((s, Arc::new(initial))),
+        }
+    }
+
+    /// The credentials accepted now (one `stat` per call when a file is watched).
+    pub fn get(&self) -> Arc<Vec<Credential>> {
+        let mut cur = self.current.lock().unwrap();
+        if let Some(f) = &self.file {
+            let s = stamp(f);
+            if s.is_some() && s != cur.0 {
+                cur.0 = s;
+                match std::fs::read(f)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice::<AuthFile>(&b).map_err(|e| e.to_string()))
+                {
+                    // A running service never turns authentication off: that takes a restart.
+                    Ok(a) if a.auth.is_empty() && !cur.1.is_empty() => tracing::warn!(
+                        "{} lists no credentials; keeping the accepted ones",
+                        f.display()
+                    ),
+                    Ok(a) => {
+                        tracing::info!(
+                            "accepted search credentials re-read ({} in all)",
+                            a.auth.len()
+                        );
+                        cur.1 = Arc::new(a.auth)
+                    }
+                    Err(e) => tracing::warn!(
+                        "cannot re-read the credentials in {}: {e}; keeping the accepted ones",
+                        f.display()
+                    ),
+                }
+            }
+        }
+        cur.1.clone()
+    }
+}
+
 const CHALLENGE: &str = "Basic realm=\"security\" charset=\"UTF-8\"";
 
 /// Why a request was refused.
@@ -112,11 +178,8 @@ pub fn refusal_response(r: &Refusal, path: &str) -> Response {
 }
 
 /// The middleware: every route requires a valid credential when any is configured.
-pub async fn require(
-    State(accepted): State<Arc<Vec<Credential>>>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub async fn require(State(source): State<Arc<Accepted>>, req: Request, next: Next) -> Response {
+    let accepted = source.get();
     if accepted.is_empty() {
         return next.run(req).await;
     }
@@ -143,6 +206,40 @@ pub async fn require(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accepted_credentials_follow_their_file_but_never_turn_authentication_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("service.json");
+        let cred = |u: &str, p: &str| Credential {
+            username: u.into(),
+            password: p.into(),
+        };
+        // Replaced the way the agent writes it: a new file renamed over the old.
+        let write = |text: &str| {
+            let tmp = dir.path().join("tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &f).unwrap();
+        };
+        write(r#"{"listen": "x", "auth": [{"username": "larder", "password": "old"}]}"#);
+        let a = Accepted::new(vec![cred("larder", "old")], Some(f.clone()));
+        assert_eq!(*a.get(), vec![cred("larder", "old")]);
+        write(
+            r#"{"auth": [{"username": "larder", "password": "new"}, {"username": "larder", "password": "old"}]}"#,
+        );
+        assert_eq!(*a.get(), vec![cred("larder", "new"), cred("larder", "old")]);
+        assert!(check(Some(&basic("larder:new")), &a.get()).is_ok());
+        write(r#"{"auth": []}"#);
+        assert_eq!(a.get().len(), 2, "an empty list must not open the port");
+        write("not json");
+        assert_eq!(a.get().len(), 2);
+        write(r#"{"auth": [{"username": "larder", "password": "new"}]}"#);
+        assert_eq!(*a.get(), vec![cred("larder", "new")]);
+        assert!(check(Some(&basic("larder:old")), &a.get()).is_err());
+        // Without a file the initial list stays.
+        let fixed = Accepted::new(vec![cred("u", "p")], None);
+        assert_eq!(*fixed.get(), vec![cred("u", "p")]);
+    }
 
     fn basic(s: &str) -> Vec<u8> {
         format!(

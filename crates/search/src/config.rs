@@ -80,6 +80,8 @@ pub struct SearchConfig {
     pub bulk_piece_bytes: usize,
     /// Accepted HTTP Basic credentials; empty = no authentication (see `auth`).
     pub auth: Vec<crate::auth::Credential>,
+    /// Re-read the accepted credentials from this file when it changes (`auth::Accepted`).
+    pub auth_file: Option<PathBuf>,
 }
 
 impl SearchConfig {
@@ -100,6 +102,7 @@ impl SearchConfig {
             node_name: "larder".into(),
             bulk_piece_bytes: Self::DEFAULT_BULK_PIECE_BYTES,
             auth: Vec::new(),
+            auth_file: None,
         }
     }
 

@@ -25,6 +25,7 @@ pub fn config(target: PgTarget, index_dir: &Path, es_major: u8) -> SearchConfig 
         node_name: "node-a".into(),
         bulk_piece_bytes: SearchConfig::DEFAULT_BULK_PIECE_BYTES,
         auth: Vec::new(),
+        auth_file: None,
     }
 }
 
