@@ -100,11 +100,8 @@ pub async fn rotate_local(
         .state(crate::postgres::SERVICE)
         .is_some_and(|s| s.running)
     {
-        let client = crate::postgres::connect(&n, Duration::from_secs(5)).await?;
-        client
-            .batch_execute("SELECT pg_reload_conf()")
-            .await
-            .map_err(|e| anyhow::anyhow!("PostgreSQL did not take the reload: {e}"))?;
+        // A reload, as `reconfigure` sends it: PostgreSQL re-reads its TLS files on SIGHUP.
+        sup.signal(crate::postgres::SERVICE, nix::sys::signal::Signal::SIGHUP)?;
     }
     if n.cfg.backup.enabled() {
         crate::pgbackrest::write_certs(&n, true)?;
