@@ -37,6 +37,9 @@ if [ ! -s "$base" ]; then
   mmdebstrap --quiet --format=tar --variant=minbase --include=ca-certificates,curl bookworm "$base.tmp" "$sources"
   mv "$base.tmp" "$base"
 fi
+# The root holds its own apt installs and cargo builds (a release build; with --tests a whole
+# debug test build too).
+bash "$repo/scripts/check-disk.sh" $(( with_tests ? 20 : 8 )) /var/tmp
 root=$(mktemp -d /var/tmp/larder-fresh.XXXXXX)
 cleanup() {
   # Every process whose root is the fresh root (agents, PostgreSQL, etcd, builds) goes first.

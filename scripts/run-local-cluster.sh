@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+bash scripts/check-disk.sh 4 target
 cargo build --release -p larder-cli
 install -m 0755 target/release/larder /usr/local/bin/larder
 ln -sf /usr/local/bin/larder /usr/local/bin/chef-backend-ctl

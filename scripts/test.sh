@@ -3,6 +3,10 @@
 # (unit, property and integration tests against real etcd, PostgreSQL and haproxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A one-off run gains nothing from incremental caches (gigabytes of disk); opt in with
+# CARGO_INCREMENTAL=1 when iterating.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+bash scripts/check-disk.sh 12 "${CARGO_TARGET_DIR:-target}"
 bash scripts/install-deps.sh
 venv=${LARDER_VENV:-/opt/larder-venv}
 if [ ! -x "$venv/bin/python" ]; then
