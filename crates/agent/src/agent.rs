@@ -131,11 +131,13 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         node.clone(),
         dcs.clone(),
         sup.clone(),
+        sensors.requests.subscribe(),
         shutdown.clone(),
     ));
     tokio::spawn(crate::secret_rotation::serve(
         node.clone(),
         dcs.clone(),
+        sensors.requests.subscribe(),
         shutdown.clone(),
     ));
     tokio::spawn(crate::ui::sample_lag(

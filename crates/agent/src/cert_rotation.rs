@@ -135,11 +135,18 @@ pub async fn rotate_local(
 }
 
 /// Answer the rotation requests addressed to this node, until shutdown.
-pub async fn serve(node: Node, dcs: Dcs, sup: Supervisor, shutdown: CancellationToken) {
+pub async fn serve(
+    node: Node,
+    dcs: Dcs,
+    sup: Supervisor,
+    requests: tokio::sync::watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) {
     let guid = node.state.guid.clone();
     let handler_dcs = dcs.clone();
     crate::node_requests::serve(
         dcs,
+        requests,
         keys::cert_rotation(&guid),
         keys::cert_rotated(&guid),
         shutdown,

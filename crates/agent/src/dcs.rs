@@ -4,10 +4,13 @@
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
-    MemberAddOptions, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    LeaseKeepAliveStream, LeaseKeeper, MemberAddOptions, PutOptions, TlsOptions, Txn, TxnOp,
+    WatchOptions, WatchStream,
 };
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 use tokio::sync::Mutex;
 use tonic::Code as tonic_code;
 
@@ -47,7 +50,25 @@ pub struct Dcs {
     timeout: Duration,
     /// Shared by every clone: `set_tls` (after `rotate-certs`) reaches them all.
     tls: Arc<std::sync::RwLock<TlsFiles>>,
+    /// Open keep-alive streams, one slot per lease. Opening a gRPC stream per renewal cost
+    /// more than the renewal itself (the leader renews several times a second); each slot has
+    /// its own lock so the leader lease's renewer never waits behind the status lease's.
+    keepers: Arc<std::sync::Mutex<HashMap<i64, KeeperSlot>>>,
 }
+
+type KeeperSlot = Arc<Mutex<Option<Keeper>>>;
+
+/// A keep-alive stream of one lease, open on the member at `url`.
+struct Keeper {
+    url: String,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+    used: Instant,
+}
+
+/// A slot unused this long belongs to a lease nobody renews any more (leadership lost, say):
+/// its stream is closed when the next slot is made.
+const KEEPER_IDLE: Duration = Duration::from_secs(60);
 
 /// A key's value with its etcd metadata.
 #[derive(Debug, Clone)]
@@ -76,6 +97,7 @@ impl Dcs {
             current: Arc::new(std::sync::Mutex::new(String::new())),
             timeout,
             tls: Arc::new(std::sync::RwLock::new(tls)),
+            keepers: Arc::default(),
         }
     }
 
@@ -84,6 +106,7 @@ impl Dcs {
     /// only the new trust holds must still be reachable).
     pub async fn set_tls(&self, tls: TlsFiles) {
         *self.tls.write().unwrap() = tls;
+        self.keepers.lock().unwrap().clear();
         let endpoints: Vec<Arc<Endpoint>> = self.endpoints.read().unwrap().clone();
         for e in endpoints {
             *e.client.lock().await = None;
@@ -437,19 +460,73 @@ impl Dcs {
     }
 
     /// One keep-alive round trip. Returns the TTL etcd granted; 0 means the lease is gone.
+    /// Renew lease `id` once; its remaining TTL in seconds (`0`: the lease is gone). Uses the
+    /// lease's open stream while its member answers; on any failure the stream is dropped, the
+    /// member is skipped and a new stream is opened on the next one, as for any other call.
     pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, DcsError> {
-        self.call(|mut c| async move {
-            let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
-            keeper.keep_alive().await?;
-            match stream.message().await? {
-                Some(r) => Ok(r.ttl()),
-                None => Ok(0),
+        let slot = self.keeper_slot(id);
+        let mut held = slot.lock().await;
+        if let Some(k) = held.as_mut() {
+            let listed = self.urls().contains(&k.url);
+            if listed {
+                let answer = self
+                    .attempt(async {
+                        k.keeper.keep_alive().await?;
+                        k.stream.message().await
+                    })
+                    .await;
+                if let Ok(Ok(Some(r))) = answer {
+                    k.used = Instant::now();
+                    if r.ttl() <= 0 {
+                        *held = None;
+                    }
+                    return Ok(r.ttl());
+                }
+                // A late answer must never be read as the next renewal's: the stream goes.
+                let url = k.url.clone();
+                *held = None;
+                if let Some(i) = self.urls().iter().position(|u| *u == url) {
+                    self.forget(i).await;
+                }
+            } else {
+                *held = None;
             }
-        })
-        .await
+        }
+        let (ttl, keeper, stream) = self
+            .call(|mut c| async move {
+                let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
+                keeper.keep_alive().await?;
+                let ttl = stream.message().await?.map(|r| r.ttl()).unwrap_or(0);
+                Ok((ttl, keeper, stream))
+            })
+            .await?;
+        if ttl > 0 {
+            *held = Some(Keeper {
+                url: self.current_url(),
+                keeper,
+                stream,
+                used: Instant::now(),
+            });
+        }
+        Ok(ttl)
+    }
+
+    /// The keep-alive slot of lease `id` (made on first use; idle slots are closed then).
+    fn keeper_slot(&self, id: i64) -> KeeperSlot {
+        let mut slots = self.keepers.lock().unwrap();
+        if !slots.contains_key(&id) {
+            // A slot in use right now is locked: leave it; its lease is not idle.
+            slots.retain(|_, s| {
+                s.try_lock()
+                    .map(|k| k.as_ref().is_some_and(|k| k.used.elapsed() < KEEPER_IDLE))
+                    .unwrap_or(true)
+            });
+        }
+        slots.entry(id).or_default().clone()
     }
 
     pub async fn lease_revoke(&self, id: i64) -> Result<(), DcsError> {
+        self.keepers.lock().unwrap().remove(&id);
         self.call(|mut c| async move { c.lease_revoke(id).await })
             .await
             .map(|_| ())

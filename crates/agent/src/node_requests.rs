@@ -1,7 +1,8 @@
 //! Requests addressed to one node through etcd, and their answers: how an operator command run
 //! on one member acts on every member in turn (`rotate-certs`, `rotate-secrets`). The requester
-//! writes `request_key` (a JSON object with an `id`); the node's agent, polling once a second,
-//! carries it out once and writes its answer, tagged with the same id, under `answer_key`.
+//! writes `request_key` (a JSON object with an `id`); the node's agent, told by its etcd watch
+//! (and polling slowly in case the watch missed it), carries it out once and writes its answer,
+//! tagged with the same id, under `answer_key`.
 //! etcd is reachable only with a cluster certificate, so only members can ask or answer.
 
 use crate::dcs::Dcs;
@@ -10,8 +11,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// How often an agent looks for a request addressed to it.
-const POLL: Duration = Duration::from_secs(1);
+/// How often an agent looks for a request addressed to it without being told (the watch is
+/// re-opened when etcd members change, and a change in between is not seen).
+const POLL: Duration = Duration::from_secs(10);
 
 /// A request or answer: what ties the two together.
 pub trait Tagged {
@@ -35,6 +37,7 @@ pub(crate) use tagged_by_id;
 /// not carried out again.
 pub async fn serve<R, A, F, Fut>(
     dcs: Dcs,
+    mut changed: tokio::sync::watch::Receiver<u64>,
     request_key: String,
     answer_key: String,
     shutdown: CancellationToken,
@@ -46,11 +49,17 @@ pub async fn serve<R, A, F, Fut>(
     Fut: Future<Output = A>,
 {
     let mut answered: Option<String> = None;
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(POLL) => {}
+        // A request made while this agent was down is looked for at once.
+        if !first {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = changed.changed() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
         }
+        first = false;
         let Ok(Some(kv)) = dcs.get(&request_key).await else {
             continue;
         };

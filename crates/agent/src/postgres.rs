@@ -356,11 +356,28 @@ pub struct Replication {
     pub lag_seconds: f64,
 }
 
-pub async fn observe(client: &tokio_postgres::Client) -> Result<PgObservation, PgError> {
-    let sql = sql_err;
-    let row = client
-        .query_one(
-            "SELECT pg_is_in_recovery(),
+/// What the loop observes PostgreSQL through: a connection and its observation queries,
+/// prepared once (a query sent as text is parsed and described anew on every call, one more
+/// round trip several times a second).
+pub struct Observer {
+    pub client: tokio_postgres::Client,
+    state: tokio_postgres::Statement,
+    replication: tokio_postgres::Statement,
+}
+
+impl Observer {
+    pub async fn prepare(client: tokio_postgres::Client) -> Result<Observer, PgError> {
+        let state = client.prepare(OBSERVE_STATE).await.map_err(sql_err)?;
+        let replication = client.prepare(OBSERVE_REPLICATION).await.map_err(sql_err)?;
+        Ok(Observer {
+            client,
+            state,
+            replication,
+        })
+    }
+}
+
+const OBSERVE_STATE: &str = "SELECT pg_is_in_recovery(),
                     CASE WHEN pg_is_in_recovery()
                          THEN greatest(coalesce(pg_last_wal_receive_lsn(), '0/0'), coalesce(pg_last_wal_replay_lsn(), '0/0'))::text
                          ELSE pg_current_wal_flush_lsn()::text END,
@@ -375,11 +392,18 @@ pub async fn observe(client: &tokio_postgres::Client) -> Result<PgObservation, P
                     CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_flush_lsn()::text END,
                     pg_last_wal_receive_lsn()::text,
                     pg_last_wal_replay_lsn()::text,
-                    (SELECT count(*) FROM pg_settings WHERE pending_restart)::int",
-            &[],
-        )
-        .await
-        .map_err(sql)?;
+                    (SELECT count(*) FROM pg_settings WHERE pending_restart)::int";
+
+const OBSERVE_REPLICATION: &str =
+    "SELECT application_name, coalesce(state, ''), coalesce(sync_state, ''),
+                        coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::float8,
+                        coalesce(extract(epoch FROM replay_lag), 0)::float8
+                   FROM pg_stat_replication";
+
+pub async fn observe(o: &Observer) -> Result<PgObservation, PgError> {
+    let sql = sql_err;
+    let client = &o.client;
+    let row = client.query_one(&o.state, &[]).await.map_err(sql)?;
     let in_recovery: bool = row.get(0);
     let lsn: String = row.get(1);
     let tli: i32 = row.get(2);
@@ -396,13 +420,7 @@ pub async fn observe(client: &tokio_postgres::Client) -> Result<PgObservation, P
     };
     if !in_recovery {
         detail.replication = client
-            .query(
-                "SELECT application_name, coalesce(state, ''), coalesce(sync_state, ''),
-                        coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::float8,
-                        coalesce(extract(epoch FROM replay_lag), 0)::float8
-                   FROM pg_stat_replication",
-                &[],
-            )
+            .query(&o.replication, &[])
             .await
             .map_err(sql)?
             .iter()

@@ -274,8 +274,7 @@ pub async fn get_as(
         let mut answer = Vec::new();
         // HTTP/1.0: the service closes the connection after the answer.
         if node.security.search_tls {
-            let connector =
-                tokio_rustls::TlsConnector::from(client_config(&node.trust_pem()).ok()?);
+            let connector = tokio_rustls::TlsConnector::from(probe_config(&node.trust_pem())?);
             let ip: std::net::IpAddr = address.parse().ok()?;
             let mut s = connector
                 .connect(rustls::pki_types::ServerName::IpAddress(ip.into()), tcp)
@@ -308,6 +307,23 @@ pub async fn probe(node: &Node) -> bool {
     get(node, "/")
         .await
         .is_some_and(|(code, _)| (200..300).contains(&code))
+}
+
+/// The probe's client configuration for `ca_pem`, kept while the trust stays the same: the
+/// probe runs every second, and a kept configuration resumes its TLS session instead of
+/// verifying the service's certificate chain again each time.
+fn probe_config(ca_pem: &str) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+    type Kept = Option<(String, std::sync::Arc<rustls::ClientConfig>)>;
+    static KEPT: std::sync::Mutex<Kept> = std::sync::Mutex::new(None);
+    let mut kept = KEPT.lock().unwrap();
+    if let Some((pem, cfg)) = kept.as_ref() {
+        if pem == ca_pem {
+            return Some(cfg.clone());
+        }
+    }
+    let cfg = client_config(ca_pem).ok()?;
+    *kept = Some((ca_pem.to_string(), cfg.clone()));
+    Some(cfg)
 }
 
 /// A rustls client trusting only `ca_pem` (the cluster CA).

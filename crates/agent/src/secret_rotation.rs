@@ -144,10 +144,16 @@ pub fn apply_local(node: &Node, req: &Request) -> anyhow::Result<()> {
 }
 
 /// Answer the requests addressed to this node, until shutdown.
-pub async fn serve(node: Node, dcs: Dcs, shutdown: CancellationToken) {
+pub async fn serve(
+    node: Node,
+    dcs: Dcs,
+    requests: tokio::sync::watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) {
     let guid = node.state.guid.clone();
     crate::node_requests::serve(
         dcs,
+        requests,
         keys::secret_rotation(&guid),
         keys::secret_rotated(&guid),
         shutdown,

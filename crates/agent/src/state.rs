@@ -114,6 +114,8 @@ pub struct Sensors {
     pub search: Mutex<SearchProbe>,
     /// Members' replication lag over the last minutes; written by the lag sampler (`ui`).
     pub lag: Mutex<crate::ui::LagHistory>,
+    /// Counts changes seen to node request keys (`node_requests`); written by the etcd watch.
+    pub requests: tokio::sync::watch::Sender<u64>,
 }
 
 /// What the search probe last fetched from `GET /_larder/stats`.

@@ -6,7 +6,7 @@
 //! accelerates: if it breaks, the loop still polls, so correctness never depends on it.
 
 use crate::dcs::{keys, Dcs};
-use crate::state::Snapshot;
+use crate::state::{Sensors, Snapshot};
 use larder_core::model::MemberStatus;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,13 +34,19 @@ fn election_facts(value: &[u8]) -> Option<String> {
     ))
 }
 
+/// Keys of requests addressed to one node (`node_requests`): their servers are told.
+fn is_node_request(key: &str) -> bool {
+    key.starts_with(keys::CERT_ROTATION_PREFIX) || key.starts_with(keys::SECRET_ROTATION_PREFIX)
+}
+
 /// Run until `shutdown`: watch `/larder/` and notify `wake` on relevant changes. Status
 /// changes of other members wake the loop only while no leader is known (an election is
-/// running, and positions are what it waits for).
+/// running, and positions are what it waits for). Node requests are counted in `sensors`.
 pub async fn run(
     dcs: Dcs,
     state: tokio::sync::watch::Receiver<Snapshot>,
     wake: Arc<Notify>,
+    sensors: Arc<Sensors>,
     shutdown: CancellationToken,
 ) {
     let mut facts: HashMap<String, String> = HashMap::new();
@@ -69,6 +75,8 @@ pub async fn run(
                         let key = String::from_utf8_lossy(kv.key()).to_string();
                         if always_wakes(&key) {
                             wanted = true;
+                        } else if is_node_request(&key) {
+                            sensors.requests.send_modify(|n| *n = n.wrapping_add(1));
                         } else if key.starts_with(keys::STATUS_PREFIX) {
                             let f = election_facts(kv.value()).unwrap_or_default();
                             let changed = facts.get(&key) != Some(&f);

@@ -74,6 +74,7 @@ impl HaLoop {
                 let client = self
                     .pg
                     .as_ref()
+                    .map(|o| &o.client)
                     .ok_or_else(|| anyhow::anyhow!("no PostgreSQL connection to promote"))?;
                 postgres::promote(client).await?;
                 mark_diverged(&node, false);
@@ -130,7 +131,7 @@ impl HaLoop {
             Action::Rewind { leader } => self.spawn_copy(leader, false),
             Action::Basebackup { leader } => self.spawn_copy(leader, true),
             Action::SetSyncStandbys { k, names } => {
-                let Some(client) = self.pg.as_ref() else {
+                let Some(client) = self.pg.as_ref().map(|o| &o.client) else {
                     return Ok(());
                 };
                 let ssn = larder_core::pgconf::synchronous_standby_names(k, &names);

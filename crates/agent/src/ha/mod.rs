@@ -43,6 +43,10 @@ struct Intent {
     following: Option<String>,
     not_streaming_since: Option<Instant>,
     status_lease: Option<i64>,
+    /// When the status lease's last renewal succeeded (see `publish`).
+    status_renewed: Option<Instant>,
+    /// When this node's status was last written, and what it said apart from its clocks.
+    published: Option<(Instant, Vec<u8>)>,
     seq: u64,
     pg_failures: u32,
     pg_down_since: Option<Instant>,
@@ -83,7 +87,7 @@ pub struct HaLoop {
     sensors: Arc<Sensors>,
     pub syncing: Arc<std::sync::atomic::AtomicBool>,
     epoch: Instant,
-    pg: Option<tokio_postgres::Client>,
+    pg: Option<postgres::Observer>,
     intent: Intent,
     /// Run the next iteration now instead of after `loop_interval_ms` (etcd watch events, and
     /// steps of a leadership change that have a next step).
@@ -149,6 +153,7 @@ impl HaLoop {
             self.dcs.clone(),
             self.state.subscribe(),
             self.wake.clone(),
+            self.sensors.clone(),
             shutdown.clone(),
         ));
         let (renewal_tx, mut renewals) = tokio::sync::mpsc::channel(8);

@@ -14,11 +14,22 @@ impl HaLoop {
             self.intent.received_tli = None;
             return None;
         }
-        if self.pg.as_ref().map(|c| c.is_closed()).unwrap_or(true) {
-            self.pg = postgres::connect(&self.node, self.timeout()).await.ok();
+        if self
+            .pg
+            .as_ref()
+            .map(|o| o.client.is_closed())
+            .unwrap_or(true)
+        {
+            self.pg = match postgres::connect(&self.node, self.timeout()).await {
+                Ok(c) => tokio::time::timeout(self.timeout(), postgres::Observer::prepare(c))
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                Err(_) => None,
+            };
         }
-        let client = self.pg.as_ref()?;
-        match tokio::time::timeout(self.timeout(), postgres::observe(client)).await {
+        let observer = self.pg.as_ref()?;
+        match tokio::time::timeout(self.timeout(), postgres::observe(observer)).await {
             Ok(Ok(mut o)) => {
                 match o.state {
                     PgState::Streaming => self.intent.received_tli = Some(o.position.timeline),
