@@ -459,7 +459,6 @@ impl Dcs {
         Ok(r.id())
     }
 
-    /// One keep-alive round trip. Returns the TTL etcd granted; 0 means the lease is gone.
     /// Renew lease `id` once; its remaining TTL in seconds (`0`: the lease is gone). Uses the
     /// lease's open stream while its member answers; on any failure the stream is dropped, the
     /// member is skipped and a new stream is opened on the next one, as for any other call.
@@ -467,8 +466,7 @@ impl Dcs {
         let slot = self.keeper_slot(id);
         let mut held = slot.lock().await;
         if let Some(k) = held.as_mut() {
-            let listed = self.urls().contains(&k.url);
-            if listed {
+            if self.urls().contains(&k.url) {
                 let answer = self
                     .attempt(async {
                         k.keeper.keep_alive().await?;
