@@ -339,6 +339,41 @@ impl Dcs {
         Ok(())
     }
 
+    /// Write `key` and read every key under `prefix` in one linearizable round trip (a
+    /// transaction: the read sees the write). Returns the store revision the read saw.
+    pub async fn put_and_get_prefix(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: Option<i64>,
+        prefix: &str,
+    ) -> Result<(i64, Vec<Kv>), DcsError> {
+        let (key, value, prefix) = (key.to_string(), value.to_vec(), prefix.to_string());
+        let resp = self
+            .call(|mut c| {
+                let (key, value, prefix) = (key.clone(), value.clone(), prefix.clone());
+                async move {
+                    let opts = lease.map(|l| PutOptions::new().with_lease(l));
+                    let txn = Txn::new().and_then([
+                        TxnOp::put(key, value, opts),
+                        TxnOp::get(prefix, Some(GetOptions::new().with_prefix())),
+                    ]);
+                    c.txn(txn).await
+                }
+            })
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let kvs = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|r| match r {
+                etcd_client::TxnOpResponse::Get(g) => Some(g.kvs().iter().map(to_kv).collect()),
+                _ => None,
+            })
+            .ok_or_else(|| DcsError::Etcd("transaction answered without its read".into()))?;
+        Ok((revision, kvs))
+    }
+
     pub async fn delete(&self, key: &str) -> Result<(), DcsError> {
         let key = key.to_string();
         self.call(|mut c| {

@@ -362,18 +362,12 @@ pub struct Replication {
 pub struct Observer {
     pub client: tokio_postgres::Client,
     state: tokio_postgres::Statement,
-    replication: tokio_postgres::Statement,
 }
 
 impl Observer {
     pub async fn prepare(client: tokio_postgres::Client) -> Result<Observer, PgError> {
         let state = client.prepare(OBSERVE_STATE).await.map_err(sql_err)?;
-        let replication = client.prepare(OBSERVE_REPLICATION).await.map_err(sql_err)?;
-        Ok(Observer {
-            client,
-            state,
-            replication,
-        })
+        Ok(Observer { client, state })
     }
 }
 
@@ -392,47 +386,53 @@ const OBSERVE_STATE: &str = "SELECT pg_is_in_recovery(),
                     CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_flush_lsn()::text END,
                     pg_last_wal_receive_lsn()::text,
                     pg_last_wal_replay_lsn()::text,
-                    (SELECT count(*) FROM pg_settings WHERE pending_restart)::int";
+                    (SELECT count(*) FROM pg_settings WHERE pending_restart)::int,
+                    CASE WHEN NOT pg_is_in_recovery() THEN
+                      (SELECT coalesce(json_agg(json_build_array(
+                                application_name, coalesce(state, ''), coalesce(sync_state, ''),
+                                coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::float8,
+                                coalesce(extract(epoch FROM replay_lag), 0)::float8)), '[]')
+                         FROM pg_stat_replication)::text
+                    END";
 
-const OBSERVE_REPLICATION: &str =
-    "SELECT application_name, coalesce(state, ''), coalesce(sync_state, ''),
-                        coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::float8,
-                        coalesce(extract(epoch FROM replay_lag), 0)::float8
-                   FROM pg_stat_replication";
+/// `pg_stat_replication` as the observation query returns it (one JSON array per standby, in
+/// one round trip with the rest); `None` on a standby.
+fn parse_replication(json: Option<&str>) -> Result<Vec<Replication>, PgError> {
+    let Some(json) = json else {
+        return Ok(vec![]);
+    };
+    let rows: Vec<(String, String, String, f64, f64)> = serde_json::from_str(json)
+        .map_err(|e| PgError::Sql(format!("pg_stat_replication as JSON: {e}")))?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(application_name, state, sync_state, lag_bytes, lag_seconds)| Replication {
+                application_name,
+                state,
+                sync_state,
+                lag_bytes: lag_bytes.max(0.0) as u64,
+                lag_seconds: lag_seconds.max(0.0),
+            },
+        )
+        .collect())
+}
 
 pub async fn observe(o: &Observer) -> Result<PgObservation, PgError> {
-    let sql = sql_err;
-    let client = &o.client;
-    let row = client.query_one(&o.state, &[]).await.map_err(sql)?;
+    let row = o.client.query_one(&o.state, &[]).await.map_err(sql_err)?;
     let in_recovery: bool = row.get(0);
     let lsn: String = row.get(1);
     let tli: i32 = row.get(2);
     let streaming: bool = row.get(3);
     let ssn: String = row.get(4);
     let lsn_at = |i: usize| row.get::<_, Option<String>>(i).and_then(|s| Lsn::parse(&s));
-    let mut detail = PgDetail {
+    let detail = PgDetail {
         written: lsn_at(5),
         flushed: lsn_at(6),
         received: lsn_at(7),
         replayed: lsn_at(8),
         pending_restart: row.get::<_, i32>(9).max(0) as u32,
-        replication: vec![],
+        replication: parse_replication(row.get::<_, Option<String>>(10).as_deref())?,
     };
-    if !in_recovery {
-        detail.replication = client
-            .query(&o.replication, &[])
-            .await
-            .map_err(sql)?
-            .iter()
-            .map(|r| Replication {
-                application_name: r.get(0),
-                state: r.get(1),
-                sync_state: r.get(2),
-                lag_bytes: r.get::<_, f64>(3).max(0.0) as u64,
-                lag_seconds: r.get::<_, f64>(4).max(0.0),
-            })
-            .collect();
-    }
     let followers = detail
         .replication
         .iter()
@@ -866,6 +866,27 @@ pub async fn basebackup(
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn replication_rows_come_as_one_json_array() {
+        assert!(parse_replication(None).unwrap().is_empty());
+        assert!(parse_replication(Some("[]")).unwrap().is_empty());
+        let r = parse_replication(Some(
+            r#"[["b2", "streaming", "quorum", 8192, 0.25], ["b3", "catchup", "async", -1, 0]]"#,
+        ))
+        .unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            (
+                r[0].application_name.as_str(),
+                r[0].state.as_str(),
+                r[0].sync_state.as_str()
+            ),
+            ("b2", "streaming", "quorum")
+        );
+        assert_eq!((r[0].lag_bytes, r[0].lag_seconds), (8192, 0.25));
+        assert_eq!(r[1].lag_bytes, 0, "a negative difference is no lag");
+        assert!(parse_replication(Some("{}")).is_err());
+    }
     #[test]
     fn progress_lines() {
         assert_eq!(

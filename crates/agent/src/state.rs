@@ -116,6 +116,28 @@ pub struct Sensors {
     pub lag: Mutex<crate::ui::LagHistory>,
     /// Counts changes seen to node request keys (`node_requests`); written by the etcd watch.
     pub requests: tokio::sync::watch::Sender<u64>,
+    /// What the etcd watch has seen change; written by the etcd watch (`wake`), read by the
+    /// HA loop to tell whether the view its last write read back is still current.
+    pub watch: Mutex<WatchCursor>,
+}
+
+/// The etcd watch's account of `/larder/`, enough to tell whether a view read at some
+/// revision is still what etcd holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WatchCursor {
+    /// Since when the watch has been delivering every change (`None` while it is down): a
+    /// view read after this moment misses no change the watch would not have reported.
+    pub live_since: Option<Instant>,
+    /// The latest revision at which anything changed that a decision could read: every
+    /// change except this node's own status writes and statuses whose clocks alone moved.
+    pub changed_rev: i64,
+}
+
+impl WatchCursor {
+    /// Whether a view read (with its request sent at `sent`) at `revision` still holds.
+    pub fn unchanged_since(&self, sent: Instant, revision: i64) -> bool {
+        self.live_since.is_some_and(|t| t <= sent) && self.changed_rev <= revision
+    }
 }
 
 /// What the search probe last fetched from `GET /_larder/stats`.

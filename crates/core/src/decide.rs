@@ -379,6 +379,22 @@ fn decide_as_leader_inner(obs: &Observation, lease: HeldLease) -> Decision {
             "PostgreSQL on the leader is down: handing over leadership",
         );
     }
+    // The data disk is full: PostgreSQL refuses every write that needs space (a new WAL
+    // segment, a table extension) until an operator frees some. A streaming follower with room
+    // holds every acknowledged commit (synchronous quorum) and takes over; with none, staying
+    // is no worse than handing over.
+    if health::disk_full(obs.local.disk_free_mb) && has_eligible_follower(obs, dcs) {
+        return Decision::new(
+            NodeRole::DeposedLeader,
+            vec![
+                Action::Fence {
+                    reason: "the data disk on the leader is full".into(),
+                },
+                Action::ReleaseLeadership,
+            ],
+            "the leader's data disk is full: handing over leadership",
+        );
+    }
     leader_steady(obs, lease, Some(dcs))
 }
 

@@ -26,19 +26,33 @@ pub fn lag_bytes(leader: Option<WalPosition>, mine: WalPosition) -> Option<u64> 
     leader.map(|l| l.lsn.0.saturating_sub(mine.lsn.0))
 }
 
-/// Healthy enough to lead: within `max_bytes_behind_leader` of the leader, and (when
-/// `fatal_system_checks`) with at least `disk_min_space_mb` free. Unknown values count as fine:
-/// an unreadable disk is reported elsewhere, and a missing leader position means no leader.
+/// Free space on the data disk below which PostgreSQL is about to refuse writes: it cannot
+/// add a WAL segment (16 MiB) or extend a table. Unlike `disk_min_space_mb` (a warning level,
+/// fatal only with `fatal_system_checks`), this always counts: such a node cannot serve.
+pub const DISK_FULL_MB: u64 = 32;
+
+/// Whether the data disk is full (see [`DISK_FULL_MB`]); unknown counts as not full.
+pub fn disk_full(disk_free_mb: Option<u64>) -> bool {
+    disk_free_mb.is_some_and(|mb| mb < DISK_FULL_MB)
+}
+
+/// Healthy enough to lead: within `max_bytes_behind_leader` of the leader, its data disk not
+/// full, and (when `fatal_system_checks`) with at least `disk_min_space_mb` free. Unknown values
+/// count as fine: an unreadable disk is reported elsewhere, and a missing leader position
+/// means no leader.
 pub fn healthy(hc: &HealthCheckConfig, lag: Option<u64>, disk_free_mb: Option<u64>) -> bool {
     let lag_ok = lag.is_none_or(|b| b <= hc.max_bytes_behind_leader);
     let disk_ok =
         !hc.fatal_system_checks || disk_free_mb.is_none_or(|mb| mb >= hc.disk_min_space_mb);
-    lag_ok && disk_ok
+    lag_ok && disk_ok && !disk_full(disk_free_mb)
 }
 
-/// What this node posts as `eligible`: failover allowed for it and PostgreSQL up with data.
-pub fn eligible(node_failover: bool, pg: PgState) -> bool {
-    node_failover && matches!(pg, PgState::Primary | PgState::Streaming | PgState::Standby)
+/// What this node posts as `eligible`: failover allowed for it, PostgreSQL up with data, and
+/// room on its data disk (a leader with a full disk hands over only to a node that has room).
+pub fn eligible(node_failover: bool, pg: PgState, disk_free_mb: Option<u64>) -> bool {
+    node_failover
+        && matches!(pg, PgState::Primary | PgState::Streaming | PgState::Standby)
+        && !disk_full(disk_free_mb)
 }
 
 /// A node becomes a voter once it has streamed from a leader (or led with its roles created),
@@ -134,16 +148,23 @@ mod tests {
             ..hc
         };
         assert!(
-            healthy(&lax, Some(0), Some(0)),
-            "disk only counts when fatal"
+            healthy(&lax, Some(0), Some(DISK_FULL_MB)),
+            "the minimum only counts when fatal"
         );
+        assert!(
+            !healthy(&lax, Some(0), Some(DISK_FULL_MB - 1)),
+            "a full disk always counts"
+        );
+        assert!(!disk_full(None) && !disk_full(Some(DISK_FULL_MB)) && disk_full(Some(0)));
     }
 
     #[test]
     fn eligibility_voting_and_backoff() {
-        assert!(eligible(true, PgState::Standby));
-        assert!(!eligible(true, PgState::Stopped));
-        assert!(!eligible(false, PgState::Streaming));
+        assert!(eligible(true, PgState::Standby, None));
+        assert!(eligible(true, PgState::Streaming, Some(DISK_FULL_MB)));
+        assert!(!eligible(true, PgState::Streaming, Some(0)), "full disk");
+        assert!(!eligible(true, PgState::Stopped, None));
+        assert!(!eligible(false, PgState::Streaming, None));
         assert!(voter(false, true) && voter(true, false) && !voter(false, false));
         assert!(copy_allowed(None, 0));
         assert!(!copy_allowed(Some(1_000), 5_999));

@@ -75,7 +75,9 @@ pub async fn connect(t: &Target, timeout: Duration) -> Result<Client> {
 /// Outcome of a statement that returned an error *after it was sent*.
 ///
 /// Only errors that PostgreSQL raises before a transaction can commit are `Failed`:
-/// read-only transaction (a replica), integrity and syntax errors, rollbacks. Anything
+/// read-only transaction (a replica), integrity and syntax errors, rollbacks, insufficient
+/// resources (`53100 could not extend file` on a full disk: an ERROR aborts the transaction,
+/// and a failure once its commit record is written is a PANIC, not an ERROR). Anything
 /// else — connection closed, admin shutdown, a crash while waiting for the synchronous
 /// standby — may hit after the commit record is already written, so it is `Unknown`.
 pub fn classify(e: &tokio_postgres::Error) -> Outcome {
@@ -87,6 +89,7 @@ pub fn classify(e: &tokio_postgres::Error) -> Outcome {
                 || c.starts_with("42")
                 || c.starts_with("40")
                 || c.starts_with("22")
+                || c.starts_with("53")
                 || *code == SqlState::READ_ONLY_SQL_TRANSACTION;
             if definite {
                 Outcome::Failed

@@ -18,6 +18,8 @@ mod publish;
 mod renew;
 mod roles;
 
+pub(crate) use publish::status_facts;
+
 use crate::clock::unix_ms;
 use crate::dcs::{self, keys, Dcs};
 use crate::markers::{diverged_marker, mark_diverged, rewind_failed_marker};
@@ -69,6 +71,18 @@ struct Intent {
     no_leader_since_unix_ms: Option<u64>,
     /// The history entry of the term this node won, written once its PostgreSQL is writable.
     history_draft: Option<larder_core::history::Entry>,
+    /// What the last status write read back of `/larder/` in the same transaction: the next
+    /// iteration's view while the etcd watch reports no change since (see `read_dcs`).
+    read_back: Option<ReadBack>,
+}
+
+/// A view of `/larder/` read in the transaction of a status write.
+#[derive(Debug)]
+struct ReadBack {
+    /// When the transaction was sent (the view is at least this fresh).
+    sent: Instant,
+    revision: i64,
+    kvs: Vec<dcs::Kv>,
 }
 
 /// An operator request handed to the loop by the control socket, with where to answer.
@@ -154,6 +168,7 @@ impl HaLoop {
             self.state.subscribe(),
             self.wake.clone(),
             self.sensors.clone(),
+            self.node.state.guid.clone(),
             shutdown.clone(),
         ));
         let (renewal_tx, mut renewals) = tokio::sync::mpsc::channel(8);

@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// Oldest a read-back view may be and still be reused: the watch reports every change, but a
+/// fresh read now and then bounds what a silent watch (its member partitioned away) could hide.
+const READ_BACK_MAX_AGE: Duration = Duration::from_secs(1);
+
 impl HaLoop {
     pub(super) async fn observe_pg(&mut self) -> Option<PgObservation> {
         let running = self
@@ -51,8 +55,25 @@ impl HaLoop {
         }
     }
 
+    /// The view of `/larder/` this iteration decides on: what the last status write read back
+    /// (one round trip fewer per iteration) if the etcd watch, live since before that read, has
+    /// seen nothing change since and it is under `READ_BACK_MAX_AGE` old; else a fresh read.
+    /// Both are linearizable reads; a reused one is at most one iteration older, and any change
+    /// a decision reads makes the next iteration read afresh (and the watch wakes it).
     pub(super) async fn read_dcs(&mut self) -> Result<DcsView, dcs::DcsError> {
-        let kvs = self.dcs.get_prefix(keys::PREFIX).await?;
+        let reusable = self.intent.read_back.take().filter(|r| {
+            r.sent.elapsed() < READ_BACK_MAX_AGE
+                && self
+                    .sensors
+                    .watch
+                    .lock()
+                    .unwrap()
+                    .unchanged_since(r.sent, r.revision)
+        });
+        let kvs = match reusable {
+            Some(r) => r.kvs,
+            None => self.dcs.get_prefix(keys::PREFIX).await?,
+        };
         let view = DcsView::from_kvs(
             kvs.iter().map(|kv| (kv.key.as_str(), kv.value.as_slice())),
             &self.node.state.guid,

@@ -80,7 +80,11 @@ impl HaLoop {
             role,
             pg: pg_state,
             position,
-            eligible: larder_core::health::eligible(failover, pg_state),
+            eligible: larder_core::health::eligible(
+                failover,
+                pg_state,
+                crate::disk::free_mb(&node.paths.data_dir()),
+            ),
             failover_enabled: failover,
             term: view.map(|v| v.term).unwrap_or(0),
             leader_seen,
@@ -124,12 +128,27 @@ impl HaLoop {
             ..status
         };
         if let Ok(b) = serde_json::to_vec(&status) {
+            // The write reads `/larder/` back in the same round trip: the next iteration's view
+            // unless something changes meanwhile (`read_dcs`).
+            let sent = Instant::now();
             match self
                 .dcs
-                .put(&keys::status(&node.state.guid), &b, Some(lease))
+                .put_and_get_prefix(
+                    &keys::status(&node.state.guid),
+                    &b,
+                    Some(lease),
+                    keys::PREFIX,
+                )
                 .await
             {
-                Ok(_) => self.intent.published = Some((Instant::now(), facts)),
+                Ok((revision, kvs)) => {
+                    self.intent.published = Some((Instant::now(), facts));
+                    self.intent.read_back = Some(ReadBack {
+                        sent,
+                        revision,
+                        kvs,
+                    });
+                }
                 // The lease may be gone (an etcd outage longer than its TTL): renew (or
                 // replace) it before the next write.
                 Err(_) => {
@@ -147,7 +166,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// What a status says apart from the clocks that move on every write: its sequence number,
 /// its write time and the frontends' check times (their periods are kept; the times are a
 /// schedule readers project forward, so a second-old copy is as good as a new one).
-fn status_facts(s: &MemberStatus) -> Vec<u8> {
+pub(crate) fn status_facts(s: &MemberStatus) -> Vec<u8> {
     let mut s = s.clone();
     s.seq = 0;
     s.updated_unix_ms = 0;

@@ -351,6 +351,45 @@ fn leader_with_failed_pg_hands_over_when_a_follower_can_take_it() {
 }
 
 #[test]
+fn leader_with_a_full_data_disk_hands_over_only_to_a_follower_with_room() {
+    let mut f = member("b", 100, 2, Some("a"));
+    f.pg = PgState::Streaming;
+    f.eligible = true;
+    let v = view(Some(leader("a", 2)), 2, vec![f.clone()], &["a", "b", "c"]);
+    let mut full = local(PgState::Primary, 100);
+    full.disk_free_mb = Some(0);
+    let mut o = obs("a", full.clone(), Some(v), lease(2, 20_000));
+    // Whatever `fatal_system_checks` says: a full disk refuses writes.
+    o.health.fatal_system_checks = false;
+    let d = decide(&o);
+    assert_eq!(d.role, NodeRole::DeposedLeader, "{}", d.reason);
+    assert!(starts_with_fence(&d) && d.actions.contains(&Action::ReleaseLeadership));
+    // The follower's disk is full too (it posts itself not eligible): stay, nothing is better.
+    f.eligible = false;
+    let v = view(Some(leader("a", 2)), 2, vec![f], &["a", "b", "c"]);
+    let d = decide(&obs("a", full, Some(v.clone()), lease(2, 20_000)));
+    assert_eq!(d.role, NodeRole::Leader, "{}", d.reason);
+    // Room left (at the full threshold): a leader as before.
+    let mut roomy = local(PgState::Primary, 100);
+    roomy.disk_free_mb = Some(crate::health::DISK_FULL_MB);
+    let mut o = obs("a", roomy, Some(v), lease(2, 20_000));
+    o.health.fatal_system_checks = false;
+    assert_eq!(decide(&o).role, NodeRole::Leader);
+}
+
+#[test]
+fn a_node_with_a_full_data_disk_does_not_run_for_leader() {
+    let v = view(None, 4, vec![member("b", 100, 4, None)], &["a", "b", "c"]);
+    let mut l = local(PgState::Standby, 200);
+    l.disk_free_mb = Some(1);
+    let mut o = obs("a", l, Some(v), None);
+    o.health.fatal_system_checks = false;
+    assert!(!acquires(&decide(&o)));
+    o.local.disk_free_mb = None;
+    assert!(acquires(&decide(&o)), "the same node with room runs");
+}
+
+#[test]
 fn non_leader_primary_is_fenced() {
     let v = view(Some(leader("b", 2)), 2, vec![], &["a", "b", "c"]);
     let d = decide(&obs("a", local(PgState::Primary, 100), Some(v), None));
