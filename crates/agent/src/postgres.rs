@@ -5,7 +5,7 @@
 use crate::node::{write_private, Node};
 use crate::supervisor::{PreStart, ServiceSpec};
 use larder_core::model::{standby_name, LeaderRecord, Lsn, PgState, WalPosition};
-use larder_core::pgconf;
+use larder_core::pgconf::{self, PasswordHash};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -196,13 +196,21 @@ pub async fn initdb(node: &Node) -> Result<(), PgError> {
 }
 
 /// Write Larder's managed files into the data directory. Returns whether anything changed
-/// (so `reconfigure` knows whether PostgreSQL needs a reload).
+/// (so `reconfigure` knows whether PostgreSQL needs a reload). The client method is the one
+/// in effect ([`Node::pg_auth`]), not necessarily `node.cfg`'s.
 pub fn write_config(node: &Node) -> Result<bool, PgError> {
+    write_config_as(node, &node.pg_auth())
+}
+
+/// [`write_config`] with pg_hba.conf's client method (and `password_encryption`) `method`.
+pub fn write_config_as(node: &Node, method: &str) -> Result<bool, PgError> {
+    let mut cfg = node.cfg.clone();
+    cfg.postgresql.client_auth_method = method.to_string();
     let data = node.paths.pg_data();
     let tls = tls_dir(node);
     let archive = crate::pgbackrest::write_conf(node)?;
     let conf = pgconf::render_postgresql_conf(
-        &node.cfg,
+        &cfg,
         &node.paths.pg_socket_dir().display().to_string(),
         &tls.join("server.crt").display().to_string(),
         &tls.join("server.key").display().to_string(),
@@ -213,7 +221,7 @@ pub fn write_config(node: &Node) -> Result<bool, PgError> {
     changed |= write_if_changed(
         node,
         &data.join("pg_hba.conf"),
-        &pgconf::render_hba(&node.cfg, node.security.pg_require_ssl),
+        &pgconf::render_hba(&cfg, node.security.pg_require_ssl),
     )?;
     let main = data.join("postgresql.conf");
     let text = std::fs::read_to_string(&main).unwrap_or_default();
@@ -471,31 +479,163 @@ pub async fn promote(client: &tokio_postgres::Client) -> Result<(), PgError> {
     }
 }
 
-/// Roles created on the founding node (and replicated everywhere).
-pub async fn create_roles(node: &Node, client: &tokio_postgres::Client) -> Result<(), PgError> {
-    let user = &node.cfg.postgresql.replication_user;
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[user])
+/// Serializes this agent's password changes: each reads the stored hash before it replaces
+/// the password, and two interleaved could put back a password another just replaced.
+static PASSWORD_CHANGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `role`'s stored password (`pg_authid.rolpassword`): `None` when the role does not exist,
+/// `Some(None)` when it has no password.
+async fn stored_password(
+    client: &tokio_postgres::Client,
+    role: &str,
+) -> Result<Option<Option<String>>, PgError> {
+    Ok(client
+        .query_opt(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&role],
+        )
         .await
         .map_err(sql_err)?
-        .is_some();
-    let pw = node
-        .secrets
-        .postgresql
-        .replication_password
-        .expose()
-        .replace('\'', "''");
-    let verb = if exists { "ALTER" } else { "CREATE" };
-    // Passwords go over the local socket only and statement logging is off: they never reach
-    // a log file. `synchronous_commit = local`: a new leader must not block on followers that
-    // are still rewinding onto it (they wait for this leader to report itself promoted).
-    client
-        .batch_execute(&format!(
-            "SET log_statement = 'none'; SET synchronous_commit = 'local'; {verb} ROLE \"{user}\" WITH REPLICATION LOGIN PASSWORD '{pw}'"
+        .map(|r| r.get(0)))
+}
+
+/// Whether `stored` (a `rolpassword`, md5 or SCRAM-SHA-256 as PostgreSQL makes them) was made
+/// from `password`: which of the passwords a node knows the catalog holds, without trying to
+/// log in with each.
+pub fn password_matches(stored: &str, role: &str, password: &str) -> bool {
+    match PasswordHash::of_stored(stored) {
+        Some(PasswordHash::Md5) => {
+            postgres_protocol::password::md5(password.as_bytes(), role) == stored
+        }
+        Some(PasswordHash::Scram) => scram_matches(stored, password),
+        None => false,
+    }
+}
+
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (RFC 5802, 7677): StoredKey is
+/// SHA-256(HMAC(SaltedPassword, "Client Key")), SaltedPassword PBKDF2-HMAC-SHA-256 of the
+/// SASLprep'd password, as PostgreSQL computes it.
+fn scram_matches(stored: &str, password: &str) -> bool {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let parse = || -> Option<(std::num::NonZeroU32, Vec<u8>, Vec<u8>)> {
+        let rest = stored.strip_prefix("SCRAM-SHA-256$")?;
+        let (params, keys) = rest.split_once('$')?;
+        let (iterations, salt) = params.split_once(':')?;
+        let (stored_key, _server_key) = keys.split_once(':')?;
+        Some((
+            iterations.parse().ok()?,
+            b64.decode(salt).ok()?,
+            b64.decode(stored_key).ok()?,
         ))
+    };
+    let Some((iterations, salt, stored_key)) = parse() else {
+        return false;
+    };
+    // PostgreSQL hashes the raw bytes of a password SASLprep refuses.
+    let prepared = stringprep::saslprep(password)
+        .map(|p| p.into_owned())
+        .unwrap_or_else(|_| password.to_string());
+    let mut salted = [0u8; 32];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations,
+        &salt,
+        prepared.as_bytes(),
+        &mut salted,
+    );
+    let client_key = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &salted),
+        b"Client Key",
+    );
+    ring::digest::digest(&ring::digest::SHA256, client_key.as_ref()).as_ref() == stored_key
+}
+
+/// `statement` (ending in `PASSWORD`) with `password` stored as `hash`, in one implicit
+/// transaction. Statement logging is off for it and so is the logging of a failed statement
+/// (`log_min_error_statement` would print the text, password included); `synchronous_commit =
+/// local`: the HA loop must not block on followers that are still rewinding onto a new leader.
+fn password_sql(statement: &str, password: &str, hash: PasswordHash) -> String {
+    format!(
+        "SET LOCAL log_statement = 'none'; SET LOCAL log_min_error_statement = 'panic'; \
+         SET LOCAL synchronous_commit = 'local'; SET LOCAL password_encryption = '{}'; \
+         {statement} '{}'",
+        hash.encryption(),
+        password.replace('\'', "''")
+    )
+}
+
+/// Roles created on the founding node (and replicated everywhere): the replication role,
+/// whose password is always stored SCRAM (its lines are scram-sha-256 whatever the clients'
+/// method). Set only when the stored password is none of this node's, so a new leader never
+/// undoes a password change the cluster already made.
+pub async fn create_roles(node: &Node, client: &tokio_postgres::Client) -> Result<(), PgError> {
+    let _one = PASSWORD_CHANGE.lock().await;
+    let user = &node.cfg.postgresql.replication_user;
+    let secrets = node.secrets_now();
+    let current = secrets.postgresql.replication_password.expose();
+    let statement = match stored_password(client, user).await? {
+        Some(Some(s))
+            if PasswordHash::of_stored(&s) == Some(PasswordHash::Scram)
+                && password_matches(&s, user, current) =>
+        {
+            return Ok(())
+        }
+        Some(_) => format!("ALTER ROLE \"{user}\" WITH REPLICATION LOGIN PASSWORD"),
+        None => format!("CREATE ROLE \"{user}\" WITH REPLICATION LOGIN PASSWORD"),
+    };
+    client
+        .batch_execute(&password_sql(&statement, current, PasswordHash::Scram))
         .await
         .map_err(sql_err)?;
     Ok(())
+}
+
+/// Leader: store the superuser's password as `wanted` when it is stored the other way (see
+/// `pgconf::wanted_superuser_hash`). The password stays the same: the one of this node's that
+/// the stored hash was made from is stored again. Returns whether it was re-hashed.
+pub async fn ensure_superuser_hash(
+    node: &Node,
+    client: &tokio_postgres::Client,
+    wanted: PasswordHash,
+) -> Result<bool, PgError> {
+    let _one = PASSWORD_CHANGE.lock().await;
+    let user = &node.cfg.postgresql.db_superuser;
+    let Some(Some(stored)) = stored_password(client, user).await? else {
+        return Ok(false);
+    };
+    if PasswordHash::of_stored(&stored) == Some(wanted) {
+        return Ok(false);
+    }
+    let secrets = node.secrets_now();
+    let current = secrets.postgresql.db_superuser_password.expose();
+    if !password_matches(&stored, user, current) {
+        // Not a password this node knows: storing ours would change it, not re-hash it.
+        tracing::warn!("the superuser's stored password is not the one in this node's secrets file; not re-hashing it as {wanted}");
+        return Ok(false);
+    }
+    client
+        .batch_execute(&password_sql(
+            &format!("ALTER ROLE \"{user}\" PASSWORD"),
+            current,
+            wanted,
+        ))
+        .await
+        .map_err(sql_err)?;
+    tracing::info!(
+        "superuser password now stored as {wanted} (postgresql.client_auth_method of every member)"
+    );
+    Ok(true)
+}
+
+/// How this node's catalog stores the superuser's password (`None`: no password, or no
+/// connection).
+pub async fn superuser_hash(node: &Node) -> Option<PasswordHash> {
+    let client = connect(node, Duration::from_secs(3)).await.ok()?;
+    let stored = stored_password(&client, &node.cfg.postgresql.db_superuser)
+        .await
+        .ok()??;
+    PasswordHash::of_stored(&stored?)
 }
 
 /// Leader: `synchronous_standby_names`, and one physical slot per registered member.
@@ -877,6 +1017,44 @@ mod tests {
         );
         assert_eq!(parse_progress("pg_basebackup: starting"), None);
     }
+    #[test]
+    fn stored_passwords_are_matched_against_the_known_ones() {
+        // As PostgreSQL stores them (postgres-protocol computes them the same way).
+        let scram = postgres_protocol::password::scram_sha_256(b"s3cret-Pa55");
+        assert!(scram.starts_with("SCRAM-SHA-256$4096:"), "{scram}");
+        assert!(password_matches(&scram, "chef_pgsql", "s3cret-Pa55"));
+        assert!(!password_matches(&scram, "chef_pgsql", "s3cret-Pa56"));
+        let md5 = postgres_protocol::password::md5(b"s3cret-Pa55", "chef_pgsql");
+        assert!(password_matches(&md5, "chef_pgsql", "s3cret-Pa55"));
+        // The user name is md5's salt.
+        assert!(!password_matches(&md5, "replicator", "s3cret-Pa55"));
+        assert!(!password_matches(&md5, "chef_pgsql", "other"));
+        for junk in [
+            "",
+            "SCRAM-SHA-256$x",
+            "SCRAM-SHA-256$0:AAAA$AAAA:AAAA",
+            "s3cret-Pa55",
+        ] {
+            assert!(
+                !password_matches(junk, "chef_pgsql", "s3cret-Pa55"),
+                "{junk}"
+            );
+        }
+        // Password statements never leave their text in a log: both logging settings off,
+        // the password quoted.
+        let sql = password_sql("ALTER ROLE \"u\" PASSWORD", "it's", PasswordHash::Md5);
+        assert!(sql.contains("SET LOCAL log_statement = 'none'"), "{sql}");
+        assert!(
+            sql.contains("SET LOCAL log_min_error_statement = 'panic'"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("SET LOCAL password_encryption = 'md5'"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("PASSWORD 'it''s'"), "{sql}");
+    }
+
     #[test]
     fn controldata_parsing() {
         let out = "Database cluster state:               in production\nLatest checkpoint location:           0/3000060\n";

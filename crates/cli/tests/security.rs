@@ -2,8 +2,9 @@
 //! with HTTP Basic authentication (raw requests, the Python ES/OpenSearch clients, and the
 //! erchef request flow through a haproxy configured from `gen-server-config`), PostgreSQL
 //! requiring TLS and scram for clients, the health API's read ACL, and a scan of every port
-//! a node listens on; and `rotate-certs` on a second 3-node cluster (127.0.54.x) under write
-//! load.
+//! a node listens on; `rotate-certs` on a second 3-node cluster (127.0.54.x) under write
+//! load; `postgresql.client_auth_method = "md5"` for md5-only clients, switched both ways on a
+//! running cluster (127.0.58.x).
 
 mod common;
 
@@ -1021,4 +1022,200 @@ fn rotate_the_search_password_without_cutting_off_frontends() {
             .is_some_and(|s| s["ha"]["search_ok"] == true)
             .then_some(())
     });
+}
+
+/// Set `postgresql.client_auth_method` in a node's larder.toml.
+fn set_client_auth(n: &Node, method: &str) {
+    let path = n.root.join("etc/larder/larder.toml");
+    let mut cfg = larder_core::config::Config::load(&path).unwrap();
+    cfg.postgresql.client_auth_method = method.into();
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+}
+
+/// PostgreSQL's authentication request codes (the `R` message).
+const AUTH_OK: i32 = 0;
+const AUTH_MD5: i32 = 5;
+const AUTH_SASL: i32 = 10;
+
+/// An md5-only client logging in as `user` to `ip`:5432 over TLS (as a frontend must, the
+/// client lines being `hostssl`), speaking the protocol by hand: the authentication request
+/// the server answers the startup message with, and when that asked for md5, the code after
+/// our md5 answer (`AUTH_OK`) or `None` for a refusal.
+fn md5_only_login(ip: &str, ca_pem: &str, user: &str, password: &str) -> (i32, Option<i32>) {
+    use rustls::pki_types::pem::PemObject;
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut tcp = std::net::TcpStream::connect((ip, 5432)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // SSLRequest: length 8, code 80877103.
+    tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).unwrap();
+    let mut b = [0u8; 1];
+    tcp.read_exact(&mut b).unwrap();
+    assert_eq!(b[0], b'S', "{ip}: PostgreSQL refused TLS");
+    let name = rustls::pki_types::ServerName::try_from(ip.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    // StartupMessage, protocol 3.0.
+    let mut body = 196608i32.to_be_bytes().to_vec();
+    for part in ["user", user, "database", "postgres", ""] {
+        body.extend(part.as_bytes());
+        body.push(0);
+    }
+    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend(body);
+    s.write_all(&msg).unwrap();
+    // One backend message: its type and body.
+    let read = |s: &mut rustls::StreamOwned<_, _>| -> (u8, Vec<u8>) {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).unwrap();
+        let len = i32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).unwrap();
+        (head[0], body)
+    };
+    let (kind, body) = read(&mut s);
+    assert_eq!(kind, b'R', "{ip}: not an authentication request: {body:?}");
+    let code = i32::from_be_bytes(body[0..4].try_into().unwrap());
+    if code != AUTH_MD5 {
+        return (code, None);
+    }
+    let salt: [u8; 4] = body[4..8].try_into().unwrap();
+    let answer =
+        postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt);
+    let mut msg = vec![b'p'];
+    msg.extend(((answer.len() + 5) as i32).to_be_bytes());
+    msg.extend(answer.as_bytes());
+    msg.push(0);
+    s.write_all(&msg).unwrap();
+    let (kind, body) = read(&mut s);
+    match kind {
+        b'R' => (
+            code,
+            Some(i32::from_be_bytes(body[0..4].try_into().unwrap())),
+        ),
+        _ => (code, None),
+    }
+}
+
+/// `left(rolpassword, 3)` of the superuser on `n`: `md5` or `SCR`.
+fn stored_hash(n: &Node) -> Option<String> {
+    n.sql("SELECT left(rolpassword, 3) FROM pg_authid WHERE rolname = 'chef_pgsql'")
+}
+
+fn wait_stored_hash(c: &Cluster, want: &str) {
+    for n in &c.nodes {
+        wait_until(T, &format!("{}: superuser stored {want}", n.name), || {
+            (stored_hash(n).as_deref() == Some(want)).then_some(())
+        });
+    }
+}
+
+/// psql as a frontend logs in (TLS required), and the authentication the server asked for.
+fn assert_logins(c: &Cluster, want: i32) {
+    for n in &c.nodes {
+        let pw = n.password();
+        let (code, after) = md5_only_login(&n.ip, &n.ca_pem(), "chef_pgsql", &pw);
+        assert_eq!(code, want, "{}: authentication request", n.name);
+        if want == AUTH_MD5 {
+            assert_eq!(
+                after,
+                Some(AUTH_OK),
+                "{}: the md5 answer was refused",
+                n.name
+            );
+            let (_, wrong) = md5_only_login(&n.ip, &n.ca_pem(), "chef_pgsql", "wrong");
+            assert_eq!(wrong, None, "{}: a wrong md5 answer was accepted", n.name);
+        }
+        let out = psql(
+            &n.ip,
+            &pw,
+            "sslmode=require",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        );
+        assert_eq!(out, Ok("t".to_string()), "{}: psql over TLS", n.name);
+    }
+}
+
+#[test]
+fn md5_client_auth_for_md5_only_clients_switched_both_ways() {
+    let c = Cluster::with_config(58, 3, "\n[postgresql]\nclient_auth_method = \"md5\"\n");
+    let l = c.wait_leader(None, T);
+    wait_streaming(&c, 2);
+    // Created md5: the superuser's password is stored md5 (replicated to every node), host
+    // and local lines are md5, and an md5-only client logs in.
+    wait_stored_hash(&c, "md5");
+    assert_logins(&c, AUTH_MD5);
+    let rules = l
+        .sql("SELECT type || ' ' || array_to_string(database, ',') || ' ' || auth_method FROM pg_hba_file_rules")
+        .unwrap();
+    assert!(rules.lines().any(|r| r == "local all md5"), "{rules}");
+    assert!(
+        rules
+            .lines()
+            .filter(|r| r.starts_with("hostssl replication"))
+            .all(|r| r.ends_with(" scram-sha-256")),
+        "{rules}"
+    );
+    assert_eq!(
+        l.sql("SHOW password_encryption").as_deref(),
+        Some("md5"),
+        "what the frontends' own roles are stored as"
+    );
+    // The replication role stays SCRAM: its lines are scram-sha-256.
+    assert_eq!(
+        l.sql("SELECT left(rolpassword, 3) FROM pg_authid WHERE rolname = 'replicator'")
+            .as_deref(),
+        Some("SCR")
+    );
+
+    // To scram, one follower first: it waits for the leader to store SCRAM before its lines
+    // change; the others' md5 lines then run SCRAM (an md5-only client is refused there too).
+    let f = c.nodes.iter().find(|n| n.name != l.name).unwrap();
+    set_client_auth(f, "scram-sha-256");
+    f.ok(&["reconfigure"]);
+    assert_eq!(stored_hash(f).as_deref(), Some("SCR"));
+    wait_stored_hash(&c, "SCR");
+    assert_logins(&c, AUTH_SASL);
+    for n in c.nodes.iter().filter(|n| n.name != f.name) {
+        set_client_auth(n, "scram-sha-256");
+        n.ok(&["reconfigure"]);
+    }
+    assert_logins(&c, AUTH_SASL);
+
+    // Back to md5, the leader first: it keeps SCRAM (which md5 lines accept) until every
+    // member's md5 lines are loaded.
+    set_client_auth(l, "md5");
+    l.ok(&["reconfigure"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(stored_hash(l).as_deref(), Some("SCR"));
+    assert_eq!(
+        md5_only_login(&l.ip, &l.ca_pem(), "chef_pgsql", &l.password()).0,
+        AUTH_SASL
+    );
+    for n in c.nodes.iter().filter(|n| n.name != l.name) {
+        set_client_auth(n, "md5");
+        n.ok(&["reconfigure"]);
+    }
+    wait_stored_hash(&c, "md5");
+    assert_logins(&c, AUTH_MD5);
+    // No failover, every agent still reaches its PostgreSQL, the search services theirs.
+    assert!(c.leader().is_some_and(|x| x.name == l.name));
+    wait_streaming(&c, 2);
+    for n in &c.nodes {
+        wait_until(T, &format!("{}: search healthy", n.name), || {
+            n.status_json()
+                .is_some_and(|s| s["ha"]["search_ok"] == true)
+                .then_some(())
+        });
+    }
 }
