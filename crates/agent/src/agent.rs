@@ -137,6 +137,8 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
     tokio::spawn(crate::secret_rotation::serve(
         node.clone(),
         dcs.clone(),
+        sup.clone(),
+        views.ha.clone(),
         sensors.requests.subscribe(),
         shutdown.clone(),
     ));
@@ -398,6 +400,21 @@ impl Ctx {
                     Ok(done) => Response::ok(
                         done.join(", "),
                         serde_json::to_value(&done).unwrap_or_default(),
+                    ),
+                    Err(e) => Response::err(format!("{e:#}")),
+                }
+            }
+            Request::RotatePostgresqlPasswords => {
+                match crate::secret_rotation::rotate_postgresql(&self.node, &self.dcs).await {
+                    Ok(r) => Response::ok(
+                        format!(
+                            "{}{}",
+                            r.nodes.join(", "),
+                            r.carried_on_from
+                                .map(|n| format!("; carried on the rotation started on {n}"))
+                                .unwrap_or_default()
+                        ),
+                        serde_json::to_value(&r.nodes).unwrap_or_default(),
                     ),
                     Err(e) => Response::err(format!("{e:#}")),
                 }
