@@ -137,6 +137,8 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
     tokio::spawn(crate::secret_rotation::serve(
         node.clone(),
         dcs.clone(),
+        sup.clone(),
+        views.ha.clone(),
         sensors.requests.subscribe(),
         shutdown.clone(),
     ));
@@ -402,6 +404,21 @@ impl Ctx {
                     Err(e) => Response::err(format!("{e:#}")),
                 }
             }
+            Request::RotatePostgresqlPasswords => {
+                match crate::secret_rotation::rotate_postgresql(&self.node, &self.dcs).await {
+                    Ok(r) => Response::ok(
+                        format!(
+                            "{}{}",
+                            r.nodes.join(", "),
+                            r.carried_on_from
+                                .map(|n| format!("; carried on the rotation started on {n}"))
+                                .unwrap_or_default()
+                        ),
+                        serde_json::to_value(&r.nodes).unwrap_or_default(),
+                    ),
+                    Err(e) => Response::err(format!("{e:#}")),
+                }
+            }
             Request::RemoveNode { node, apply } => {
                 reply(crate::operator::remove_node(&self.dcs, &self.node, &node, apply).await)
             }
@@ -494,9 +511,46 @@ impl Ctx {
         let mut done = Vec::new();
         let mut n = self.node.clone();
         n.cfg = new.clone();
-        if new.postgresql != old.postgresql || new.backup != old.backup {
-            if let Err(e) = postgres::write_config(&n) {
+        // The client method changes in the order that never puts an hba line in front of a
+        // stored password it refuses (an md5 line accepts both, a scram-sha-256 line no
+        // md5-stored password; the superuser's password replicates from the leader, which
+        // stores it as `pgconf::wanted_superuser_hash` of what the members post).
+        use larder_core::pgconf::PasswordHash;
+        let method_now = self.node.pg_auth();
+        let method_new = new.postgresql.client_auth_method.clone();
+        let method_changed = method_new != method_now;
+        let to_scram =
+            method_changed && PasswordHash::of_method(&method_new) == PasswordHash::Scram;
+        if to_scram {
+            // Post the new method first (the leader then stores the password as SCRAM), and
+            // change the lines only once that hash has reached this node.
+            self.node.set_pg_auth(&method_new);
+            if let Err(e) = self.await_superuser_hash(PasswordHash::Scram).await {
+                self.node.set_pg_auth(&method_now);
+                return Response::err(format!("{e:#}; nothing was changed"));
+            }
+        }
+        if new.postgresql != old.postgresql || new.backup != old.backup || method_changed {
+            if let Err(e) = postgres::write_config_as(&n, &method_new) {
+                if to_scram {
+                    self.node.set_pg_auth(&method_now);
+                }
                 return Response::err(format!("cannot write PostgreSQL config: {e}"));
+            }
+            if method_changed {
+                // pg_hba.conf and password_encryption are read at a reload, whatever else
+                // waits for a restart.
+                let _ = self
+                    .sup
+                    .signal(postgres::SERVICE, nix::sys::signal::Signal::SIGHUP);
+                if !to_scram {
+                    // md5 lines are loaded: only now may the leader store the password md5.
+                    self.node.set_pg_auth(&method_new);
+                }
+                done.push(match PasswordHash::of_method(&method_new) {
+                    PasswordHash::Md5 => "postgresql: client authentication md5; the leader stores the superuser's password md5 once every member has switched (run `larder reconfigure` on each)".to_string(),
+                    PasswordHash::Scram => "postgresql: client authentication scram-sha-256 (the superuser's password is stored SCRAM)".to_string(),
+                });
             }
             let restart_needed = new.postgresql.port != old.postgresql.port
                 || new.postgresql.max_connections != old.postgresql.max_connections
@@ -567,6 +621,30 @@ impl Ctx {
             done.push("no changes".into());
         }
         Response::ok(done.join("\n"), serde_json::Value::Null)
+    }
+
+    /// Wait (30 s at most) until this node's catalog stores the superuser's password as
+    /// `want`; at once when PostgreSQL is not running here (it reads its lines at start).
+    async fn await_superuser_hash(
+        &self,
+        want: larder_core::pgconf::PasswordHash,
+    ) -> anyhow::Result<()> {
+        let running = self.sup.state(postgres::SERVICE).is_some_and(|s| s.running);
+        if !running {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if postgres::superuser_hash(&self.node).await == Some(want) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "the superuser's password has not reached this node stored as {want} within 30 s (the leader stores it so once a member posts that method): is the leader running this release (`larder cluster-status`) and this node streaming?"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Requests that change leadership (`force-leader`, `pgsql-follow`) are decided by the

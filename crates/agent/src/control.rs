@@ -46,6 +46,9 @@ pub enum Request {
     /// `rotate-secrets --search`: a new search password accepted on every node beside the
     /// old (`finish: false`), or the old dropped everywhere (`finish: true`).
     RotateSearchPassword { finish: bool },
+    /// `rotate-secrets --postgresql`: new passwords for the superuser and the replication
+    /// role on every node (or carry on a rotation that stopped part-way).
+    RotatePostgresqlPasswords,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

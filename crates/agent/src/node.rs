@@ -111,6 +111,11 @@ pub struct Node {
     pub pg_user: Option<(u32, u32)>,
     /// What the listeners enforce (config and secrets together, `larder_core::security`).
     pub security: larder_core::security::Effective,
+    /// The client method PostgreSQL's pg_hba.conf is written with, shared by every clone:
+    /// `reconfigure` changes it under a running agent (whose `cfg` copies keep the value read
+    /// at start), and everything that rewrites pg_hba.conf or posts this node's status reads
+    /// it here.
+    pg_auth: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Node {
@@ -122,12 +127,24 @@ impl Node {
             .map_err(|e| anyhow::anyhow!("{}: {e}", paths.config_file().display()))?;
         Ok(Node {
             paths: paths.clone(),
-            cfg,
             secrets,
             state,
             pg_user: pg_os_user()?,
             security,
+            pg_auth: std::sync::Arc::new(std::sync::Mutex::new(
+                cfg.postgresql.client_auth_method.clone(),
+            )),
+            cfg,
         })
+    }
+
+    /// The client method pg_hba.conf is (being) written with; see the field.
+    pub fn pg_auth(&self) -> String {
+        self.pg_auth.lock().unwrap().clone()
+    }
+
+    pub fn set_pg_auth(&self, method: &str) {
+        *self.pg_auth.lock().unwrap() = method.to_string();
     }
 
     /// This node's etcd endpoints: its own first, then the rest of the initial cluster (the

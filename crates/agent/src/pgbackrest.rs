@@ -152,7 +152,8 @@ pub fn backup_host(node: &Node) -> BackupHost {
 
 /// The supervised `pgbackrest server`: as PostgreSQL's user (it reads the data directory for
 /// backups from this node), with the superuser's password for the local connections remote
-/// commands make (in its environment, never on a command line).
+/// commands make (in its environment, never on a command line; the secrets file's current
+/// one: `rotate-secrets --postgresql` restarts the server with the new one).
 pub fn service_spec(node: &Node) -> ServiceSpec {
     ServiceSpec {
         args: vec![
@@ -163,7 +164,7 @@ pub fn service_spec(node: &Node) -> ServiceSpec {
             ("HOME".into(), "/tmp".into()),
             (
                 "PGPASSWORD".into(),
-                node.secrets
+                node.secrets_now()
                     .postgresql
                     .db_superuser_password
                     .expose()
@@ -177,7 +178,9 @@ pub fn service_spec(node: &Node) -> ServiceSpec {
 }
 
 /// `pgbackrest --config=… --stanza=larder ARGS` as PostgreSQL's OS user, with the superuser's
-/// password for the connections a backup makes (never on the command line).
+/// password for the connections a backup makes (never on the command line): the one in
+/// `node.secrets`, which `postgres::use_working_superuser_password` sets to the one the
+/// server accepts.
 pub fn command(node: &Node, args: &[&str]) -> std::process::Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new("pgbackrest");

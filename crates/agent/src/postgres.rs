@@ -5,7 +5,8 @@
 use crate::node::{write_private, Node};
 use crate::supervisor::{PreStart, ServiceSpec};
 use larder_core::model::{standby_name, LeaderRecord, Lsn, PgState, WalPosition};
-use larder_core::pgconf;
+use larder_core::pgconf::{self, PasswordHash};
+use larder_core::secrets::Secret;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -164,7 +165,7 @@ pub async fn initdb(node: &Node) -> Result<(), PgError> {
     let pwfile = tls_dir(node).join(".initdb-pw");
     write_private(
         &pwfile,
-        node.secrets
+        node.secrets_now()
             .postgresql
             .db_superuser_password
             .expose()
@@ -196,13 +197,21 @@ pub async fn initdb(node: &Node) -> Result<(), PgError> {
 }
 
 /// Write Larder's managed files into the data directory. Returns whether anything changed
-/// (so `reconfigure` knows whether PostgreSQL needs a reload).
+/// (so `reconfigure` knows whether PostgreSQL needs a reload). The client method is the one
+/// in effect ([`Node::pg_auth`]), not necessarily `node.cfg`'s.
 pub fn write_config(node: &Node) -> Result<bool, PgError> {
+    write_config_as(node, &node.pg_auth())
+}
+
+/// [`write_config`] with pg_hba.conf's client method (and `password_encryption`) `method`.
+pub fn write_config_as(node: &Node, method: &str) -> Result<bool, PgError> {
+    let mut cfg = node.cfg.clone();
+    cfg.postgresql.client_auth_method = method.to_string();
     let data = node.paths.pg_data();
     let tls = tls_dir(node);
     let archive = crate::pgbackrest::write_conf(node)?;
     let conf = pgconf::render_postgresql_conf(
-        &node.cfg,
+        &cfg,
         &node.paths.pg_socket_dir().display().to_string(),
         &tls.join("server.crt").display().to_string(),
         &tls.join("server.key").display().to_string(),
@@ -213,7 +222,7 @@ pub fn write_config(node: &Node) -> Result<bool, PgError> {
     changed |= write_if_changed(
         node,
         &data.join("pg_hba.conf"),
-        &pgconf::render_hba(&node.cfg, node.security.pg_require_ssl),
+        &pgconf::render_hba(&cfg, node.security.pg_require_ssl),
     )?;
     let main = data.join("postgresql.conf");
     let text = std::fs::read_to_string(&main).unwrap_or_default();
@@ -256,22 +265,26 @@ pub fn set_standby(node: &Node, on: bool) -> Result<(), PgError> {
 }
 
 /// Point recovery at `leader` (or nowhere): `primary_conninfo` over TLS as the replication
-/// user, with this node's slot and application name.
+/// user, with this node's slot and application name. The password is not in it but in
+/// [`replication_passfile`] (PostgreSQL logs a changed `primary_conninfo` in full at a
+/// reload): the secrets file's current one, which `rotate-secrets --postgresql` rewrites once
+/// the new one is in the catalog. Returns whether the configuration changed (a reload is due).
 pub fn write_follow_conf(node: &Node, leader: Option<&LeaderRecord>) -> Result<bool, PgError> {
     let path = node.paths.pg_data().join("larder-recovery.conf");
     let text = match leader {
         None => "# Managed by Larder: no leader to follow.\nprimary_conninfo = ''\nprimary_slot_name = ''\n".to_string(),
         Some(l) => {
+            write_replication_passfile(node)?;
             let tls = tls_dir(node);
             let name = standby_name(&node.state.guid);
             format!(
-                "# Managed by Larder: following {} (term {}).\nprimary_conninfo = 'host={} port={} user={} password={} application_name={} sslmode=verify-ca sslrootcert={} sslcert={} sslkey={} connect_timeout=2 keepalives_idle=5 keepalives_interval=2 keepalives_count=2'\nprimary_slot_name = '{}'\n",
+                "# Managed by Larder: following {} (term {}).\nprimary_conninfo = 'host={} port={} user={} passfile={} application_name={} sslmode=verify-ca sslrootcert={} sslcert={} sslkey={} connect_timeout=2 keepalives_idle=5 keepalives_interval=2 keepalives_count=2'\nprimary_slot_name = '{}'\n",
                 l.name,
                 l.term,
                 l.address,
                 node.cfg.postgresql.port,
                 node.cfg.postgresql.replication_user,
-                node.secrets.postgresql.replication_password.expose(),
+                replication_passfile(node).display(),
                 name,
                 tls.join("ca.crt").display(),
                 tls.join("server.crt").display(),
@@ -281,6 +294,27 @@ pub fn write_follow_conf(node: &Node, leader: Option<&LeaderRecord>) -> Result<b
         }
     };
     write_if_changed(node, &path, &text)
+}
+
+/// The libpq password file the WAL receiver reads at each connection (0600, PostgreSQL's user).
+pub fn replication_passfile(node: &Node) -> PathBuf {
+    tls_dir(node).join("replication.pgpass")
+}
+
+/// [`replication_passfile`] with the secrets file's current replication password, replaced
+/// whole (a connection attempt never reads half a file) and only when it changes.
+fn write_replication_passfile(node: &Node) -> Result<(), PgError> {
+    let escape = |v: &str| v.replace('\\', "\\\\").replace(':', "\\:");
+    let text = format!(
+        "*:*:*:{}:{}\n",
+        escape(&node.cfg.postgresql.replication_user),
+        escape(node.secrets_now().postgresql.replication_password.expose())
+    );
+    let path = replication_passfile(node);
+    if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(());
+    }
+    write_owned(node, &path, text.as_bytes())
 }
 
 /// The supervised `postgres` process. `pre_start` decides primary vs standby on every start.
@@ -299,22 +333,61 @@ pub fn service_spec(node: &Node, pre_start: PreStart) -> ServiceSpec {
 
 /// Connection over the local unix socket as the superuser.
 pub async fn connect(node: &Node, timeout: Duration) -> Result<tokio_postgres::Client, PgError> {
-    let mut c = tokio_postgres::Config::new();
-    c.host_path(node.paths.pg_socket_dir())
-        .port(node.cfg.postgresql.port)
-        .user(&node.cfg.postgresql.db_superuser)
-        .password(node.secrets.postgresql.db_superuser_password.expose())
-        .dbname("postgres")
-        .application_name("larder-agent")
-        .connect_timeout(timeout);
-    let (client, conn) = tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls))
-        .await
-        .map_err(|_| PgError::Sql("connect timed out".into()))?
-        .map_err(sql_err)?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+    connect_as(node, timeout).await.map(|(c, _)| c)
+}
+
+/// [`connect`], and the password that was accepted: the secrets file's current one, or, when
+/// the server refuses it (SQLSTATE 28P01) during `rotate-secrets --postgresql`, the staged one.
+pub async fn connect_as(
+    node: &Node,
+    timeout: Duration,
+) -> Result<(tokio_postgres::Client, Secret), PgError> {
+    let secrets = node.secrets_now();
+    let mut passwords = secrets
+        .postgresql
+        .superuser_passwords()
+        .into_iter()
+        .peekable();
+    while let Some(password) = passwords.next() {
+        let mut c = tokio_postgres::Config::new();
+        c.host_path(node.paths.pg_socket_dir())
+            .port(node.cfg.postgresql.port)
+            .user(&node.cfg.postgresql.db_superuser)
+            .password(password.expose())
+            .dbname("postgres")
+            .application_name("larder-agent")
+            .connect_timeout(timeout);
+        let (client, conn) = match tokio::time::timeout(timeout, c.connect(tokio_postgres::NoTls))
+            .await
+            .map_err(|_| PgError::Sql("connect timed out".into()))?
+        {
+            Ok(x) => x,
+            Err(e) if is_auth_failure(&e) && passwords.peek().is_some() => continue,
+            Err(e) => return Err(sql_err(e)),
+        };
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        return Ok((client, password.clone()));
+    }
+    unreachable!("superuser_passwords lists the current password")
+}
+
+fn is_auth_failure(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)
+}
+
+/// A PostgreSQL client program's stderr says the server refused the password.
+fn refused_password(stderr: &str) -> bool {
+    stderr.contains("password authentication failed")
+}
+
+/// For the tools that take the superuser's password in their environment (pgBackRest): the
+/// one the local server accepts now, in `node.secrets` (unchanged when none connects).
+pub async fn use_working_superuser_password(node: &mut Node) {
+    if let Ok((_, password)) = connect_as(node, Duration::from_secs(5)).await {
+        node.secrets.postgresql.db_superuser_password = password;
+    }
 }
 
 /// What one observation of the local PostgreSQL found.
@@ -471,31 +544,245 @@ pub async fn promote(client: &tokio_postgres::Client) -> Result<(), PgError> {
     }
 }
 
-/// Roles created on the founding node (and replicated everywhere).
-pub async fn create_roles(node: &Node, client: &tokio_postgres::Client) -> Result<(), PgError> {
-    let user = &node.cfg.postgresql.replication_user;
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[user])
+/// Serializes this agent's password changes: each reads the stored hash before it replaces
+/// the password, and two interleaved could put back a password another just replaced.
+static PASSWORD_CHANGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `role`'s stored password (`pg_authid.rolpassword`): `None` when the role does not exist,
+/// `Some(None)` when it has no password.
+async fn stored_password(
+    client: &tokio_postgres::Client,
+    role: &str,
+) -> Result<Option<Option<String>>, PgError> {
+    Ok(client
+        .query_opt(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&role],
+        )
         .await
         .map_err(sql_err)?
-        .is_some();
-    let pw = node
-        .secrets
-        .postgresql
-        .replication_password
-        .expose()
-        .replace('\'', "''");
-    let verb = if exists { "ALTER" } else { "CREATE" };
-    // Passwords go over the local socket only and statement logging is off: they never reach
-    // a log file. `synchronous_commit = local`: a new leader must not block on followers that
-    // are still rewinding onto it (they wait for this leader to report itself promoted).
-    client
-        .batch_execute(&format!(
-            "SET log_statement = 'none'; SET synchronous_commit = 'local'; {verb} ROLE \"{user}\" WITH REPLICATION LOGIN PASSWORD '{pw}'"
+        .map(|r| r.get(0)))
+}
+
+/// Whether `stored` (a `rolpassword`, md5 or SCRAM-SHA-256 as PostgreSQL makes them) was made
+/// from `password`: which of the passwords a node knows the catalog holds, without trying to
+/// log in with each.
+pub fn password_matches(stored: &str, role: &str, password: &str) -> bool {
+    match PasswordHash::of_stored(stored) {
+        Some(PasswordHash::Md5) => {
+            postgres_protocol::password::md5(password.as_bytes(), role) == stored
+        }
+        Some(PasswordHash::Scram) => scram_matches(stored, password),
+        None => false,
+    }
+}
+
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (RFC 5802, 7677): StoredKey is
+/// SHA-256(HMAC(SaltedPassword, "Client Key")), SaltedPassword PBKDF2-HMAC-SHA-256 of the
+/// SASLprep'd password, as PostgreSQL computes it.
+fn scram_matches(stored: &str, password: &str) -> bool {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let parse = || -> Option<(std::num::NonZeroU32, Vec<u8>, Vec<u8>)> {
+        let rest = stored.strip_prefix("SCRAM-SHA-256$")?;
+        let (params, keys) = rest.split_once('$')?;
+        let (iterations, salt) = params.split_once(':')?;
+        let (stored_key, _server_key) = keys.split_once(':')?;
+        Some((
+            iterations.parse().ok()?,
+            b64.decode(salt).ok()?,
+            b64.decode(stored_key).ok()?,
         ))
+    };
+    let Some((iterations, salt, stored_key)) = parse() else {
+        return false;
+    };
+    // PostgreSQL hashes the raw bytes of a password SASLprep refuses.
+    let prepared = stringprep::saslprep(password)
+        .map(|p| p.into_owned())
+        .unwrap_or_else(|_| password.to_string());
+    let mut salted = [0u8; 32];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations,
+        &salt,
+        prepared.as_bytes(),
+        &mut salted,
+    );
+    let client_key = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &salted),
+        b"Client Key",
+    );
+    ring::digest::digest(&ring::digest::SHA256, client_key.as_ref()).as_ref() == stored_key
+}
+
+/// `statement` (ending in `PASSWORD`) with `password` stored as `hash`, in one implicit
+/// transaction (run it with [`run_password_sql`]). A failed statement is not logged either
+/// (`log_min_error_statement` would print its text, password included); `synchronous_commit =
+/// local`: the HA loop must not block on followers that are still rewinding onto a new leader.
+fn password_sql(statement: &str, password: &str, hash: PasswordHash) -> String {
+    format!(
+        "SET LOCAL log_min_error_statement = 'panic'; SET LOCAL synchronous_commit = 'local'; \
+         SET LOCAL password_encryption = '{}'; {statement} '{}'",
+        hash.encryption(),
+        password.replace('\'', "''")
+    )
+}
+
+/// Run [`password_sql`] text with statement logging off for this session first: a query
+/// string is logged when it arrives, before any `SET` inside it could take effect.
+async fn run_password_sql(client: &tokio_postgres::Client, sql: &str) -> Result<(), PgError> {
+    client
+        .batch_execute("SET log_statement = 'none'")
         .await
         .map_err(sql_err)?;
+    client.batch_execute(sql).await.map_err(sql_err)
+}
+
+/// Roles created on the founding node (and replicated everywhere): the replication role,
+/// whose password is always stored SCRAM (its lines are scram-sha-256 whatever the clients'
+/// method). Set only when the stored password is none of this node's (current or staged), so
+/// a new leader never undoes a password change the cluster already made.
+pub async fn create_roles(node: &Node, client: &tokio_postgres::Client) -> Result<(), PgError> {
+    let _one = PASSWORD_CHANGE.lock().await;
+    let user = &node.cfg.postgresql.replication_user;
+    let secrets = node.secrets_now();
+    let current = secrets.postgresql.replication_password.expose();
+    let known = secrets.postgresql.replication_passwords();
+    let statement = match stored_password(client, user).await? {
+        Some(Some(s))
+            if PasswordHash::of_stored(&s) == Some(PasswordHash::Scram)
+                && known.iter().any(|p| password_matches(&s, user, p.expose())) =>
+        {
+            return Ok(())
+        }
+        Some(_) => format!("ALTER ROLE \"{user}\" WITH REPLICATION LOGIN PASSWORD"),
+        None => format!("CREATE ROLE \"{user}\" WITH REPLICATION LOGIN PASSWORD"),
+    };
+    run_password_sql(
+        client,
+        &password_sql(&statement, current, PasswordHash::Scram),
+    )
+    .await?;
     Ok(())
+}
+
+/// Leader: store the superuser's password as `wanted` when it is stored the other way (see
+/// `pgconf::wanted_superuser_hash`). The password stays the same: the one of this node's that
+/// the stored hash was made from is stored again. Returns whether it was re-hashed.
+pub async fn ensure_superuser_hash(
+    node: &Node,
+    client: &tokio_postgres::Client,
+    wanted: PasswordHash,
+) -> Result<bool, PgError> {
+    let _one = PASSWORD_CHANGE.lock().await;
+    let user = &node.cfg.postgresql.db_superuser;
+    let Some(Some(stored)) = stored_password(client, user).await? else {
+        return Ok(false);
+    };
+    if PasswordHash::of_stored(&stored) == Some(wanted) {
+        return Ok(false);
+    }
+    let secrets = node.secrets_now();
+    // During `rotate-secrets --postgresql` the stored one may be the staged password.
+    let Some(password) = secrets
+        .postgresql
+        .superuser_passwords()
+        .into_iter()
+        .find(|p| password_matches(&stored, user, p.expose()))
+    else {
+        // Not a password this node knows: storing ours would change it, not re-hash it.
+        tracing::warn!("the superuser's stored password is none of this node's secrets file; not re-hashing it as {wanted}");
+        return Ok(false);
+    };
+    run_password_sql(
+        client,
+        &password_sql(
+            &format!("ALTER ROLE \"{user}\" PASSWORD"),
+            password.expose(),
+            wanted,
+        ),
+    )
+    .await?;
+    tracing::info!(
+        "superuser password now stored as {wanted} (postgresql.client_auth_method of every member)"
+    );
+    Ok(true)
+}
+
+/// How this node's catalog stores the superuser's password (`None`: no password, or no
+/// connection).
+pub async fn superuser_hash(node: &Node) -> Option<PasswordHash> {
+    let client = connect(node, Duration::from_secs(3)).await.ok()?;
+    let stored = stored_password(&client, &node.cfg.postgresql.db_superuser)
+        .await
+        .ok()??;
+    PasswordHash::of_stored(&stored?)
+}
+
+/// Leader, `rotate-secrets --postgresql`: both roles' new passwords in one transaction, the
+/// superuser's stored as it is now (md5 or SCRAM, see `ensure_superuser_hash`), the
+/// replication role's SCRAM. Existing sessions (frontends', replication) are not affected:
+/// PostgreSQL checks a password only when a session starts.
+pub async fn set_passwords(
+    node: &Node,
+    client: &tokio_postgres::Client,
+    superuser: &str,
+    replication: &str,
+) -> Result<(), PgError> {
+    let _one = PASSWORD_CHANGE.lock().await;
+    let (su, repl) = (
+        &node.cfg.postgresql.db_superuser,
+        &node.cfg.postgresql.replication_user,
+    );
+    let su_hash = match stored_password(client, su).await? {
+        Some(Some(s)) => PasswordHash::of_stored(&s),
+        _ => None,
+    }
+    .unwrap_or(PasswordHash::of_method(&node.pg_auth()));
+    let sql = format!(
+        "{}; {}",
+        password_sql(&format!("ALTER ROLE \"{su}\" PASSWORD"), superuser, su_hash),
+        // Its own SET LOCALs again: the second SET of password_encryption wins.
+        password_sql(
+            &format!("ALTER ROLE \"{repl}\" WITH REPLICATION LOGIN PASSWORD"),
+            replication,
+            PasswordHash::Scram
+        )
+    );
+    run_password_sql(client, &sql).await
+}
+
+/// Whether this node's catalog (replicated from the leader) holds these passwords for the
+/// superuser and the replication role.
+pub async fn catalog_holds(
+    node: &Node,
+    client: &tokio_postgres::Client,
+    superuser: &str,
+    replication: &str,
+) -> Result<bool, PgError> {
+    let pg = &node.cfg.postgresql;
+    for (role, password) in [
+        (&pg.db_superuser, superuser),
+        (&pg.replication_user, replication),
+    ] {
+        match stored_password(client, role).await? {
+            Some(Some(s)) if password_matches(&s, role, password) => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// This standby's WAL receiver: its pid and status, `None` when there is none.
+pub async fn wal_receiver(
+    client: &tokio_postgres::Client,
+) -> Result<Option<(i32, String)>, PgError> {
+    Ok(client
+        .query_opt("SELECT pid, status FROM pg_stat_wal_receiver", &[])
+        .await
+        .map_err(sql_err)?
+        .map(|r| (r.get(0), r.get(1))))
 }
 
 /// Leader: `synchronous_standby_names`, and one physical slot per registered member.
@@ -720,25 +1007,32 @@ fn leader_conn(node: &Node, leader: &LeaderRecord) -> String {
 pub async fn rewind(node: &Node, leader: &LeaderRecord) -> Result<String, PgError> {
     finish_crash_recovery(node).await?;
     let saved = save_config_files(node);
-    let res = run_tool(
-        node,
-        bin(node, "pg_rewind"),
-        &[
-            "-D".into(),
-            node.paths.pg_data().display().to_string(),
-            format!("--source-server={}", leader_conn(node, leader)),
-            "--progress".into(),
-        ],
-        &[(
-            "PGPASSWORD",
-            node.secrets
-                .postgresql
-                .db_superuser_password
-                .expose()
-                .to_string(),
-        )],
-    )
-    .await;
+    let secrets = node.secrets_now();
+    let mut passwords = secrets
+        .postgresql
+        .superuser_passwords()
+        .into_iter()
+        .peekable();
+    let res = loop {
+        let password = passwords.next().expect("the current password at least");
+        let res = run_tool(
+            node,
+            bin(node, "pg_rewind"),
+            &[
+                "-D".into(),
+                node.paths.pg_data().display().to_string(),
+                format!("--source-server={}", leader_conn(node, leader)),
+                "--progress".into(),
+            ],
+            &[("PGPASSWORD", password.expose().to_string())],
+        )
+        .await;
+        // Refused at connect, before touching anything: the leader may hold the staged one.
+        match &res {
+            Err(PgError::Command(e)) if refused_password(e) && passwords.peek().is_some() => {}
+            _ => break res,
+        }
+    };
     restore_config_files(node, &saved)?;
     set_standby(node, true)?;
     write_follow_conf(node, Some(leader))?;
@@ -780,6 +1074,53 @@ pub async fn basebackup(
         }
         std::fs::rename(&data, &previous)?;
     }
+    let secrets = node.secrets_now();
+    let mut passwords = secrets
+        .postgresql
+        .replication_passwords()
+        .into_iter()
+        .peekable();
+    let failed = loop {
+        let password = passwords.next().expect("the current password at least");
+        match run_basebackup(node, leader, password.expose(), &progress).await? {
+            None => break None,
+            // Refused at connect (nothing copied): the leader may hold the staged one.
+            Some(msg) if refused_password(&msg) && passwords.peek().is_some() => {
+                let _ = std::fs::remove_dir_all(&data);
+            }
+            Some(msg) => break Some(msg),
+        }
+    };
+    if let Some(msg) = failed {
+        let _ = std::fs::remove_dir_all(&data);
+        if previous.exists() {
+            std::fs::rename(&previous, &data)?;
+        }
+        return Err(PgError::Command(format!(
+            "pg_basebackup failed: {}",
+            msg.trim()
+        )));
+    }
+    restore_config_files(node, &saved)?;
+    write_config(node)?;
+    set_standby(node, true)?;
+    write_follow_conf(node, Some(leader))?;
+    chown_tree(node, &data)?;
+    if previous.exists() {
+        std::fs::remove_dir_all(&previous)?;
+    }
+    Ok(())
+}
+
+/// One `pg_basebackup` run from `leader` into the data directory: `None` when it succeeded,
+/// else its messages.
+async fn run_basebackup(
+    node: &Node,
+    leader: &LeaderRecord,
+    password: &str,
+    progress: &(impl Fn(CopyProgress) + Send + Sync),
+) -> Result<Option<String>, PgError> {
+    let data = node.paths.pg_data();
     let mut cmd = tokio::process::Command::new(bin(node, "pg_basebackup"));
     cmd.args([
         "-D",
@@ -797,10 +1138,7 @@ pub async fn basebackup(
         "--progress",
         "--no-password",
     ])
-    .env(
-        "PGPASSWORD",
-        node.secrets.postgresql.replication_password.expose(),
-    )
+    .env("PGPASSWORD", password)
     .env("PGSSLMODE", "verify-ca")
     .env("PGSSLROOTCERT", tls_dir(node).join("ca.crt"))
     .env("PGSSLCERT", tls_dir(node).join("server.crt"))
@@ -837,30 +1175,15 @@ pub async fn basebackup(
         }
     }
     let status = child.wait().await?;
-    if !status.success() {
-        let _ = std::fs::remove_dir_all(&data);
-        if previous.exists() {
-            std::fs::rename(&previous, &data)?;
-        }
-        let msg: String = all
-            .lines()
+    if status.success() {
+        return Ok(None);
+    }
+    Ok(Some(
+        all.lines()
             .filter(|l| !l.contains(" kB ("))
             .collect::<Vec<_>>()
-            .join("; ");
-        return Err(PgError::Command(format!(
-            "pg_basebackup failed: {}",
-            msg.trim()
-        )));
-    }
-    restore_config_files(node, &saved)?;
-    write_config(node)?;
-    set_standby(node, true)?;
-    write_follow_conf(node, Some(leader))?;
-    chown_tree(node, &data)?;
-    if previous.exists() {
-        std::fs::remove_dir_all(&previous)?;
-    }
-    Ok(())
+            .join("; "),
+    ))
 }
 
 #[cfg(test)]
@@ -898,6 +1221,43 @@ mod tests {
         );
         assert_eq!(parse_progress("pg_basebackup: starting"), None);
     }
+    #[test]
+    fn stored_passwords_are_matched_against_the_known_ones() {
+        // As PostgreSQL stores them (postgres-protocol computes them the same way).
+        let scram = postgres_protocol::password::scram_sha_256(b"s3cret-Pa55");
+        assert!(scram.starts_with("SCRAM-SHA-256$4096:"), "{scram}");
+        assert!(password_matches(&scram, "chef_pgsql", "s3cret-Pa55"));
+        assert!(!password_matches(&scram, "chef_pgsql", "s3cret-Pa56"));
+        let md5 = postgres_protocol::password::md5(b"s3cret-Pa55", "chef_pgsql");
+        assert!(password_matches(&md5, "chef_pgsql", "s3cret-Pa55"));
+        // The user name is md5's salt.
+        assert!(!password_matches(&md5, "replicator", "s3cret-Pa55"));
+        assert!(!password_matches(&md5, "chef_pgsql", "other"));
+        for junk in [
+            "",
+            "SCRAM-SHA-256$x",
+            "SCRAM-SHA-256$0:AAAA$AAAA:AAAA",
+            "s3cret-Pa55",
+        ] {
+            assert!(
+                !password_matches(junk, "chef_pgsql", "s3cret-Pa55"),
+                "{junk}"
+            );
+        }
+        // A failing password statement does not leave its text in the log; the password is
+        // quoted.
+        let sql = password_sql("ALTER ROLE \"u\" PASSWORD", "it's", PasswordHash::Md5);
+        assert!(
+            sql.contains("SET LOCAL log_min_error_statement = 'panic'"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("SET LOCAL password_encryption = 'md5'"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("PASSWORD 'it''s'"), "{sql}");
+    }
+
     #[test]
     fn controldata_parsing() {
         let out = "Database cluster state:               in production\nLatest checkpoint location:           0/3000060\n";

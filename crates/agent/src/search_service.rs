@@ -32,6 +32,11 @@ pub struct Settings {
     pub pg_port: u16,
     pub pg_user: String,
     pub pg_password: String,
+    /// The superuser's staged password during `rotate-secrets --postgresql`, tried when
+    /// `pg_password` is refused; the running service re-reads both from this file before
+    /// each new connection (`larder_search::PgTarget::password_file`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pg_next_password: String,
     pub index_dir: PathBuf,
     pub es_major: u8,
     pub cluster_name: String,
@@ -82,10 +87,14 @@ impl Settings {
             pg_host: node.paths.pg_socket_dir().display().to_string(),
             pg_port: node.cfg.postgresql.port,
             pg_user: node.cfg.postgresql.db_superuser.clone(),
-            pg_password: node
-                .secrets
+            pg_password: secrets
                 .postgresql
                 .db_superuser_password
+                .expose()
+                .to_string(),
+            pg_next_password: secrets
+                .postgresql
+                .next_db_superuser_password
                 .expose()
                 .to_string(),
             index_dir: node.paths.search_index(),

@@ -176,13 +176,16 @@ fn not_configured() -> anyhow::Error {
 
 pub async fn backup(paths: &Paths, a: BackupArgs) -> anyhow::Result<()> {
     crate::report::require_configured(paths)?;
-    let node = Node::load(paths)?;
+    let mut node = Node::load(paths)?;
     if !node.cfg.backup.enabled() {
         return Err(not_configured());
     }
     if a.list {
         return list(&node, a.json);
     }
+    // pgBackRest takes one password: during `rotate-secrets --postgresql`, the one the local
+    // server accepts.
+    larder_agent::postgres::use_working_superuser_password(&mut node).await;
     let st = agent_status(paths).await?;
     let Some(leader) = st.ha.leader.clone() else {
         bail!("the cluster has no leader: pgBackRest starts every backup on the primary; wait for one (`larder cluster-status`); nothing was changed");

@@ -267,6 +267,7 @@ fn new_secrets() -> anyhow::Result<Secrets> {
         postgresql: PgSecrets {
             db_superuser_password: Secret::new(new_password(40)),
             replication_password: Secret::new(new_password(40)),
+            ..PgSecrets::default()
         },
         etcd: EtcdSecrets {
             initial_cluster_token: Secret::new(new_password(32)),

@@ -76,6 +76,7 @@ pub fn import_chef_backend(paths: &Paths, a: ImportArgs) -> anyhow::Result<()> {
         postgresql: PgSecrets {
             db_superuser_password: chef.db_superuser_password.clone(),
             replication_password: chef.replication_password.clone(),
+            ..PgSecrets::default()
         },
         etcd: EtcdSecrets {
             initial_cluster_token: chef

@@ -160,7 +160,8 @@ fn search_config(paths: &Paths) -> anyhow::Result<larder_search::SearchConfig> {
     ))
 }
 
-/// `auth_file`: where the running service re-reads its accepted credentials (its settings).
+/// `auth_file`: where the running service re-reads its accepted credentials and its
+/// PostgreSQL passwords (its settings).
 fn to_search_config(
     s: larder_agent::search_service::Settings,
     auth_file: Option<std::path::PathBuf>,
@@ -171,6 +172,9 @@ fn to_search_config(
             port: s.pg_port,
             user: s.pg_user,
             password: s.pg_password,
+            next_password: s.pg_next_password,
+            // The same file: a rotated PostgreSQL password reaches the running service.
+            password_file: auth_file.clone(),
             dbname: larder_search::PgTarget::DEFAULT_DBNAME.into(),
         },
         index_dir: s.index_dir,

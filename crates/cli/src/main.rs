@@ -78,10 +78,11 @@ pub enum Cmd {
         /// The search API's HTTP Basic password.
         #[arg(long)]
         search: bool,
-        /// The PostgreSQL passwords (not available yet).
+        /// The PostgreSQL passwords (the superuser's and the replication role's), in one run:
+        /// frontends need the new password for their next connections.
         #[arg(long)]
         postgresql: bool,
-        /// Drop the old value everywhere (after the frontends moved over).
+        /// With --search: drop the old value everywhere (after the frontends moved over).
         #[arg(long)]
         finish: bool,
     },

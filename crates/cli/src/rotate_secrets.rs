@@ -2,6 +2,11 @@
 //! cutting any frontend off (`larder_agent::secret_rotation`): first the new password is
 //! accepted beside the old on every node, then the frontends move over, then `--finish`
 //! drops the old one.
+//!
+//! `larder rotate-secrets --postgresql`: new passwords for the PostgreSQL superuser and the
+//! replication role on every node in one run (PostgreSQL keeps one password per role), with
+//! no failover and no node locked out; the frontends' open connections stay, their next ones
+//! need the new password.
 
 use anyhow::bail;
 use larder_agent::control::{self, Request};
@@ -14,12 +19,18 @@ pub async fn rotate_secrets(
     finish: bool,
 ) -> anyhow::Result<()> {
     crate::report::require_configured(paths)?;
+    if search && postgresql {
+        bail!("one secret at a time: --search or --postgresql; nothing was changed");
+    }
     if postgresql {
-        bail!("rotating the PostgreSQL passwords is not available yet (PostgreSQL holds one password per role, so frontends and every node must switch at once; see README, Security); nothing was changed");
+        if finish {
+            bail!("--finish belongs to --search: a PostgreSQL rotation completes in one run (run `larder rotate-secrets --postgresql` again if one stopped part-way); nothing was changed");
+        }
+        return rotate_postgresql(paths).await;
     }
     if !search {
         bail!(
-            "say which secret to rotate: --search (the search API's password); nothing was changed"
+            "say which secret to rotate: --search (the search API's password) or --postgresql (the PostgreSQL passwords); nothing was changed"
         );
     }
     let r = control::call(
@@ -45,5 +56,21 @@ pub async fn rotate_secrets(
             r.message
         );
     }
+    Ok(())
+}
+
+async fn rotate_postgresql(paths: &Paths) -> anyhow::Result<()> {
+    let r = control::call(&paths.agent_socket(), &Request::RotatePostgresqlPasswords).await?;
+    if !r.ok {
+        bail!("{}", r.message);
+    }
+    println!(
+        "✔ new PostgreSQL passwords (superuser and replication) on every node ({}); every follower streams again with the new replication password.\n\
+         Frontends keep the connections they have open, but each new one needs the new password now: \
+         for each frontend, `larder gen-server-config FQDN -f chef-server.rb` on this node, \
+         copy it over, `chef-server-ctl reconfigure` there.\n\
+         The secrets file changed on every node: refresh any copy kept elsewhere.",
+        r.message
+    );
     Ok(())
 }

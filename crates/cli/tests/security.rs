@@ -2,8 +2,10 @@
 //! with HTTP Basic authentication (raw requests, the Python ES/OpenSearch clients, and the
 //! erchef request flow through a haproxy configured from `gen-server-config`), PostgreSQL
 //! requiring TLS and scram for clients, the health API's read ACL, and a scan of every port
-//! a node listens on; and `rotate-certs` on a second 3-node cluster (127.0.54.x) under write
-//! load.
+//! a node listens on; `rotate-certs` on a second 3-node cluster (127.0.54.x) under write
+//! load; `postgresql.client_auth_method = "md5"` for md5-only clients, switched both ways on a
+//! running cluster (127.0.58.x); `rotate-secrets --postgresql` under frontend write load
+//! (127.0.59.x).
 
 mod common;
 
@@ -935,7 +937,10 @@ fn rotate_the_search_password_without_cutting_off_frontends() {
             "no search password rotation is under way",
         ),
         (&["rotate-secrets"][..], "--search"),
-        (&["rotate-secrets", "--postgresql"][..], "not available yet"),
+        (
+            &["rotate-secrets", "--search", "--postgresql"][..],
+            "one secret at a time",
+        ),
     ] {
         let o = l.larder(args);
         let err = String::from_utf8_lossy(&o.stderr);
@@ -1021,4 +1026,559 @@ fn rotate_the_search_password_without_cutting_off_frontends() {
             .is_some_and(|s| s["ha"]["search_ok"] == true)
             .then_some(())
     });
+}
+
+/// Set `postgresql.client_auth_method` in a node's larder.toml.
+fn set_client_auth(n: &Node, method: &str) {
+    let path = n.root.join("etc/larder/larder.toml");
+    let mut cfg = larder_core::config::Config::load(&path).unwrap();
+    cfg.postgresql.client_auth_method = method.into();
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+}
+
+/// PostgreSQL's authentication request codes (the `R` message).
+const AUTH_OK: i32 = 0;
+const AUTH_MD5: i32 = 5;
+const AUTH_SASL: i32 = 10;
+
+/// An md5-only client logging in as `user` to `ip`:5432 over TLS (as a frontend must, the
+/// client lines being `hostssl`), speaking the protocol by hand: the authentication request
+/// the server answers the startup message with, and when that asked for md5, the code after
+/// our md5 answer (`AUTH_OK`) or `None` for a refusal.
+fn md5_only_login(ip: &str, ca_pem: &str, user: &str, password: &str) -> (i32, Option<i32>) {
+    use rustls::pki_types::pem::PemObject;
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut tcp = std::net::TcpStream::connect((ip, 5432)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // SSLRequest: length 8, code 80877103.
+    tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).unwrap();
+    let mut b = [0u8; 1];
+    tcp.read_exact(&mut b).unwrap();
+    assert_eq!(b[0], b'S', "{ip}: PostgreSQL refused TLS");
+    let name = rustls::pki_types::ServerName::try_from(ip.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    // StartupMessage, protocol 3.0.
+    let mut body = 196608i32.to_be_bytes().to_vec();
+    for part in ["user", user, "database", "postgres", ""] {
+        body.extend(part.as_bytes());
+        body.push(0);
+    }
+    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend(body);
+    s.write_all(&msg).unwrap();
+    // One backend message: its type and body.
+    let read = |s: &mut rustls::StreamOwned<_, _>| -> (u8, Vec<u8>) {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).unwrap();
+        let len = i32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).unwrap();
+        (head[0], body)
+    };
+    let (kind, body) = read(&mut s);
+    assert_eq!(kind, b'R', "{ip}: not an authentication request: {body:?}");
+    let code = i32::from_be_bytes(body[0..4].try_into().unwrap());
+    if code != AUTH_MD5 {
+        return (code, None);
+    }
+    let salt: [u8; 4] = body[4..8].try_into().unwrap();
+    let answer =
+        postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt);
+    let mut msg = vec![b'p'];
+    msg.extend(((answer.len() + 5) as i32).to_be_bytes());
+    msg.extend(answer.as_bytes());
+    msg.push(0);
+    s.write_all(&msg).unwrap();
+    let (kind, body) = read(&mut s);
+    match kind {
+        b'R' => (
+            code,
+            Some(i32::from_be_bytes(body[0..4].try_into().unwrap())),
+        ),
+        _ => (code, None),
+    }
+}
+
+/// `left(rolpassword, 3)` of the superuser on `n`: `md5` or `SCR`.
+fn stored_hash(n: &Node) -> Option<String> {
+    n.sql("SELECT left(rolpassword, 3) FROM pg_authid WHERE rolname = 'chef_pgsql'")
+}
+
+fn wait_stored_hash(c: &Cluster, want: &str) {
+    for n in &c.nodes {
+        wait_until(T, &format!("{}: superuser stored {want}", n.name), || {
+            (stored_hash(n).as_deref() == Some(want)).then_some(())
+        });
+    }
+}
+
+/// psql as a frontend logs in (TLS required), and the authentication the server asked for.
+fn assert_logins(c: &Cluster, want: i32) {
+    for n in &c.nodes {
+        let pw = n.password();
+        let (code, after) = md5_only_login(&n.ip, &n.ca_pem(), "chef_pgsql", &pw);
+        assert_eq!(code, want, "{}: authentication request", n.name);
+        if want == AUTH_MD5 {
+            assert_eq!(
+                after,
+                Some(AUTH_OK),
+                "{}: the md5 answer was refused",
+                n.name
+            );
+            let (_, wrong) = md5_only_login(&n.ip, &n.ca_pem(), "chef_pgsql", "wrong");
+            assert_eq!(wrong, None, "{}: a wrong md5 answer was accepted", n.name);
+        }
+        let out = psql(
+            &n.ip,
+            &pw,
+            "sslmode=require",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        );
+        assert_eq!(out, Ok("t".to_string()), "{}: psql over TLS", n.name);
+    }
+}
+
+#[test]
+fn md5_client_auth_for_md5_only_clients_switched_both_ways() {
+    let c = Cluster::with_config(58, 3, "\n[postgresql]\nclient_auth_method = \"md5\"\n");
+    let l = c.wait_leader(None, T);
+    wait_streaming(&c, 2);
+    // Created md5: the superuser's password is stored md5 (replicated to every node), host
+    // and local lines are md5, and an md5-only client logs in.
+    wait_stored_hash(&c, "md5");
+    assert_logins(&c, AUTH_MD5);
+    let rules = l
+        .sql("SELECT type || ' ' || array_to_string(database, ',') || ' ' || auth_method FROM pg_hba_file_rules")
+        .unwrap();
+    assert!(rules.lines().any(|r| r == "local all md5"), "{rules}");
+    assert!(
+        rules
+            .lines()
+            .filter(|r| r.starts_with("hostssl replication"))
+            .all(|r| r.ends_with(" scram-sha-256")),
+        "{rules}"
+    );
+    assert_eq!(
+        l.sql("SHOW password_encryption").as_deref(),
+        Some("md5"),
+        "what the frontends' own roles are stored as"
+    );
+    // The replication role stays SCRAM: its lines are scram-sha-256.
+    assert_eq!(
+        l.sql("SELECT left(rolpassword, 3) FROM pg_authid WHERE rolname = 'replicator'")
+            .as_deref(),
+        Some("SCR")
+    );
+
+    // To scram, one follower first: it waits for the leader to store SCRAM before its lines
+    // change; the others' md5 lines then run SCRAM (an md5-only client is refused there too).
+    let f = c.nodes.iter().find(|n| n.name != l.name).unwrap();
+    set_client_auth(f, "scram-sha-256");
+    f.ok(&["reconfigure"]);
+    assert_eq!(stored_hash(f).as_deref(), Some("SCR"));
+    wait_stored_hash(&c, "SCR");
+    assert_logins(&c, AUTH_SASL);
+    for n in c.nodes.iter().filter(|n| n.name != f.name) {
+        set_client_auth(n, "scram-sha-256");
+        n.ok(&["reconfigure"]);
+    }
+    assert_logins(&c, AUTH_SASL);
+
+    // Back to md5, the leader first: it keeps SCRAM (which md5 lines accept) until every
+    // member's md5 lines are loaded.
+    set_client_auth(l, "md5");
+    l.ok(&["reconfigure"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(stored_hash(l).as_deref(), Some("SCR"));
+    assert_eq!(
+        md5_only_login(&l.ip, &l.ca_pem(), "chef_pgsql", &l.password()).0,
+        AUTH_SASL
+    );
+    for n in c.nodes.iter().filter(|n| n.name != l.name) {
+        set_client_auth(n, "md5");
+        n.ok(&["reconfigure"]);
+    }
+    wait_stored_hash(&c, "md5");
+    assert_logins(&c, AUTH_MD5);
+    // No failover, every agent still reaches its PostgreSQL, the search services theirs.
+    assert!(c.leader().is_some_and(|x| x.name == l.name));
+    wait_streaming(&c, 2);
+    for n in &c.nodes {
+        wait_until(T, &format!("{}: search healthy", n.name), || {
+            n.status_json()
+                .is_some_and(|s| s["ha"]["search_ok"] == true)
+                .then_some(())
+        });
+    }
+}
+
+/// A frontend's long-lived PostgreSQL session through `host` (erchef keeps a pool of them):
+/// one psql reading statements from a pipe, each INSERT followed by a marker line, so every
+/// write is known to have been acknowledged or not.
+struct Session {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Session {
+    fn open(host: &str, password: &str) -> Session {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        // Line-buffered: psql's output to a pipe is otherwise held back.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "/usr/lib/postgresql/15/bin/psql", "-X", "-q", "-At"])
+            .args(["-v", "ON_ERROR_STOP=0"])
+            .arg(format!(
+                "host={host} user=chef_pgsql dbname=postgres sslmode=require connect_timeout=5"
+            ))
+            .env("PGPASSWORD", password)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("psql");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (e, stderr) = (errors.clone(), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                e.lock().unwrap().push(line);
+            }
+        });
+        Session {
+            child,
+            stdin,
+            stdout,
+            errors,
+        }
+    }
+
+    /// Insert `id`: Ok once PostgreSQL acknowledged it, Err with psql's messages otherwise.
+    fn insert(&mut self, id: u32) -> Result<(), String> {
+        use std::io::{BufRead, Write};
+        let marker = format!("done-{id}");
+        write!(
+            self.stdin,
+            "INSERT INTO acked VALUES ({id}) RETURNING id;\n\\echo {marker}\n"
+        )
+        .map_err(|e| format!("session gone: {e}"))?;
+        self.stdin
+            .flush()
+            .map_err(|e| format!("session gone: {e}"))?;
+        let mut acked = false;
+        loop {
+            let mut line = String::new();
+            if self.stdout.read_line(&mut line).unwrap_or(0) == 0 {
+                return Err(format!(
+                    "session lost: {}",
+                    self.errors.lock().unwrap().join(" / ")
+                ));
+            }
+            match line.trim() {
+                l if l == marker => break,
+                l if l == id.to_string() => acked = true,
+                _ => {}
+            }
+        }
+        if acked {
+            Ok(())
+        } else {
+            Err(self.errors.lock().unwrap().join(" / "))
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes through `proxy` while `f` runs, as frontends make them: `sessions` long-lived
+/// sessions opened before with `password` (each acknowledged id, each failure), and one
+/// client that opens a new connection per write with the password the leader's secrets file
+/// holds at that moment (a frontend reconfigured at once).
+#[allow(clippy::type_complexity)]
+fn under_frontend_load<R>(
+    l: &Node,
+    proxy: &str,
+    password: &str,
+    f: impl FnOnce() -> R,
+) -> (R, std::collections::BTreeSet<u32>, Vec<String>, Vec<String>) {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Mutex;
+    let stop = AtomicBool::new(false);
+    let next = AtomicU32::new(0);
+    let acked = Mutex::new(std::collections::BTreeSet::new());
+    let (session_failures, connect_failures) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
+    let mut sessions: Vec<Session> = (0..2).map(|_| Session::open(proxy, password)).collect();
+    let out = std::thread::scope(|s| {
+        for session in sessions.iter_mut() {
+            let (stop, next, acked, failed) = (&stop, &next, &acked, &session_failures);
+            s.spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let id = next.fetch_add(1, Ordering::SeqCst);
+                    match session.insert(id) {
+                        Ok(()) => {
+                            acked.lock().unwrap().insert(id);
+                        }
+                        Err(e) => failed.lock().unwrap().push(e),
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                let id = next.fetch_add(1, Ordering::SeqCst);
+                match l.try_sql_at(proxy, &format!("INSERT INTO acked VALUES ({id})")) {
+                    Ok(_) => {
+                        acked.lock().unwrap().insert(id);
+                    }
+                    Err(e) => connect_failures.lock().unwrap().push(e),
+                }
+            }
+        });
+        // No assertion in here: a panic would leave the writers running and the scope waiting.
+        let o = f();
+        stop.store(true, Ordering::SeqCst);
+        o
+    });
+    (
+        out,
+        acked.into_inner().unwrap(),
+        session_failures.into_inner().unwrap(),
+        connect_failures.into_inner().unwrap(),
+    )
+}
+
+/// The replication role logging in to `ip` with `password`, as a standby does (replication
+/// connection over TLS).
+fn replication_login(ip: &str, password: &str) -> Result<String, String> {
+    let o = Command::new("/usr/lib/postgresql/15/bin/psql")
+        .arg(format!(
+            "host={ip} user=replicator dbname=postgres replication=database sslmode=require connect_timeout=5"
+        ))
+        .args(["-Atqc", "IDENTIFY_SYSTEM"])
+        .env("PGPASSWORD", password)
+        .output()
+        .unwrap();
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).trim().to_string())
+    }
+}
+
+#[test]
+fn rotate_the_postgresql_passwords_under_write_load_without_failover() {
+    let c = Cluster::with_nodes(59, 3);
+    let l = c.wait_leader(None, T);
+    wait_streaming(&c, 2);
+    l.sql("CREATE TABLE acked (id int PRIMARY KEY)").unwrap();
+    let term = |n: &Node| n.status_json().and_then(|s| s["ha"]["term"].as_u64());
+    let term_before = term(l).expect("term");
+    let pg_secret = |n: &Node, k: &str| {
+        n.secrets_json()["postgresql"][k]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (old_su, old_repl) = (
+        pg_secret(l, "db_superuser_password"),
+        pg_secret(l, "replication_password"),
+    );
+    let files = |c: &Cluster| -> Vec<String> {
+        c.nodes
+            .iter()
+            .map(|n| std::fs::read_to_string(n.secrets()).unwrap())
+            .collect()
+    };
+    let before = files(&c);
+
+    // Bad requests change nothing.
+    for (args, says) in [
+        (
+            &["rotate-secrets", "--postgresql", "--finish"][..],
+            "--finish belongs to --search",
+        ),
+        (
+            &["rotate-secrets", "--postgresql", "--search"][..],
+            "one secret at a time",
+        ),
+    ] {
+        let o = l.larder(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(says), "{args:?}: {err}");
+    }
+    // A node down: refused up front, naming it, nothing changed anywhere.
+    let f = c.nodes.iter().find(|n| n.name != l.name).unwrap();
+    let pg = f.pg_pid().unwrap();
+    f.kill_agent();
+    ensure_dead(pg);
+    wait_until(T, "the stopped node shown offline", || {
+        let js: serde_json::Value =
+            serde_json::from_str(&l.ok(&["cluster-status", "--json"])).ok()?;
+        js["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["name"] == f.name.as_str() && n["online"] == false)
+            .then_some(())
+    });
+    let o = l.larder(&["rotate-secrets", "--postgresql"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains(&f.name)
+            && err.contains("not reporting")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(
+        files(&c),
+        before,
+        "a refused rotation changed a secrets file"
+    );
+    assert_eq!(
+        psql(&l.ip, &old_su, "sslmode=require", "SELECT 1"),
+        Ok("1".into())
+    );
+    f.ok(&["start"]);
+    wait_streaming(&c, 2);
+
+    // The rotation, under frontend load.
+    let proxy = "127.0.59.100";
+    let _h = Haproxy::start(c.dir.path(), proxy, &c.nodes);
+    wait_routed_to_leader(l, proxy);
+    let t0 = l.sql("SELECT now()").unwrap();
+    let (out, acked, session_failures, connect_failures) =
+        under_frontend_load(l, proxy, &old_su, || {
+            l.larder(&["rotate-secrets", "--postgresql"])
+        });
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "rotate-secrets:\n{stdout}\n{stderr}");
+    eprintln!("rotate-secrets printed:\n{stdout}{stderr}");
+    assert!(
+        stdout.contains("gen-server-config") && stdout.contains("chef-server-ctl reconfigure"),
+        "{stdout}"
+    );
+    // Open sessions never noticed; new connections were refused only for their password,
+    // between the roles' change and the leader's switch to the new password.
+    assert!(
+        session_failures.is_empty(),
+        "writes on open sessions failed: {session_failures:?}"
+    );
+    assert!(
+        connect_failures
+            .iter()
+            .all(|e| e.contains("password authentication failed")),
+        "new connections failed otherwise: {connect_failures:?}"
+    );
+    eprintln!(
+        "{} writes acknowledged, {} new connections refused their (old) password",
+        acked.len(),
+        connect_failures.len()
+    );
+    assert!(acked.len() >= 5, "the load did not overlap the rotation");
+    assert_eq!(
+        term(l),
+        Some(term_before),
+        "the rotation changed the leader"
+    );
+    assert!(c.leader().is_some_and(|x| x.name == l.name));
+    assert_all_in_db(l, &acked);
+
+    // New passwords everywhere, none staged; the old ones refused.
+    let (new_su, new_repl) = (
+        pg_secret(l, "db_superuser_password"),
+        pg_secret(l, "replication_password"),
+    );
+    assert!(new_su != old_su && new_repl != old_repl && new_su.len() >= 32);
+    for n in &c.nodes {
+        let js = n.secrets_json();
+        assert_eq!(pg_secret(n, "db_superuser_password"), new_su, "{}", n.name);
+        assert_eq!(pg_secret(n, "replication_password"), new_repl, "{}", n.name);
+        let text = std::fs::read_to_string(n.secrets()).unwrap();
+        assert!(
+            !text.contains("next_") && !text.contains(&old_su) && !text.contains(&old_repl),
+            "{}: {js}",
+            n.name
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(n.secrets()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}: secrets file mode", n.name);
+    }
+    let e = psql(&l.ip, &old_su, "sslmode=require", "SELECT 1").unwrap_err();
+    assert!(e.contains("password authentication failed"), "{e}");
+    assert_eq!(
+        psql(&l.ip, &new_su, "sslmode=require", "SELECT 1"),
+        Ok("1".into())
+    );
+    assert!(replication_login(&l.ip, &old_repl).is_err());
+    assert!(replication_login(&l.ip, &new_repl).is_ok());
+    // Both followers stream again, through WAL receivers started after the rotation began
+    // (so logged in with the new replication password).
+    wait_until(T, "both followers streaming with the new password", || {
+        (psql(
+            &l.ip,
+            &new_su,
+            "sslmode=require",
+            &format!("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND backend_start > '{t0}'"),
+        )
+        .ok()?
+            == "2")
+            .then_some(())
+    });
+    wait_streaming(&c, 2);
+    let fe = l.ok(&["gen-server-config", "fe1.example"]);
+    assert!(fe.contains(&new_su) && !fe.contains(&old_su), "{fe}");
+    // The search services (connections kept, new ones with the new password) and every
+    // agent's own connections: healthy after a restart of both on a follower.
+    f.ok(&["restart", "elasticsearch"]);
+    f.ok(&["restart", "postgresql"]);
+    wait_streaming(&c, 2);
+    for n in &c.nodes {
+        wait_until(T, &format!("{}: search healthy", n.name), || {
+            n.status_json()
+                .is_some_and(|s| s["ha"]["search_ok"] == true)
+                .then_some(())
+        });
+    }
+    // No password, old or new, in any log; the new ones not in clear in etcd's files.
+    for n in &c.nodes {
+        for p in [&old_su, &old_repl, &new_su, &new_repl] {
+            let logged = files_containing(&n.root.join("var/log"), p);
+            assert!(logged.is_empty(), "{}: a password in {logged:?}", n.name);
+        }
+        for p in [&new_su, &new_repl] {
+            let leaked = files_containing(&n.root.join("var/opt/larder/etcd"), p);
+            assert!(
+                leaked.is_empty(),
+                "{}: a new password in clear in {leaked:?}",
+                n.name
+            );
+        }
+    }
 }

@@ -18,6 +18,7 @@
 //! | [`UPGRADE_LOCK`] | [`UpgradeLock`](crate::model::UpgradeLock) | the `upgrade` command's lease |
 //! | [`HISTORY`] | [`History`](crate::history::History) (last 200 terms) | permanent, appended by each new leader |
 //! | [`down_for_upgrade`] | [`DownForUpgrade`](crate::model::DownForUpgrade) | until that node's `upgrade` |
+//! | [`PG_PASSWORD_ROTATION`] | the new PostgreSQL passwords, sealed | until every node switched to them |
 
 use crate::decide::DcsView;
 #[cfg(doc)]
@@ -61,6 +62,9 @@ pub const CERT_ROTATED_PREFIX: &str = "/larder/cert-rotated/";
 /// `rotate-secrets`: a request for one node to take a new secret, and its answer.
 pub const SECRET_ROTATION_PREFIX: &str = "/larder/secret-rotation/";
 pub const SECRET_ROTATED_PREFIX: &str = "/larder/secret-rotated/";
+/// `rotate-secrets --postgresql` under way: its new passwords, sealed for the members, so a
+/// run that stopped part-way is carried on by the next (from any member).
+pub const PG_PASSWORD_ROTATION: &str = "/larder/pg-password-rotation";
 
 pub fn node(guid: &str) -> String {
     format!("{NODES_PREFIX}{guid}")

@@ -141,6 +141,11 @@ pub struct MemberStatus {
     /// `None` from releases before it, see `backup_source`).
     #[serde(default)]
     pub backup_host: Option<crate::backup_source::BackupHost>,
+    /// The client method of this node's pg_hba.conf (`md5` only once its md5 lines are
+    /// loaded; empty from releases before it): the leader stores the superuser's password
+    /// md5 only when every member posts `md5` (`pgconf::wanted_superuser_hash`).
+    #[serde(default)]
+    pub pg_auth: String,
 }
 
 #[cfg(test)]
@@ -173,6 +178,7 @@ impl MemberStatus {
             protocol: 0,
             vip_held: false,
             backup_host: None,
+            pg_auth: String::new(),
         }
     }
 }

@@ -6,14 +6,19 @@ use crate::config::Config;
 /// password line for clients (`hostssl` when `require_ssl`, see `crate::security`) and one
 /// TLS-only replication line. A `hostssl` line matches only TLS connections, so with it a
 /// plain connection from those networks finds no line and is refused.
+///
+/// The local line uses the clients' method too: the agent and the search service log in as
+/// the superuser, whose password is stored md5 under `md5` (see [`PasswordHash`]), and a
+/// scram-sha-256 line refuses an md5-stored password. Replication stays scram-sha-256 (its
+/// role's password is always stored SCRAM, `create_roles`).
 pub fn render_hba(cfg: &Config, require_ssl: bool) -> String {
     let pg = &cfg.postgresql;
     let client_type = if require_ssl { "hostssl" } else { "host   " };
     let method = &pg.client_auth_method;
-    let mut out = String::from(
+    let mut out = format!(
         "# Managed by Larder from postgresql.md5_auth_cidr_addresses; edits are overwritten.\n\
          # TYPE   DATABASE     USER         ADDRESS        METHOD\n\
-         local    all          all                         scram-sha-256\n",
+         local    all          all                         {method}\n",
     );
     let mut entries: Vec<&str> = pg
         .md5_auth_cidr_addresses
@@ -75,7 +80,12 @@ pub fn render_postgresql_conf(
         format!("max_connections = {}", pg.max_connections),
         format!("shared_buffers = '{}'", pg.shared_buffers),
         format!("work_mem = '{}'", pg.work_mem),
-        "password_encryption = 'scram-sha-256'".into(),
+        // What a password set without saying how is stored as (Chef's own roles, created by
+        // the frontends through the superuser): md5 clients need md5-stored passwords.
+        format!(
+            "password_encryption = '{}'",
+            PasswordHash::of_method(&pg.client_auth_method).encryption()
+        ),
         "ssl = on".into(),
         format!("ssl_cert_file = '{tls_cert}'"),
         format!("ssl_key_file = '{tls_key}'"),
@@ -107,6 +117,72 @@ pub fn render_postgresql_conf(
         out.push('\n');
     }
     out
+}
+
+/// How PostgreSQL stores a role's password (`pg_authid.rolpassword`). An `md5` hba line
+/// accepts both (it runs SCRAM for a SCRAM-stored password); a `scram-sha-256` line refuses an
+/// md5-stored one; and only an md5-stored password lets an md5-only client in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordHash {
+    Md5,
+    Scram,
+}
+
+impl PasswordHash {
+    /// The hash that `postgresql.client_auth_method` needs.
+    pub fn of_method(method: &str) -> PasswordHash {
+        if method == "md5" {
+            PasswordHash::Md5
+        } else {
+            PasswordHash::Scram
+        }
+    }
+
+    /// The kind of a stored `rolpassword`; `None` for no password (or one Larder never
+    /// writes, such as plain text).
+    pub fn of_stored(rolpassword: &str) -> Option<PasswordHash> {
+        if rolpassword.starts_with("md5") && rolpassword.len() == 35 {
+            Some(PasswordHash::Md5)
+        } else if rolpassword.starts_with("SCRAM-SHA-256$") {
+            Some(PasswordHash::Scram)
+        } else {
+            None
+        }
+    }
+
+    /// The `password_encryption` value that stores a password this way.
+    pub fn encryption(self) -> &'static str {
+        match self {
+            PasswordHash::Md5 => "md5",
+            PasswordHash::Scram => "scram-sha-256",
+        }
+    }
+}
+
+impl std::fmt::Display for PasswordHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.encryption())
+    }
+}
+
+/// How the leader stores the superuser's password, from the client method of its own
+/// pg_hba.conf (`mine`) and each other member's (as they post it, empty from older
+/// releases). The password replicates to every node, so md5 only once every member's lines
+/// accept an md5-stored password (they post `md5` only after reloading md5 lines); SCRAM as
+/// soon as one wants scram-sha-256 (a node switching to scram waits for the SCRAM hash before
+/// it reloads its lines, see the agent's `reconfigure`).
+pub fn wanted_superuser_hash<'a>(
+    mine: &'a str,
+    others: impl IntoIterator<Item = &'a str>,
+) -> PasswordHash {
+    let all_md5 = std::iter::once(mine)
+        .chain(others)
+        .all(|m| PasswordHash::of_method(m) == PasswordHash::Md5);
+    if all_md5 {
+        PasswordHash::Md5
+    } else {
+        PasswordHash::Scram
+    }
 }
 
 /// `synchronous_standby_names` for `ANY k (names)`; empty when asynchronous.
@@ -152,6 +228,11 @@ mod tests {
                 .any(|l| l.starts_with("hostssl") && l.ends_with(" md5")),
             "{h}"
         );
+        // The agent's own socket line follows: a scram line would refuse the md5-stored
+        // superuser password.
+        let local: Vec<_> = h.lines().filter(|l| l.starts_with("local")).collect();
+        assert_eq!(local.len(), 1, "{h}");
+        assert!(local[0].ends_with(" md5"), "{h}");
         // Replication stays scram whatever old clients need.
         assert!(h
             .lines()
@@ -169,6 +250,60 @@ mod tests {
         assert!(host[1].contains("10.1.0.0/16") && host[1].ends_with("scram-sha-256"));
         assert!(ssl[1].contains("replication") && ssl[1].contains("replicator"));
         assert!(!h.contains("md5 ") && !h.contains("trust"));
+        assert!(h
+            .lines()
+            .any(|l| l.starts_with("local") && l.ends_with(" scram-sha-256")));
+    }
+
+    #[test]
+    fn password_encryption_follows_the_client_method() {
+        let mut c = cfg(&[]);
+        let conf = |c: &Config| render_postgresql_conf(c, "/run/x", "/c", "/k", "/ca", None);
+        assert!(
+            conf(&c).contains("password_encryption = 'scram-sha-256'\n"),
+            "{}",
+            conf(&c)
+        );
+        c.postgresql.client_auth_method = "md5".into();
+        assert!(
+            conf(&c).contains("password_encryption = 'md5'\n"),
+            "{}",
+            conf(&c)
+        );
+    }
+
+    #[test]
+    fn stored_hash_kinds() {
+        use PasswordHash::*;
+        assert_eq!(
+            PasswordHash::of_stored("md5d0763edaa9d9bd2a9516280e9044d885"),
+            Some(Md5)
+        );
+        assert_eq!(
+            PasswordHash::of_stored("SCRAM-SHA-256$4096:c2FsdA==$a:b"),
+            Some(Scram)
+        );
+        assert_eq!(PasswordHash::of_stored(""), None);
+        assert_eq!(PasswordHash::of_stored("md5-but-not-a-hash"), None);
+        assert_eq!(PasswordHash::of_method("md5"), Md5);
+        assert_eq!(PasswordHash::of_method("scram-sha-256"), Scram);
+        assert_eq!(Md5.encryption(), "md5");
+    }
+
+    #[test]
+    fn the_superuser_is_stored_md5_only_when_every_member_accepts_md5() {
+        use PasswordHash::*;
+        assert_eq!(wanted_superuser_hash("md5", []), Md5);
+        assert_eq!(wanted_superuser_hash("md5", ["md5", "md5"]), Md5);
+        // One member still on scram lines (or switching to them), or a member of an older
+        // release that posts nothing: SCRAM, which every line accepts.
+        assert_eq!(
+            wanted_superuser_hash("md5", ["md5", "scram-sha-256"]),
+            Scram
+        );
+        assert_eq!(wanted_superuser_hash("md5", ["md5", ""]), Scram);
+        assert_eq!(wanted_superuser_hash("scram-sha-256", ["md5"]), Scram);
+        assert_eq!(wanted_superuser_hash("scram-sha-256", []), Scram);
     }
 
     #[test]

@@ -62,6 +62,42 @@ pub struct PgSecrets {
     pub db_superuser_password: Secret,
     #[serde(default)]
     pub replication_password: Secret,
+    /// New passwords staged by `rotate-secrets --postgresql`: PostgreSQL holds one password
+    /// per role, so while the rotation runs every connection tries the current password and,
+    /// refused, these (the catalog may already hold them). Absent otherwise.
+    #[serde(default, skip_serializing_if = "secret_is_empty")]
+    pub next_db_superuser_password: Secret,
+    #[serde(default, skip_serializing_if = "secret_is_empty")]
+    pub next_replication_password: Secret,
+}
+
+impl PgSecrets {
+    /// The superuser's passwords in the order to try them: the current one, then the staged.
+    pub fn superuser_passwords(&self) -> Vec<&Secret> {
+        with_next(
+            &self.db_superuser_password,
+            &self.next_db_superuser_password,
+        )
+    }
+
+    /// The replication role's passwords in the order to try them.
+    pub fn replication_passwords(&self) -> Vec<&Secret> {
+        with_next(&self.replication_password, &self.next_replication_password)
+    }
+
+    /// A rotation has staged new passwords here.
+    pub fn next_staged(&self) -> bool {
+        !self.next_db_superuser_password.0.is_empty()
+            || !self.next_replication_password.0.is_empty()
+    }
+}
+
+fn with_next<'a>(current: &'a Secret, next: &'a Secret) -> Vec<&'a Secret> {
+    let mut out = vec![current];
+    if !next.0.is_empty() && next != current {
+        out.push(next);
+    }
+    out
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -203,6 +239,7 @@ mod tests {
             postgresql: PgSecrets {
                 db_superuser_password: Secret::new("su-pass"),
                 replication_password: Secret::new("repl-pass"),
+                ..PgSecrets::default()
             },
             etcd: EtcdSecrets {
                 initial_cluster_token: Secret::new("tok"),
@@ -272,6 +309,34 @@ mod tests {
         half.elasticsearch.auth_password = Secret::default();
         let e = Secrets::parse(&half.to_json(), "s.json").unwrap_err();
         assert!(e.to_string().contains("elasticsearch.auth_password"), "{e}");
+    }
+
+    #[test]
+    fn staged_postgresql_passwords_are_tried_after_the_current_ones() {
+        let mut s = sample();
+        let json = s.to_json();
+        assert!(
+            !json.contains("next_"),
+            "nothing staged, nothing written: {json}"
+        );
+        assert_eq!(s.postgresql.superuser_passwords().len(), 1);
+        assert!(!s.postgresql.next_staged());
+        s.postgresql.next_db_superuser_password = Secret::new("su-next");
+        s.postgresql.next_replication_password = Secret::new("repl-next");
+        let back = Secrets::parse(&s.to_json(), "s.json").unwrap();
+        assert!(back.postgresql.next_staged());
+        let order = |v: Vec<&Secret>| v.iter().map(|p| p.expose().to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            order(back.postgresql.superuser_passwords()),
+            ["su-pass", "su-next"]
+        );
+        assert_eq!(
+            order(back.postgresql.replication_passwords()),
+            ["repl-pass", "repl-next"]
+        );
+        // The fingerprint a joiner proves is of the current passwords only.
+        assert_eq!(back.fingerprint(), sample().fingerprint());
+        assert!(!format!("{back:?}").contains("su-next"));
     }
 
     #[test]

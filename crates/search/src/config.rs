@@ -12,6 +12,14 @@ pub struct PgTarget {
     pub port: u16,
     pub user: String,
     pub password: String,
+    /// Tried when `password` is refused: the new password while the agent rotates the
+    /// PostgreSQL passwords (`larder rotate-secrets --postgresql`), which the server may
+    /// already hold. Empty = none.
+    pub next_password: String,
+    /// Where both passwords are re-read before each new connection (JSON with `pg_password`
+    /// and `pg_next_password`, the service's settings file), so a rotated password reaches a
+    /// running service; `None` = the two fields above.
+    pub password_file: Option<PathBuf>,
     /// Database holding the search change log; `larder_search` by default.
     pub dbname: String,
 }
@@ -23,6 +31,8 @@ impl Default for PgTarget {
             port: 5432,
             user: "postgres".into(),
             password: String::new(),
+            next_password: String::new(),
+            password_file: None,
             dbname: Self::DEFAULT_DBNAME.into(),
         }
     }
@@ -36,6 +46,7 @@ impl std::fmt::Debug for PgTarget {
             .field("port", &self.port)
             .field("user", &self.user)
             .field("password", &"********")
+            .field("password_file", &self.password_file)
             .field("dbname", &self.dbname)
             .finish()
     }
@@ -45,7 +56,33 @@ impl PgTarget {
     /// Default database name of the search tier.
     pub const DEFAULT_DBNAME: &'static str = "larder_search";
 
-    pub(crate) fn config(&self, dbname: &str) -> tokio_postgres::Config {
+    /// The passwords to try, in order: from [`PgTarget::password_file`] when it reads, else
+    /// the fields (an unreadable file keeps the service on what it started with).
+    pub(crate) fn passwords(&self) -> Vec<String> {
+        #[derive(serde::Deserialize)]
+        struct Passwords {
+            #[serde(default)]
+            pg_password: String,
+            #[serde(default)]
+            pg_next_password: String,
+        }
+        let (current, next) = match self
+            .password_file
+            .as_deref()
+            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|b| serde_json::from_slice::<Passwords>(&b).ok())
+        {
+            Some(p) => (p.pg_password, p.pg_next_password),
+            None => (self.password.clone(), self.next_password.clone()),
+        };
+        let mut out = vec![current];
+        if !next.is_empty() && next != out[0] {
+            out.push(next);
+        }
+        out
+    }
+
+    pub(crate) fn config(&self, dbname: &str, password: &str) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
         if self.host.starts_with('/') {
             c.host_path(&self.host);
@@ -57,8 +94,8 @@ impl PgTarget {
             .dbname(dbname)
             .application_name("larder-search")
             .connect_timeout(std::time::Duration::from_secs(5));
-        if !self.password.is_empty() {
-            c.password(&self.password);
+        if !password.is_empty() {
+            c.password(password);
         }
         c
     }
@@ -134,5 +171,37 @@ impl SearchConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_re_read_from_the_settings_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("service.json");
+        let t = PgTarget {
+            password: "start".into(),
+            password_file: Some(file.clone()),
+            ..PgTarget::default()
+        };
+        // No file (yet): what the service started with.
+        assert_eq!(t.passwords(), ["start"]);
+        std::fs::write(
+            &file,
+            r#"{"pg_password": "old", "pg_next_password": "new"}"#,
+        )
+        .unwrap();
+        assert_eq!(t.passwords(), ["old", "new"]);
+        std::fs::write(&file, r#"{"pg_password": "new", "listen": "x"}"#).unwrap();
+        assert_eq!(t.passwords(), ["new"]);
+        let fixed = PgTarget {
+            password: "a".into(),
+            next_password: "b".into(),
+            ..PgTarget::default()
+        };
+        assert_eq!(fixed.passwords(), ["a", "b"]);
     }
 }

@@ -9,14 +9,25 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 /// Opens one connection to `dbname` on the local server; the connection task runs on tokio.
+/// A refused password is retried with the next one (see [`PgTarget::next_password`]).
 pub async fn connect(target: &PgTarget, dbname: &str) -> Result<Client, SearchError> {
-    let (client, conn) = target.config(dbname).connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "postgresql connection closed");
+    let mut passwords = target.passwords().into_iter().peekable();
+    while let Some(password) = passwords.next() {
+        match target.config(dbname, &password).connect(NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "postgresql connection closed");
+                    }
+                });
+                return Ok(client);
+            }
+            Err(e)
+                if e.code() == Some(&SqlState::INVALID_PASSWORD) && passwords.peek().is_some() => {}
+            Err(e) => return Err(e.into()),
         }
-    });
-    Ok(client)
+    }
+    unreachable!("PgTarget::passwords lists one password at least")
 }
 
 /// True when the local server is a writable primary (`pg_is_in_recovery()` is false).

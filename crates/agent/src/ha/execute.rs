@@ -63,6 +63,7 @@ impl HaLoop {
                     };
                     self.state.send_modify(|s| s.lease = Some(held));
                     self.intent.roles_ready = false;
+                    self.intent.superuser_hash = None;
                     // Next step (promote) right away, not one loop interval later.
                     self.wake.notify_one();
                 } else {
@@ -144,6 +145,20 @@ impl HaLoop {
                 if !self.intent.roles_ready {
                     postgres::create_roles(&node, client).await?;
                     self.intent.roles_ready = true;
+                }
+                // Once per leadership, and again when a member's client method changes.
+                if let Some(view) = view {
+                    let wanted = larder_core::pgconf::wanted_superuser_hash(
+                        &node.pg_auth(),
+                        view.members
+                            .iter()
+                            .filter(|m| m.guid != node.state.guid)
+                            .map(|m| m.pg_auth.as_str()),
+                    );
+                    if self.intent.superuser_hash != Some(wanted) {
+                        postgres::ensure_superuser_hash(&node, client, wanted).await?;
+                        self.intent.superuser_hash = Some(wanted);
+                    }
                 }
             }
             Action::ClearSwitchover => {

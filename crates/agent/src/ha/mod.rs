@@ -55,6 +55,9 @@ struct Intent {
     etcd_failures: u32,
     voter: bool,
     roles_ready: bool,
+    /// How this leader last made sure the superuser's password is stored (see
+    /// `pgconf::wanted_superuser_hash`); `None` at the start of each leadership.
+    superuser_hash: Option<larder_core::pgconf::PasswordHash>,
     /// Timeline of the WAL the receiver last flushed, kept after it disconnects: a standby's
     /// other timeline sources (last restartpoint) lag behind a timeline switch, and a
     /// switchover target that just received the old leader's final checkpoint would otherwise

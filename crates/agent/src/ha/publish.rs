@@ -110,6 +110,7 @@ impl HaLoop {
                 .state(crate::pgbackrest::SERVICE)
                 .filter(|s| s.want_up)
                 .map(|_| crate::pgbackrest::backup_host(node)),
+            pg_auth: node.pg_auth(),
         };
         // A follower whose status says nothing new (only its clocks moved) writes it once per
         // HEARTBEAT instead of every iteration: every write reaches every member's watch.

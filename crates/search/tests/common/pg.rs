@@ -210,8 +210,8 @@ impl PgServer {
             host: "127.0.0.1".into(),
             port: self.port,
             user: "postgres".into(),
-            password: String::new(),
             dbname: "larder_search".into(),
+            ..Default::default()
         }
     }
 
