@@ -1046,19 +1046,8 @@ const AUTH_SASL: i32 = 10;
 /// the server answers the startup message with, and when that asked for md5, the code after
 /// our md5 answer (`AUTH_OK`) or `None` for a refusal.
 fn md5_only_login(ip: &str, ca_pem: &str, user: &str, password: &str) -> (i32, Option<i32>) {
-    use rustls::pki_types::pem::PemObject;
     use std::io::{Read, Write};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let cfg = common::tls_client_config(ca_pem);
     let mut tcp = std::net::TcpStream::connect((ip, 5432)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     // SSLRequest: length 8, code 80877103.

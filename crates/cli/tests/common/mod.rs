@@ -232,6 +232,22 @@ fn split_response(out: &str) -> (u16, String) {
     (code, body)
 }
 
+/// A TLS client configuration trusting only `ca_pem`, without a client certificate.
+pub fn tls_client_config(ca_pem: &str) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
 /// [`http_json`] over TLS: the server must present a certificate for `server_name` issued by
 /// `ca_pem`; `auth` adds HTTP Basic credentials. Status 0 when unreachable or the handshake
 /// failed.
@@ -244,19 +260,8 @@ pub fn https_json(
     path: &str,
     body: &str,
 ) -> (u16, String) {
-    use rustls::pki_types::pem::PemObject;
     use std::io::{Read, Write};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let cfg = tls_client_config(ca_pem);
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
     let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
     let Ok(tcp) =
