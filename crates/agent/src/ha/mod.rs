@@ -308,6 +308,7 @@ impl HaLoop {
         }
 
         let local = self.local_state(&pg, view.as_ref());
+        let disk_free_mb = local.disk_free_mb;
         let vip = self.roles.observe().await;
         let obs = Observation {
             now_ms: self.ms(now),
@@ -385,7 +386,8 @@ impl HaLoop {
         self.roles_after(&decision, lease.is_some());
         self.answer_request(&decision);
         if view.is_some() {
-            self.publish(decision.role, &pg, view.as_ref()).await;
+            self.publish(decision.role, &pg, view.as_ref(), disk_free_mb)
+                .await;
         }
         if decision.role == NodeRole::Leader {
             self.place_raft_leader();

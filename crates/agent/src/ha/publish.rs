@@ -8,6 +8,8 @@ impl HaLoop {
         role: NodeRole,
         pg: &Option<PgObservation>,
         view: Option<&DcsView>,
+        // The data disk's free space as this iteration observed it.
+        disk_free_mb: Option<u64>,
     ) {
         let node = &self.node;
         let ttl = Duration::from_secs(node.cfg.leaderl.leader_ttl_seconds);
@@ -80,11 +82,7 @@ impl HaLoop {
             role,
             pg: pg_state,
             position,
-            eligible: larder_core::health::eligible(
-                failover,
-                pg_state,
-                crate::disk::free_mb(&node.paths.data_dir()),
-            ),
+            eligible: larder_core::health::eligible(failover, pg_state, disk_free_mb),
             failover_enabled: failover,
             term: view.map(|v| v.term).unwrap_or(0),
             leader_seen,
