@@ -175,6 +175,7 @@ mod tests {
             },
             streaming_followers: vec![],
             sync_standby_names: String::new(),
+            physical_slots: vec![],
             detail: Default::default(),
         })
     }

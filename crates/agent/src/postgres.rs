@@ -398,6 +398,9 @@ pub struct PgObservation {
     /// Followers streaming from us (leader only), by application name.
     pub streaming_followers: Vec<String>,
     pub sync_standby_names: String,
+    /// The physical replication slots that exist (what the leader's replication settings are
+    /// compared against, so a steady leader sends no statement for them).
+    pub physical_slots: Vec<String>,
     /// What only the metrics and the status page use (read in the same round trip).
     pub detail: PgDetail,
 }
@@ -466,7 +469,9 @@ const OBSERVE_STATE: &str = "SELECT pg_is_in_recovery(),
                                 coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::float8,
                                 coalesce(extract(epoch FROM replay_lag), 0)::float8)), '[]')
                          FROM pg_stat_replication)::text
-                    END";
+                    END,
+                    (SELECT coalesce(json_agg(slot_name::text), '[]')
+                       FROM pg_replication_slots WHERE slot_type = 'physical')::text";
 
 /// `pg_stat_replication` as the observation query returns it (one JSON array per standby, in
 /// one round trip with the rest); `None` on a standby.
@@ -506,6 +511,8 @@ pub async fn observe(o: &Observer) -> Result<PgObservation, PgError> {
         pending_restart: row.get::<_, i32>(9).max(0) as u32,
         replication: parse_replication(row.get::<_, Option<String>>(10).as_deref())?,
     };
+    let physical_slots: Vec<String> = serde_json::from_str(row.get::<_, &str>(11))
+        .map_err(|e| PgError::Sql(format!("pg_replication_slots as JSON: {e}")))?;
     let followers = detail
         .replication
         .iter()
@@ -524,6 +531,7 @@ pub async fn observe(o: &Observer) -> Result<PgObservation, PgError> {
         },
         streaming_followers: followers,
         sync_standby_names: ssn,
+        physical_slots,
         detail,
     })
 }
@@ -785,19 +793,17 @@ pub async fn wal_receiver(
         .map(|r| (r.get(0), r.get(1))))
 }
 
-/// Leader: `synchronous_standby_names`, and one physical slot per registered member.
+/// Leader: `synchronous_standby_names`, and one physical slot per registered member, given
+/// what this iteration's observation found (`observed`); sends nothing when that already
+/// matches, which is every iteration of a steady leader.
 pub async fn apply_replication(
     client: &tokio_postgres::Client,
+    observed: &PgObservation,
     ssn: &str,
     slots: &[String],
 ) -> Result<(), PgError> {
     let sql = sql_err;
-    let current: String = client
-        .query_one("SELECT current_setting('synchronous_standby_names')", &[])
-        .await
-        .map_err(sql)?
-        .get(0);
-    if current != ssn {
+    if observed.sync_standby_names != ssn {
         // ALTER SYSTEM refuses to run inside a (multi-statement) transaction: two calls.
         client
             .batch_execute(&format!(
@@ -811,31 +817,27 @@ pub async fn apply_replication(
             .await
             .map_err(sql)?;
     }
-    let existing: Vec<String> = client
-        .query(
-            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'",
-            &[],
-        )
-        .await
-        .map_err(sql)?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let existing = &observed.physical_slots;
     for s in slots {
         if !existing.contains(s) {
+            // `IF NOT EXISTS` by hand: a slot created since the observation is not an error.
             client
-                .execute("SELECT pg_create_physical_replication_slot($1, true)", &[s])
+                .execute(
+                    "SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS
+                       (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                    &[s],
+                )
                 .await
                 .map_err(sql)?;
         }
     }
     // Slots of members that were removed would pin WAL forever: drop them (inactive only).
     for s in existing {
-        if s.starts_with("larder_") && !slots.contains(&s) {
+        if s.starts_with("larder_") && !slots.contains(s) {
             let _ = client
                 .execute(
                     "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                    &[&s],
+                    &[s],
                 )
                 .await;
         }

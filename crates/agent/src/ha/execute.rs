@@ -141,7 +141,12 @@ impl HaLoop {
                     .filter(|n| n.guid != node.state.guid)
                     .map(|n| larder_core::model::standby_name(&n.guid))
                     .collect();
-                postgres::apply_replication(client, &ssn, &slots).await?;
+                // What this iteration observed (the snapshot holds it by now).
+                let observed = self.state.borrow().pg.clone();
+                let Some(observed) = observed else {
+                    return Ok(());
+                };
+                postgres::apply_replication(client, &observed, &ssn, &slots).await?;
                 if !self.intent.roles_ready {
                     postgres::create_roles(&node, client).await?;
                     self.intent.roles_ready = true;
