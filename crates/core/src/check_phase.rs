@@ -197,8 +197,9 @@ fn answered_at(p: &CheckPhase, ready: u64, hold_ms: u64, known: u64) -> u64 {
 /// before their answer changes (0: no holding). A frontend has moved when its check of the
 /// old leader has seen 503 (until then its pooled sessions stay there, failing) *and* its
 /// check of the target has seen 200 after the hand-over. The delay minimises the sum over
-/// frontends of that time from the start; never more than `max_wait_ms`; 0 when nothing is
-/// known about the target's checks.
+/// frontends of that time from the start, among the delays that leave no frontend's time
+/// longer than with no delay; never more than `max_wait_ms`; 0 when nothing is known about
+/// the target's checks.
 pub fn handover_delay_ms(
     old: &[CheckPhase],
     new: &[CheckPhase],
@@ -210,22 +211,75 @@ pub fn handover_delay_ms(
     if new.is_empty() {
         return 0;
     }
-    let mut clients: Vec<&str> = new.iter().map(|p| p.client.as_str()).collect();
-    clients.sort_unstable();
-    clients.dedup();
-    let now = now_unix_ms;
-    let known = now + NOTICE_MS;
-    let hold_ms = hold_ms.saturating_sub(HOLD_MARGIN_MS);
-    let cost = |d: u64| -> u64 {
-        let start = now + d;
-        clients
+    let m = Moves::new(old, new, now_unix_ms, handover_ms, hold_ms);
+    // Starting at once is what a frontend gets without the alignment. A start that shortens
+    // the total but lengthens one frontend's gap trades that frontend's writes for another's:
+    // refused, since every frontend carries its own clients.
+    let unaligned = m.costs(0);
+    let mut best = (unaligned.iter().sum::<u64>(), 0);
+    for d in m.candidates(max_wait_ms) {
+        let c = m.costs(d);
+        if c.iter().zip(&unaligned).any(|(a, b)| a > b) {
+            continue;
+        }
+        let total = c.iter().sum();
+        if total < best.0 || (total == best.0 && d < best.1) {
+            best = (total, d);
+        }
+    }
+    best.1
+}
+
+/// The model behind [`handover_delay_ms`]: when each frontend moves for a given start.
+struct Moves<'a> {
+    old: &'a [CheckPhase],
+    new: &'a [CheckPhase],
+    /// The frontends, one per client the target hears from.
+    clients: Vec<&'a str>,
+    now: u64,
+    /// When the nodes can be counted on to hold checks.
+    known: u64,
+    handover_ms: u64,
+    /// The hold the plan counts on (the nodes' hold less a margin).
+    hold_ms: u64,
+}
+
+impl<'a> Moves<'a> {
+    fn new(
+        old: &'a [CheckPhase],
+        new: &'a [CheckPhase],
+        now: u64,
+        handover_ms: u64,
+        hold_ms: u64,
+    ) -> Self {
+        let mut clients: Vec<&str> = new.iter().map(|p| p.client.as_str()).collect();
+        clients.sort_unstable();
+        clients.dedup();
+        Moves {
+            old,
+            new,
+            clients,
+            now,
+            known: now + NOTICE_MS,
+            handover_ms,
+            hold_ms: hold_ms.saturating_sub(HOLD_MARGIN_MS),
+        }
+    }
+
+    /// Each frontend's time to move (in `clients` order), from the start of the hand-over,
+    /// for a start `d` after now.
+    fn costs(&self, d: u64) -> Vec<u64> {
+        let start = self.now + d;
+        let (hold, known) = (self.hold_ms, self.known);
+        self.clients
             .iter()
             .map(|c| {
-                let moved_off = old
+                let moved_off = self
+                    .old
                     .iter()
                     .filter(|p| p.client == *c)
                     .map(|p| {
-                        let at = answered_at(p, start + OLD_LEAD_MS, hold_ms, known);
+                        let at = answered_at(p, start + OLD_LEAD_MS, hold, known);
                         if at > start + OLD_LEAD_MS {
                             at + REFUSED_RETRY_MS
                         } else {
@@ -234,44 +288,42 @@ pub fn handover_delay_ms(
                     })
                     .max()
                     .unwrap_or(start);
-                let moved_on = new
+                let moved_on = self
+                    .new
                     .iter()
                     .filter(|p| p.client == *c)
-                    .map(|p| answered_at(p, start + handover_ms, hold_ms, known))
+                    .map(|p| answered_at(p, start + self.handover_ms, hold, known))
                     .max()
                     .unwrap_or(start);
                 moved_off.max(moved_on) - start
             })
-            .sum()
-    };
-    // The cost only changes where a change lands on a check (it is seen at once) or a hold
-    // just reaches back to one: try those starts.
-    let mut candidates = vec![0];
-    for p in old.iter().chain(new.iter()) {
-        let lead = if new.contains(p) {
-            handover_ms
-        } else {
-            OLD_LEAD_MS
-        };
-        for back in [0, hold_ms] {
-            // Starts `d` with now + d + lead - back = a check.
-            let mut at = next_check(p, now + lead.saturating_sub(back));
-            while at + back <= now + lead + max_wait_ms {
-                if at + back >= now + lead {
-                    candidates.push(at + back - lead - now);
+            .collect()
+    }
+
+    /// The starts worth scoring, up to `max_wait_ms`: the cost only changes where a change
+    /// lands on a check (it is seen at once) or a hold just reaches back to one.
+    fn candidates(&self, max_wait_ms: u64) -> Vec<u64> {
+        let now = self.now;
+        let mut out = vec![0];
+        for p in self.old.iter().chain(self.new.iter()) {
+            let lead = if self.new.contains(p) {
+                self.handover_ms
+            } else {
+                OLD_LEAD_MS
+            };
+            for back in [0, self.hold_ms] {
+                // Starts `d` with now + d + lead - back = a check.
+                let mut at = next_check(p, now + lead.saturating_sub(back));
+                while at + back <= now + lead + max_wait_ms {
+                    if at + back >= now + lead {
+                        out.push(at + back - lead - now);
+                    }
+                    at += p.period_ms;
                 }
-                at += p.period_ms;
             }
         }
+        out
     }
-    let mut best = (cost(0), 0);
-    for d in candidates {
-        let c = cost(d);
-        if c < best.0 || (c == best.0 && d < best.1) {
-            best = (c, d);
-        }
-    }
-    best.1
 }
 
 #[cfg(test)]
@@ -513,20 +565,66 @@ mod tests {
         let old = [ph("a", 0), ph("b", 900)];
         let new = [ph("a", 300), ph("b", 1_700)];
         let now = 100;
-        let total = |d: u64| -> u64 {
-            let s = now + d;
-            ["a", "b"]
-                .iter()
-                .map(|c| {
-                    let o = old.iter().find(|p| p.client == *c).unwrap();
-                    let n = new.iter().find(|p| p.client == *c).unwrap();
-                    next_check(o, s + OLD_LEAD_MS).max(next_check(n, s + 500)) - s
-                })
-                .sum()
-        };
+        let m = Moves::new(&old, &new, now, 500, 0);
+        let total = |d: u64| -> u64 { m.costs(d).iter().sum() };
         let d = handover_delay_ms(&old, &new, now, 500, 0, 2_500);
+        assert!(total(d) < total(0), "the wait {d} gains nothing");
+        let unaligned = m.costs(0);
         for other in 0..=2_500 {
-            assert!(total(other) >= total(d), "start {other} beats {d}");
+            let c = m.costs(other);
+            if c.iter().zip(&unaligned).all(|(a, b)| a <= b) {
+                assert!(total(other) >= total(d), "start {other} beats {d}");
+            }
         }
+    }
+
+    /// The start that minimises the total alone, over the same candidates.
+    fn best_total(m: &Moves, max_wait_ms: u64) -> u64 {
+        let mut best = (m.costs(0).iter().sum::<u64>(), 0);
+        for d in m.candidates(max_wait_ms) {
+            let t: u64 = m.costs(d).iter().sum();
+            if t < best.0 || (t == best.0 && d < best.1) {
+                best = (t, d);
+            }
+        }
+        best.1
+    }
+
+    #[test]
+    fn no_frontend_waits_longer_than_with_no_alignment() {
+        // Two frontends at every combination of phases (200 ms steps) on both nodes, with and
+        // without holding: each one's gap at the chosen start is at most its gap when the
+        // hand-over starts at once, and the total never grows.
+        let now = 10_000;
+        let mut traded = 0;
+        for hold in [0, 1_700] {
+            for oa in (0..2_000).step_by(200) {
+                for na in (0..2_000).step_by(200) {
+                    for ob in (100..2_000).step_by(200) {
+                        for nb in (100..2_000).step_by(200) {
+                            let old = [ph("a", now - oa), ph("b", now - ob)];
+                            let new = [ph("a", now - na), ph("b", now - nb)];
+                            let m = Moves::new(&old, &new, now, 500, hold);
+                            let at_once = m.costs(0);
+                            let d = handover_delay_ms(&old, &new, now, 500, hold, 2_500);
+                            let chosen = m.costs(d);
+                            for (c, z) in chosen.iter().zip(&at_once) {
+                                assert!(
+                                    c <= z,
+                                    "hold {hold} phases {oa} {na} {ob} {nb}: start {d} \
+                                     gives {chosen:?}, at once {at_once:?}"
+                                );
+                            }
+                            let by_total = m.costs(best_total(&m, 2_500));
+                            if by_total.iter().zip(&at_once).any(|(c, z)| c > z) {
+                                traded += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The rule matters: minimising the total alone would make some frontend worse.
+        assert!(traded > 0);
     }
 }

@@ -243,6 +243,9 @@ pub struct LeaderlConfig {
     /// history may have forked). Generous: a follower re-attaching after a failover must not be
     /// rewound needlessly; former primaries are rewound at once through the diverged marker.
     pub rejoin_timeout_ms: u64,
+    /// Time a planned switchover's start to the frontends' health-check rhythm (see
+    /// `check_phase`). Off: the hand-over starts at once (the benchmark's baseline).
+    pub align_switchover_to_checks: bool,
     pub required_active_followers: u32,
     /// Networks that may read `/status`, `/cluster`, `/metrics` and `/ui` on the health API
     /// without authentication (the cluster's members always may). `/leader`, `/replica`,
@@ -364,6 +367,7 @@ impl Default for LeaderlConfig {
             vip_margin_ms: 300,
             db_timeout: 500,
             rejoin_timeout_ms: 15_000,
+            align_switchover_to_checks: true,
             required_active_followers: 0,
             status_allowed_cidrs: vec!["127.0.0.0/8".into(), "::1/128".into()],
             health_check: HealthCheckConfig::default(),
@@ -611,6 +615,10 @@ pub const KEY_DOCS: &[(&str, &str)] = &[
     (
         "leaderl.rejoin_timeout_ms",
         "a follower not streaming from the leader for this long is rewound, ms",
+    ),
+    (
+        "leaderl.align_switchover_to_checks",
+        "time a planned switchover's start to the frontends' health checks (false: start at once)",
     ),
     (
         "leaderl.required_active_followers",

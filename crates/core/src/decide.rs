@@ -45,6 +45,8 @@ pub struct Observation {
     pub rejoin_timeout_ms: u64,
     /// The frontends' health-check rhythms this node has seen (for timing a switchover).
     pub own_checks: Vec<CheckPhase>,
+    /// Whether a switchover's start is timed to them (`leaderl.align_switchover_to_checks`).
+    pub align_switchover: bool,
     /// What an operator asked this agent for (control socket), if anything.
     pub request: Option<OperatorRequest>,
     /// The VIP that follows the leader, when one is configured (see [`vip`]).

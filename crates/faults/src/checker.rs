@@ -86,11 +86,29 @@ pub fn excerpt(entries: &[Entry], from_us: u64, to_us: u64, ids: &[i64], limit: 
 /// Longest gap between consecutive acknowledged client writes whose later end lies in
 /// `[from_us, to_us]`. Returns (gap, end of the write before the gap).
 pub fn longest_gap(entries: &[Entry], from_us: u64, to_us: u64) -> (u64, u64) {
+    longest_gap_of(entries, from_us, to_us, None)
+}
+
+/// When acknowledged client writes ended, sorted: every writer's, or only those of frontend
+/// `frontend` (its client host; see `workload::frontend_of`).
+fn write_ends(entries: &[Entry], frontend: Option<u32>) -> Vec<u64> {
     let mut ends: Vec<u64> = ops(entries)
         .filter(|o| o.kind == OpKind::Write && o.outcome == Outcome::Ok)
+        .filter(|o| frontend.is_none_or(|f| crate::workload::frontend_of(o.process) == f))
         .map(|o| o.end_us)
         .collect();
     ends.sort_unstable();
+    ends
+}
+
+/// [`longest_gap`] of one frontend's writers (`Some(k)`) or of all (`None`).
+pub fn longest_gap_of(
+    entries: &[Entry],
+    from_us: u64,
+    to_us: u64,
+    frontend: Option<u32>,
+) -> (u64, u64) {
+    let ends = write_ends(entries, frontend);
     let mut best = (0, 0);
     for w in ends.windows(2) {
         if w[1] >= from_us && w[0] <= to_us && w[1] - w[0] > best.0 {
@@ -104,12 +122,18 @@ pub fn longest_gap(entries: &[Entry], from_us: u64, to_us: u64) -> (u64, u64) {
 /// `(from_us, to_us]`: the outage a fault at `from_us` caused, when `to_us` is the next
 /// fault (whose own outage ends after it) or the end of the history.
 pub fn longest_gap_ending_in(entries: &[Entry], from_us: u64, to_us: u64) -> u64 {
-    let mut ends: Vec<u64> = ops(entries)
-        .filter(|o| o.kind == OpKind::Write && o.outcome == Outcome::Ok)
-        .map(|o| o.end_us)
-        .collect();
-    ends.sort_unstable();
-    ends.windows(2)
+    longest_gap_ending_in_of(entries, from_us, to_us, None)
+}
+
+/// [`longest_gap_ending_in`] of one frontend's writers (`Some(k)`) or of all (`None`).
+pub fn longest_gap_ending_in_of(
+    entries: &[Entry],
+    from_us: u64,
+    to_us: u64,
+    frontend: Option<u32>,
+) -> u64 {
+    write_ends(entries, frontend)
+        .windows(2)
         .filter(|w| w[1] > from_us && w[1] <= to_us)
         .map(|w| w[1] - w[0])
         .max()
@@ -368,6 +392,44 @@ mod tests {
             status: None,
             error: None,
         })
+    }
+
+    #[test]
+    fn each_frontend_has_its_own_gap() {
+        // Frontend 1 (processes 0..) writes throughout; frontend 2 (processes 100..) stops
+        // for 900 µs. Together the writes show no gap longer than 100 µs.
+        let mut h = Vec::new();
+        for t in (0..2_000u64).step_by(100) {
+            h.push(op(
+                OpKind::Write,
+                t as i64,
+                t,
+                t + 1,
+                Outcome::Ok,
+                "a",
+                Some(1),
+            ));
+            if !(500..1_400).contains(&t) {
+                let mut e = op(
+                    OpKind::Write,
+                    10_000 + t as i64,
+                    t,
+                    t + 2,
+                    Outcome::Ok,
+                    "a",
+                    Some(1),
+                );
+                if let Entry::Op(o) = &mut e {
+                    o.process = crate::workload::FRONTEND_STRIDE;
+                }
+                h.push(e);
+            }
+        }
+        assert_eq!(longest_gap_of(&h, 0, 2_000, None).0, 100);
+        assert_eq!(longest_gap_of(&h, 0, 2_000, Some(0)).0, 100);
+        assert_eq!(longest_gap_of(&h, 0, 2_000, Some(1)).0, 1_000);
+        assert_eq!(longest_gap_ending_in_of(&h, 0, 2_000, Some(1)), 1_000);
+        assert_eq!(longest_gap_ending_in_of(&h, 0, 2_000, Some(2)), 0);
     }
 
     fn all(ids: &[i64]) -> Option<HashSet<i64>> {

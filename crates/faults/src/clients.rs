@@ -25,11 +25,27 @@ pub struct ClientOptions {
     /// Writers connect to this address (a VIP) instead of the client's haproxy; haproxy still
     /// runs for the probes' sake but carries no client write.
     pub direct_host: Option<String>,
+    /// Chef frontends: each one its own client host with its own haproxy and `writers`
+    /// writers. Frontend k's haproxy starts `k × FRONTEND_PHASE` after the first, so their
+    /// health checks reach the nodes at different phases, as on a site with several.
+    pub frontends: u32,
+}
+
+/// How far apart the frontends' haproxy instances start: half of the 2 s check interval,
+/// the phase difference that no single timing of a hand-over can suit both frontends with.
+pub const FRONTEND_PHASE: Duration = Duration::from_millis(1_000);
+
+/// A frontend beyond the first: its host, haproxy (its log beside its config) and writers.
+struct Frontend {
+    _host: crate::netns::Netns,
+    haproxy: Haproxy,
 }
 
 pub struct Clients {
     pub rec: Recorder,
     pub haproxy: Haproxy,
+    /// Frontends 1.. (frontend 0 is `haproxy` on the run's client host).
+    more: Vec<Frontend>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Result<()>>>,
     client_ns: String,
@@ -54,7 +70,22 @@ impl Clients {
             services.truncate(1);
         }
         let cfg = haproxy::render_config(&nodes, &cluster.check(), &services);
+        let first_started = Instant::now();
         let hap = Haproxy::start(&net.client, &net.dir, &cfg, 5432)?;
+        let mut more = Vec::new();
+        for k in 1..opts.frontends.max(1) {
+            let host = net.add_client_host(k as u8 + 1)?;
+            let dir = net.dir.join(format!("frontend{}", k + 1));
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            // The phase offset itself is the point: haproxy starts checking when it starts.
+            let at = first_started + FRONTEND_PHASE * k;
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            let haproxy = Haproxy::start(&host, &dir, &cfg, 5432)?;
+            more.push(Frontend {
+                _host: host,
+                haproxy,
+            });
+        }
         let target = match &opts.direct_host {
             Some(h) => cluster.pg_target().with_host(h),
             None => cluster.pg_target(),
@@ -95,26 +126,25 @@ impl Clients {
             settled,
             stop.clone(),
         )];
-        let wcfg = WorkloadConfig {
-            nodes: match opts.direct_host {
-                Some(_) => nodes.clone(),
-                None => Vec::new(),
-            },
-            target: target.clone(),
-            clients: opts.writers,
-            interval: opts.interval,
-            op_timeout: opts.op_timeout,
-        };
-        {
-            let (rec, stop) = (rec.clone(), stop.clone());
-            threads.push(crate::inns::spawn(
-                &net.client.name,
-                "writers",
-                move || async move {
-                    workload::run(wcfg, rec, stop).await;
-                    Ok(())
+        let hosts = std::iter::once(net.client.name.clone())
+            .chain(more.iter().map(|f| f._host.name.clone()));
+        for (k, ns) in hosts.enumerate() {
+            let wcfg = WorkloadConfig {
+                nodes: match opts.direct_host {
+                    Some(_) => nodes.clone(),
+                    None => Vec::new(),
                 },
-            )?);
+                target: target.clone(),
+                clients: opts.writers,
+                first_process: k as u32 * workload::FRONTEND_STRIDE,
+                interval: opts.interval,
+                op_timeout: opts.op_timeout,
+            };
+            let (rec, stop) = (rec.clone(), stop.clone());
+            threads.push(crate::inns::spawn(&ns, "writers", move || async move {
+                workload::run(wcfg, rec, stop).await;
+                Ok(())
+            })?);
         }
         if !opts.sample_period.is_zero() {
             let scfg = SamplerConfig {
@@ -137,6 +167,7 @@ impl Clients {
         Ok(Clients {
             rec,
             haproxy: hap,
+            more,
             stop,
             threads,
             client_ns: net.client.name.clone(),
@@ -151,22 +182,39 @@ impl Clients {
         }
     }
 
-    /// Waits until an acknowledged client write *started* after `after_us`; returns its end.
+    /// How many frontends write (client hosts, each with its own haproxy).
+    pub fn frontends(&self) -> u32 {
+        1 + self.more.len() as u32
+    }
+
+    /// The haproxy logs of frontends 1.. (frontend 0's is `haproxy.log`).
+    pub fn more_haproxy_logs(&self) -> Vec<std::path::PathBuf> {
+        self.more.iter().map(|f| f.haproxy.log.clone()).collect()
+    }
+
+    /// Waits until every frontend has an acknowledged write that *started* after `after_us`;
+    /// returns the latest of their ends (the first such write of the frontend that came back
+    /// last).
     pub fn wait_write_after(&self, after_us: u64, deadline: Duration) -> Result<u64> {
         let start = Instant::now();
+        let n = self.frontends();
         loop {
-            let found = self.rec.entries().iter().rev().find_map(|e| match e {
-                Entry::Op(o)
-                    if o.kind == OpKind::Write
-                        && o.outcome == Outcome::Ok
-                        && o.start_us > after_us =>
-                {
-                    Some(o.end_us)
+            let mut first: Vec<Option<u64>> = vec![None; n as usize];
+            for e in self.rec.entries().iter() {
+                if let Entry::Op(o) = e {
+                    if o.kind == OpKind::Write && o.outcome == Outcome::Ok && o.start_us > after_us
+                    {
+                        let k = workload::frontend_of(o.process) as usize;
+                        if let Some(slot) = first.get_mut(k) {
+                            if slot.is_none_or(|t| o.end_us < t) {
+                                *slot = Some(o.end_us);
+                            }
+                        }
+                    }
                 }
-                _ => None,
-            });
-            if let Some(end) = found {
-                return Ok(end);
+            }
+            if first.iter().all(Option::is_some) {
+                return Ok(first.into_iter().flatten().max().unwrap_or(after_us));
             }
             if start.elapsed() > deadline {
                 return Err(Error::Timeout {

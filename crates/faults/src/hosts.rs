@@ -163,16 +163,35 @@ impl TestNet {
             &naming.ip(run, CLIENT_HOST),
             24,
         )?;
-        net.wait_reachable(Duration::from_secs(10))?;
+        net.wait_reachable(&net.client.name, Duration::from_secs(10))?;
         Ok(net)
     }
 
-    /// Polls until the client reaches every node (bridge ports forwarding, ARP answered).
-    /// A TCP connect to a closed port is the probe: "connection refused" is a reply from
-    /// the node's kernel, so it proves the path without needing ping or a listener.
-    fn wait_reachable(&self, deadline: Duration) -> Result<()> {
+    /// One more client host, `c<k>` at host number `CLIENT_HOST + k - 1` (k ≥ 2): a second
+    /// Chef frontend with its own address, so the nodes see it as another checker. Torn down
+    /// with the run (its names carry the run's prefix).
+    pub fn add_client_host(&self, k: u8) -> Result<Netns> {
+        if k < 2 || CLIENT_HOST as u16 + k as u16 - 1 > 254 {
+            return Err(Error::Invalid(format!("client host number {k}")));
+        }
+        let host = format!("c{k}");
+        let ns = Netns::create(
+            &self.naming.ns_name(self.run, &host),
+            &self.naming.veth_name(self.run, &host),
+            &self.bridge.name,
+            &self.naming.ip(self.run, CLIENT_HOST + k - 1),
+            24,
+        )?;
+        self.wait_reachable(&ns.name, Duration::from_secs(10))?;
+        Ok(ns)
+    }
+
+    /// Polls until client host `ns` reaches every node (bridge ports forwarding, ARP
+    /// answered). A TCP connect to a closed port is the probe: "connection refused" is a reply
+    /// from the node's kernel, so it proves the path without needing ping or a listener.
+    fn wait_reachable(&self, ns: &str, deadline: Duration) -> Result<()> {
         let ips: Vec<String> = self.nodes.iter().map(|n| n.ip.clone()).collect();
-        crate::inns::block_on(&self.client.name, move || async move {
+        crate::inns::block_on(ns, move || async move {
             let start = std::time::Instant::now();
             for ip in ips {
                 loop {

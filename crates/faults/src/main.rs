@@ -140,6 +140,15 @@ enum Cmd {
         /// Seconds to sample the idle agent's CPU and RSS before the workload starts.
         #[arg(long, default_value_t = 20)]
         idle_secs: u64,
+        /// Chef frontends, each its own host with its own haproxy (started a second apart, so
+        /// their checks run at different phases) and one writer; every trial reports each
+        /// frontend's gap.
+        #[arg(long, default_value_t = 2)]
+        frontends: u32,
+        /// Proxy only PostgreSQL on the frontends, not search too (a Chef frontend proxies
+        /// both, and both backends check `/leader`; the benchmark runs before 2026-12 did this).
+        #[arg(long)]
+        pg_only_frontend: bool,
     },
     /// Seeded, randomized fault schedule for N minutes, then heal and check.
     Run {
@@ -274,7 +283,18 @@ fn main() -> Result<()> {
             trials,
             scenarios,
             idle_secs,
-        } => bench(&common, trials, &scenarios, idle_secs),
+            frontends,
+            pg_only_frontend,
+        } => bench(
+            &common,
+            trials,
+            &scenarios,
+            idle_secs,
+            BenchClients {
+                frontends,
+                pg_only_frontend,
+            },
+        ),
         Cmd::Run {
             common,
             skip,
@@ -424,7 +444,19 @@ fn vip_address(net: &TestNet) -> String {
     net.naming.ip(net.run, 100)
 }
 
-fn bench(c: &Common, trials: u32, scenarios: &[String], idle_secs: u64) -> Result<()> {
+/// How the benchmark's clients are set up (the `bench` flags beyond the common ones).
+struct BenchClients {
+    frontends: u32,
+    pg_only_frontend: bool,
+}
+
+fn bench(
+    c: &Common,
+    trials: u32,
+    scenarios: &[String],
+    idle_secs: u64,
+    bc: BenchClients,
+) -> Result<()> {
     let scenarios: Vec<Scenario> = scenarios
         .iter()
         .map(|s| Scenario::parse(s).with_context(|| format!("unknown scenario {s}")))
@@ -443,8 +475,11 @@ fn bench(c: &Common, trials: u32, scenarios: &[String], idle_secs: u64) -> Resul
         interval: Duration::from_millis(c.interval_ms),
         op_timeout: Duration::from_millis(c.op_timeout_ms),
         sample_period: Duration::from_millis(250),
-        proxy_search: false,
+        // As a Chef frontend: search is proxied too, and its backend checks `/leader` as well
+        // (for Patroni those checks go to its REST API like the PostgreSQL backend's).
+        proxy_search: !bc.pg_only_frontend,
         direct_host: c.via_vip.then(|| vip_address(cluster.net())),
+        frontends: bc.frontends,
     };
     let history = out.join("history.jsonl");
     let mut cl = Clients::start(cluster.as_ref(), &opts, &history)?;
@@ -481,6 +516,8 @@ fn bench(c: &Common, trials: u32, scenarios: &[String], idle_secs: u64) -> Resul
             System::Patroni => "pypi",
         },
         "nodes": c.nodes,
+        "frontends": bc.frontends,
+        "frontend_services": if bc.pg_only_frontend { "postgresql" } else { "postgresql+search" },
         "interval_ms": c.interval_ms,
         "resume_deadline_s": bopts.resume_deadline.as_secs_f64(),
         "elapsed_s": started.elapsed().as_secs_f64(),
@@ -548,6 +585,22 @@ fn summarize(scenarios: &[Scenario], all: &[scenario::Trial]) -> Vec<serde_json:
                 // percentile at or above the shortest of them as "no recovery".
                 "no_recovery": of_s.iter().filter(|t| !t.recovered).count(),
                 "no_recovery_min_s": of_s.iter().filter(|t| !t.recovered).map(|t| t.window_s).reduce(f64::min),
+                // Each frontend's own gaps: the worst-frontend figures above hide which
+                // frontend pays.
+                "frontends": (0..of_s.iter().map(|t| t.frontend_windows_s.len()).max().unwrap_or(0))
+                    .map(|k| {
+                        let fw: Vec<f64> = of_s
+                            .iter()
+                            .filter(|t| !void(t))
+                            .filter_map(|t| t.frontend_windows_s.get(k).copied())
+                            .collect();
+                        serde_json::json!({
+                            "frontend": k + 1,
+                            "p50_s": stats::percentile(&fw, 50.0),
+                            "max_s": stats::percentile(&fw, 100.0),
+                        })
+                    })
+                    .collect::<Vec<_>>(),
             })
         })
         .collect()
@@ -584,6 +637,7 @@ fn fault_run(c: &Common, plan: schedule::Plan, disk_mb: u64, writers: u32) -> Re
         sample_period: Duration::from_millis(200),
         proxy_search: c.system == System::Larder,
         direct_host: c.via_vip.then(|| vip_address(cluster.net())),
+        frontends: 1,
     };
     let history = out.join("history.jsonl");
     let mut cl = Clients::start(cluster.as_ref(), &opts, &history)?;
@@ -780,6 +834,7 @@ fn steady(c: &Common, a: SteadyArgs) -> Result<()> {
         sample_period: Duration::from_millis(500),
         proxy_search: false,
         direct_host: c.via_vip.then(|| vip_address(cluster.net())),
+        frontends: 1,
     };
     let history = out.join("history.jsonl");
     let mut cl = Clients::start(cluster.as_ref(), &opts, &history)?;

@@ -64,6 +64,15 @@ pub struct Trial {
     /// result too: such a trial is recorded and the cluster healed for the next one.
     #[serde(default = "recovered_default")]
     pub recovered: bool,
+    /// Each frontend's own longest gap (frontend 1 first); `window_s` is the largest. One
+    /// entry with a single frontend; empty in results saved before frontends were counted.
+    #[serde(default)]
+    pub frontend_windows_s: Vec<f64>,
+}
+
+/// Every frontend's longest gap between its own acknowledged writes, by `gap(frontend)`.
+fn per_frontend(frontends: u32, gap: impl Fn(u32) -> u64) -> Vec<f64> {
+    (0..frontends.max(1)).map(|k| gap(k) as f64 / 1e6).collect()
 }
 
 fn recovered_default() -> bool {
@@ -176,11 +185,17 @@ fn one_trial(
                 resumed_at_s: rec.now_us() as f64 / 1e6,
                 window_s: waited as f64 / 1e6,
                 recovered: false,
+                frontend_windows_s: vec![waited as f64 / 1e6; clients.frontends() as usize],
             });
         }
         Err(e) => return Err(e),
     };
-    let (gap, _) = checker::longest_gap(&rec.entries(), fault_at, resumed);
+    let entries = rec.entries();
+    let windows = per_frontend(clients.frontends(), |k| {
+        checker::longest_gap_of(&entries, fault_at, resumed, Some(k)).0
+    });
+    let gap = windows.iter().fold(0f64, |a, b| a.max(*b));
+    let gap = (gap * 1e6).round() as u64;
     let leader_after = cluster.leader().map(|l| format!("n{}", l + 1));
     rec.event(
         "heal",
@@ -202,9 +217,21 @@ fn one_trial(
         resumed_at_s: resumed as f64 / 1e6,
         window_s: gap as f64 / 1e6,
         recovered: true,
+        frontend_windows_s: windows,
+    };
+    let each = match t.frontend_windows_s.len() {
+        1 => String::new(),
+        _ => format!(
+            " (frontends: {})",
+            t.frontend_windows_s
+                .iter()
+                .map(|w| format!("{w:.3}s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     eprintln!(
-        "  {} trial {trial}/{}: window {:.3}s",
+        "  {} trial {trial}/{}: window {:.3}s{each}",
         scenario.name(),
         opts.trials,
         gap as f64 / 1e6
@@ -246,9 +273,17 @@ pub fn remeasure(entries: &[crate::history::Entry], trials: &mut [Trial]) {
     let mut starts: Vec<u64> = trials.iter().map(|t| (t.fault_at_s * 1e6) as u64).collect();
     starts.sort_unstable();
     // An unrecovered trial keeps the time it waited: its outage lasted until the heal.
+    let frontends = crate::checker::ops(entries)
+        .filter(|o| o.kind == crate::history::OpKind::Write)
+        .map(|o| crate::workload::frontend_of(o.process) + 1)
+        .max()
+        .unwrap_or(1);
     for t in trials.iter_mut().filter(|t| t.recovered) {
         let from = (t.fault_at_s * 1e6) as u64;
         let to = starts.iter().copied().find(|s| *s > from).unwrap_or(end);
-        t.window_s = checker::longest_gap_ending_in(entries, from, to) as f64 / 1e6;
+        t.frontend_windows_s = per_frontend(frontends, |k| {
+            checker::longest_gap_ending_in_of(entries, from, to, Some(k))
+        });
+        t.window_s = t.frontend_windows_s.iter().fold(0f64, |a, b| a.max(*b));
     }
 }

@@ -14,6 +14,9 @@ pub struct WorkloadConfig {
     /// Where the clients connect (haproxy on the client host: 127.0.0.1:5432).
     pub target: Target,
     pub clients: u32,
+    /// Process number of the first client (frontend k's writers start at
+    /// `k * FRONTEND_STRIDE`), so ids and per-frontend gaps never mix.
+    pub first_process: u32,
     /// Pause between the starts of two inserts of one client (10 ms in the benchmark).
     pub interval: Duration,
     /// An insert without an answer after this long is recorded `Unknown` and its connection
@@ -41,11 +44,19 @@ async fn node_behind(cl: &tokio_postgres::Client, nodes: &[(String, String)]) ->
 
 /// Base of client ids: client c writes ids (c+1)*ID_STRIDE + n.
 pub const ID_STRIDE: i64 = 1_000_000_000;
+/// Process numbers per frontend: frontend k (0 = the first client host) runs processes
+/// `k * FRONTEND_STRIDE ..`.
+pub const FRONTEND_STRIDE: u32 = 100;
+
+/// The frontend (client host, 0-based) whose writer recorded process `p`.
+pub fn frontend_of(p: u32) -> u32 {
+    p / FRONTEND_STRIDE
+}
 
 /// Runs the clients until `stop` is set. Each op goes to the recorder as it completes.
 pub async fn run(cfg: WorkloadConfig, rec: Recorder, stop: Arc<AtomicBool>) {
     let mut tasks = Vec::new();
-    for c in 0..cfg.clients {
+    for c in cfg.first_process..cfg.first_process + cfg.clients {
         tasks.push(tokio::spawn(client(
             c,
             cfg.clone(),

@@ -323,6 +323,7 @@ impl HaLoop {
             sync_mode: node.cfg.postgresql.synchronous_mode,
             health: node.cfg.leaderl.health_check.clone(),
             rejoin_timeout_ms: node.cfg.leaderl.rejoin_timeout_ms,
+            align_switchover: node.cfg.leaderl.align_switchover_to_checks,
             // Only a pending switchover is timed by them: not worth computing every loop.
             own_checks: match &request {
                 Some(_) => self.sensors.checks.lock().unwrap().phases(unix_ms()),

@@ -88,14 +88,18 @@ pub(super) fn leader_actions(
         .and_then(|t| dcs.members.iter().find(|m| &m.guid == t))
         .map(|m| m.check_phases.clone())
         .unwrap_or_default();
-    let delay = crate::check_phase::handover_delay_ms(
-        &obs.own_checks,
-        &target_checks,
-        obs.now_unix_ms,
-        HANDOVER_MS,
-        PLANNED_HOLD_MS,
-        MAX_WAIT_MS,
-    );
+    let delay = if obs.align_switchover {
+        crate::check_phase::handover_delay_ms(
+            &obs.own_checks,
+            &target_checks,
+            obs.now_unix_ms,
+            HANDOVER_MS,
+            PLANNED_HOLD_MS,
+            MAX_WAIT_MS,
+        )
+    } else {
+        0
+    };
     let mut actions = vec![Action::ScheduleSwitchover {
         start_in_ms: delay,
         ready_unix_ms: obs.now_unix_ms + delay + HANDOVER_MS,

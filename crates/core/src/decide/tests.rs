@@ -82,6 +82,7 @@ fn obs(me: &str, local: LocalState, dcs: Option<DcsView>, lease: Option<HeldLeas
             ..Default::default()
         },
         rejoin_timeout_ms: 5000,
+        align_switchover: true,
         own_checks: vec![],
         request: None,
         vip: None,
@@ -965,6 +966,43 @@ fn primary(guid: &str, p: u64, term: u64) -> MemberStatus {
     m.pg = PgState::Primary;
     m.role = NodeRole::Leader;
     m
+}
+
+#[test]
+fn switchover_start_is_timed_to_the_targets_checks_unless_turned_off() {
+    // b is checked by one frontend every 2 s, last at 1_000_000 - 100 (next at 1_001_900):
+    // starting at once would leave b writable at 1_000_450, seen only at that next check.
+    let mut b = streaming("b", 300, 4, "a");
+    b.check_phases = vec![crate::check_phase::CheckPhase {
+        client: "fe".into(),
+        last_unix_ms: 1_000_000 - 100,
+        period_ms: 2_000,
+    }];
+    let mut v = view(
+        Some(leader("a", 4)),
+        4,
+        vec![primary("a", 300, 4), b, streaming("c", 300, 4, "a")],
+        &["a", "b", "c"],
+    );
+    v.switchover_request = Some(SwitchoverRequest {
+        target: Some("b".into()),
+        requested_unix_ms: 1,
+    });
+    let a = local(PgState::Primary, 300);
+    let start_in = |align: bool| {
+        let mut o = obs("a", a.clone(), Some(v.clone()), lease(4, 20_000));
+        o.align_switchover = align;
+        let d = decide(&o);
+        d.actions
+            .iter()
+            .find_map(|x| match x {
+                Action::ScheduleSwitchover { start_in_ms, .. } => Some(*start_in_ms),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no schedule: {:?} ({})", d.actions, d.reason))
+    };
+    assert!(start_in(true) > 0);
+    assert_eq!(start_in(false), 0);
 }
 
 #[test]

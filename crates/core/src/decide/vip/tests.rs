@@ -87,6 +87,7 @@ fn obs(now: u64, pg: PgState, dcs: Option<DcsView>, lease: bool, present: bool) 
         sync_mode: SyncMode::Quorum,
         health: Default::default(),
         rejoin_timeout_ms: 5000,
+        align_switchover: true,
         own_checks: vec![],
         request: None,
         vip: Some(VipView {
