@@ -483,6 +483,25 @@ fn bench(
     };
     let history = out.join("history.jsonl");
     let mut cl = Clients::start(cluster.as_ref(), &opts, &history)?;
+    // A real frontend checks all the time, so a user's switchover finds every node knowing the
+    // frontends' check rhythm. The haproxy instances have only just started here: wait until
+    // every node publishes each checker (frontends × proxied services) rather than measuring
+    // the first seconds of a frontend's life (which made the first trials 1.2–1.9 s).
+    let rhythms_known = match c.system {
+        System::Larder => {
+            let per_frontend = if opts.proxy_search { 2 } else { 1 };
+            let want = bc.frontends.max(1) as usize * per_frontend;
+            let waited = std::time::Instant::now();
+            let ok = wait_rhythms_learned(cluster.as_ref(), want, Duration::from_secs(90));
+            eprintln!(
+                "check rhythms {} on every node after {:.1}s ({want} checkers)",
+                if ok { "known" } else { "NOT known" },
+                waited.elapsed().as_secs_f64()
+            );
+            Some(ok)
+        }
+        _ => None,
+    };
     let bopts = BenchOptions {
         trials,
         resume_deadline: Duration::from_secs(300),
@@ -517,6 +536,7 @@ fn bench(
         },
         "nodes": c.nodes,
         "frontends": bc.frontends,
+        "check_rhythms_known_before_trials": rhythms_known,
         "frontend_services": if bc.pg_only_frontend { "postgresql" } else { "postgresql+search" },
         "interval_ms": c.interval_ms,
         "resume_deadline_s": bopts.resume_deadline.as_secs_f64(),
@@ -555,6 +575,40 @@ fn bench(
         bail!("{} checker violation(s)", report.violations.len());
     }
     Ok(())
+}
+
+/// Polls every node's `/status` until each lists at least `want` frontend checkers
+/// (`frontend_checks`); false at the deadline.
+fn wait_rhythms_learned(cluster: &dyn Cluster, want: usize, deadline: Duration) -> bool {
+    let ips: Vec<String> = cluster.net().nodes.iter().map(|n| n.ip.clone()).collect();
+    let port = cluster.check().port;
+    larder_faults::inns::block_on(&cluster.net().client.name, move || async move {
+        let start = std::time::Instant::now();
+        loop {
+            let mut all = true;
+            for ip in &ips {
+                let addr = format!("{ip}:{port}");
+                let n = match larder_faults::http::get(&addr, "/status", Duration::from_secs(2))
+                    .await
+                {
+                    Some((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["frontend_checks"].as_array().map(Vec::len))
+                        .unwrap_or(0),
+                    _ => 0,
+                };
+                all &= n >= want;
+            }
+            if all {
+                return Ok(true);
+            }
+            if start.elapsed() > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .unwrap_or(false)
 }
 
 fn summarize(scenarios: &[Scenario], all: &[scenario::Trial]) -> Vec<serde_json::Value> {
