@@ -30,6 +30,9 @@ pub struct ClientOptions {
 pub struct Clients {
     pub rec: Recorder,
     pub haproxy: Haproxy,
+    /// haproxy's 9200 as the search workload reaches it, when it runs (`proxy_search` and a
+    /// cluster with a search API); the final reads go to each node's 9200 the same way.
+    pub search: Option<crate::https::HttpsTarget>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Result<()>>>,
     client_ns: String,
@@ -116,6 +119,32 @@ impl Clients {
                 },
             )?);
         }
+        let mut search = None;
+        if let (true, Some(access)) = (opts.proxy_search, cluster.search_access()) {
+            let target = crate::https::HttpsTarget {
+                addr: "127.0.0.1:9200".into(),
+                server_name: "127.0.0.1".into(),
+                tls: crate::https::client_config(&access.ca_pem)?,
+                auth: Some((access.username, access.password)),
+            };
+            let scfg = crate::search::SearchConfig {
+                target: target.clone(),
+                bulk_interval: Duration::from_millis(200),
+                query_interval: Duration::from_millis(500),
+                timeout: Duration::from_secs(5),
+                seed: 1,
+            };
+            let (rec, stop) = (rec.clone(), stop.clone());
+            threads.push(crate::inns::spawn(
+                &net.client.name,
+                "search",
+                move || async move {
+                    crate::search::run(scfg, rec, stop).await;
+                    Ok(())
+                },
+            )?);
+            search = Some(target);
+        }
         if !opts.sample_period.is_zero() {
             let scfg = SamplerConfig {
                 nodes: nodes.clone(),
@@ -137,6 +166,7 @@ impl Clients {
         Ok(Clients {
             rec,
             haproxy: hap,
+            search,
             stop,
             threads,
             client_ns: net.client.name.clone(),
