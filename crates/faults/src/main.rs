@@ -596,9 +596,10 @@ fn fault_run(c: &Common, plan: schedule::Plan, disk_mb: u64, writers: u32) -> Re
     let (steps, error) = schedule::run(cluster.as_mut(), &cl, &plan, &ropts);
     let healthy = cluster.wait_healthy(ropts.heal_deadline);
     cl.stop();
+    // Search first: its "searchable after heal" time is measured from the last heal.
+    let search = search_final(cluster.as_ref(), &cl);
     let finals = clients::final_state(cluster.as_ref(), &cl.rec, Duration::from_secs(60));
     let report = checker::check(&cl.rec.entries(), &finals, DUAL_LEADER_TOLERANCE_US);
-    let search = search_final(cluster.as_ref(), &cl);
 
     let mut t = comfy_table::Table::new();
     t.set_header(vec![
@@ -739,6 +740,9 @@ struct SearchOutcome {
     report: larder_faults::search_check::SearchReport,
     /// Last heal of the schedule (recorder µs).
     last_heal_us: Option<u64>,
+    /// When the final polling began (recorder µs): after the heal, the wait for a healthy
+    /// cluster and the workload's stop.
+    polling_from_us: u64,
     /// How long the final polling waited at most.
     deadline: Duration,
 }
@@ -759,6 +763,7 @@ fn search_final(cluster: &dyn Cluster, cl: &Clients) -> Option<SearchOutcome> {
         .leader()
         .map(|l| cluster.pg_target().with_host(&cluster.net().nodes[l].ip));
     let deadline = Duration::from_secs(120);
+    let polling_from_us = cl.rec.now_us();
     let fin = larder_faults::search::final_state(
         cl.client_ns(),
         &target,
@@ -789,6 +794,7 @@ fn search_final(cluster: &dyn Cluster, cl: &Clients) -> Option<SearchOutcome> {
         fin,
         report,
         last_heal_us,
+        polling_from_us,
         deadline,
     })
 }
@@ -827,8 +833,9 @@ fn search_table(s: &SearchOutcome) -> comfy_table::Table {
         r.violations.len().to_string(),
         match (s.fin.converged_at_us, s.last_heal_us) {
             (Some(at), Some(heal)) => format!(
-                "{:.3} ({} round(s))",
+                "{:.3} (polling from {:.3}, {} round(s))",
                 at.saturating_sub(heal) as f64 / 1e6,
+                s.polling_from_us.saturating_sub(heal) as f64 / 1e6,
                 s.fin.rounds
             ),
             (Some(at), None) => format!("{:.3} since start", at as f64 / 1e6),
