@@ -464,6 +464,14 @@ pub fn final_state(
                 converged_at_us = Some(rec.now_us());
                 break;
             }
+            // Which node trails, per round: the history shows how convergence went.
+            rec.event(
+                "check",
+                format!(
+                    "search round {rounds}: {}",
+                    expect.lagging(&seen).join("; ")
+                ),
+            );
             if start.elapsed() > deadline {
                 break;
             }
