@@ -813,6 +813,7 @@ fn search_table(s: &SearchOutcome) -> comfy_table::Table {
         "lost",
         "deleted found",
         "not in PostgreSQL",
+        "nodes disagree",
         "violations",
         "searchable after heal s",
     ]);
@@ -830,6 +831,7 @@ fn search_table(s: &SearchOutcome) -> comfy_table::Table {
         r.lost.to_string(),
         r.deleted_found.to_string(),
         r.not_in_pg.to_string(),
+        r.disagree.to_string(),
         r.violations.len().to_string(),
         match (s.fin.converged_at_us, s.last_heal_us) {
             (Some(at), Some(heal)) => format!(

@@ -80,20 +80,45 @@ impl Expect {
     /// The nodes that do not answer what the history requires yet, each with what is off
     /// ("n2: 13 live missing, 0 deleted found" or "n3: unreadable: …").
     pub fn lagging(&self, nodes: &[(String, Result<HashSet<String>, String>)]) -> Vec<String> {
+        // Disagreement on documents the two counts before do not cover.
+        let others: BTreeSet<String> = not_everywhere(nodes)
+            .into_iter()
+            .filter(|id| !self.live.contains(id) && !self.deleted.contains(id))
+            .collect();
         nodes
             .iter()
             .filter_map(|(name, r)| match r {
                 Ok(found) => {
                     let missing = self.live.iter().filter(|id| !found.contains(*id)).count();
                     let resurrected = self.deleted.iter().filter(|id| found.contains(*id)).count();
-                    (missing + resurrected > 0).then(|| {
-                        format!("{name}: {missing} live missing, {resurrected} deleted found")
+                    let lacks = others
+                        .iter()
+                        .filter(|id| !found.contains(id.as_str()))
+                        .count();
+                    (missing + resurrected + lacks > 0).then(|| {
+                        format!("{name}: {missing} live missing, {resurrected} deleted found, {lacks} found elsewhere missing")
                     })
                 }
                 Err(e) => Some(format!("{name}: unreadable: {e}")),
             })
             .collect()
     }
+}
+
+/// Ids that some readable node finds and another readable node does not. After the heal
+/// every node follows the same log, so whatever the outcome of the bulk that wrote them, the
+/// nodes must agree.
+pub fn not_everywhere(nodes: &[(String, Result<HashSet<String>, String>)]) -> BTreeSet<String> {
+    let sets: Vec<&HashSet<String>> = nodes.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+    let mut out = BTreeSet::new();
+    for s in &sets {
+        for id in s.iter() {
+            if sets.iter().any(|o| !o.contains(id)) {
+                out.insert(id.clone());
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Default)]
@@ -110,6 +135,9 @@ pub struct SearchReport {
     pub deleted_found: u64,
     /// Documents of acknowledged bulks whose log row is missing or in the wrong state.
     pub not_in_pg: u64,
+    /// Documents (of bulks with any outcome) found on some nodes and not on others, beyond
+    /// those already counted as lost or deleted-found.
+    pub disagree: u64,
     pub violations: Vec<Violation>,
 }
 
@@ -243,6 +271,51 @@ pub fn check(
     }
     r.lost = lost.len() as u64;
     r.deleted_found = deleted_found.len() as u64;
+    // Divergence the two rules above do not cover: documents of unknown (or failed) bulks,
+    // or of unknown deletes, that one node shows and another does not.
+    let split: BTreeSet<String> = not_everywhere(nodes)
+        .into_iter()
+        .filter(|id| !expect.live.contains(id) && !expect.deleted.contains(id))
+        .collect();
+    for (node, seen) in nodes {
+        let Ok(found) = seen else { continue };
+        let lacks: BTreeSet<&String> = split.iter().filter(|id| !found.contains(*id)).collect();
+        if !lacks.is_empty() {
+            r.violations.push(Violation {
+                kind: "search-nodes-disagree",
+                message: format!(
+                    "{node}: {} document(s) other nodes find are not found here (their bulk's outcome was not acknowledged, but every node follows the same log): {}",
+                    lacks.len(),
+                    name_some(lacks.iter().copied())
+                ),
+                excerpt: excerpt(entries, &lacks.iter().copied().take(NAMED).collect()),
+            });
+        }
+    }
+    r.disagree = split.len() as u64;
+    let indexed_failed: BTreeSet<&String> = expect
+        .never_written
+        .iter()
+        .filter(|id| {
+            nodes
+                .iter()
+                .any(|(_, r)| r.as_ref().is_ok_and(|f| f.contains(*id)))
+        })
+        .collect();
+    if !indexed_failed.is_empty() {
+        r.violations.push(Violation {
+            kind: "failed-bulk-applied",
+            message: format!(
+                "{} documents of a _bulk classified failed are found by a node's search: {}",
+                indexed_failed.len(),
+                name_some(indexed_failed.iter().copied())
+            ),
+            excerpt: excerpt(
+                entries,
+                &indexed_failed.iter().copied().take(NAMED).collect(),
+            ),
+        });
+    }
     match log {
         None | Some(Err(_)) => r.violations.push(Violation {
             kind: "search-log-unreadable",
@@ -388,7 +461,7 @@ mod tests {
         assert!(!Expect::from_entries(&h).converged(&nodes));
         assert_eq!(
             Expect::from_entries(&h).lagging(&nodes),
-            vec!["n2: 1 live missing, 0 deleted found".to_string()]
+            vec!["n2: 1 live missing, 0 deleted found, 0 found elsewhere missing".to_string()]
         );
     }
 
@@ -428,6 +501,50 @@ mod tests {
             Some(&rows(&["a", "d"], &["b"])),
         );
         assert_eq!(kinds(&r), vec!["bulk-not-in-postgresql"]);
+    }
+
+    #[test]
+    fn nodes_must_agree_on_unknown_documents() {
+        let mut h = history();
+        h.push(bulk(200, Outcome::Unknown, &["e"], &["c"]));
+        let log = rows(&["a", "c", "d", "e"], &["b"]);
+        // Present everywhere or nowhere: fine.
+        for ids in [&["a", "c", "d", "e"][..], &["a", "d"][..]] {
+            let nodes = vec![
+                ("n1".to_string(), found(ids)),
+                ("n2".to_string(), found(ids)),
+            ];
+            let r = check(&h, &nodes, Some(&log));
+            assert!(r.ok(), "{:?}", kinds(&r));
+            assert!(Expect::from_entries(&h).converged(&nodes));
+        }
+        // e on n1 only, c (unknown delete) on n2 only.
+        let nodes = vec![
+            ("n1".to_string(), found(&["a", "d", "e"])),
+            ("n2".to_string(), found(&["a", "c", "d"])),
+        ];
+        let r = check(&h, &nodes, Some(&log));
+        assert_eq!(
+            kinds(&r),
+            vec!["search-nodes-disagree", "search-nodes-disagree"]
+        );
+        assert_eq!(r.disagree, 2);
+        assert!(
+            r.violations[0].message.starts_with("n1: 1 "),
+            "{}",
+            r.violations[0].message
+        );
+        assert!(
+            r.violations[0].message.ends_with(": c"),
+            "{}",
+            r.violations[0].message
+        );
+        assert!(!Expect::from_entries(&h).converged(&nodes));
+        // A failed bulk's document in an index.
+        h.push(bulk(300, Outcome::Failed, &["f"], &[]));
+        let nodes = vec![("n1".to_string(), found(&["a", "c", "d", "f"]))];
+        let r = check(&h, &nodes, Some(&log));
+        assert_eq!(kinds(&r), vec!["failed-bulk-applied"]);
     }
 
     #[test]
