@@ -77,6 +77,7 @@ pub fn excerpt(entries: &[Entry], from_us: u64, to_us: u64, ids: &[i64], limit: 
                     || (o.kind != OpKind::Health && o.end_us >= from_us && o.start_us <= to_us)
             }
             Entry::Event(ev) => ev.at_us >= from_us.saturating_sub(5_000_000) && ev.at_us <= to_us,
+            Entry::Search(_) => false,
         })
         .take(limit)
         .collect();
@@ -361,6 +362,7 @@ pub fn excerpt_with_health(entries: &[Entry], from_us: u64, to_us: u64, limit: u
         .filter(|e| match e {
             Entry::Op(o) => o.kind == OpKind::Health && o.end_us >= from_us && o.start_us <= to_us,
             Entry::Event(ev) => ev.at_us >= from_us.saturating_sub(5_000_000) && ev.at_us <= to_us,
+            Entry::Search(_) => false,
         })
         .take(limit)
         .collect();

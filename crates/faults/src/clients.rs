@@ -22,6 +22,9 @@ pub struct ClientOptions {
     pub sample_period: Duration,
     /// Whether to proxy 9200 too (Larder's search); Patroni has no search service.
     pub proxy_search: bool,
+    /// Whether the search workload writes and searches through the proxied 9200 (the fault
+    /// suite; the benchmarks measure PostgreSQL writes only).
+    pub search_workload: bool,
     /// Writers connect to this address (a VIP) instead of the client's haproxy; haproxy still
     /// runs for the probes' sake but carries no client write.
     pub direct_host: Option<String>,
@@ -46,6 +49,9 @@ pub struct Clients {
     pub haproxy: Haproxy,
     /// Frontends 1.. (frontend 0 is `haproxy` on the run's client host).
     more: Vec<Frontend>,
+    /// haproxy's 9200 as the search workload reaches it, when it runs (`proxy_search` and a
+    /// cluster with a search API); the final reads go to each node's 9200 the same way.
+    pub search: Option<crate::https::HttpsTarget>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Result<()>>>,
     client_ns: String,
@@ -146,6 +152,35 @@ impl Clients {
                 Ok(())
             })?);
         }
+        let mut search = None;
+        if let (true, Some(access)) = (
+            opts.proxy_search && opts.search_workload,
+            cluster.search_access(),
+        ) {
+            let target = crate::https::HttpsTarget {
+                addr: "127.0.0.1:9200".into(),
+                server_name: "127.0.0.1".into(),
+                tls: crate::https::client_config(&access.ca_pem)?,
+                auth: Some((access.username, access.password)),
+            };
+            let scfg = crate::search::SearchConfig {
+                target: target.clone(),
+                bulk_interval: Duration::from_millis(200),
+                query_interval: Duration::from_millis(500),
+                timeout: Duration::from_secs(5),
+                seed: 1,
+            };
+            let (rec, stop) = (rec.clone(), stop.clone());
+            threads.push(crate::inns::spawn(
+                &net.client.name,
+                "search",
+                move || async move {
+                    crate::search::run(scfg, rec, stop).await;
+                    Ok(())
+                },
+            )?);
+            search = Some(target);
+        }
         if !opts.sample_period.is_zero() {
             let scfg = SamplerConfig {
                 nodes: nodes.clone(),
@@ -168,6 +203,7 @@ impl Clients {
             rec,
             haproxy: hap,
             more,
+            search,
             stop,
             threads,
             client_ns: net.client.name.clone(),

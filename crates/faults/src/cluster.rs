@@ -8,6 +8,15 @@ use crate::haproxy::HealthCheck;
 use crate::hosts::TestNet;
 use crate::pg::Target;
 
+/// What a Chef frontend is given to talk to the search API: the cluster CA it verifies the
+/// node certificates with, and the HTTP Basic credentials.
+#[derive(Clone)]
+pub struct SearchAccess {
+    pub ca_pem: String,
+    pub username: String,
+    pub password: String,
+}
+
 pub trait Cluster {
     /// "patroni-defaults", "larder", ...
     fn label(&self) -> String;
@@ -34,6 +43,10 @@ pub trait Cluster {
     fn etcd_pid(&self, i: usize) -> Option<i32>;
     /// Whether every node is up and replicating (all replicas streaming from the leader).
     fn fully_healthy(&self) -> bool;
+    /// How a frontend reaches the search API (9200), when the cluster has one.
+    fn search_access(&self) -> Option<SearchAccess> {
+        None
+    }
 
     fn node_count(&self) -> usize {
         self.net().nodes.len()

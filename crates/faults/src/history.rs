@@ -66,11 +66,60 @@ pub struct Event {
     pub text: String,
 }
 
+/// What a search-workload request was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchKind {
+    /// `POST /_bulk` of index and delete actions.
+    Bulk,
+    /// `GET /chef/_search` with a Chef-shaped body.
+    Query,
+}
+
+/// One request of the search workload (`search.rs`), through haproxy's 9200.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchOp {
+    pub kind: SearchKind,
+    pub start_us: u64,
+    pub end_us: u64,
+    /// `Ok`: HTTP 200. `Failed`: definitely not applied (nothing sent; refused as a
+    /// follower; authentication). `Unknown`: anything else after sending.
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<u16>,
+    /// Document ids the bulk indexed.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub written: Vec<String>,
+    /// Document ids the bulk deleted.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub deleted: Vec<String>,
+    /// Items of a 200 bulk that answered another status than 2xx: (id, status).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub item_errors: Vec<(String, u16)>,
+    /// `hits.total` of a search.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hits: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Entry {
     Op(Op),
     Event(Event),
+    Search(SearchOp),
+}
+
+impl Entry {
+    /// When the entry ended (ops, search requests) or happened (events).
+    pub fn end_us(&self) -> u64 {
+        match self {
+            Entry::Op(o) => o.end_us,
+            Entry::Event(e) => e.at_us,
+            Entry::Search(s) => s.end_us,
+        }
+    }
 }
 
 /// Shared, append-only recorder. Cloned into every client task; lines are flushed as they are
@@ -111,6 +160,10 @@ impl Recorder {
 
     pub fn op(&self, op: Op) {
         self.push(Entry::Op(op));
+    }
+
+    pub fn search(&self, op: SearchOp) {
+        self.push(Entry::Search(op));
     }
 
     pub fn event(&self, what: &str, text: impl Into<String>) {
@@ -198,6 +251,34 @@ pub fn format_entries(entries: &[&Entry]) -> String {
                 ev.at_us as f64 / 1e6,
                 ev.what,
                 ev.text
+            ),
+            Entry::Search(s) => format!(
+                "  {:>10.3}s..{:>10.3}s Search{:?} {:?}{}{}{}{}{}",
+                s.start_us as f64 / 1e6,
+                s.end_us as f64 / 1e6,
+                s.kind,
+                s.outcome,
+                s.status.map(|c| format!(" http={c}")).unwrap_or_default(),
+                if s.written.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " indexed {} ({}..{})",
+                        s.written.len(),
+                        s.written[0],
+                        s.written[s.written.len() - 1]
+                    )
+                },
+                if s.deleted.is_empty() {
+                    String::new()
+                } else {
+                    format!(" deleted {}", s.deleted.join(","))
+                },
+                s.hits.map(|h| format!(" hits={h}")).unwrap_or_default(),
+                s.error
+                    .as_deref()
+                    .map(|e| format!(" err={e}"))
+                    .unwrap_or_default(),
             ),
         })
         .collect::<Vec<_>>()

@@ -307,6 +307,16 @@ impl Cluster for LarderCluster {
             .into_iter()
             .find(|p| crate::nemesis::comm(*p) == "etcd")
     }
+    fn search_access(&self) -> Option<crate::cluster::SearchAccess> {
+        let text = std::fs::read_to_string(self.secrets()).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let s = |a: &str, b: &str| v[a][b].as_str().map(str::to_string);
+        Some(crate::cluster::SearchAccess {
+            ca_pem: s("larder", "ca_cert_pem")?,
+            username: s("elasticsearch", "auth_username")?,
+            password: s("elasticsearch", "auth_password")?,
+        })
+    }
     fn fully_healthy(&self) -> bool {
         let Some(l) = self.leader() else { return false };
         // Larder's own view must agree (its CLI refuses a switchover to a node it does not

@@ -10,7 +10,9 @@
 //!   [`disk`] (a small loop-mounted filesystem to fill).
 //! - Client side: [`haproxy`] configured as a Chef frontend, [`workload`] (paced inserts),
 //!   [`sampler`] (health endpoints + direct writes on every node), [`history`] (JSON lines),
-//!   [`checker`] (durability, split brain, availability gaps), [`stats`].
+//!   [`checker`] (durability, split brain, availability gaps), [`stats`]; the search
+//!   workload [`search`] (`_bulk` and `_search` through haproxy's 9200 over [`https`]) and
+//!   its checker [`search_check`].
 //! - Clusters under test: [`patroni`] (the baseline: etcd 3.4 + Patroni + PostgreSQL 15) and
 //!   [`larder`] (the `larder` binary), both behind [`cluster::Cluster`].
 //! - [`scenario`] runs the failover benchmark trials, [`schedule`] the randomized fault
@@ -30,6 +32,7 @@ pub mod haproxy;
 pub mod history;
 pub mod hosts;
 pub mod http;
+pub mod https;
 pub mod inns;
 pub mod larder;
 pub mod nemesis;
@@ -42,6 +45,8 @@ pub mod routing;
 pub mod sampler;
 pub mod scenario;
 pub mod schedule;
+pub mod search;
+pub mod search_check;
 pub mod stats;
 pub mod steady;
 pub mod teardown;

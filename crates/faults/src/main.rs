@@ -478,6 +478,7 @@ fn bench(
         // As a Chef frontend: search is proxied too, and its backend checks `/leader` as well
         // (for Patroni those checks go to its REST API like the PostgreSQL backend's).
         proxy_search: !bc.pg_only_frontend,
+        search_workload: false,
         direct_host: c.via_vip.then(|| vip_address(cluster.net())),
         frontends: bc.frontends,
     };
@@ -690,6 +691,7 @@ fn fault_run(c: &Common, plan: schedule::Plan, disk_mb: u64, writers: u32) -> Re
         op_timeout: Duration::from_millis(c.op_timeout_ms),
         sample_period: Duration::from_millis(200),
         proxy_search: c.system == System::Larder,
+        search_workload: c.system == System::Larder,
         direct_host: c.via_vip.then(|| vip_address(cluster.net())),
         frontends: 1,
     };
@@ -704,6 +706,8 @@ fn fault_run(c: &Common, plan: schedule::Plan, disk_mb: u64, writers: u32) -> Re
     let (steps, error) = schedule::run(cluster.as_mut(), &cl, &plan, &ropts);
     let healthy = cluster.wait_healthy(ropts.heal_deadline);
     cl.stop();
+    // Search first: its "searchable after heal" time is measured from the last heal.
+    let search = search_final(cluster.as_ref(), &cl);
     let finals = clients::final_state(cluster.as_ref(), &cl.rec, Duration::from_secs(60));
     let report = checker::check(&cl.rec.entries(), &finals, DUAL_LEADER_TOLERANCE_US);
 
@@ -791,10 +795,17 @@ fn fault_run(c: &Common, plan: schedule::Plan, disk_mb: u64, writers: u32) -> Re
         report.violations.len().to_string(),
     ]);
     println!("{sum}");
+    if let Some(s) = &search {
+        println!("{}", search_table(s));
+    }
     print_routing(&cl.rec.entries(), &report);
     println!("history: {}", history.display());
     for v in &report.violations {
         eprintln!("VIOLATION {}: {}\n{}", v.kind, v.message, v.excerpt);
+    }
+    let search_violations = search.as_ref().map_or(0, |s| s.report.violations.len());
+    for v in search.iter().flat_map(|s| &s.report.violations) {
+        eprintln!("SEARCH VIOLATION {}: {}\n{}", v.kind, v.message, v.excerpt);
     }
     drop(cl);
     drop(cluster);
@@ -817,6 +828,12 @@ fn fault_run(c: &Common, plan: schedule::Plan, disk_mb: u64, writers: u32) -> Re
             report.violations.len()
         );
     }
+    if search_violations > 0 {
+        bail!("{search_violations} search checker violation(s), see above");
+    }
+    if c.system == System::Larder && search.is_none() {
+        bail!("the search workload did not run (no search credentials in the secrets file?)");
+    }
     if !availability.is_empty() {
         bail!(
             "{} fault(s) broke their availability bound: {}",
@@ -827,16 +844,122 @@ fn fault_run(c: &Common, plan: schedule::Plan, disk_mb: u64, writers: u32) -> Re
     Ok(())
 }
 
+/// The search workload's final reads and their verdict.
+struct SearchOutcome {
+    fin: larder_faults::search::FinalSearch,
+    report: larder_faults::search_check::SearchReport,
+    /// Last heal of the schedule (recorder µs).
+    last_heal_us: Option<u64>,
+    /// When the final polling began (recorder µs): after the heal, the wait for a healthy
+    /// cluster and the workload's stop.
+    polling_from_us: u64,
+    /// How long the final polling waited at most.
+    deadline: Duration,
+}
+
+/// After the SQL checks: every node's search read until it converged (bounded), then again,
+/// with the leader's change log; judged by `search_check`.
+fn search_final(cluster: &dyn Cluster, cl: &Clients) -> Option<SearchOutcome> {
+    use larder_faults::history::Entry;
+    let target = cl.search.clone()?;
+    let nodes: Vec<(String, String)> = cluster
+        .net()
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("n{}", i + 1), n.ip.clone()))
+        .collect();
+    let leader_pg = cluster
+        .leader()
+        .map(|l| cluster.pg_target().with_host(&cluster.net().nodes[l].ip));
+    let deadline = Duration::from_secs(120);
+    let polling_from_us = cl.rec.now_us();
+    let fin = larder_faults::search::final_state(
+        cl.client_ns(),
+        &target,
+        nodes,
+        leader_pg,
+        &cl.rec,
+        deadline,
+    );
+    let entries = cl.rec.entries();
+    let last_heal_us = entries.iter().rev().find_map(|e| match e {
+        Entry::Event(ev) if ev.what == "heal" => Some(ev.at_us),
+        _ => None,
+    });
+    let report = larder_faults::search_check::check(&entries, &fin.nodes, fin.log.as_ref());
+    cl.rec.event(
+        "check",
+        format!(
+            "search: {} after {} round(s), {} violation(s)",
+            match fin.converged_at_us {
+                Some(at) => format!("every node searchable at {:.3}s", at as f64 / 1e6),
+                None => format!("not converged within {}s", deadline.as_secs()),
+            },
+            fin.rounds,
+            report.violations.len()
+        ),
+    );
+    Some(SearchOutcome {
+        fin,
+        report,
+        last_heal_us,
+        polling_from_us,
+        deadline,
+    })
+}
+
+fn search_table(s: &SearchOutcome) -> comfy_table::Table {
+    let r = &s.report;
+    let mut t = comfy_table::Table::new();
+    t.set_header(vec![
+        "search",
+        "bulks ok",
+        "bulks failed",
+        "bulks unknown",
+        "acked docs",
+        "acked deletes",
+        "searches ok/failed/unknown",
+        "lost",
+        "deleted found",
+        "not in PostgreSQL",
+        "nodes disagree",
+        "violations",
+        "searchable after heal s",
+    ]);
+    t.add_row(vec![
+        "_bulk + _search via haproxy:9200".to_string(),
+        r.bulks.ok.to_string(),
+        r.bulks.failed.to_string(),
+        r.bulks.unknown.to_string(),
+        r.acked_docs.to_string(),
+        r.acked_deletes.to_string(),
+        format!(
+            "{}/{}/{}",
+            r.queries.ok, r.queries.failed, r.queries.unknown
+        ),
+        r.lost.to_string(),
+        r.deleted_found.to_string(),
+        r.not_in_pg.to_string(),
+        r.disagree.to_string(),
+        r.violations.len().to_string(),
+        match (s.fin.converged_at_us, s.last_heal_us) {
+            (Some(at), Some(heal)) => format!(
+                "{:.3} (polling from {:.3}, {} round(s))",
+                at.saturating_sub(heal) as f64 / 1e6,
+                s.polling_from_us.saturating_sub(heal) as f64 / 1e6,
+                s.fin.rounds
+            ),
+            (Some(at), None) => format!("{:.3} since start", at as f64 / 1e6),
+            (None, _) => format!("not within {}s", s.deadline.as_secs()),
+        },
+    ]);
+    t
+}
+
 /// What haproxy routed by, and what the sampler saw, about two leaders at once.
 fn print_routing(entries: &[larder_faults::history::Entry], report: &checker::Report) {
-    let end = entries
-        .iter()
-        .map(|e| match e {
-            larder_faults::history::Entry::Op(o) => o.end_us,
-            larder_faults::history::Entry::Event(ev) => ev.at_us,
-        })
-        .max()
-        .unwrap_or(0);
+    let end = entries.iter().map(|e| e.end_us()).max().unwrap_or(0);
     println!(
         "{}",
         larder_faults::routing::describe(&larder_faults::routing::dual_up_intervals(entries, end))
@@ -887,6 +1010,7 @@ fn steady(c: &Common, a: SteadyArgs) -> Result<()> {
         op_timeout: Duration::from_millis(c.op_timeout_ms),
         sample_period: Duration::from_millis(500),
         proxy_search: false,
+        search_workload: false,
         direct_host: c.via_vip.then(|| vip_address(cluster.net())),
         frontends: 1,
     };
