@@ -35,6 +35,12 @@ pub trait Cluster {
     /// Whether every node is up and replicating (all replicas streaming from the leader).
     fn fully_healthy(&self) -> bool;
 
+    /// The clock-skew file of node `i` when its processes run under the shim of
+    /// [`crate::clockskew`] (`None`: the cluster was started without it).
+    fn clock_skew_file(&self, _i: usize) -> Option<std::path::PathBuf> {
+        None
+    }
+
     fn node_count(&self) -> usize {
         self.net().nodes.len()
     }
