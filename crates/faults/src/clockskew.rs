@@ -45,6 +45,14 @@ pub fn mono_now_ns() -> i64 {
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
+/// This (unshimmed) process's wall clock, unix ms.
+pub fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// One setting of the skew file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Skew {
@@ -222,6 +230,13 @@ mod tests {
         let (before, wall, slept_us) = run_child(&so, &file);
         assert!((wall - before).abs() < 5_000, "{before} {wall}");
         assert!((400_000..480_000).contains(&slept_us), "{slept_us}");
+
+        // A slow clock: a 400 ms sleep lasts 200 ms by Instant; its end keeps the loss.
+        let d = Skew::drift(-500_000);
+        d.write(&file).unwrap();
+        let (_, _, slept_us) = run_child(&so, &file);
+        assert!((200_000..260_000).contains(&slept_us), "{slept_us}");
+        assert!(d.ended().mono_offset_ns < 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

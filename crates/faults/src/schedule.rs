@@ -125,7 +125,7 @@ impl Fault {
             Fault::RestartEtcd => "kill -9 every etcd member",
             Fault::ClockJumpLeader => "leader wall clock +30s, back, -30s",
             Fault::ClockDriftFollower => "follower clocks drift +1000ppm",
-            Fault::ClockDriftLeader => "leader clocks drift +1000ppm",
+            Fault::ClockDriftLeader => "leader clocks drift -1000ppm",
         }
     }
 
@@ -295,6 +295,9 @@ const CLOCK_JUMP_STEP: Duration = Duration::from_secs(10);
 const CLOCK_DRIFT_HOLD: Duration = Duration::from_secs(30);
 /// 1000 ppm = 1 ms/s: ten times what an undisciplined quartz clock is allowed (±100 ppm) and
 /// twice what `adjtimex` may slew (500 ppm), i.e. an extreme but physically possible rate.
+/// A follower runs fast; the leader runs slow, the direction that matters for safety: a slow
+/// monotonic clock reaches the leader's fencing deadline late, after etcd (on its own
+/// clock) may already have expired the lease.
 const CLOCK_DRIFT_PPM: i64 = 1_000;
 
 /// The skew file of node `i`, after checking that its running agent really is under the shim
@@ -320,6 +323,54 @@ fn skew_target(cluster: &dyn Cluster, i: usize) -> Result<std::path::PathBuf> {
         )));
     }
     Ok(file)
+}
+
+/// How far node `i`'s PostgreSQL (a child of its agent, so under the same shim) reads its
+/// wall clock from the suite's, in ms: the proof that a jump reached the node's processes.
+fn pg_clock_offset_ms(cluster: &dyn Cluster, clients: &Clients, i: usize) -> Result<i64> {
+    let t = cluster.pg_target().with_host(&cluster.net().nodes[i].ip);
+    let ns = clients.client_ns().to_string();
+    crate::inns::block_on(&ns, move || async move {
+        let c = crate::pg::connect(&t, Duration::from_secs(3)).await?;
+        let before = clockskew::unix_ms_now();
+        let row = c
+            .query_one(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+                &[],
+            )
+            .await
+            .map_err(|source| Error::Postgres {
+                target: t.describe(),
+                source,
+            })?;
+        let after = clockskew::unix_ms_now();
+        Ok(row.get::<_, i64>(0) - (before + after) / 2)
+    })
+}
+
+/// Steps node `i`'s wall clock by `offset_ms` and checks its PostgreSQL sees the step.
+fn jump_and_check(
+    cluster: &dyn Cluster,
+    clients: &Clients,
+    file: &std::path::Path,
+    i: usize,
+    offset_ms: i64,
+) -> Result<()> {
+    let node = format!("n{}", i + 1);
+    set_skew(&clients.rec, file, &node, clockskew::Skew::jump(offset_ms))?;
+    // The shim re-reads its file at most every 100 ms.
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = pg_clock_offset_ms(cluster, clients, i)?;
+    clients.rec.event(
+        "note",
+        format!("PostgreSQL on {node} reads its wall clock {seen:+} ms off"),
+    );
+    if (seen - offset_ms).abs() > 1_000 {
+        return Err(Error::Invalid(format!(
+            "{node}'s clock was set {offset_ms:+} ms but its PostgreSQL reads {seen:+} ms"
+        )));
+    }
+    Ok(())
 }
 
 fn set_skew(
@@ -511,12 +562,12 @@ fn inject(
             // The wall clock only (an NTP step or an operator's `date -s`); the monotonic
             // clock a real step leaves alone. Writes flow throughout.
             let file = skew_target(cluster, leader)?;
-            set_skew(&clients.rec, &file, &lname, clockskew::Skew::jump(30_000))?;
+            jump_and_check(cluster, clients, &file, leader, 30_000)?;
             std::thread::sleep(CLOCK_JUMP_STEP);
-            set_skew(&clients.rec, &file, &lname, clockskew::Skew::default())?;
+            jump_and_check(cluster, clients, &file, leader, 0)?;
             std::thread::sleep(CLOCK_JUMP_STEP / 2);
+            jump_and_check(cluster, clients, &file, leader, -30_000)?;
             let back = clockskew::Skew::jump(-30_000);
-            set_skew(&clients.rec, &file, &lname, back)?;
             (
                 Active::EndSkew(file, back),
                 format!("{lname} wall clock"),
@@ -532,11 +583,16 @@ fn inject(
             };
             let node = format!("n{}", i + 1);
             let file = skew_target(cluster, i)?;
-            let drift = clockskew::Skew::drift(CLOCK_DRIFT_PPM);
+            let ppm = if fault == Fault::ClockDriftLeader {
+                -CLOCK_DRIFT_PPM
+            } else {
+                CLOCK_DRIFT_PPM
+            };
+            let drift = clockskew::Skew::drift(ppm);
             set_skew(&clients.rec, &file, &node, drift)?;
             (
                 Active::EndSkew(file, drift),
-                format!("{node} {CLOCK_DRIFT_PPM:+}ppm"),
+                format!("{node} {ppm:+}ppm"),
                 CLOCK_DRIFT_HOLD,
             )
         }
