@@ -143,6 +143,7 @@ fn vip_follows_the_leader_through_kill_freeze_and_partition() {
         lease: Duration::from_secs(3),
         disk_mb: 0,
         overrides,
+        clock_shim: false,
     };
     let mut c = LarderCluster::start(net, cfg).expect("cluster up");
     let first = c.wait_healthy(Duration::from_secs(120)).expect("healthy");

@@ -48,6 +48,12 @@ pub trait Cluster {
         None
     }
 
+    /// The clock-skew file of node `i` when its processes run under the shim of
+    /// [`crate::clockskew`] (`None`: the cluster was started without it).
+    fn clock_skew_file(&self, _i: usize) -> Option<std::path::PathBuf> {
+        None
+    }
+
     fn node_count(&self) -> usize {
         self.net().nodes.len()
     }

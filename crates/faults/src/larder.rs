@@ -23,6 +23,11 @@ pub struct LarderConfig {
     /// e.g. ("leaderl.leader_ttl_seconds", "2"), on top of the suite's own settings
     /// (`with_suite_settings`).
     pub overrides: Vec<(String, String)>,
+    /// Run every `larder` process of a node (the CLI, the agent it starts and the services
+    /// the agent starts, which inherit the environment) under the clock-skew shim, with a
+    /// skew file per node (`nK.clockskew` in the run directory, no skew at first), so a
+    /// clock fault can skew that node's clocks while it runs.
+    pub clock_shim: bool,
 }
 
 /// Parses `KEY=VALUE` (`leaderl.leader_ttl_seconds=2`) into a [`LarderConfig::overrides`]
@@ -83,6 +88,8 @@ pub struct LarderCluster {
     pub net: TestNet,
     pub cfg: LarderConfig,
     superuser_password: String,
+    /// The compiled shim when `cfg.clock_shim`.
+    shim: Option<PathBuf>,
 }
 
 impl LarderCluster {
@@ -94,9 +101,13 @@ impl LarderCluster {
         self.root(0).join("etc/larder/chef-backend-secrets.json")
     }
 
+    fn skew_file(&self, i: usize) -> PathBuf {
+        self.net.dir.join(format!("n{}.clockskew", i + 1))
+    }
+
     /// Runs `larder --root <root of node i> ARGS` inside node i's namespace, bounded by
     /// `timeout(1)`: a CLI call that hangs (agent frozen by a fault) must fail, not stall
-    /// the whole run.
+    /// the whole run. With the clock shim, through `env LD_PRELOAD=… LARDER_SKEW_FILE=…`.
     pub fn larder(&self, i: usize, args: &[&str]) -> Result<String> {
         let limit = match args.first() {
             Some(&"create-cluster") | Some(&"join-cluster") => "300",
@@ -106,7 +117,20 @@ impl LarderCluster {
         let bin = self.cfg.bin.to_string_lossy().to_string();
         let mut full = vec!["-k", "5", limit, bin.as_str(), "--root", root.as_str()];
         full.extend_from_slice(args);
-        self.net.nodes[i].run("timeout", &full)
+        match &self.shim {
+            Some(so) => {
+                let preload = format!("LD_PRELOAD={}", so.display());
+                let file = format!(
+                    "{}={}",
+                    crate::clockskew::FILE_ENV,
+                    self.skew_file(i).display()
+                );
+                let mut with_env = vec![preload.as_str(), file.as_str(), "timeout"];
+                with_env.extend_from_slice(&full);
+                self.net.nodes[i].run("env", &with_env)
+            }
+            None => self.net.nodes[i].run("timeout", &full),
+        }
     }
 
     /// The lease the cluster really runs with: `leader_ttl_seconds` of node 1's larder.toml.
@@ -142,10 +166,20 @@ impl LarderCluster {
             let text = render_config(&format!("n{}", i + 1), &node.ip, &overrides);
             std::fs::write(&file, text).map_err(|e| Error::io(&file, e))?;
         }
+        let shim = if cfg.clock_shim {
+            for i in 0..net.nodes.len() {
+                let f = net.dir.join(format!("n{}.clockskew", i + 1));
+                crate::clockskew::Skew::default().write(&f)?;
+            }
+            Some(crate::clockskew::build(&net.dir.join("clockskew"))?)
+        } else {
+            None
+        };
         let mut c = LarderCluster {
             net,
             cfg,
             superuser_password: String::new(),
+            shim,
         };
         let ip1 = c.net.nodes[0].ip.clone();
         c.larder(
@@ -316,6 +350,9 @@ impl Cluster for LarderCluster {
             username: s("elasticsearch", "auth_username")?,
             password: s("elasticsearch", "auth_password")?,
         })
+    }
+    fn clock_skew_file(&self, i: usize) -> Option<PathBuf> {
+        self.shim.as_ref().map(|_| self.skew_file(i))
     }
     fn fully_healthy(&self) -> bool {
         let Some(l) = self.leader() else { return false };

@@ -23,6 +23,7 @@ pub mod arp;
 pub mod bridge;
 pub mod checker;
 pub mod clients;
+pub mod clockskew;
 pub mod cluster;
 pub mod command;
 pub mod delay;

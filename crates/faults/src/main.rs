@@ -69,9 +69,10 @@ struct Common {
     /// target directory and profile).
     #[arg(long, env = "LARDER_BIN")]
     larder_bin: Option<PathBuf>,
-    /// Leader lease assumed for Larder when its larder.toml cannot be read (sizes the
-    /// "longer than the lease" faults; the configured value wins).
-    #[arg(long, default_value_t = 10)]
+    /// Leader lease assumed for Larder when its larder.toml does not set
+    /// `leaderl.leader_ttl_seconds` (Larder's default, 3 s; sizes the "longer than the lease"
+    /// faults and the availability bounds; the configured value wins).
+    #[arg(long, default_value_t = 3)]
     larder_lease_secs: u64,
     /// Python venv holding patroni and patronictl.
     #[arg(long, env = "PATRONI_VENV", default_value = "/opt/larder-bench-venv")]
@@ -378,7 +379,13 @@ fn label(c: &Common) -> String {
     }
 }
 
-fn start_cluster(c: &Common, disk_mb: u64, out: &std::path::Path) -> Result<Box<dyn Cluster>> {
+/// `clock_shim`: run the Larder nodes under the clock-skew shim (for the clock faults).
+fn start_cluster(
+    c: &Common,
+    disk_mb: u64,
+    clock_shim: bool,
+    out: &std::path::Path,
+) -> Result<Box<dyn Cluster>> {
     if !c.larder_set.is_empty() && c.system != System::Larder {
         bail!("--larder-set applies to --system larder only");
     }
@@ -432,6 +439,7 @@ fn start_cluster(c: &Common, disk_mb: u64, out: &std::path::Path) -> Result<Box<
                         }
                         o
                     },
+                    clock_shim,
                 },
             )
             .context("starting the Larder cluster")?,
@@ -464,7 +472,7 @@ fn bench(
     let out = c.out.join(label(c));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let started = std::time::Instant::now();
-    let mut cluster = start_cluster(c, 0, &out)?;
+    let mut cluster = start_cluster(c, 0, false, &out)?;
     let leader = cluster.wait_healthy(Duration::from_secs(300))?;
     eprintln!("{}: healthy, leader n{}", cluster.label(), leader + 1);
     let idle = cluster.agent_pid(leader).and_then(|pid| {
@@ -684,7 +692,7 @@ fn remeasure_saved(dir: &std::path::Path) -> Result<()> {
 fn fault_run(c: &Common, plan: schedule::Plan, disk_mb: u64, writers: u32) -> Result<()> {
     let out = c.out.join(format!("{}-faults", label(c)));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let mut cluster = start_cluster(c, disk_mb, &out)?;
+    let mut cluster = start_cluster(c, disk_mb, plan.may_skew_clocks(), &out)?;
     let opts = ClientOptions {
         writers,
         interval: Duration::from_millis(c.interval_ms),
@@ -996,7 +1004,7 @@ fn steady(c: &Common, a: SteadyArgs) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let command_line: Vec<String> = std::env::args().collect();
     let started = std::time::Instant::now();
-    let cluster = start_cluster(c, 0, &out)?;
+    let cluster = start_cluster(c, 0, false, &out)?;
     let leader = cluster.wait_healthy(Duration::from_secs(300))?;
     eprintln!("healthy, leader n{}", leader + 1);
     let names: Vec<String> = (1..=cluster.node_count())

@@ -10,7 +10,7 @@ use crate::checker;
 use crate::clients::Clients;
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
-use crate::{nemesis, netem, partition};
+use crate::{clockskew, nemesis, netem, partition};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -30,6 +30,9 @@ pub enum Fault {
     Netem,
     LossyLink,
     RestartEtcd,
+    ClockJumpLeader,
+    ClockDriftFollower,
+    ClockDriftLeader,
 }
 
 impl Fault {
@@ -52,6 +55,9 @@ impl Fault {
             Fault::Netem => "netem",
             Fault::LossyLink => "lossy-link",
             Fault::RestartEtcd => "restart-etcd",
+            Fault::ClockJumpLeader => "clock-jump-leader",
+            Fault::ClockDriftFollower => "clock-drift-follower",
+            Fault::ClockDriftLeader => "clock-drift-leader",
         }
     }
 
@@ -69,7 +75,7 @@ impl Fault {
             })
     }
 
-    pub const ALL: [Fault; 16] = [
+    pub const ALL: [Fault; 19] = [
         Fault::KillAgent,
         Fault::KillPostgres,
         Fault::KillNode,
@@ -86,7 +92,18 @@ impl Fault {
         Fault::Netem,
         Fault::LossyLink,
         Fault::RestartEtcd,
+        Fault::ClockJumpLeader,
+        Fault::ClockDriftFollower,
+        Fault::ClockDriftLeader,
     ];
+
+    /// Faults that skew a node's clocks (they need the nodes started under the shim).
+    pub fn skews_clocks(self) -> bool {
+        matches!(
+            self,
+            Fault::ClockJumpLeader | Fault::ClockDriftFollower | Fault::ClockDriftLeader
+        )
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -106,6 +123,9 @@ impl Fault {
             Fault::Netem => "netem 50ms±50ms all links",
             Fault::LossyLink => "15% loss + reordering, leader link",
             Fault::RestartEtcd => "kill -9 every etcd member",
+            Fault::ClockJumpLeader => "leader wall clock +30s, back, -30s",
+            Fault::ClockDriftFollower => "follower clocks drift +1000ppm",
+            Fault::ClockDriftLeader => "leader clocks drift -1000ppm",
         }
     }
 
@@ -121,7 +141,11 @@ impl Fault {
             | Fault::OneWayPartition
             | Fault::DiskFull
             | Fault::LossyLink => Expect::Bounded,
-            Fault::IsolateFollower | Fault::Netem => Expect::NoLeaderChange,
+            Fault::IsolateFollower
+            | Fault::Netem
+            | Fault::ClockJumpLeader
+            | Fault::ClockDriftFollower
+            | Fault::ClockDriftLeader => Expect::NoLeaderChange,
             Fault::FreezeEtcdTwo
             | Fault::RestartAll
             | Fault::BackToBackFailovers
@@ -201,6 +225,16 @@ impl Plan {
         }
     }
 
+    /// Whether the plan may inject a clock fault (the nodes must then run under the shim).
+    pub fn may_skew_clocks(&self) -> bool {
+        match &self.fixed {
+            Some(list) => list.iter().any(|f| f.skews_clocks()),
+            None => Fault::ALL
+                .iter()
+                .any(|f| f.skews_clocks() && !self.skip.contains(f)),
+        }
+    }
+
     /// Leave `skip` out of the plan.
     pub fn skipping(mut self, skip: Vec<Fault>) -> Plan {
         if let Some(list) = &mut self.fixed {
@@ -252,6 +286,102 @@ enum Active {
     Heal,
     FreeDisk(crate::disk::LoopDisk),
     ClearNetem(netem::Impaired),
+    /// Ends a clock fault on the node whose skew file this is (see [`clockskew::Skew::ended`]).
+    EndSkew(std::path::PathBuf, clockskew::Skew),
+}
+
+/// How long each step of a clock fault lasts.
+const CLOCK_JUMP_STEP: Duration = Duration::from_secs(10);
+const CLOCK_DRIFT_HOLD: Duration = Duration::from_secs(30);
+/// 1000 ppm = 1 ms/s: ten times what an undisciplined quartz clock is allowed (±100 ppm) and
+/// twice what `adjtimex` may slew (500 ppm), i.e. an extreme but physically possible rate.
+/// A follower runs fast; the leader runs slow, the direction that matters for safety: a slow
+/// monotonic clock reaches the leader's fencing deadline late, after etcd (on its own
+/// clock) may already have expired the lease.
+const CLOCK_DRIFT_PPM: i64 = 1_000;
+
+/// The skew file of node `i`, after checking that its running agent really is under the shim
+/// (the environment it was started with names the file): a clock fault on an unshimmed agent
+/// would pass without having happened.
+fn skew_target(cluster: &dyn Cluster, i: usize) -> Result<std::path::PathBuf> {
+    let file = cluster.clock_skew_file(i).ok_or_else(|| {
+        Error::Unsupported("the cluster was started without the clock-skew shim".into())
+    })?;
+    let pid = cluster
+        .agent_pid(i)
+        .ok_or_else(|| Error::Invalid(format!("no agent pid on n{}", i + 1)))?;
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let want = format!("{}={}", clockskew::FILE_ENV, file.display());
+    let shimmed = env.split(|b| *b == 0).any(|v| v == want.as_bytes())
+        && env
+            .split(|b| *b == 0)
+            .any(|v| v.starts_with(b"LD_PRELOAD="));
+    if !shimmed {
+        return Err(Error::Invalid(format!(
+            "the agent of n{} (pid {pid}) does not run under the clock-skew shim",
+            i + 1
+        )));
+    }
+    Ok(file)
+}
+
+/// How far node `i`'s PostgreSQL (a child of its agent, so under the same shim) reads its
+/// wall clock from the suite's, in ms: the proof that a jump reached the node's processes.
+fn pg_clock_offset_ms(cluster: &dyn Cluster, clients: &Clients, i: usize) -> Result<i64> {
+    let t = cluster.pg_target().with_host(&cluster.net().nodes[i].ip);
+    let ns = clients.client_ns().to_string();
+    crate::inns::block_on(&ns, move || async move {
+        let c = crate::pg::connect(&t, Duration::from_secs(3)).await?;
+        let before = clockskew::unix_ms_now();
+        let row = c
+            .query_one(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+                &[],
+            )
+            .await
+            .map_err(|source| Error::Postgres {
+                target: t.describe(),
+                source,
+            })?;
+        let after = clockskew::unix_ms_now();
+        Ok(row.get::<_, i64>(0) - (before + after) / 2)
+    })
+}
+
+/// Steps node `i`'s wall clock by `offset_ms` and checks its PostgreSQL sees the step.
+fn jump_and_check(
+    cluster: &dyn Cluster,
+    clients: &Clients,
+    file: &std::path::Path,
+    i: usize,
+    offset_ms: i64,
+) -> Result<()> {
+    let node = format!("n{}", i + 1);
+    set_skew(&clients.rec, file, &node, clockskew::Skew::jump(offset_ms))?;
+    // The shim re-reads its file at most every 100 ms.
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = pg_clock_offset_ms(cluster, clients, i)?;
+    clients.rec.event(
+        "note",
+        format!("PostgreSQL on {node} reads its wall clock {seen:+} ms off"),
+    );
+    if (seen - offset_ms).abs() > 1_000 {
+        return Err(Error::Invalid(format!(
+            "{node}'s clock was set {offset_ms:+} ms but its PostgreSQL reads {seen:+} ms"
+        )));
+    }
+    Ok(())
+}
+
+fn set_skew(
+    rec: &crate::history::Recorder,
+    file: &std::path::Path,
+    node: &str,
+    skew: clockskew::Skew,
+) -> Result<()> {
+    skew.write(file)?;
+    rec.event("note", format!("clock of {node}: {}", skew.describe()));
+    Ok(())
 }
 
 fn other_nodes(n: usize, leader: usize) -> Vec<usize> {
@@ -428,6 +558,44 @@ fn inject(
             clients.rec.event("note", format!("lossy link: {what}"));
             (Active::ClearNetem(imp), what, Duration::from_secs(20))
         }
+        Fault::ClockJumpLeader => {
+            // The wall clock only (an NTP step or an operator's `date -s`); the monotonic
+            // clock a real step leaves alone. Writes flow throughout.
+            let file = skew_target(cluster, leader)?;
+            jump_and_check(cluster, clients, &file, leader, 30_000)?;
+            std::thread::sleep(CLOCK_JUMP_STEP);
+            jump_and_check(cluster, clients, &file, leader, 0)?;
+            std::thread::sleep(CLOCK_JUMP_STEP / 2);
+            jump_and_check(cluster, clients, &file, leader, -30_000)?;
+            let back = clockskew::Skew::jump(-30_000);
+            (
+                Active::EndSkew(file, back),
+                format!("{lname} wall clock"),
+                CLOCK_JUMP_STEP,
+            )
+        }
+        Fault::ClockDriftFollower | Fault::ClockDriftLeader => {
+            let i = if fault == Fault::ClockDriftLeader {
+                leader
+            } else {
+                let others = other_nodes(n, leader);
+                others[rng.random_range(0..others.len())]
+            };
+            let node = format!("n{}", i + 1);
+            let file = skew_target(cluster, i)?;
+            let ppm = if fault == Fault::ClockDriftLeader {
+                -CLOCK_DRIFT_PPM
+            } else {
+                CLOCK_DRIFT_PPM
+            };
+            let drift = clockskew::Skew::drift(ppm);
+            set_skew(&clients.rec, &file, &node, drift)?;
+            (
+                Active::EndSkew(file, drift),
+                format!("{node} {ppm:+}ppm"),
+                CLOCK_DRIFT_HOLD,
+            )
+        }
         Fault::RestartEtcd => {
             // Every member at once (PostgreSQL stays up): the agents must restart their etcd,
             // which keeps its data, and the cluster must find its leader again.
@@ -457,6 +625,15 @@ fn heal(cluster: &mut dyn Cluster, rec: &crate::history::Recorder, active: Activ
         }
         Active::Heal => partition::heal(&cluster.net().nodes),
         Active::FreeDisk(d) => d.free(),
+        Active::EndSkew(file, skew) => {
+            let end = skew.ended();
+            end.write(&file)?;
+            rec.event(
+                "note",
+                format!("clock fault ended ({}): {}", file.display(), end.describe()),
+            );
+            Ok(())
+        }
         Active::ClearNetem(imp) => {
             let dead = imp.dead();
             for (host, st) in imp.clear()? {
@@ -752,6 +929,26 @@ mod tests {
             judge(Expect::Unbounded, ms(60_000), bound, &other, "n1", None),
             None
         );
+    }
+
+    #[test]
+    fn clock_faults_ask_for_the_shim() {
+        assert!(Plan::every_fault_once().may_skew_clocks());
+        let clock: Vec<Fault> = Fault::ALL
+            .into_iter()
+            .filter(|f| f.skews_clocks())
+            .collect();
+        assert_eq!(clock.len(), 3);
+        assert!(!Plan::every_fault_once()
+            .skipping(clock.clone())
+            .may_skew_clocks());
+        assert!(!Plan::random(1, Duration::from_secs(60))
+            .skipping(clock)
+            .may_skew_clocks());
+        assert!(Plan::random(1, Duration::from_secs(60)).may_skew_clocks());
+        for f in Fault::ALL.into_iter().filter(|f| f.skews_clocks()) {
+            assert_eq!(f.expect(), Expect::NoLeaderChange);
+        }
     }
 
     #[test]
