@@ -47,6 +47,9 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// Set once the `chef` index definition is known to exist (saves a round trip per bulk).
     pub index_known: std::sync::atomic::AtomicBool,
+    /// Set once `search_generations` is known to exist: every write records its generation
+    /// there, and a log made by an older version lacks it until its first upgraded primary.
+    pub generations_known: std::sync::atomic::AtomicBool,
     /// Asks the indexer to commit as soon as it can (someone waits for the index).
     pub flush: Arc<std::sync::atomic::AtomicBool>,
     /// Counters for `GET /_larder/stats` (see [`crate::stats`]).
@@ -399,6 +402,7 @@ async fn index_delete(State(st): St, Path(name): Path<String>) -> R {
     if !existed {
         return Err(EsError::no_index(&name));
     }
+    ensure_generations(&st).await?;
     {
         let mut c = st.pool.get().await?;
         log::delete_all(&mut c).await?;
@@ -430,6 +434,7 @@ async fn write_prepared(
     prepared: log::Prepared,
     refresh: bool,
 ) -> Result<Vec<log::Applied>, EsError> {
+    ensure_generations(st).await?;
     let applied = {
         let mut c = st.pool.get().await?;
         log::write_prepared(&mut c, prepared).await?
@@ -441,6 +446,19 @@ async fn write_prepared(
         }
     }
     Ok(applied)
+}
+
+/// Run before a write: see [`AppState::generations_known`].
+async fn ensure_generations(st: &AppState) -> Result<(), EsError> {
+    if st.generations_known.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let c = st.pool.get().await?;
+    if !log::has_generations(&c).await? {
+        log::ensure_generations(&c).await?;
+    }
+    st.generations_known.store(true, Ordering::Relaxed);
+    Ok(())
 }
 
 async fn ensure_index_exists(st: &AppState) -> Result<(), EsError> {
@@ -525,6 +543,7 @@ async fn do_bulk(
     let applied = match rx.recv().await {
         Some(first @ log::Piece::Rows(_)) => {
             ensure_index_exists(&st).await?;
+            ensure_generations(&st).await?;
             let mut c = st.pool.get().await?;
             log::write_pieces(&mut c, first, &mut rx).await?
         }

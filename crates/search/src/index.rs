@@ -85,6 +85,10 @@ pub struct CommitMeta {
     /// Identity of the PostgreSQL log the positions belong to (a fresh log restarts at 1).
     pub log_epoch: String,
     pub schema_version: u32,
+    /// Newest log generation seen when the applied changes were read (see
+    /// [`crate::generation`]); 0 in indexes made before generations existed.
+    #[serde(default)]
+    pub log_generation: i32,
 }
 
 /// Cheap index figures for `larder status`.

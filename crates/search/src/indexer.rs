@@ -39,9 +39,12 @@ pub enum IndexerMsg {
         rows: Vec<StoredRow>,
         last_pos: i64,
         behind: bool,
+        /// The newest log generation the tailer had seen when it read them.
+        generation: i32,
     },
-    /// The log has another identity than the index: empty the index and start over.
-    Reset { epoch: String },
+    /// The index may hold changes the log does not (another log, or another history of it):
+    /// empty the index and start over.
+    Reset { epoch: String, generation: i32 },
 }
 
 /// What the decoder thread hands the writer thread: batches with their content text.
@@ -50,9 +53,11 @@ enum Decoded {
         rows: Result<Vec<LogRow>, SearchError>,
         last_pos: i64,
         behind: bool,
+        generation: i32,
     },
     Reset {
         epoch: String,
+        generation: i32,
     },
 }
 
@@ -127,12 +132,14 @@ fn decode_batches(rx: Receiver<IndexerMsg>, tx: SyncSender<Decoded>) {
                 rows,
                 last_pos,
                 behind,
+                generation,
             } => Decoded::Batch {
                 rows: rows.into_iter().map(StoredRow::decode).collect(),
                 last_pos,
                 behind,
+                generation,
             },
-            IndexerMsg::Reset { epoch } => Decoded::Reset { epoch },
+            IndexerMsg::Reset { epoch, generation } => Decoded::Reset { epoch, generation },
         };
         if tx.send(decoded).is_err() {
             return;
@@ -237,21 +244,24 @@ fn run(
                 rows,
                 last_pos,
                 behind: more,
+                generation,
             }) => {
                 if let Err(e) = rows.and_then(|rows| apply(&ix, &writer, &rows)) {
                     break Err(e);
                 }
                 meta.applied_position = last_pos;
+                meta.log_generation = generation;
                 behind = more;
                 dirty_since.get_or_insert_with(Instant::now);
             }
-            Ok(Decoded::Reset { epoch }) => {
-                tracing::info!(%epoch, "search log identity changed; emptying the index to rebuild it");
+            Ok(Decoded::Reset { epoch, generation }) => {
+                tracing::info!(%epoch, generation, "emptying the search index to rebuild it from the log");
                 if let Err(e) = writer.delete_all_documents() {
                     break Err(e.into());
                 }
                 meta.applied_position = 0;
                 meta.log_epoch = epoch;
+                meta.log_generation = generation;
                 dirty_since.get_or_insert_with(Instant::now);
             }
             Err(RecvTimeoutError::Timeout) => {}

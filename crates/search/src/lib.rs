@@ -17,6 +17,7 @@
 //! - [`index`]: schema, open/rebuild of the local index, search, stats.
 //! - [`indexer`]: the writer thread.
 //! - [`log`]: the change log schema and statements in PostgreSQL.
+//! - [`generation`]: which applied changes survive a change of primary (rebuild decision).
 //! - [`tailer`]: follows the local log, tracks the node's role.
 //! - [`pg`]: connections, database creation, role detection, pool.
 //! - [`flatten`]: Chef's object → `content` flattening (tests, benchmark, [`chef_docs`]).
@@ -37,6 +38,7 @@ pub mod codec;
 pub mod config;
 pub mod errors;
 pub mod flatten;
+pub mod generation;
 pub mod id_order;
 pub mod index;
 pub mod indexer;

@@ -14,6 +14,7 @@
 //! standby. The rows themselves are written before, outside the lock, with provisional
 //! (negative) positions that only their own transaction can see (see `upsert_and_commit`).
 
+use crate::generation::{self, Generation};
 use crate::SearchError;
 use std::collections::{HashMap, HashSet};
 use tokio_postgres::error::SqlState;
@@ -78,7 +79,9 @@ pub async fn ensure_schema(client: &Client) -> Result<(), SearchError> {
                  ON CONFLICT (key) DO NOTHING;
              CREATE SEQUENCE IF NOT EXISTS search_pos;
              CREATE TABLE IF NOT EXISTS search_index_def (name text PRIMARY KEY, definition jsonb NOT NULL);
-             COMMIT;"
+             {generations};
+             COMMIT;",
+            generations = generation::CREATE_TABLE
         ))
         .await?;
     let table = |compression: &str| {
@@ -122,6 +125,44 @@ pub async fn schema_ready(client: &Client) -> Result<bool, SearchError> {
         )
         .await?;
     Ok(row.get(0))
+}
+
+/// Creates `search_generations` in a log made by a version without it. Writes record their
+/// generation there, so a primary runs this before its first write (see
+/// [`crate::generation`]); a follower's tailer reads without it until it is replicated.
+pub async fn ensure_generations(client: &Client) -> Result<(), SearchError> {
+    client
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({WRITER_LOCK}); {}; COMMIT;",
+            generation::CREATE_TABLE
+        ))
+        .await?;
+    Ok(())
+}
+
+/// True once `search_generations` exists (on a standby: once it is replicated).
+pub async fn has_generations(client: &Client) -> Result<bool, SearchError> {
+    let row = client
+        .query_one("SELECT to_regclass('search_generations') IS NOT NULL", &[])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Every recorded generation, oldest first.
+pub async fn generations(client: &Client) -> Result<Vec<Generation>, SearchError> {
+    let rows = client
+        .query(
+            "SELECT timeline, fork_pos FROM search_generations ORDER BY timeline",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Generation {
+            timeline: r.get(0),
+            fork_pos: r.get(1),
+        })
+        .collect())
 }
 
 /// Identity of this log; the index records it so a log recreated from scratch forces a rebuild.
@@ -176,32 +217,63 @@ impl StoredRow {
     }
 }
 
-/// Reads up to `limit` changes after `after`, in position order.
+/// What one read of the log returns.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// Changes in position order.
+    pub rows: Vec<StoredRow>,
+    /// The newest generation in the same snapshot (0 without `search_generations`).
+    pub generation: i32,
+}
+
+/// Reads up to `limit` changes after `after`, in position order, with the newest generation
+/// read in the same statement, so that a generation is never older than the changes it comes
+/// with. `generations` says whether `search_generations` exists (it does not in a log made
+/// by an older version, until its primary is upgraded).
 pub async fn fetch_after(
     client: &Client,
     after: i64,
     limit: i64,
-) -> Result<Vec<StoredRow>, SearchError> {
+    generations: bool,
+) -> Result<Fetched, SearchError> {
+    const COLUMNS: &str =
+        "l.pos, l.id, l.deleted, l.db, l.type, l.data_bag, l.content, l.content_z";
+    let newest = if generations { generation::NEWEST } else { "0" };
+    // The lateral join keeps one row (with null columns) when there is no change to read, so
+    // the generation arrives either way.
     let rows = client
         .query(
-            "SELECT pos, id, deleted, db, type, data_bag, content, content_z FROM search_log
-             WHERE pos > $1 ORDER BY pos LIMIT $2",
+            &format!(
+                "SELECT {newest}, {COLUMNS} FROM (SELECT 1) one LEFT JOIN LATERAL (
+                     SELECT * FROM search_log WHERE pos > $1 ORDER BY pos LIMIT $2) l ON true"
+            ),
             &[&after, &limit],
         )
         .await?;
-    Ok(rows.iter().map(stored_row).collect())
+    let generation = rows.first().map_or(0, |r| r.get(0));
+    let rows = rows
+        .iter()
+        .filter(|r| r.get::<_, Option<i64>>(1).is_some())
+        .map(|r| stored_row_at(r, 1))
+        .collect();
+    Ok(Fetched { rows, generation })
 }
 
 fn stored_row(r: &tokio_postgres::Row) -> StoredRow {
+    stored_row_at(r, 0)
+}
+
+/// The row's columns from `at` on, in the order of [`fetch_after`]'s.
+fn stored_row_at(r: &tokio_postgres::Row, at: usize) -> StoredRow {
     StoredRow {
-        pos: r.get(0),
-        id: r.get(1),
-        deleted: r.get(2),
-        database: r.get(3),
-        object_type: r.get(4),
-        data_bag: r.get(5),
-        content: r.get(6),
-        content_z: r.get(7),
+        pos: r.get(at),
+        id: r.get(at + 1),
+        deleted: r.get(at + 2),
+        database: r.get(at + 3),
+        object_type: r.get(at + 4),
+        data_bag: r.get(at + 5),
+        content: r.get(at + 6),
+        content_z: r.get(at + 7),
     }
 }
 
@@ -570,10 +642,14 @@ async fn renumber_and_commit(
 ) -> Result<HashMap<String, i64>, SearchError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])
         .await?;
+    // A new primary's first write also records its generation (see `crate::generation`).
     let rows = tx
         .query(
-            "UPDATE search_log SET pos = nextval('search_pos') WHERE id = ANY($1)
-             RETURNING id, pos",
+            &format!(
+                "WITH {} UPDATE search_log SET pos = nextval('search_pos') WHERE id = ANY($1)
+                 RETURNING id, pos",
+                generation::RECORD_CTE
+            ),
             &[&ids],
         )
         .await?;

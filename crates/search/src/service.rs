@@ -79,8 +79,11 @@ pub async fn serve_on(
     let tail = tokio::spawn(tailer::run(
         cfg.pg.clone(),
         tx,
-        meta.applied_position,
-        meta.log_epoch.clone(),
+        tailer::Position {
+            fetched: meta.applied_position,
+            epoch: meta.log_epoch.clone(),
+            generation: meta.log_generation,
+        },
         wake.clone(),
         shared.clone(),
         tail_stop.clone(),
@@ -103,6 +106,7 @@ pub async fn serve_on(
         shared,
         wake,
         index_known: Default::default(),
+        generations_known: Default::default(),
         flush,
         stats: Default::default(),
     });
@@ -191,9 +195,13 @@ pub async fn rebuild_index(cfg: &SearchConfig) -> Result<IndexStats, SearchError
         applied_position: 0,
         log_epoch: epoch,
         schema_version: index::SCHEMA_VERSION,
+        log_generation: 0,
     };
+    let generations = log::has_generations(&client).await?;
     loop {
-        let rows = log::fetch_after(&client, meta.applied_position, 1000).await?;
+        let log::Fetched { rows, generation } =
+            log::fetch_after(&client, meta.applied_position, 1000, generations).await?;
+        meta.log_generation = generation;
         let Some(last) = rows.last().map(|r| r.pos) else {
             break;
         };

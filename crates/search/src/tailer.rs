@@ -5,8 +5,9 @@
 //! It tracks the node's role (`pg_is_in_recovery()`) for `/_cluster/health` and logs.
 
 use crate::config::PgTarget;
+use crate::generation;
 use crate::indexer::IndexerMsg;
-use crate::log::{self, StoredRow};
+use crate::log;
 use crate::pg;
 use crate::SearchError;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
@@ -53,29 +54,29 @@ impl Shared {
     }
 }
 
+/// Where the index stands in the log: what the tailer has handed the indexer so far.
+#[derive(Debug, Clone)]
+pub struct Position {
+    /// Highest log position handed over.
+    pub fetched: i64,
+    /// Identity of the log the positions belong to.
+    pub epoch: String,
+    /// Newest log generation seen (see [`crate::generation`]).
+    pub generation: i32,
+}
+
 /// Runs until `shutdown` is cancelled or the indexer is gone.
 pub async fn run(
     target: PgTarget,
     tx: SyncSender<IndexerMsg>,
-    mut fetched: i64,
-    mut epoch: String,
+    mut at: Position,
     wake: Arc<Notify>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
     let mut warned = false;
     while !shutdown.is_cancelled() {
-        match follow(
-            &target,
-            &tx,
-            &mut fetched,
-            &mut epoch,
-            &wake,
-            &shared,
-            &shutdown,
-        )
-        .await
-        {
+        match follow(&target, &tx, &mut at, &wake, &shared, &shutdown).await {
             Ok(()) => return,
             Err(TailError::IndexerGone) => {
                 shared.indexer_failed.store(true, Ordering::Relaxed);
@@ -126,8 +127,7 @@ async fn send(tx: &SyncSender<IndexerMsg>, msg: IndexerMsg) -> Result<(), TailEr
 async fn follow(
     target: &PgTarget,
     tx: &SyncSender<IndexerMsg>,
-    fetched: &mut i64,
-    epoch: &mut String,
+    at: &mut Position,
     wake: &Notify,
     shared: &Shared,
     shutdown: &CancellationToken,
@@ -149,20 +149,14 @@ async fn follow(
         return Err(TailError::Waiting("search schema not replicated yet"));
     }
     let log_epoch = log::epoch(&client).await?;
-    if log_epoch != *epoch {
-        send(
-            tx,
-            IndexerMsg::Reset {
-                epoch: log_epoch.clone(),
-            },
-        )
-        .await?;
-        *epoch = log_epoch;
-        *fetched = 0;
+    if log_epoch != at.epoch {
+        reset(tx, at, log_epoch, 0).await?;
     }
+    let mut generations = log::has_generations(&client).await?;
     shared.pg_ok.store(true, Ordering::Relaxed);
     tracing::info!(
-        position = *fetched,
+        position = at.fetched,
+        generation = at.generation,
         leader = primary,
         "search tailer following the change log"
     );
@@ -182,9 +176,32 @@ async fn follow(
                     Role::Follower
                 });
             }
+            if !generations {
+                generations = log::has_generations(&client).await?;
+            }
             role_checked = Instant::now();
         }
-        let rows: Vec<StoredRow> = log::fetch_after(&client, *fetched, BATCH).await?;
+        let log::Fetched {
+            rows,
+            generation: newest,
+        } = log::fetch_after(&client, at.fetched, BATCH, generations).await?;
+        if newest > at.generation {
+            // Another primary has written since the index last looked: is what the index
+            // applied still this log's history?
+            let known = log::generations(&client).await?;
+            if generation::must_rebuild(at.fetched, at.generation, &known) {
+                tracing::warn!(
+                    applied = at.fetched,
+                    generation = at.generation,
+                    newest,
+                    "the search index applied changes the log's history does not have (a \
+                     rewound or replaced node); rebuilding it from the log"
+                );
+                reset(tx, at, at.epoch.clone(), newest).await?;
+                continue;
+            }
+            at.generation = newest;
+        }
         let Some(last) = rows.last().map(|r| r.pos) else {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -193,7 +210,7 @@ async fn follow(
             }
             continue;
         };
-        *fetched = last;
+        at.fetched = last;
         shared.fetched.store(last, Ordering::Relaxed);
         let behind = rows.len() as i64 == BATCH;
         send(
@@ -202,8 +219,32 @@ async fn follow(
                 rows,
                 last_pos: last,
                 behind,
+                generation: at.generation,
             },
         )
         .await?;
     }
+}
+
+/// Empties the index; the tailer starts over from the log's first position.
+async fn reset(
+    tx: &SyncSender<IndexerMsg>,
+    at: &mut Position,
+    epoch: String,
+    generation: i32,
+) -> Result<(), TailError> {
+    send(
+        tx,
+        IndexerMsg::Reset {
+            epoch: epoch.clone(),
+            generation,
+        },
+    )
+    .await?;
+    *at = Position {
+        fetched: 0,
+        epoch,
+        generation,
+    };
+    Ok(())
 }

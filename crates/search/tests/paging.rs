@@ -72,6 +72,7 @@ fn build(dir: &std::path::Path) -> LocalIndex {
             applied_position: pos,
             log_epoch: "t".into(),
             schema_version: SCHEMA_VERSION,
+            log_generation: 0,
         };
         indexer::commit(&ix, &mut w, &meta, &tx).unwrap();
     }

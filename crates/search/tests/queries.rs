@@ -135,6 +135,7 @@ fn build_index(dir: &std::path::Path) -> LocalIndex {
         applied_position: rows.len() as i64,
         log_epoch: "t".into(),
         schema_version: larder_search::index::SCHEMA_VERSION,
+        log_generation: 0,
     };
     indexer::commit(&ix, &mut w, &meta, &tx).unwrap();
     ix
