@@ -7,19 +7,8 @@
 mod common;
 
 use common::pg::PgServer;
-use common::{bulk_body, call, chef_search, config, eventually, ids, Service};
+use common::{bulk_body, call, chef_search, config, eventually, ids, node_docs as docs, Service};
 use serde_json::json;
-
-fn docs(prefix: &str, n: usize) -> Vec<(String, String, String, String)> {
-    (0..n)
-        .map(|i| {
-            let id = format!("{prefix}{i:04}");
-            let obj = json!({"name": id, "roles": ["base"]});
-            let content = larder_search::flatten_chef(&id, "chef_o1", "node", &obj);
-            (id, "chef_o1".into(), "node".into(), content)
-        })
-        .collect()
-}
 
 async fn count(url: &str) -> u64 {
     let (_, v) = call("GET", &format!("{url}/chef/_count"), None).await;

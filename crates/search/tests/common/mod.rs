@@ -99,6 +99,19 @@ pub async fn call(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
     (st, v)
 }
 
+/// `n` Chef node documents of org `chef_o1` with ids `<prefix>0000`…, as (id, database, type,
+/// content).
+pub fn node_docs(prefix: &str, n: usize) -> Vec<(String, String, String, String)> {
+    (0..n)
+        .map(|i| {
+            let id = format!("{prefix}{i:04}");
+            let obj = json!({"name": id, "roles": ["base"]});
+            let content = larder_search::flatten_chef(&id, "chef_o1", "node", &obj);
+            (id, "chef_o1".into(), "node".into(), content)
+        })
+        .collect()
+}
+
 /// A bulk body of Chef index actions in the given ES major's shape.
 pub fn bulk_body(major: u8, docs: &[(String, String, String, String)]) -> String {
     // (id, database, type, content)
