@@ -8,7 +8,6 @@ mod common;
 
 use common::pg::PgServer;
 use common::{bulk_body, call, chef_search, config, eventually, ids, node_docs as docs, Service};
-use serde_json::json;
 
 async fn count(url: &str) -> u64 {
     let (_, v) = call("GET", &format!("{url}/chef/_count"), None).await;

@@ -11,7 +11,6 @@ mod common;
 
 use common::pg::PgServer;
 use common::{bulk_body, call, chef_search, config, eventually, ids, node_docs as docs, Service};
-use serde_json::json;
 
 async fn bulk(url: &str, prefix: &str, n: usize) {
     let (st, v) = call(
