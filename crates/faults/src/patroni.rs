@@ -158,6 +158,14 @@ impl PatroniCluster {
             "new",
             "--initial-cluster-token",
             &token,
+            // Tuned like the etcd Larder runs (crates/agent/src/etcd.rs, config defaults): a
+            // 100 ms heartbeat and 500 ms election timeout instead of etcd's 100/1000, and
+            // pre-vote, so a comparison of failover times does not hinge on etcd's defaults.
+            "--heartbeat-interval",
+            "100",
+            "--election-timeout",
+            "500",
+            "--pre-vote=true",
         ];
         let child = ns.spawn_daemon(&self.cfg.etcd_bin.to_string_lossy(), &args, &log)?;
         self.children.push(child);
@@ -219,6 +227,10 @@ bootstrap:
       use_pg_rewind: true
       parameters:
         wal_log_hints: "on"
+        # Larder's value (crates/core/src/pgconf.rs): a standby whose upstream vanished retries
+        # WAL retrieval every 0.5 s instead of PostgreSQL's 5 s, which shortens how long a
+        # replica takes to follow a new primary.
+        wal_retrieve_retry_interval: 500ms
   initdb:
     - encoding: UTF8
     - data-checksums
@@ -352,10 +364,14 @@ impl Cluster for PatroniCluster {
             && members.iter().all(|m| {
                 let role = m["role"].as_str().unwrap_or("");
                 let state = m["state"].as_str().unwrap_or("");
-                if role == "leader" {
-                    state == "running"
-                } else {
-                    state == "streaming"
+                // A replica counts only once it holds the synchronous role too (quorum mode
+                // names it `quorum_standby`): streaming alone is reached first, and a trial
+                // started then finds `patronictl switchover` refusing (or silently ignoring)
+                // a candidate that is not yet eligible — the void trials of earlier runs.
+                match role {
+                    "leader" => state == "running",
+                    "quorum_standby" | "sync_standby" => state == "streaming",
+                    _ => false,
                 }
             })
     }
