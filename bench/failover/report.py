@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-ORDER = ["larder", "larder-vip", "patroni-defaults", "patroni-aggressive"]
+ORDER = ["larder", "larder-vip", "patroni-defaults", "patroni-aggressive", "pg-auto-failover"]
 
 
 def load(results):

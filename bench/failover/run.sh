@@ -14,7 +14,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 TRIALS="${TRIALS:-10}"
-SYSTEMS="${SYSTEMS:-larder patroni-defaults patroni-aggressive}"
+SYSTEMS="${SYSTEMS:-larder patroni-defaults patroni-aggressive pg-auto-failover}"
 PROFILE="${PROFILE:-release}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 RESULTS="${RESULTS:-bench/failover/results}"
@@ -38,6 +38,7 @@ for s in $SYSTEMS; do
     larder-vip) args=(--system larder --via-vip --larder-bin "$BIN/larder") ;;
     patroni-defaults) args=(--system patroni --settings defaults) ;;
     patroni-aggressive) args=(--system patroni --settings aggressive) ;;
+    pg-auto-failover) args=(--system pgaf) ;;
     *) echo "unknown system $s" >&2; exit 2 ;;
   esac
   rm -rf "$RESULTS/$s"

@@ -6,12 +6,12 @@
 set -euo pipefail
 VENV="${PATRONI_VENV:-/opt/larder-bench-venv}"
 need=()
-for b in /usr/lib/postgresql/15/bin/postgres /usr/bin/etcd /usr/sbin/haproxy /usr/sbin/nft /usr/sbin/losetup /usr/sbin/mkfs.ext4; do
+for b in /usr/lib/postgresql/15/bin/postgres /usr/bin/etcd /usr/sbin/haproxy /usr/sbin/nft /usr/sbin/losetup /usr/sbin/mkfs.ext4 /usr/bin/pg_autoctl /usr/share/postgresql/15/extension/pgautofailover.control; do
   [ -x "$b" ] || need+=("$b")
 done
 if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15 etcd-server etcd-client haproxy nftables iproute2 e2fsprogs mount python3-venv
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15 etcd-server etcd-client haproxy nftables iproute2 e2fsprogs mount python3-venv pg-auto-failover-cli postgresql-15-auto-failover
 fi
 if [ ! -x "$VENV/bin/patroni" ] || ! "$VENV/bin/python" -c 'import psycopg, matplotlib' 2>/dev/null; then
   /usr/bin/python3 -m venv "$VENV"

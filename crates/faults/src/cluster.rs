@@ -39,6 +39,11 @@ pub trait Cluster {
     fn switchover(&mut self, from: usize, to: Option<usize>) -> Result<()>;
     /// Pid of node `i`'s HA agent process (Patroni's python / `larder agent`).
     fn agent_pid(&self, i: usize) -> Option<i32>;
+    /// Every process of node `i`'s HA agent (pg_autoctl is a supervisor plus one child per
+    /// service); idle CPU and RSS are summed over these.
+    fn agent_pids(&self, i: usize) -> Vec<i32> {
+        self.agent_pid(i).into_iter().collect()
+    }
     /// Pid of node `i`'s etcd.
     fn etcd_pid(&self, i: usize) -> Option<i32>;
     /// Whether every node is up and replicating (all replicas streaming from the leader).

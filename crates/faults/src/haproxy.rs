@@ -32,6 +32,11 @@ impl HealthCheck {
             sample_path: "/leader?wait=0".into(),
         }
     }
+    /// `larder-faults primary-check` on the pg_auto_failover nodes (same port and path as
+    /// Patroni's REST API).
+    pub fn primary_check() -> Self {
+        Self::patroni()
+    }
     pub fn patroni() -> Self {
         HealthCheck {
             path: "/primary".into(),

@@ -174,12 +174,17 @@ impl TestNet {
         if k < 2 || CLIENT_HOST as u16 + k as u16 - 1 > 254 {
             return Err(Error::Invalid(format!("client host number {k}")));
         }
-        let host = format!("c{k}");
+        self.add_host(&format!("c{k}"), CLIENT_HOST + k - 1)
+    }
+
+    /// One more host named `host` at host number `k` of the run's subnet (a frontend, or a
+    /// system's own coordinator such as pg_auto_failover's monitor). Torn down with the run.
+    pub fn add_host(&self, host: &str, k: u8) -> Result<Netns> {
         let ns = Netns::create(
-            &self.naming.ns_name(self.run, &host),
-            &self.naming.veth_name(self.run, &host),
+            &self.naming.ns_name(self.run, host),
+            &self.naming.veth_name(self.run, host),
             &self.bridge.name,
-            &self.naming.ip(self.run, CLIENT_HOST + k - 1),
+            &self.naming.ip(self.run, k),
             24,
         )?;
         self.wait_reachable(&ns.name, Duration::from_secs(10))?;

@@ -42,6 +42,7 @@ pub mod netns;
 pub mod partition;
 pub mod patroni;
 pub mod pg;
+pub mod pgaf;
 pub mod routing;
 pub mod sampler;
 pub mod scenario;

@@ -12,6 +12,7 @@ use larder_faults::cluster::Cluster;
 use larder_faults::hosts::TestNet;
 use larder_faults::larder::{LarderCluster, LarderConfig};
 use larder_faults::patroni::{PatroniCluster, PatroniConfig, Timing};
+use larder_faults::pgaf::{PgafCluster, PgafConfig};
 use larder_faults::scenario::{self, BenchOptions, Scenario};
 use larder_faults::schedule;
 use larder_faults::stats;
@@ -30,6 +31,8 @@ struct Cli {
 enum System {
     Larder,
     Patroni,
+    /// pg_auto_failover (monitor + one keeper per node).
+    Pgaf,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -151,6 +154,18 @@ enum Cmd {
         #[arg(long)]
         pg_only_frontend: bool,
     },
+    /// HTTP check for haproxy on a pg_auto_failover node: `GET /primary` answers 200 iff
+    /// the local PostgreSQL is out of recovery and read-write, else 503.
+    PrimaryCheck {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        pg_host: String,
+        #[arg(long, default_value_t = 5432)]
+        pg_port: u16,
+        #[arg(long, default_value = "postgres")]
+        pg_user: String,
+    },
     /// Seeded, randomized fault schedule for N minutes, then heal and check.
     Run {
         #[command(flatten)]
@@ -247,6 +262,25 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Remeasure { dir } => remeasure_saved(&dir),
+        Cmd::PrimaryCheck {
+            listen,
+            pg_host,
+            pg_port,
+            pg_user,
+        } => {
+            let target = larder_faults::pg::Target {
+                host: pg_host,
+                port: pg_port,
+                user: pg_user,
+                password: String::new(),
+                dbname: "postgres".into(),
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(larder_faults::pgaf::serve_primary_check(&listen, target))?;
+            Ok(())
+        }
         Cmd::Check { history } => {
             let entries = larder_faults::history::load(&history)?;
             let report = checker::check(&entries, &Vec::new(), DUAL_LEADER_TOLERANCE_US);
@@ -376,6 +410,7 @@ fn label(c: &Common) -> String {
         (System::Larder, _) => "larder".into(),
         (System::Patroni, Settings::Defaults) => "patroni-defaults".into(),
         (System::Patroni, Settings::Aggressive) => "patroni-aggressive".into(),
+        (System::Pgaf, _) => "pg-auto-failover".into(),
     }
 }
 
@@ -418,6 +453,18 @@ fn start_cluster(
                 },
             )
             .context("starting the Patroni cluster")?,
+        ),
+        System::Pgaf => Box::new(
+            PgafCluster::start(
+                net,
+                PgafConfig {
+                    autoctl: PathBuf::from("/usr/bin/pg_autoctl"),
+                    pg_bin: c.pg_bin.clone(),
+                    check_bin: std::env::current_exe().context("locating larder-faults")?,
+                    label: label(c),
+                },
+            )
+            .context("starting the pg_auto_failover cluster")?,
         ),
         System::Larder => Box::new(
             LarderCluster::start(
@@ -475,8 +522,10 @@ fn bench(
     let mut cluster = start_cluster(c, 0, false, &out)?;
     let leader = cluster.wait_healthy(Duration::from_secs(300))?;
     eprintln!("{}: healthy, leader n{}", cluster.label(), leader + 1);
-    let idle = cluster.agent_pid(leader).and_then(|pid| {
-        stats::idle_usage(pid, Duration::from_secs(idle_secs)).map(|(cpu, rss)| (pid, cpu, rss))
+    let pids = cluster.agent_pids(leader);
+    let idle = pids.first().copied().and_then(|pid| {
+        stats::idle_usage_sum(&pids, Duration::from_secs(idle_secs))
+            .map(|(cpu, rss)| (pid, cpu, rss))
     });
     let opts = ClientOptions {
         writers: 1,
@@ -544,6 +593,7 @@ fn bench(
                 if p.contains("/release/") { "release" } else if p.contains("/debug/") { "debug" } else { "unknown" }
             }
             System::Patroni => "pypi",
+            System::Pgaf => "debian",
         },
         "nodes": c.nodes,
         "frontends": bc.frontends,
@@ -557,7 +607,7 @@ fn bench(
         "writes": {"ok": report.writes.ok, "failed": report.writes.failed, "unknown": report.writes.unknown},
         "lost": report.lost,
         "violations": report.violations.iter().map(|v| serde_json::json!({"kind": v.kind, "message": v.message})).collect::<Vec<_>>(),
-        "idle": idle.map(|(pid, cpu, rss)| serde_json::json!({"pid": pid, "cpu_percent": cpu, "rss_bytes": rss, "window_s": idle_secs})),
+        "idle": idle.map(|(pid, cpu, rss)| serde_json::json!({"pid": pid, "pids": pids, "cpu_percent": cpu, "rss_bytes": rss, "window_s": idle_secs})),
         "healthy_at_end": healthy,
         "error": error,
         "haproxy_dual_up": larder_faults::routing::dual_up_intervals(&cl.rec.entries(), cl.rec.now_us())

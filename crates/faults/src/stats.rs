@@ -51,6 +51,16 @@ pub fn idle_usage(pid: i32, window: std::time::Duration) -> Option<(f64, u64)> {
     Some((100.0 * (c1 - c0) / t0.elapsed().as_secs_f64(), rss))
 }
 
+/// [`idle_usage`] summed over several processes (one agent made of several processes).
+pub fn idle_usage_sum(pids: &[i32], window: std::time::Duration) -> Option<(f64, u64)> {
+    let c0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum::<Option<f64>>()?;
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(window);
+    let c1: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum::<Option<f64>>()?;
+    let rss: u64 = pids.iter().map(|p| rss_bytes(*p)).sum::<Option<u64>>()?;
+    Some((100.0 * (c1 - c0) / t0.elapsed().as_secs_f64(), rss))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
