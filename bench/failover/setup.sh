@@ -7,7 +7,7 @@ set -euo pipefail
 VENV="${PATRONI_VENV:-/opt/larder-bench-venv}"
 need=()
 for b in /usr/lib/postgresql/15/bin/postgres /usr/bin/etcd /usr/sbin/haproxy /usr/sbin/nft /usr/sbin/losetup /usr/sbin/mkfs.ext4 /usr/bin/pg_autoctl /usr/share/postgresql/15/extension/pgautofailover.control; do
-  [ -x "$b" ] || need+=("$b")
+  [ -e "$b" ] || need+=("$b")
 done
 if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -q

@@ -67,6 +67,14 @@ const NOTICE_MS: u64 = 100;
 const HOLD_MARGIN_MS: u64 = 200;
 /// Shortest period taken for a health-check rhythm (Chef frontends use 2 s).
 const MIN_PERIOD_MS: u64 = 1_000;
+/// haproxy's default `inter`, and Chef's. Periods from here up are tried first: haproxy
+/// spreads a process's first checks evenly over `inter`, so a frontend's two checkers of one
+/// server (its PostgreSQL and search backends) start exactly half a period apart and
+/// together fit a 1 s grid. Taken as one 1 s checker, the plan would count on whichever
+/// check comes first, which may be the search backend's while writes wait for the other.
+/// Read as two checkers of twice the period, the same arrivals are predicted and the plan
+/// waits for both; a real 1 s checker read that way costs at most its own second.
+const PREFERRED_MIN_PERIOD_MS: u64 = 2_000;
 
 impl CheckTracker {
     /// A check answered at once.
@@ -131,9 +139,10 @@ fn has_answer_near(checks: &[Check], t: u64) -> bool {
         .any(|c| c.answered.abs_diff(t) <= TOLERANCE_MS)
 }
 
-/// Split one client's checks into checkers sharing a period: the smallest period `p` such
-/// that every check (with room for it) arrived `p` after an earlier check was answered, seen
-/// over at least three rounds; then one checker per check not yet followed by another.
+/// Split one client's checks into checkers sharing a period: the smallest period `p` (of
+/// 2 s or more if one fits, see [`PREFERRED_MIN_PERIOD_MS`]) such that every check (with room
+/// for it) arrived `p` after an earlier check was answered, seen over at least three rounds;
+/// then one checker per check not yet followed by another.
 fn steady_phases(checks: &[Check], now: u64) -> Vec<CheckPhase> {
     let Some(last) = checks.iter().map(|c| c.arrived).max() else {
         return vec![];
@@ -145,7 +154,7 @@ fn steady_phases(checks: &[Check], now: u64) -> Vec<CheckPhase> {
         .map(|c| last - c.answered)
         .filter(|d| (MIN_PERIOD_MS..=10_000).contains(d))
         .collect();
-    candidates.sort_unstable();
+    candidates.sort_unstable_by_key(|&d| (d < PREFERRED_MIN_PERIOD_MS, d));
     candidates.dedup();
     for p in candidates {
         // At least three full rounds observed.
@@ -386,6 +395,42 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn checkers_half_a_period_apart_are_not_taken_for_one_fast_checker() {
+        // haproxy starts a frontend's PostgreSQL and search checks of one server 1 s apart
+        // (its 6 checks spread over the 2 s `inter`): together a 1 s grid.
+        let mut t = CheckTracker::default();
+        for i in 0..6u64 {
+            t.record("fe", 1_000 + i * 2_000);
+            t.record("fe", 2_003 + i * 2_000);
+        }
+        let phases = t.phases(12_100);
+        assert_eq!(
+            phases,
+            vec![
+                CheckPhase {
+                    client: "fe".into(),
+                    last_unix_ms: 11_000,
+                    period_ms: 2_000
+                },
+                CheckPhase {
+                    client: "fe".into(),
+                    last_unix_ms: 12_003,
+                    period_ms: 2_000
+                }
+            ]
+        );
+        // So a hand-over counts on both checks: the one that sees the change first is not
+        // enough, whichever backend it belongs to.
+        let m = Moves::new(&[], &phases, 12_100, 500, 0);
+        assert_eq!(m.costs(0), vec![14_003 - 12_100]);
+        // A single checker polling every second is read as two 2 s checkers: the arrivals
+        // are predicted all the same.
+        let p = tracker("one", 0, 1_000, 12).phases(11_100);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p.iter().all(|c| c.period_ms == 2_000));
     }
 
     #[test]
