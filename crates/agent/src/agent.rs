@@ -116,6 +116,12 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         paths.clone(),
         shutdown.clone(),
     ));
+    tokio::spawn(crate::etcd_seat::run(
+        node.clone(),
+        dcs.clone(),
+        sup.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(search_health(
         node.clone(),
         sensors.clone(),

@@ -91,6 +91,15 @@ pub fn service_spec(node: &Node, account: Option<Account>) -> ServiceSpec {
         )],
         user: account.map(|a| (a.uid, a.gid)),
         cwd: Some(node.paths.etcd_data()),
+        pre_start: Some({
+            let (state, data) = (node.paths.node_state_file(), node.paths.etcd_data());
+            std::sync::Arc::new(
+                move || match crate::etcd_seat::start_refusal(&state, &data) {
+                    Some(why) => Err(why),
+                    None => Ok(()),
+                },
+            )
+        }),
         ..node.service_base(SERVICE, e.binary.clone().into())
     }
 }

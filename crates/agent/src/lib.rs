@@ -28,6 +28,7 @@ pub mod control;
 pub mod dcs;
 pub mod disk;
 pub mod etcd;
+pub mod etcd_seat;
 pub mod ha;
 pub mod history;
 pub mod hooks;

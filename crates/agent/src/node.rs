@@ -18,6 +18,19 @@ pub struct NodeState {
     /// `new` for the founding node, `existing` for joiners.
     pub etcd_initial_state: String,
     pub created_unix: u64,
+    /// Set once this node's etcd member has run as a voter with data: from then on an etcd
+    /// data directory without member data is lost data, never a cluster to bootstrap
+    /// (`etcd_seat`).
+    #[serde(default)]
+    pub etcd_seated: bool,
+    /// Client URLs of the etcd members last seen, so an agent started while its own member is
+    /// down still reaches the others (the founder's `etcd_initial_cluster` names only itself).
+    #[serde(default)]
+    pub etcd_members: Vec<String>,
+    /// The learner id a replacement of a lost member added, until it is a voter: it starts
+    /// with an empty directory on purpose.
+    #[serde(default)]
+    pub etcd_replacing: Option<u64>,
 }
 
 impl NodeState {
@@ -160,6 +173,11 @@ impl Node {
                 if !urls.contains(&client) {
                     urls.push(client);
                 }
+            }
+        }
+        for u in &self.state.etcd_members {
+            if !urls.contains(u) {
+                urls.push(u.clone());
             }
         }
         urls

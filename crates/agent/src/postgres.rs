@@ -447,6 +447,13 @@ impl Observer {
     }
 }
 
+/// A standby's timeline is the greatest of what PostgreSQL tells: the WAL receiver's (only while
+/// it runs), the last restartpoint's and the minimum recovery point's (both lag: a standby that
+/// followed a promotion keeps the old timeline there until its next restartpoint, minutes
+/// later), and the timeline in the name of the newest WAL segment file holding its position:
+/// received WAL is written to files named after its timeline, so that one is right after a
+/// restart too. Reporting a lagging timeline once let a less advanced node win an election
+/// (its own, correct, timeline compared higher) and lose acknowledged commits.
 const OBSERVE_STATE: &str = "SELECT pg_is_in_recovery(),
                     CASE WHEN pg_is_in_recovery()
                          THEN greatest(coalesce(pg_last_wal_receive_lsn(), '0/0'), coalesce(pg_last_wal_replay_lsn(), '0/0'))::text
@@ -454,7 +461,15 @@ const OBSERVE_STATE: &str = "SELECT pg_is_in_recovery(),
                     CASE WHEN pg_is_in_recovery()
                          THEN greatest((SELECT received_tli FROM pg_stat_wal_receiver),
                                        (SELECT timeline_id FROM pg_control_checkpoint()),
-                                       (SELECT min_recovery_end_timeline FROM pg_control_recovery()))
+                                       (SELECT min_recovery_end_timeline FROM pg_control_recovery()),
+                                       (SELECT max(('x' || substr(w.name, 1, 8))::bit(32)::int)
+                                          FROM pg_ls_waldir() w,
+                                               (SELECT greatest(greatest(coalesce(pg_last_wal_receive_lsn(), '0/0'),
+                                                                         coalesce(pg_last_wal_replay_lsn(), '0/0')) - '0/0'::pg_lsn - 1, 0) AS b,
+                                                       (SELECT setting::numeric FROM pg_settings WHERE name = 'wal_segment_size') AS seg) p
+                                         WHERE w.name ~ '^[0-9A-F]{24}$'
+                                           AND substr(w.name, 9) = lpad(upper(to_hex(floor(p.b / 4294967296)::bigint)), 8, '0')
+                                                                || lpad(upper(to_hex(floor(mod(p.b, 4294967296) / p.seg)::bigint)), 8, '0')))
                          ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
                     coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false),
                     current_setting('synchronous_standby_names'),

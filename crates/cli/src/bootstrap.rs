@@ -333,6 +333,9 @@ pub async fn create_cluster(paths: &Paths, a: CreateArgs) -> anyhow::Result<()> 
         ),
         etcd_initial_state: "new".into(),
         created_unix: larder_agent::clock::unix_ms() / 1000,
+        etcd_seated: false,
+        etcd_members: vec![],
+        etcd_replacing: None,
     };
     state.save(&paths.node_state_file())?;
 
@@ -631,6 +634,9 @@ async fn join_locked(
         etcd_initial_cluster: initial.join(","),
         etcd_initial_state: "existing".into(),
         created_unix: larder_agent::clock::unix_ms() / 1000,
+        etcd_seated: false,
+        etcd_members: vec![],
+        etcd_replacing: None,
     };
     state.save(&paths.node_state_file())?;
     let record = NodeRecord {

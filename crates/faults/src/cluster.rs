@@ -17,6 +17,14 @@ pub struct SearchAccess {
     pub password: String,
 }
 
+/// One entry of `etcdctl member list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdMember {
+    pub id: u64,
+    pub name: String,
+    pub learner: bool,
+}
+
 pub trait Cluster {
     /// "patroni-defaults", "larder", ...
     fn label(&self) -> String;
@@ -46,6 +54,21 @@ pub trait Cluster {
     }
     /// Pid of node `i`'s etcd.
     fn etcd_pid(&self, i: usize) -> Option<i32>;
+    /// Node `i`'s etcd data directory, when the harness may delete it (`etcd-data-loss`).
+    fn etcd_data_dir(&self, _i: usize) -> Option<std::path::PathBuf> {
+        None
+    }
+    /// Node `i`'s etcd member name.
+    fn etcd_member_name(&self, i: usize) -> String {
+        format!("n{}", i + 1)
+    }
+    /// The etcd membership as node `via`'s etcd reports it.
+    fn etcd_member_list(&self, _via: usize) -> Result<Vec<EtcdMember>> {
+        Err(Error::Unsupported(format!(
+            "{}: no etcd member list",
+            self.label()
+        )))
+    }
     /// Whether every node is up and replicating (all replicas streaming from the leader).
     fn fully_healthy(&self) -> bool;
     /// How a frontend reaches the search API (9200), when the cluster has one.

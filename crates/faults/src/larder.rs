@@ -277,6 +277,25 @@ impl LarderCluster {
 }
 
 /// postgresql.db_superuser_password from the shared secrets file.
+/// `etcdctl member list -w json`: ids are 64-bit numbers (parsed as such, not as floats); a
+/// member added but not started yet has no name.
+fn parse_member_list(json: &str) -> Result<Vec<crate::cluster::EtcdMember>> {
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| Error::Invalid(format!("etcdctl member list: {e}: {json}")))?;
+    Ok(v["members"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| crate::cluster::EtcdMember {
+                    id: m["ID"].as_u64().unwrap_or(0),
+                    name: m["name"].as_str().unwrap_or("").to_string(),
+                    learner: m["isLearner"].as_bool().unwrap_or(false),
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 pub fn read_superuser_password(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let v: serde_json::Value = serde_json::from_str(&text)
@@ -341,6 +360,36 @@ impl Cluster for LarderCluster {
             .into_iter()
             .find(|p| crate::nemesis::comm(*p) == "etcd")
     }
+    fn etcd_data_dir(&self, i: usize) -> Option<PathBuf> {
+        Some(self.root(i).join("var/opt/larder/etcd"))
+    }
+    fn etcd_member_list(&self, via: usize) -> Result<Vec<crate::cluster::EtcdMember>> {
+        let tls = self.root(via).join("etc/larder/tls");
+        let f = |n: &str| tls.join(n).to_string_lossy().to_string();
+        let endpoint = format!("--endpoints=https://{}:2379", self.net.nodes[via].ip);
+        let (ca, cert, key) = (
+            format!("--cacert={}", f("ca.crt")),
+            format!("--cert={}", f("node.crt")),
+            format!("--key={}", f("node.key")),
+        );
+        let out = self.net.nodes[via].run(
+            "env",
+            &[
+                "ETCDCTL_API=3",
+                "etcdctl",
+                &endpoint,
+                &ca,
+                &cert,
+                &key,
+                "--command-timeout=3s",
+                "member",
+                "list",
+                "-w",
+                "json",
+            ],
+        )?;
+        parse_member_list(&out)
+    }
     fn search_access(&self) -> Option<crate::cluster::SearchAccess> {
         let text = std::fs::read_to_string(self.secrets()).ok()?;
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
@@ -387,6 +436,15 @@ impl Drop for LarderCluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_list_ids_keep_all_64_bits() {
+        let out = r#"{"header":{"cluster_id":1},"members":[{"ID":17237436991929493444,"name":"n1","peerURLs":["https://10.0.0.1:2380"],"clientURLs":["https://10.0.0.1:2379"]},{"ID":5,"peerURLs":["https://10.0.0.2:2380"],"isLearner":true}]}"#;
+        let m = parse_member_list(out).unwrap();
+        assert_eq!(m[0].id, 17_237_436_991_929_493_444);
+        assert_eq!((m[0].name.as_str(), m[0].learner), ("n1", false));
+        assert_eq!((m[1].name.as_str(), m[1].learner), ("", true));
+    }
 
     #[test]
     fn overrides_land_in_their_tables() {

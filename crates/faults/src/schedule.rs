@@ -30,6 +30,7 @@ pub enum Fault {
     Netem,
     LossyLink,
     RestartEtcd,
+    EtcdDataLoss,
     ClockJumpLeader,
     ClockDriftFollower,
     ClockDriftLeader,
@@ -55,6 +56,7 @@ impl Fault {
             Fault::Netem => "netem",
             Fault::LossyLink => "lossy-link",
             Fault::RestartEtcd => "restart-etcd",
+            Fault::EtcdDataLoss => "etcd-data-loss",
             Fault::ClockJumpLeader => "clock-jump-leader",
             Fault::ClockDriftFollower => "clock-drift-follower",
             Fault::ClockDriftLeader => "clock-drift-leader",
@@ -75,7 +77,7 @@ impl Fault {
             })
     }
 
-    pub const ALL: [Fault; 19] = [
+    pub const ALL: [Fault; 20] = [
         Fault::KillAgent,
         Fault::KillPostgres,
         Fault::KillNode,
@@ -92,6 +94,7 @@ impl Fault {
         Fault::Netem,
         Fault::LossyLink,
         Fault::RestartEtcd,
+        Fault::EtcdDataLoss,
         Fault::ClockJumpLeader,
         Fault::ClockDriftFollower,
         Fault::ClockDriftLeader,
@@ -123,6 +126,7 @@ impl Fault {
             Fault::Netem => "netem 50ms±50ms all links",
             Fault::LossyLink => "15% loss + reordering, leader link",
             Fault::RestartEtcd => "kill -9 every etcd member",
+            Fault::EtcdDataLoss => "etcd data dir lost on n1 (founder)",
             Fault::ClockJumpLeader => "leader wall clock +30s, back, -30s",
             Fault::ClockDriftFollower => "follower clocks drift +1000ppm",
             Fault::ClockDriftLeader => "leader clocks drift -1000ppm",
@@ -145,7 +149,8 @@ impl Fault {
             | Fault::Netem
             | Fault::ClockJumpLeader
             | Fault::ClockDriftFollower
-            | Fault::ClockDriftLeader => Expect::NoLeaderChange,
+            | Fault::ClockDriftLeader
+            | Fault::EtcdDataLoss => Expect::NoLeaderChange,
             Fault::FreezeEtcdTwo
             | Fault::RestartAll
             | Fault::BackToBackFailovers
@@ -288,7 +293,19 @@ enum Active {
     ClearNetem(netem::Impaired),
     /// Ends a clock fault on the node whose skew file this is (see [`clockskew::Skew::ended`]).
     EndSkew(std::path::PathBuf, clockskew::Skew),
+    /// Node `node` lost its etcd data; its agent must replace the member (`old_id`): waits,
+    /// asking `via`'s etcd, until a voter of that name with a new id runs there.
+    AwaitEtcdMember {
+        node: usize,
+        via: usize,
+        old_id: u64,
+    },
 }
+
+/// How long an agent may take to replace a lost etcd member (remove, re-add as learner, start
+/// empty, catch up from a snapshot, promote): seconds on a small cluster; the bound only
+/// catches a flow that never finishes.
+const ETCD_REPLACE_DEADLINE: Duration = Duration::from_secs(90);
 
 /// How long each step of a clock fault lasts.
 const CLOCK_JUMP_STEP: Duration = Duration::from_secs(10);
@@ -609,7 +626,111 @@ fn inject(
             }
             (Active::Nothing, killed.join("+"), Duration::ZERO)
         }
+        Fault::EtcdDataLoss => {
+            // Always the founding node (n1), leader or not: its etcd flags say "new cluster",
+            // the case where an empty data directory could bootstrap a second cluster. The
+            // Larder leader must keep leading through the other members, so no leader change
+            // is allowed either way.
+            let i = 0;
+            let via = (0..n).find(|j| *j != i).unwrap_or(0);
+            let dir = cluster.etcd_data_dir(i).ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "{} does not expose its etcd data directory; --skip etcd-data-loss",
+                    cluster.label()
+                ))
+            })?;
+            let name = format!("n{}", i + 1);
+            let old = cluster
+                .etcd_member_list(via)?
+                .into_iter()
+                .find(|m| m.name == cluster.etcd_member_name(i))
+                .ok_or_else(|| Error::Invalid(format!("{name} is not an etcd member")))?;
+            let pid = cluster
+                .etcd_pid(i)
+                .ok_or_else(|| Error::Invalid(format!("no etcd pid on {name}")))?;
+            // Frozen while its files go, then killed: a running member could create files in
+            // the directory being deleted, and a restarted one could start on half of it.
+            nemesis::freeze(pid)?;
+            nemesis::wait_stopped(&[pid], Duration::from_secs(5))?;
+            let removed = std::fs::remove_dir_all(&dir).map_err(|source| Error::Io {
+                path: dir.clone(),
+                source,
+            });
+            nemesis::kill9(pid)?;
+            removed?;
+            (
+                Active::AwaitEtcdMember {
+                    node: i,
+                    via,
+                    old_id: old.id,
+                },
+                format!("{name} (member {:x})", old.id),
+                Duration::from_secs(3),
+            )
+        }
     })
+}
+
+/// Waits until node `node`'s lost etcd member was replaced: a voter of its name, a new id,
+/// and write-ahead log files in its data directory again.
+fn await_etcd_member(
+    cluster: &dyn Cluster,
+    node: usize,
+    via: usize,
+    old_id: u64,
+) -> Result<String> {
+    let start = Instant::now();
+    let name = cluster.etcd_member_name(node);
+    let dir = cluster
+        .etcd_data_dir(node)
+        .ok_or_else(|| Error::Invalid("no etcd data directory".into()))?;
+    loop {
+        let last = match cluster.etcd_member_list(via) {
+            Ok(list) => {
+                let mine: Vec<_> = list.iter().filter(|m| m.name == name).collect();
+                let has_wal = std::fs::read_dir(dir.join("member/wal"))
+                    .map(|d| {
+                        d.flatten()
+                            .any(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+                    })
+                    .unwrap_or(false);
+                if let [m] = mine.as_slice() {
+                    if m.id != old_id && !m.learner && has_wal && list.len() == cluster.node_count()
+                    {
+                        return Ok(format!(
+                            "n{} etcd member replaced: {:x} -> {:x}, voter, {} members, after {:.1}s",
+                            node + 1,
+                            old_id,
+                            m.id,
+                            list.len(),
+                            start.elapsed().as_secs_f64()
+                        ));
+                    }
+                }
+                format!(
+                    "members {:?}, data {}",
+                    list.iter()
+                        .map(|m| format!(
+                            "{}:{:x}{}",
+                            m.name,
+                            m.id,
+                            if m.learner { " (learner)" } else { "" }
+                        ))
+                        .collect::<Vec<_>>(),
+                    if has_wal { "present" } else { "missing" }
+                )
+            }
+            Err(e) => e.to_string(),
+        };
+        if start.elapsed() > ETCD_REPLACE_DEADLINE {
+            return Err(Error::Invalid(format!(
+                "n{}'s lost etcd member was not replaced within {}s; last seen: {last}",
+                node + 1,
+                ETCD_REPLACE_DEADLINE.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 fn heal(cluster: &mut dyn Cluster, rec: &crate::history::Recorder, active: Active) -> Result<()> {
@@ -624,6 +745,11 @@ fn heal(cluster: &mut dyn Cluster, rec: &crate::history::Recorder, active: Activ
             Ok(())
         }
         Active::Heal => partition::heal(&cluster.net().nodes),
+        Active::AwaitEtcdMember { node, via, old_id } => {
+            let done = await_etcd_member(cluster, node, via, old_id)?;
+            rec.event("note", done);
+            Ok(())
+        }
         Active::FreeDisk(d) => d.free(),
         Active::EndSkew(file, skew) => {
             let end = skew.ended();

@@ -245,6 +245,12 @@ impl PgServer {
         }
     }
 
+    /// Starts the server again on its data directory (after `stop` or `crash`).
+    pub fn restart(&mut self) {
+        let data = self.data_dir();
+        self.launch(&data);
+    }
+
     /// Promotes a standby.
     pub fn promote(&self) {
         run_as(
