@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-ORDER = ["larder", "larder-vip", "patroni-defaults", "patroni-aggressive", "pg-auto-failover"]
+ORDER = ["larder", "larder-unaligned", "larder-vip", "patroni-defaults", "patroni-aggressive", "pg-auto-failover"]
 
 
 def load(results):
@@ -38,8 +38,8 @@ def fmt_p(x, s, r):
 
 def table(results):
     lines = [
-        "| system | scenario | trials | p50 | p90 | max | acked writes lost | agent idle CPU | agent idle RSS |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| system | scenario | trials | p50 | p90 | max | per frontend p50 / max | acked writes lost | agent idle CPU | agent idle RSS |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in results:
         idle = r.get("idle") or {}
@@ -50,9 +50,12 @@ def table(results):
             trials = f"{s['trials']}" + (f" (+{s['void_trials']} void)" if s.get("void_trials") else "")
             if s.get("no_recovery"):
                 trials += f", {s['no_recovery']} without recovery"
+            per_fe = ", ".join(
+                f"fe{f['frontend']} {fmt(f['p50_s'])} / {fmt(f['max_s'])}" for f in s.get("frontends") or []
+            ) or "–"
             lines.append(
                 f"| {name} | {s['scenario']} | {trials} | {fmt_p(s['p50_s'], s, r)} | {fmt_p(s['p90_s'], s, r)} "
-                f"| {fmt_p(s['max_s'], s, r)} | {r['lost']} | {cpu} | {rss} |"
+                f"| {fmt_p(s['max_s'], s, r)} | {per_fe} | {r['lost']} | {cpu} | {rss} |"
             )
     notes = []
     for r in results:

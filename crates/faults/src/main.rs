@@ -407,6 +407,14 @@ fn larder_bin(c: &Common) -> PathBuf {
 fn label(c: &Common) -> String {
     match (c.system, c.settings) {
         (System::Larder, _) if c.via_vip => "larder-vip".into(),
+        // The same cluster with switchovers started at once, for the comparison in one run.
+        (System::Larder, _)
+            if c.larder_set
+                .iter()
+                .any(|s| s.replace(' ', "") == "leaderl.align_switchover_to_checks=false") =>
+        {
+            "larder-unaligned".into()
+        }
         (System::Larder, _) => "larder".into(),
         (System::Patroni, Settings::Defaults) => "patroni-defaults".into(),
         (System::Patroni, Settings::Aggressive) => "patroni-aggressive".into(),
