@@ -12,7 +12,8 @@
 //! and from then on missing member data means loss: etcd is kept from starting, the old member
 //! is removed and the node re-added as a learner through the other members, etcd starts empty
 //! with the new membership, and the learner is promoted once it has caught up. Nothing happens
-//! without a quorum of the other members; that case is `larder create-cluster --quorum-loss-recovery`.
+//! without a quorum of the other members; that case is
+//! `larder create-cluster --quorum-loss-recovery`.
 
 use crate::dcs::{Dcs, Member};
 use crate::node::{Node, NodeState};
@@ -151,7 +152,8 @@ pub async fn run(node: Node, dcs: Dcs, sup: Supervisor, shutdown: CancellationTo
                         tracing::error!(
                             "etcd data lost and the other members are unreachable or without \
                              quorum: etcd stays down here; if the others are gone too, run \
-                             `larder create-cluster --quorum-loss-recovery` on the survivor with the newest data"
+                             `larder create-cluster --quorum-loss-recovery` on the survivor \
+                             with the newest data"
                         );
                         warned_at = Some(Instant::now());
                     }
