@@ -7,7 +7,8 @@
 //! - Faults: [`nemesis`] (kill -9, SIGSTOP/SIGCONT of processes and whole hosts),
 //!   [`partition`] (nftables drops, also one-way), [`netem`] (latency/jitter/loss with tc
 //!   netem, or without `sch_netem` the NFQUEUE delayer of [`delay`]),
-//!   [`disk`] (a small loop-mounted filesystem to fill).
+//!   [`disk`] (a small loop-mounted filesystem to fill), [`blkio`] (that filesystem's loop
+//!   device throttled by a cgroup: a slow disk).
 //! - Client side: [`haproxy`] configured as a Chef frontend, [`workload`] (paced inserts),
 //!   [`sampler`] (health endpoints + direct writes on every node), [`history`] (JSON lines),
 //!   [`checker`] (durability, split brain, availability gaps), [`stats`]; the search
@@ -20,6 +21,7 @@
 //! - [`upgrade_bench`]: helpers of the rolling-upgrade benchmark (bench/upgrade/).
 
 pub mod arp;
+pub mod blkio;
 pub mod bridge;
 pub mod checker;
 pub mod clients;

@@ -101,7 +101,8 @@ struct Common {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Remove leftovers of killed runs (namespaces, links, mounts named lf*).
+    /// Remove leftovers of killed runs (namespaces, links, mounts named lf*, blkio cgroups
+    /// named larder-faults-lf*).
     Cleanup,
     /// Print haproxy's configuration as a Chef frontend writes it for Chef Backend, listening
     /// on `--bind` (bench/upgrade/run.sh puts it beside a loopback cluster).

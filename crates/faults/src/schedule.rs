@@ -10,7 +10,7 @@ use crate::checker;
 use crate::clients::Clients;
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
-use crate::{clockskew, nemesis, netem, partition};
+use crate::{blkio, clockskew, nemesis, netem, partition};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -25,6 +25,7 @@ pub enum Fault {
     OneWayPartition,
     IsolateFollower,
     DiskFull,
+    SlowDiskLeader,
     RestartAll,
     BackToBackFailovers,
     Netem,
@@ -51,6 +52,7 @@ impl Fault {
             Fault::OneWayPartition => "one-way-partition",
             Fault::IsolateFollower => "isolate-follower",
             Fault::DiskFull => "disk-full",
+            Fault::SlowDiskLeader => "slow-disk-leader",
             Fault::RestartAll => "restart-all",
             Fault::BackToBackFailovers => "back-to-back-switchovers",
             Fault::Netem => "netem",
@@ -77,7 +79,7 @@ impl Fault {
             })
     }
 
-    pub const ALL: [Fault; 20] = [
+    pub const ALL: [Fault; 21] = [
         Fault::KillAgent,
         Fault::KillPostgres,
         Fault::KillNode,
@@ -89,6 +91,7 @@ impl Fault {
         Fault::OneWayPartition,
         Fault::IsolateFollower,
         Fault::DiskFull,
+        Fault::SlowDiskLeader,
         Fault::RestartAll,
         Fault::BackToBackFailovers,
         Fault::Netem,
@@ -121,6 +124,7 @@ impl Fault {
             Fault::OneWayPartition => "one-way: leader -/-> others",
             Fault::IsolateFollower => "isolate a follower",
             Fault::DiskFull => "fill leader data disk",
+            Fault::SlowDiskLeader => "slow leader disk (throttled loop)",
             Fault::RestartAll => "kill and restart all nodes",
             Fault::BackToBackFailovers => "3 back-to-back switchovers",
             Fault::Netem => "netem 50ms±50ms all links",
@@ -144,6 +148,7 @@ impl Fault {
             | Fault::PartitionLeader
             | Fault::OneWayPartition
             | Fault::DiskFull
+            | Fault::SlowDiskLeader
             | Fault::LossyLink => Expect::Bounded,
             Fault::IsolateFollower
             | Fault::Netem
@@ -290,6 +295,7 @@ enum Active {
     StartNodes(Vec<usize>),
     Heal,
     FreeDisk(crate::disk::LoopDisk),
+    Unthrottle(blkio::Throttle, blkio::Serviced),
     ClearNetem(netem::Impaired),
     /// Ends a clock fault on the node whose skew file this is (see [`clockskew::Skew::ended`]).
     EndSkew(std::path::PathBuf, clockskew::Skew),
@@ -306,6 +312,27 @@ enum Active {
 /// empty, catch up from a snapshot, promote): seconds on a small cluster; the bound only
 /// catches a flow that never finishes.
 const ETCD_REPLACE_DEADLINE: Duration = Duration::from_secs(90);
+
+/// The slow leader disk: 30 write IOPS and 2 MiB/s (reads alike), held 20 s like the lossy
+/// link. A commit costs at least one synchronous WAL write (PostgreSQL) and every etcd
+/// proposal one WAL sync on each member, so the leader host gets ~30 syncs a second for
+/// everything — PostgreSQL's group commit of three writers and the probes, the local etcd
+/// member's renewals, checkpoints, the search index. Measured (docs/faults.md): the node used
+/// the whole budget, three writers got ~5 commits/s at a median of 0.6 s instead of > 100/s at
+/// ~10 ms. That is a disk at the edge of saturation (a cloud volume out of burst credits
+/// throttled to its baseline, a rebuilding RAID, a drive retrying), clearly slow but not dead;
+/// a stalled disk is closer to the freeze faults.
+const SLOW_DISK: blkio::Limits = blkio::Limits {
+    read_iops: 30,
+    write_iops: 30,
+    read_bps: 2 * 1024 * 1024,
+    write_bps: 2 * 1024 * 1024,
+};
+const SLOW_DISK_HOLD: Duration = Duration::from_secs(20);
+/// Synchronous 8 KiB writes of the probe that proves the throttle bites: at 30 IOPS they take
+/// ≥ 0.8 s alone (~5 s measured, sharing the budget with the node), against 0.07–0.25 s
+/// unthrottled on these machines.
+const SLOW_DISK_PROBE_WRITES: u32 = 24;
 
 /// How long each step of a clock fault lasts.
 const CLOCK_JUMP_STEP: Duration = Duration::from_secs(10);
@@ -399,6 +426,34 @@ fn set_skew(
     skew.write(file)?;
     rec.event("note", format!("clock of {node}: {}", skew.describe()));
     Ok(())
+}
+
+/// Runs the probe inside the throttle and fails unless it was slowed as the limit says and the
+/// throttle accounted its writes: a throttle that does not bite would pass the fault without
+/// it having happened. Returns the probe's time and the counters after it.
+fn prove_throttle(
+    t: &blkio::Throttle,
+    dir: &std::path::Path,
+    base: Duration,
+) -> Result<(Duration, blkio::Serviced)> {
+    let before = t.serviced()?;
+    let took = t.probe(dir, SLOW_DISK_PROBE_WRITES)?;
+    let after = t.serviced()?;
+    let seen = after.since(before).writes;
+    // Half the time the limit implies: the throttle's slice may let the first few through.
+    let floor =
+        Duration::from_secs_f64(SLOW_DISK_PROBE_WRITES as f64 / t.limits.write_iops as f64 / 2.0);
+    if took < floor || seen < u64::from(SLOW_DISK_PROBE_WRITES) {
+        return Err(Error::Invalid(format!(
+            "the blkio throttle on {} did not bite: {SLOW_DISK_PROBE_WRITES} O_DSYNC writes took \
+             {:.3} s (unthrottled {:.3} s, expected ≥ {:.3} s) and {seen} writes were accounted",
+            t.dev,
+            took.as_secs_f64(),
+            base.as_secs_f64(),
+            floor.as_secs_f64()
+        )));
+    }
+    Ok((took, after))
 }
 
 fn other_nodes(n: usize, leader: usize) -> Vec<usize> {
@@ -513,6 +568,37 @@ fn inject(
                 .rec
                 .event("note", format!("space-hungry insert on {lname}: {outcome}"));
             (Active::FreeDisk(disk), lname, long)
+        }
+        Fault::SlowDiskLeader => {
+            let disk = cluster.data_disk(leader).ok_or_else(|| {
+                Error::Unsupported("the cluster was started without loop-mounted data disks".into())
+            })?;
+            let base = blkio::probe_writes(None, &disk.mountpoint, SLOW_DISK_PROBE_WRITES)?;
+            let ns = &nodes[leader];
+            let t = blkio::Throttle::apply(ns, &disk, &blkio::cgroup_name(ns), SLOW_DISK)?;
+            let (slow, after_probe) = match prove_throttle(&t, &disk.mountpoint, base) {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = t.remove();
+                    return Err(e);
+                }
+            };
+            let what = format!(
+                "{lname} loop {} ({}), {} processes",
+                t.dev,
+                SLOW_DISK.describe(),
+                t.moved()
+            );
+            clients.rec.event(
+                "note",
+                format!(
+                    "slow disk: {what}; probe of {SLOW_DISK_PROBE_WRITES} × 8 KiB O_DSYNC writes \
+                     {:.3} s throttled vs {:.3} s before",
+                    slow.as_secs_f64(),
+                    base.as_secs_f64()
+                ),
+            );
+            (Active::Unthrottle(t, after_probe), what, SLOW_DISK_HOLD)
         }
         Fault::RestartAll => {
             for node in &nodes {
@@ -751,6 +837,20 @@ fn heal(cluster: &mut dyn Cluster, rec: &crate::history::Recorder, active: Activ
             Ok(())
         }
         Active::FreeDisk(d) => d.free(),
+        Active::Unthrottle(t, after_probe) => {
+            let (dev, dir) = (t.dev.clone(), t.dir.clone());
+            let total = t.remove()?;
+            // What the node's own processes did through the throttle while it held.
+            rec.event(
+                "note",
+                format!(
+                    "slow disk healed ({} on {dev} removed): throttled I/O while held {}",
+                    dir.display(),
+                    total.since(after_probe).describe()
+                ),
+            );
+            Ok(())
+        }
         Active::EndSkew(file, skew) => {
             let end = skew.ended();
             end.write(&file)?;
@@ -1075,6 +1175,19 @@ mod tests {
         for f in Fault::ALL.into_iter().filter(|f| f.skews_clocks()) {
             assert_eq!(f.expect(), Expect::NoLeaderChange);
         }
+    }
+
+    #[test]
+    fn slow_disk_is_in_the_ci_plan_and_bounded() {
+        let f = Fault::from_id("slow-disk-leader").unwrap();
+        assert_eq!(f, Fault::SlowDiskLeader);
+        assert!(Plan::every_fault_once().fixed.unwrap().contains(&f));
+        // It takes the leader's disk away in part: writes may slow or move, never stop for
+        // longer than a failover would take.
+        assert_eq!(f.expect(), Expect::Bounded);
+        let bound = availability_bound(Duration::from_secs(3), Duration::from_secs(2));
+        assert!(SLOW_DISK_HOLD > bound + Duration::from_secs(1));
+        assert!(!f.skews_clocks());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! `larder-faults cleanup` for leftovers of a run that was killed with -9.
 //!
 //! Order matters: processes first (a process inside a namespace keeps it alive after
-//! `ip netns del` and keeps its mounts busy), then mounts and loop devices, then
+//! `ip netns del` and keeps its mounts busy), then the slow-disk fault's blkio cgroups (only
+//! an empty cgroup can be removed), then mounts and loop devices, then
 //! namespaces (which takes the namespace end of each veth with it), then the bridge side.
 
 use std::collections::BTreeSet;
@@ -45,6 +46,8 @@ pub fn teardown_run_named(naming: Naming, run: u16) {
     let prefix = naming.prefix;
     let ns_prefix = format!("{prefix}{run}-");
     remove_namespaces(|n| n.starts_with(&ns_prefix));
+    // After the processes: a cgroup can only be removed once nothing lives in it.
+    crate::blkio::remove_cgroups(|n| n.starts_with(&ns_prefix));
     remove_mounts_under(&naming.run_dir(run));
     let b = naming.bridge_name(run);
     // veth host ends normally vanish with their namespace; delete stragglers explicitly.
@@ -67,6 +70,9 @@ pub fn cleanup_all() -> Vec<String> {
         }
     }
     remove_namespaces(is_ours);
+    for c in crate::blkio::remove_cgroups(is_ours) {
+        done.push(format!("cgroup {c}"));
+    }
     for m in mounts_under(Path::new(WORK_ROOT)) {
         done.push(format!("mount {m}"));
     }

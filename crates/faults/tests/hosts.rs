@@ -197,3 +197,55 @@ fn sigterm_tears_the_hosts_down() {
         assert!(!listed.contains(n), "{n} survived SIGTERM");
     }
 }
+
+/// The blkio cgroup of `pid` as /proc says.
+fn blkio_cgroup(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.split_once(":blkio:").map(|(_, p)| p.to_string()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn slow_disk_throttles_the_hosts_processes_and_teardown_removes_the_cgroup() {
+    use larder_faults::blkio::{self, Limits, Throttle};
+    let mut net = TestNet::create(1).expect("create");
+    let mp = net.dir.join("disk");
+    let disk = net.add_disk("t", &mp, 16).unwrap();
+    let n = net.nodes[0].clone();
+    let log = net.dir.join("sleep.log");
+    let mut child = n.spawn_daemon("sleep", &["300"], &log).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nemesis::find(&n, "sleep 300").is_empty() {
+        assert!(Instant::now() < deadline, "sleep never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = nemesis::find(&n, "sleep 300")[0];
+    let home = blkio_cgroup(pid);
+    let limits = Limits {
+        read_iops: 20,
+        write_iops: 20,
+        read_bps: 1 << 20,
+        write_bps: 1 << 20,
+    };
+    let name = blkio::cgroup_name(&n);
+    let t = Throttle::apply(&n, &disk, &name, limits).unwrap();
+    assert_eq!(blkio_cgroup(pid), format!("/{name}"));
+    // 20 O_DSYNC writes at 20 IOPS: about a second (the unthrottled probe is ~10× faster).
+    let took = t.probe(&mp, 20).unwrap();
+    assert!(took >= Duration::from_millis(500), "probe took {took:?}");
+    assert!(t.serviced().unwrap().writes >= 20);
+    let dir = t.dir.clone();
+    t.remove().unwrap();
+    assert!(!dir.exists(), "cgroup left after heal");
+    assert_eq!(blkio_cgroup(pid), home, "process not moved back");
+
+    // A run that ends while the fault holds (an error, a panic) leaves no cgroup behind: the
+    // throttle is never removed here, the hosts' teardown must do it.
+    let held = Throttle::apply(&n, &disk, &name, limits).unwrap();
+    let dir = held.dir.clone();
+    drop(net);
+    assert!(!dir.exists(), "teardown left {}", dir.display());
+    let _ = child.wait();
+}
