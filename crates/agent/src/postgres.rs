@@ -937,10 +937,17 @@ fn restore_config_files(node: &Node, saved: &[(String, Vec<u8>)]) -> Result<(), 
 /// accepts it: single-user mode runs crash recovery and exits.
 async fn finish_crash_recovery(node: &Node) -> Result<(), PgError> {
     let state = control_state(node).await?;
-    if state == "shut down" || state == "shut down in recovery" {
+    // pg_rewind takes a target shut down in recovery to end at its minimum recovery point and
+    // reads none of its WAL beyond. A former primary stopped early in its crash recovery (as a
+    // standby) still holds its own WAL past that point and replays it at its next start, past
+    // the fork: "no rewind required", then a standby on a history the leader never had. So a
+    // diverged directory replays all its local WAL first; the shutdown restartpoint then
+    // flushes the pages that replay dirtied, which moves the minimum recovery point to its end.
+    let diverged = crate::markers::diverged_marker(node).exists();
+    if state == "shut down" || (state == "shut down in recovery" && !diverged) {
         return Ok(());
     }
-    if state == "in archive recovery" {
+    if state == "in archive recovery" || state == "shut down in recovery" {
         // A crashed standby: single-user crash recovery would write an end-of-recovery
         // checkpoint at the end of its partial WAL and fork it from the leader's history.
         // Run it as a standby without upstream until consistent, then stop it cleanly.
@@ -970,6 +977,9 @@ async fn finish_crash_recovery(node: &Node) -> Result<(), PgError> {
             &[],
         )
         .await;
+        if started.is_ok() && diverged {
+            replay_local_wal(node).await;
+        }
         for mode in ["fast", "immediate"] {
             let args: Vec<String> = ["-D", data.as_str(), "-m", mode, "-w", "-t", "30", "stop"]
                 .iter()
@@ -1005,6 +1015,32 @@ async fn finish_crash_recovery(node: &Node) -> Result<(), PgError> {
         set_standby(node, true)?;
     }
     r.map(|_| ())
+}
+
+/// Waits until a standby without upstream has replayed the WAL in its own `pg_wal`: its replay
+/// position has not moved for a second (bounded by a minute; the caller stops it either way).
+async fn replay_local_wal(node: &Node) {
+    let Ok(c) = connect(node, Duration::from_secs(5)).await else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (mut last, mut still) = (String::new(), 0);
+    while still < 5 && std::time::Instant::now() < deadline {
+        let Ok(row) = c
+            .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+            .await
+        else {
+            return;
+        };
+        let now: Option<String> = row.get(0);
+        let now = now.unwrap_or_default();
+        if now == last {
+            still += 1;
+        } else {
+            (last, still) = (now, 0);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn leader_conn(node: &Node, leader: &LeaderRecord) -> String {
