@@ -958,6 +958,9 @@ async fn finish_crash_recovery(node: &Node) -> Result<(), PgError> {
             "-c listen_addresses='' -c unix_socket_directories='{}'",
             node.paths.pg_socket_dir().display()
         );
+        // The postmaster inherits pg_ctl's stdout and stderr: left on our pipes, `pg_ctl
+        // start` would not return before the server exits. It logs to its own file instead.
+        let log = recovery_log(node)?;
         // A standby that needs WAL it never received cannot become consistent on its own:
         // give it a short while, then let the caller fall back to a fresh base backup. The
         // instance is stopped in every case (a timed-out `pg_ctl start` leaves it running).
@@ -972,6 +975,8 @@ async fn finish_crash_recovery(node: &Node) -> Result<(), PgError> {
                 "20".into(),
                 "-o".into(),
                 opts,
+                "-l".into(),
+                log.display().to_string(),
                 "start".into(),
             ],
             &[],
@@ -1015,6 +1020,19 @@ async fn finish_crash_recovery(node: &Node) -> Result<(), PgError> {
         set_standby(node, true)?;
     }
     r.map(|_| ())
+}
+
+/// The log of the standby-without-upstream runs above, next to PostgreSQL's own log and
+/// writable by its OS user.
+fn recovery_log(node: &Node) -> Result<PathBuf, PgError> {
+    let dir = node.paths.service_log_dir(SERVICE);
+    std::fs::create_dir_all(&dir)?;
+    let log = dir.join("recovery.log");
+    if !log.exists() {
+        std::fs::write(&log, b"")?;
+    }
+    chown(node, &log)?;
+    Ok(log)
 }
 
 /// Waits until a standby without upstream has replayed the WAL in its own `pg_wal`: its replay
