@@ -73,11 +73,13 @@ impl Indexer {
     /// index-side work, so it runs at the indexer's background priority, and in its own thread
     /// so that it overlaps with the writer's. `flush` is set by a reader waiting for the index (`_refresh`, `?refresh=`): the next
     /// commit then happens as soon as the queue runs dry, whatever the spacing policy says.
+    /// `gone` is cancelled when the thread stops on an error.
     pub fn spawn(
         ix: Arc<LocalIndex>,
         meta: CommitMeta,
         applied: watch::Sender<i64>,
         flush: Arc<AtomicBool>,
+        gone: tokio_util::sync::CancellationToken,
     ) -> Result<Indexer, SearchError> {
         let (tx, stored_rx) = std::sync::mpsc::sync_channel(2);
         let (decoded_tx, rx) = std::sync::mpsc::sync_channel(2);
@@ -102,7 +104,11 @@ impl Indexer {
                         return Err(SearchError::Other(msg));
                     }
                 };
-                run(ix, writer, meta, applied, rx, flush)
+                let r = run(ix, writer, meta, applied, rx, flush);
+                if r.is_err() {
+                    gone.cancel();
+                }
+                r
             })
             .map_err(|e| SearchError::Other(format!("cannot start indexer thread: {e}")))?;
         match ready_rx.recv() {

@@ -71,10 +71,21 @@ pub async fn serve_on(
     let ix = Arc::new(ix);
     let (applied_tx, applied_rx) = watch::channel(meta.applied_position);
     let flush = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let Indexer { tx, thread } =
-        Indexer::spawn(ix.clone(), meta.clone(), applied_tx, flush.clone())?;
+    let indexer_gone = CancellationToken::new();
+    let Indexer { tx, thread } = Indexer::spawn(
+        ix.clone(),
+        meta.clone(),
+        applied_tx,
+        flush.clone(),
+        indexer_gone.clone(),
+    )?;
     let wake = Arc::new(Notify::new());
     let shared = Arc::new(Shared::default());
+    let gone_watch = tokio::spawn(stop_when_indexer_gone(
+        indexer_gone,
+        shared.clone(),
+        shutdown.clone(),
+    ));
     let tail_stop = CancellationToken::new();
     let tail = tokio::spawn(tailer::run(
         cfg.pg.clone(),
@@ -148,6 +159,7 @@ pub async fn serve_on(
     tail_stop.cancel();
     let _ = tail.await;
     let _ = prio.await;
+    gone_watch.abort();
     let joined = tokio::task::spawn_blocking(move || thread.join())
         .await
         .map_err(|e| SearchError::Other(format!("indexer join failed: {e}")))?;
@@ -156,6 +168,28 @@ pub async fn serve_on(
         Ok(r) => r,
         Err(_) => Err(SearchError::Other("indexer thread panicked".into())),
     }
+}
+
+/// The indexer thread ends early only on an error it cannot get past in place (a commit that
+/// hit ENOSPC leaves the writer unusable). Serving on would answer searches from an index that
+/// no longer follows the log, for good: stop instead, so that the supervisor restarts the
+/// service, which reopens the last commit and catches up from its log position.
+async fn stop_when_indexer_gone(
+    gone: CancellationToken,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    gone.cancelled().await;
+    shared
+        .indexer_failed
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::error!("search indexer gone: stopping the service so that it restarts");
+    shutdown.cancel();
+    // Graceful shutdown waits for kept-alive client connections to close; the index's last
+    // commit is durable, so nothing is lost by not waiting long.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    tracing::error!("search service still draining connections: exiting now");
+    std::process::exit(1);
 }
 
 /// Drops and rebuilds the local index from PostgreSQL. The search service must be stopped

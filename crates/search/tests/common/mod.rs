@@ -75,6 +75,20 @@ impl Service {
         }
     }
 
+    /// The service's own end (it stops by itself only on a fatal error), if it comes within
+    /// `secs`.
+    pub async fn ended_within(
+        &mut self,
+        secs: u64,
+    ) -> Option<Result<(), larder_search::SearchError>> {
+        let task = self.task.as_mut()?;
+        let r = tokio::time::timeout(Duration::from_secs(secs), task)
+            .await
+            .ok()?;
+        self.task = None;
+        Some(r.unwrap())
+    }
+
     pub fn index_dir(&self) -> PathBuf {
         self.cfg.index_dir.clone()
     }
