@@ -598,6 +598,24 @@ impl Dcs {
             .ok_or_else(|| DcsError::Etcd("member add returned no member".into()))
     }
 
+    /// [`Self::member_add_learner`], retried for up to 30 s while etcd refuses it as an
+    /// "unhealthy cluster": it does so for a few seconds after the previous membership change.
+    pub async fn member_add_learner_retrying(&self, peer_url: &str) -> Result<u64, DcsError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.member_add_learner(peer_url).await {
+                Ok(id) => return Ok(id),
+                Err(e)
+                    if std::time::Instant::now() < deadline
+                        && e.to_string().contains("unhealthy cluster") =>
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     pub async fn member_promote(&self, id: u64) -> Result<(), DcsError> {
         self.call(|mut c| async move { c.member_promote(id).await })
             .await

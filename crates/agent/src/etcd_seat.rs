@@ -220,17 +220,7 @@ async fn replace(
         tracing::info!(id = %format!("{id:x}"), "removed the lost etcd member");
     }
     let peer = node.etcd_peer_url();
-    // etcd refuses a membership change for a few seconds after the previous one.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let id = loop {
-        match dcs.member_add_learner(&peer).await {
-            Ok(id) => break id,
-            Err(e) if Instant::now() < deadline && e.to_string().contains("unhealthy cluster") => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let id = dcs.member_add_learner_retrying(&peer).await?;
     let mut initial = Vec::new();
     for m in dcs.members().await? {
         let name = if m.id == id {

@@ -584,18 +584,7 @@ async fn join_locked(
         url_host(&cfg.publish_address),
         cfg.etcd.peer_port
     );
-    // etcd refuses membership changes for a few seconds after the previous one ("unhealthy
-    // cluster"): retry within a deadline rather than fail the join.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let id = loop {
-        match dcs.member_add_learner(&peer).await {
-            Ok(id) => break id,
-            Err(e) if Instant::now() < deadline && e.to_string().contains("unhealthy cluster") => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let id = dcs.member_add_learner_retrying(&peer).await?;
     let members = dcs.members().await?;
     let mut initial: Vec<String> = Vec::new();
     for m in &members {

@@ -325,13 +325,7 @@ impl Cluster for LarderCluster {
         HealthCheck::larder()
     }
     fn pg_target(&self) -> Target {
-        Target {
-            host: "127.0.0.1".into(),
-            port: 5432,
-            user: "chef_pgsql".into(),
-            password: self.superuser_password.clone(),
-            dbname: "postgres".into(),
-        }
+        Target::loopback("chef_pgsql", &self.superuser_password)
     }
     fn start_node(&mut self, i: usize) -> Result<()> {
         self.larder(i, &["start"]).map(|_| ())

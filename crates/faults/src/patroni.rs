@@ -292,13 +292,7 @@ impl Cluster for PatroniCluster {
         HealthCheck::patroni()
     }
     fn pg_target(&self) -> Target {
-        Target {
-            host: "127.0.0.1".into(),
-            port: 5432,
-            user: "postgres".into(),
-            password: self.superuser_password.clone(),
-            dbname: "postgres".into(),
-        }
+        Target::loopback("postgres", &self.superuser_password)
     }
     fn start_node(&mut self, i: usize) -> Result<()> {
         // Reap the children that died with the node so they do not linger as zombies.

@@ -27,6 +27,28 @@ pub struct Target {
 }
 
 impl Target {
+    /// The `postgres` database on port 5432 of a node's loopback (each node has its own
+    /// network namespace).
+    pub fn loopback(user: &str, password: &str) -> Target {
+        Target {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            user: user.into(),
+            password: password.into(),
+            dbname: "postgres".into(),
+        }
+    }
+
+    /// One row of `sql`, a database error named with this target.
+    pub async fn query_one(&self, c: &Client, sql: &str) -> Result<tokio_postgres::Row> {
+        c.query_one(sql, &[])
+            .await
+            .map_err(|source| Error::Postgres {
+                target: self.describe(),
+                source,
+            })
+    }
+
     pub fn with_host(&self, host: &str) -> Target {
         Target {
             host: host.to_string(),

@@ -85,31 +85,10 @@ impl PgafCluster {
 
         let mdir = c.monitor_dir();
         let pgdata = mdir.join("pg").to_string_lossy().to_string();
-        let pgctl = c.cfg.pg_bin.join("pg_ctl").to_string_lossy().to_string();
         let mip = c.monitor.ip.clone();
         let monitor = c.monitor.clone();
         let log = c.net.dir.join("pgaf-monitor.log");
-        let child = c.spawn_autoctl(
-            &monitor,
-            &mdir,
-            &[
-                "create",
-                "monitor",
-                "--pgdata",
-                &pgdata,
-                "--pgport",
-                "5432",
-                "--hostname",
-                &mip,
-                "--auth",
-                "trust",
-                "--no-ssl",
-                "--pgctl",
-                &pgctl,
-                "--run",
-            ],
-            &log,
-        )?;
+        let child = c.spawn_create(&monitor, &mdir, "monitor", &pgdata, &mip, &[], &log)?;
         c.children.push(child);
         c.wait_for("the monitor to answer", Duration::from_secs(120), |c| {
             c.monitor_nodes().is_some()
@@ -181,6 +160,35 @@ exec runuser -u postgres -- env XDG_CONFIG_HOME="$d/xdg/config" XDG_DATA_HOME="$
         ns.spawn_daemon("unshare", &argv, log)
     }
 
+    /// `pg_autoctl create <what> … --run` on port 5432 of `hostname`, trusting the run's
+    /// subnet and without TLS (the benchmark measures failover, not authentication).
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_create(
+        &self,
+        ns: &Netns,
+        dir: &Path,
+        what: &str,
+        pgdata: &str,
+        hostname: &str,
+        extra: &[&str],
+        log: &Path,
+    ) -> Result<Child> {
+        let pgctl = self.cfg.pg_bin.join("pg_ctl").to_string_lossy().to_string();
+        let mut args = vec![
+            "create",
+            what,
+            "--pgdata",
+            pgdata,
+            "--pgport",
+            "5432",
+            "--hostname",
+            hostname,
+        ];
+        args.extend_from_slice(extra);
+        args.extend(["--auth", "trust", "--no-ssl", "--pgctl", &pgctl, "--run"]);
+        self.spawn_autoctl(ns, dir, &args, log)
+    }
+
     /// Runs a `pg_autoctl` command for node `i` (its PGDATA appended) and returns its output.
     fn autoctl_in(&self, i: usize, args: &[&str]) -> Result<String> {
         let pgdata = self.pgdata(i);
@@ -201,33 +209,16 @@ exec runuser -u postgres -- env XDG_CONFIG_HOME="$d/xdg/config" XDG_DATA_HOME="$
     fn create_node(&mut self, i: usize) -> Result<()> {
         let ns = self.net.nodes[i].clone();
         let pgdata = self.pgdata(i);
-        let pgctl = self.cfg.pg_bin.join("pg_ctl").to_string_lossy().to_string();
         let name = format!("n{}", i + 1);
         let uri = self.monitor_uri();
         let log = self.net.dir.join(format!("pgaf-n{}.log", i + 1));
-        let child = self.spawn_autoctl(
+        let child = self.spawn_create(
             &ns,
             &self.node_dir(i),
-            &[
-                "create",
-                "postgres",
-                "--pgdata",
-                &pgdata,
-                "--pgport",
-                "5432",
-                "--hostname",
-                &ns.ip,
-                "--name",
-                &name,
-                "--monitor",
-                &uri,
-                "--auth",
-                "trust",
-                "--no-ssl",
-                "--pgctl",
-                &pgctl,
-                "--run",
-            ],
+            "postgres",
+            &pgdata,
+            &ns.ip,
+            &["--name", &name, "--monitor", &uri],
             &log,
         )?;
         self.children.push(child);
@@ -348,14 +339,8 @@ impl Cluster for PgafCluster {
         HealthCheck::primary_check()
     }
     fn pg_target(&self) -> Target {
-        Target {
-            host: "127.0.0.1".into(),
-            port: 5432,
-            user: "postgres".into(),
-            // The run's subnet is `trust` (see `ensure_client_hba`); the password is unused.
-            password: "unused".into(),
-            dbname: "postgres".into(),
-        }
+        // The run's subnet is `trust` (see `ensure_client_hba`); the password is unused.
+        Target::loopback("postgres", "unused")
     }
     fn start_node(&mut self, i: usize) -> Result<()> {
         // Reap the children that died with the node so they do not linger as zombies.
@@ -501,15 +486,11 @@ pub async fn serve_primary_check(listen: &str, target: Target) -> Result<()> {
 
 async fn is_primary(t: &Target) -> Result<bool> {
     let c = crate::pg::connect(t, Duration::from_secs(1)).await?;
-    let row = c
+    let row = t
         .query_one(
+            &c,
             "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'",
-            &[],
         )
-        .await
-        .map_err(|source| Error::Postgres {
-            target: t.describe(),
-            source,
-        })?;
+        .await?;
     Ok(row.get(0))
 }

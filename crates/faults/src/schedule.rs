@@ -377,16 +377,12 @@ fn pg_clock_offset_ms(cluster: &dyn Cluster, clients: &Clients, i: usize) -> Res
     crate::inns::block_on(&ns, move || async move {
         let c = crate::pg::connect(&t, Duration::from_secs(3)).await?;
         let before = clockskew::unix_ms_now();
-        let row = c
+        let row = t
             .query_one(
+                &c,
                 "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
-                &[],
             )
-            .await
-            .map_err(|source| Error::Postgres {
-                target: t.describe(),
-                source,
-            })?;
+            .await?;
         let after = clockskew::unix_ms_now();
         Ok(row.get::<_, i64>(0) - (before + after) / 2)
     })
